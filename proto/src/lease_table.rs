@@ -1,0 +1,53 @@
+//! The `LeaseTable` port: a DynamoDB-like table of leases with conditional writes, plus the
+//! nodes' heartbeat rows.
+
+use crate::ids::WorkerId;
+use crate::lease::{Expect, Lease, LeaseChange, WorkerRow};
+use async_trait::async_trait;
+
+/// How a lease-table call failed. `Ambiguous` means the write may or may not have been applied
+/// (a timeout after sending): callers re-read before deciding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("conditional check failed")]
+    ConditionFailed,
+    #[error("throttled by the lease table")]
+    Throttled,
+    #[error("lease table call outcome unknown: {0}")]
+    Ambiguous(String),
+    #[error("lease table unavailable: {0}")]
+    Unavailable(String),
+    #[error("lease table error: {0}")]
+    Fatal(String),
+}
+
+impl LeaseError {
+    /// Whether retrying the same call can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LeaseError::Throttled | LeaseError::Ambiguous(_) | LeaseError::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait LeaseTable: Send + Sync + 'static {
+    /// Creates a row if no row has its key (`attribute_not_exists(leaseKey)`).
+    async fn create(&self, lease: &Lease) -> Result<(), LeaseError>;
+    /// Strongly consistent read of one row.
+    async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError>;
+    /// Every lease row (not the leader row).
+    async fn scan(&self) -> Result<Vec<Lease>, LeaseError>;
+    /// The lease rows owned by `owner` (the `LeaseOwnerToLeaseKeyIndex` GSI; may lag slightly).
+    async fn owned_by(&self, owner: &WorkerId) -> Result<Vec<Lease>, LeaseError>;
+    /// Conditional update; returns the row as written.
+    async fn update(&self, key: &str, expect: &Expect, change: &LeaseChange) -> Result<Lease, LeaseError>;
+    /// Conditional delete.
+    async fn delete(&self, key: &str, expect: &Expect) -> Result<(), LeaseError>;
+
+    /// Writes a node's heartbeat: creates the row when `expected` is `None` (fails if it exists),
+    /// else requires the stored counter to equal `expected`; the counter becomes `expected + 1`.
+    async fn heartbeat(&self, worker: &WorkerId, expected: Option<u64>) -> Result<WorkerRow, LeaseError>;
+    /// Every node's heartbeat row.
+    async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError>;
+    /// Removes a node's row if its counter is still `expected` (a dead node's row).
+    async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError>;
+}

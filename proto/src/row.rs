@@ -1,0 +1,93 @@
+//! Warehouse rows: typed values, target table schemas, batches.
+
+use crate::sequence::Version;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A column's SQL type (portable across PostgreSQL, Redshift and SQLite).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SqlType {
+    Boolean,
+    BigInt,
+    Double,
+    Text,
+    /// Milliseconds since the Unix epoch, stored as the engine's timestamp type.
+    Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// Milliseconds since the Unix epoch.
+    Timestamp(i64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub ty: SqlType,
+}
+
+/// A target table: its columns, which of them form the key, and the version column that fences
+/// older changes out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns`.
+    pub key: Vec<usize>,
+    /// Name of the version column the sink adds to the table (text, ordered bytewise).
+    pub version_column: String,
+}
+
+impl TableSchema {
+    pub fn key_of<'r>(&self, row: &'r Row) -> Vec<&'r Value> {
+        self.key.iter().map(|&i| &row.values[i]).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RowOp {
+    Upsert,
+    Delete,
+}
+
+/// One change to a target row. `values` follow the schema's columns; a delete needs only its key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub op: RowOp,
+    pub version: Version,
+    pub values: Vec<Value>,
+}
+
+/// Rows for one table, committed in one transaction.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub table: Arc<TableSchema>,
+    pub rows: Vec<Row>,
+}
+
+impl Batch {
+    /// Keeps, for each key, only the row with the highest version (the later one on a tie), in
+    /// first-seen key order: what the stage table holds after its dedupe step.
+    pub fn latest_per_key(&self) -> Vec<&Row> {
+        let mut out: Vec<&Row> = Vec::new();
+        let mut index: std::collections::HashMap<Vec<String>, usize> = std::collections::HashMap::new();
+        for row in &self.rows {
+            let key: Vec<String> = self.table.key_of(row).iter().map(|v| format!("{v:?}")).collect();
+            match index.get(&key) {
+                Some(&i) if out[i].version > row.version => {}
+                Some(&i) => out[i] = row,
+                None => {
+                    index.insert(key, out.len());
+                    out.push(row);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,34 @@
+//! The `ShardReader` port: Kinesis's ListShards, GetShardIterator and GetRecords.
+
+use crate::ids::ShardId;
+use crate::record::{ReadBatch, ShardInfo, ShardIterator, StartingPosition};
+use async_trait::async_trait;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("shard iterator expired")]
+    ExpiredIterator,
+    #[error("read throughput exceeded")]
+    Throttled,
+    #[error("shard or stream not found: {0}")]
+    NotFound(String),
+    #[error("stream unavailable: {0}")]
+    Unavailable(String),
+    #[error("read failed: {0}")]
+    Fatal(String),
+}
+
+impl ReadError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ReadError::Throttled | ReadError::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait ShardReader: Send + Sync + 'static {
+    /// Every shard of the stream still within retention, open and closed.
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, ReadError>;
+    async fn iterator(&self, shard: &ShardId, from: &StartingPosition) -> Result<ShardIterator, ReadError>;
+    /// At most `limit` records from the iterator's position.
+    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError>;
+}

@@ -1,0 +1,43 @@
+//! The `Warehouse` port: commits one batch in one transaction with the version-fenced upsert.
+
+use crate::row::{Batch, TableSchema};
+use async_trait::async_trait;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WarehouseError {
+    /// Nothing was committed; the same batch may be retried.
+    #[error("warehouse unavailable: {0}")]
+    Unavailable(String),
+    /// The commit may or may not have happened (a reply lost); retrying is safe because the
+    /// upsert is fenced by version.
+    #[error("warehouse commit outcome unknown: {0}")]
+    Ambiguous(String),
+    /// The batch can never commit as it is (schema mismatch, bad value).
+    #[error("warehouse rejected the batch: {0}")]
+    Rejected(String),
+}
+
+impl WarehouseError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WarehouseError::Unavailable(_) | WarehouseError::Ambiguous(_))
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Rows written (inserted or replaced) in the target.
+    pub upserted: u64,
+    pub deleted: u64,
+    /// Rows dropped because the target already held an equal or newer version.
+    pub fenced: u64,
+}
+
+#[async_trait]
+pub trait Warehouse: Send + Sync + 'static {
+    /// Creates the table (and its bookkeeping) if absent.
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError>;
+    /// Stage → latest per key → drop staged rows not newer than the target → delete older target
+    /// rows → insert the newer upserts → remember deletes, in one transaction.
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError>;
+}
