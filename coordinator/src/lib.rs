@@ -1,1 +1,22 @@
-//! placeholder
+//! Who reads which shard: leader election, shard sync and lease assignment.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `settings.rs` | `ClusterSettings`: failover time, heartbeat/assign/poll/sync intervals |
+//! | `liveness.rs` | observed expiry: a counter unchanged for `failover_time` on the observer's clock |
+//! | `planner.rs` | the pure assignment planner: (leases, live nodes) → moves |
+//! | `shard_sync.rs` | which leases to create for the listed shards, with lineage |
+//! | `coordinator.rs` | the `Coordinator` actor: leader lock, heartbeats, sync, apply moves |
+//! | `events.rs` | `ClusterEvent`s for progress displays and failover measurements |
+
+pub mod coordinator;
+pub mod events;
+pub mod liveness;
+pub mod planner;
+pub mod settings;
+pub mod shard_sync;
+
+pub use coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg};
+pub use events::{ClusterEvent, EventSink};
+pub use planner::{plan, Move};
+pub use settings::ClusterSettings;

@@ -62,7 +62,12 @@ pub struct Lease {
 
 impl Lease {
     /// A fresh, unowned lease for a shard.
-    pub fn for_shard(shard: &ShardId, parents: Vec<ShardId>, hash_range: Option<HashKeyRange>, start: Checkpoint) -> Self {
+    pub fn for_shard(
+        shard: &ShardId,
+        parents: Vec<ShardId>,
+        hash_range: Option<HashKeyRange>,
+        start: Checkpoint,
+    ) -> Self {
         Self {
             key: shard.as_str().to_owned(),
             entity: EntityType::Lease,
@@ -167,4 +172,6 @@ pub struct LeaseChange {
 pub struct WorkerRow {
     pub id: WorkerId,
     pub counter: u64,
+    /// The node is stopping: it keeps its leases until it releases them, but gets no new ones.
+    pub draining: bool,
 }

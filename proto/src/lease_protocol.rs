@@ -70,8 +70,7 @@ impl<'a> LeaseProtocol<'a> {
 
     /// Gives a lease to `to` at once (its owner is gone or it had none); clears any handoff.
     pub async fn assign(&self, lease: &Lease, to: &WorkerId) -> Result<Lease, ProtocolError> {
-        let change =
-            LeaseChange { owner: Some(Some(to.clone())), checkpoint_owner: Some(None), ..Default::default() };
+        let change = LeaseChange { owner: Some(Some(to.clone())), checkpoint_owner: Some(None), ..Default::default() };
         self.write(&lease.key, &Expect::unchanged(lease), &change).await
     }
 
@@ -112,19 +111,28 @@ impl<'a> LeaseProtocol<'a> {
         self.write(&lease.key, &expect, &change).await
     }
 
-    /// Records the children of a shard that ended (`childShardIds`).
-    pub async fn set_children(&self, lease: &Lease, me: &WorkerId, children: Vec<crate::ShardId>) -> Result<Lease, ProtocolError> {
+    /// Checkpoints SHARD_END with the shard's children (`childShardIds`) in one write. The
+    /// library writes it itself once every record of the shard committed.
+    pub async fn end_shard(
+        &self,
+        lease: &Lease,
+        me: &WorkerId,
+        children: Vec<crate::ShardId>,
+    ) -> Result<Lease, ProtocolError> {
         let expect = Expect { counter: Some(lease.counter), owner: Some(Some(me.clone())), checkpoint_owner: None };
-        self.write(&lease.key, &expect, &LeaseChange { child_shard_ids: Some(children), ..Default::default() }).await
+        let change = LeaseChange {
+            checkpoint: Some(Checkpoint::ShardEnd),
+            child_shard_ids: Some(children),
+            ..Default::default()
+        };
+        self.write(&lease.key, &expect, &change).await
     }
 
     fn forward_only(&self, lease: &Lease, to: &Checkpoint) -> Result<(), ProtocolError> {
         match to.progress_cmp(&lease.checkpoint) {
-            Some(Ordering::Less) | None => Err(ProtocolError::Backward {
-                key: lease.key.clone(),
-                from: lease.checkpoint.clone(),
-                to: to.clone(),
-            }),
+            Some(Ordering::Less) | None => {
+                Err(ProtocolError::Backward { key: lease.key.clone(), from: lease.checkpoint.clone(), to: to.clone() })
+            }
             _ => Ok(()),
         }
     }
@@ -162,12 +170,18 @@ impl<'a> LeaseProtocol<'a> {
 
     /// Registers or renews this node's heartbeat row. `local` is the counter this node last
     /// wrote (`None` at start). A row that vanished means the leader declared this node dead.
-    pub async fn heartbeat(&self, me: &WorkerId, local: Option<u64>) -> Result<WorkerRow, ProtocolError> {
+    /// `draining` tells the leader to assign nothing more to this node.
+    pub async fn heartbeat(
+        &self,
+        me: &WorkerId,
+        local: Option<u64>,
+        draining: bool,
+    ) -> Result<WorkerRow, ProtocolError> {
         let mut expected = local;
         let mut attempt = 1;
         loop {
             let retry_allowed = attempt < self.retry.max_attempts;
-            match self.table.heartbeat(me, expected).await {
+            match self.table.heartbeat(me, expected, draining).await {
                 Ok(row) => return Ok(row),
                 Err(LeaseError::Throttled | LeaseError::Unavailable(_)) if retry_allowed => {}
                 Err(LeaseError::ConditionFailed | LeaseError::Ambiguous(_)) => {

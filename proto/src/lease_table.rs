@@ -45,7 +45,12 @@ pub trait LeaseTable: Send + Sync + 'static {
 
     /// Writes a node's heartbeat: creates the row when `expected` is `None` (fails if it exists),
     /// else requires the stored counter to equal `expected`; the counter becomes `expected + 1`.
-    async fn heartbeat(&self, worker: &WorkerId, expected: Option<u64>) -> Result<WorkerRow, LeaseError>;
+    async fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        expected: Option<u64>,
+        draining: bool,
+    ) -> Result<WorkerRow, LeaseError>;
     /// Every node's heartbeat row.
     async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError>;
     /// Removes a node's row if its counter is still `expected` (a dead node's row).

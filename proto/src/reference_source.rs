@@ -36,6 +36,10 @@ pub trait ReferenceSource: Send + Sync + 'static {
     async fn load(&self, table: &str, key_attribute: &str) -> Result<Snapshot, ReferenceError>;
     /// Changes after `cursor`, and the new cursor. `Ok(None)` when the table has no change feed
     /// (the cache then refreshes by full loads).
-    async fn changes(&self, table: &str, key_attribute: &str, cursor: &str)
-        -> Result<Option<(Vec<ReferenceChange>, String)>, ReferenceError>;
+    async fn changes(
+        &self,
+        table: &str,
+        key_attribute: &str,
+        cursor: &str,
+    ) -> Result<Option<(Vec<ReferenceChange>, String)>, ReferenceError>;
 }

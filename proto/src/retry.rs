@@ -51,10 +51,26 @@ mod tests {
     async fn retries_only_retryable_errors_and_stops_at_the_bound() {
         let policy = RetryPolicy::default();
         let mut calls = 0;
-        let r: Result<(), &str> = policy.run(|e| *e == "busy", || { calls += 1; async { Err("busy") } }).await;
+        let r: Result<(), &str> = policy
+            .run(
+                |e| *e == "busy",
+                || {
+                    calls += 1;
+                    async { Err("busy") }
+                },
+            )
+            .await;
         assert_eq!((r, calls), (Err("busy"), 6));
         let mut calls = 0;
-        let r: Result<(), &str> = policy.run(|e| *e == "busy", || { calls += 1; async { Err("bad") } }).await;
+        let r: Result<(), &str> = policy
+            .run(
+                |e| *e == "busy",
+                || {
+                    calls += 1;
+                    async { Err("bad") }
+                },
+            )
+            .await;
         assert_eq!((r, calls), (Err("bad"), 1));
         assert_eq!(policy.backoff(1), Duration::from_millis(50));
         assert_eq!(policy.backoff(30), Duration::from_secs(2));

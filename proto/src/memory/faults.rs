@@ -122,8 +122,13 @@ impl LeaseTable for FaultyLeaseTable {
     async fn delete(&self, key: &str, expect: &Expect) -> Result<(), LeaseError> {
         self.write(self.inner.delete(key, expect)).await
     }
-    async fn heartbeat(&self, worker: &WorkerId, expected: Option<u64>) -> Result<WorkerRow, LeaseError> {
-        self.write(self.inner.heartbeat(worker, expected)).await
+    async fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        expected: Option<u64>,
+        draining: bool,
+    ) -> Result<WorkerRow, LeaseError> {
+        self.write(self.inner.heartbeat(worker, expected, draining)).await
     }
     async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
         self.read(self.inner.workers()).await

@@ -18,7 +18,7 @@ pub struct LeaseTableStats {
 #[derive(Default)]
 struct State {
     rows: BTreeMap<String, Lease>,
-    workers: BTreeMap<WorkerId, u64>,
+    workers: BTreeMap<WorkerId, (u64, bool)>,
     stats: LeaseTableStats,
 }
 
@@ -102,9 +102,14 @@ impl LeaseTable for MemoryLeaseTable {
         Ok(())
     }
 
-    async fn heartbeat(&self, worker: &WorkerId, expected: Option<u64>) -> Result<WorkerRow, LeaseError> {
+    async fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        expected: Option<u64>,
+        draining: bool,
+    ) -> Result<WorkerRow, LeaseError> {
         let mut st = self.state.lock().unwrap();
-        let current = st.workers.get(worker).copied();
+        let current = st.workers.get(worker).map(|(c, _)| *c);
         let next = match (expected, current) {
             (None, None) => 0,
             (Some(e), Some(c)) if e == c => c + 1,
@@ -114,19 +119,19 @@ impl LeaseTable for MemoryLeaseTable {
             }
         };
         st.stats.writes += 1;
-        st.workers.insert(worker.clone(), next);
-        Ok(WorkerRow { id: worker.clone(), counter: next })
+        st.workers.insert(worker.clone(), (next, draining));
+        Ok(WorkerRow { id: worker.clone(), counter: next, draining })
     }
 
     async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
         let mut st = self.state.lock().unwrap();
         st.stats.reads += 1;
-        Ok(st.workers.iter().map(|(id, c)| WorkerRow { id: id.clone(), counter: *c }).collect())
+        Ok(st.workers.iter().map(|(id, (c, d))| WorkerRow { id: id.clone(), counter: *c, draining: *d }).collect())
     }
 
     async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
         let mut st = self.state.lock().unwrap();
-        if st.workers.get(worker) != Some(&expected) {
+        if st.workers.get(worker).map(|(c, _)| *c) != Some(expected) {
             st.stats.failed_conditions += 1;
             return Err(LeaseError::ConditionFailed);
         }

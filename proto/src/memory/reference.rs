@@ -25,10 +25,7 @@ impl MemoryReferenceSource {
 
     /// Creates (or empties) a table; `change_feed` says whether `changes` answers for it.
     pub fn create_table(&self, table: &str, change_feed: bool) {
-        self.tables
-            .lock()
-            .unwrap()
-            .insert(table.to_owned(), Table { has_feed: change_feed, ..Table::default() });
+        self.tables.lock().unwrap().insert(table.to_owned(), Table { has_feed: change_feed, ..Table::default() });
     }
 
     pub fn put(&self, table: &str, key: &str, item: Item) {

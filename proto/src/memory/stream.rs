@@ -85,7 +85,10 @@ impl MemoryStream {
         let id = ShardId::numbered(st.next_shard);
         st.next_shard += 1;
         let info = ShardInfo { id: id.clone(), parents, hash_range, ending_sequence: None };
-        st.shards.insert(id.clone(), Shard { info, records: Vec::new(), children: Vec::new(), recent_reads: VecDeque::new() });
+        st.shards.insert(
+            id.clone(),
+            Shard { info, records: Vec::new(), children: Vec::new(), recent_reads: VecDeque::new() },
+        );
         id
     }
 
@@ -218,11 +221,8 @@ impl ShardReader for MemoryStream {
         let end = (index + limit.max(1)).min(shard.records.len());
         let records = shard.records[index..end].to_vec();
         let at_end = end == shard.records.len();
-        let millis_behind_latest = if at_end {
-            0
-        } else {
-            (self.clock.now_ms() - shard.records[end].arrival_ms).max(0) as u64
-        };
+        let millis_behind_latest =
+            if at_end { 0 } else { (self.clock.now_ms() - shard.records[end].arrival_ms).max(0) as u64 };
         let closed_and_done = at_end && !shard.info.is_open();
         let child_shards = if closed_and_done { shard.children.clone() } else { Vec::new() };
         st.iterators.remove(&iterator.0);

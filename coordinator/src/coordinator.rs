@@ -1,0 +1,277 @@
+//! The coordinator actor, one per node. Every `assign_interval` it reads the leader row and the
+//! heartbeats (so any node that becomes leader already knows who is alive), takes or renews the
+//! leader lock, and while leader: syncs shards into leases, plans and applies moves, and removes
+//! rows of dead nodes whose leases were all reassigned.
+
+use crate::events::{ClusterEvent, EventSink};
+use crate::liveness::Liveness;
+use crate::planner::{plan, Move, PlanInput};
+use crate::settings::ClusterSettings;
+use crate::shard_sync::leases_to_create;
+use proto::{Lease, LeaseProtocol, LeaseTable, ProtocolError, RetryPolicy, ShardReader, WorkerId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub struct Coordinator;
+
+/// The nodes as the heartbeats show them.
+#[derive(Default)]
+struct Membership {
+    live: BTreeSet<WorkerId>,
+    /// Stopping: they keep their leases until they release them, and get no new ones.
+    draining: BTreeSet<WorkerId>,
+    /// With their last counter, so their row is removed only if it did not move since.
+    dead: Vec<(WorkerId, u64)>,
+}
+
+pub struct CoordinatorArgs {
+    pub me: WorkerId,
+    pub table: Arc<dyn LeaseTable>,
+    pub reader: Arc<dyn ShardReader>,
+    pub settings: ClusterSettings,
+    pub retry: RetryPolicy,
+    pub events: EventSink,
+}
+
+pub enum CoordinatorMsg {
+    Tick,
+    IsLeader(RpcReplyPort<bool>),
+    /// Gives up the leader lock (graceful stop) so another node takes over at once.
+    Resign(RpcReplyPort<()>),
+}
+
+pub struct CoordinatorState {
+    args: CoordinatorArgs,
+    /// The lock row as last written by us, and when.
+    lock: Option<(Lease, Instant)>,
+    leader_seen: Liveness<String>,
+    workers_seen: Liveness<WorkerId>,
+    handoffs_seen: Liveness<String>,
+    last_sync: Option<Instant>,
+    resigned: bool,
+}
+
+impl CoordinatorState {
+    fn protocol(&self) -> LeaseProtocol<'_> {
+        LeaseProtocol::new(self.args.table.as_ref(), &self.args.retry)
+    }
+
+    /// Leading is allowed only while the lock was renewed recently enough that no other node can
+    /// have seen it unchanged for a whole failover time.
+    fn may_lead(&self, now: Instant) -> bool {
+        self.lock.as_ref().is_some_and(|(_, at)| now.duration_since(*at) < self.args.settings.failover_time / 2)
+    }
+
+    fn step_down(&mut self) {
+        if self.lock.take().is_some() {
+            info!(node = %self.args.me, "no longer leader");
+            self.args.events.emit(ClusterEvent::LostLeadership { node: self.args.me.clone() });
+        }
+    }
+
+    async fn elect(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        let key = self.args.settings.leader_key.clone();
+        let me = self.args.me.clone();
+        let row = self.protocol().get(&key).await?;
+        match row {
+            None => {
+                if self.protocol().create(&Lease::leader_lock(&key, &me)).await? {
+                    self.won(Lease::leader_lock(&key, &me), now);
+                }
+            }
+            Some(row) if row.is_owned_by(&me) => {
+                let due = self
+                    .lock
+                    .as_ref()
+                    .is_none_or(|(_, at)| now.duration_since(*at) >= self.args.settings.heartbeat_interval);
+                if due {
+                    match self.protocol().renew(&row, &me).await {
+                        Ok(renewed) => self.won(renewed, now),
+                        Err(ProtocolError::Lost { .. }) => self.step_down(),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Some(row) => {
+                self.step_down();
+                self.leader_seen.observe(&key, row.counter, now);
+                let unowned = row.owner.is_none();
+                if unowned || self.leader_seen.expired(&key, row.counter, now, self.args.settings.failover_time) {
+                    match self.protocol().take(&row, &me).await {
+                        Ok(taken) => self.won(taken, now),
+                        Err(ProtocolError::Lost { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn won(&mut self, lock: Lease, now: Instant) {
+        if self.lock.is_none() {
+            info!(node = %self.args.me, "became leader");
+            self.args.events.emit(ClusterEvent::BecameLeader { node: self.args.me.clone() });
+            self.last_sync = None;
+        }
+        self.lock = Some((lock, now));
+    }
+
+    /// Reads every heartbeat; returns the nodes by state.
+    async fn observe_workers(&mut self, now: Instant) -> Result<Membership, ProtocolError> {
+        let table = self.args.table.clone();
+        let rows = self.args.retry.run(proto::LeaseError::is_retryable, || table.workers()).await?;
+        let mut members = Membership::default();
+        for row in &rows {
+            self.workers_seen.observe(&row.id, row.counter, now);
+            if self.workers_seen.expired(&row.id, row.counter, now, self.args.settings.failover_time) {
+                members.dead.push((row.id.clone(), row.counter));
+            } else if row.draining {
+                members.draining.insert(row.id.clone());
+            } else {
+                members.live.insert(row.id.clone());
+            }
+        }
+        let present: BTreeSet<WorkerId> = rows.into_iter().map(|r| r.id).collect();
+        self.workers_seen.retain(|w| present.contains(w));
+        Ok(members)
+    }
+
+    async fn lead(&mut self, now: Instant, members: &Membership) -> Result<(), ProtocolError> {
+        let dead = &members.dead;
+        let mut leases = self.protocol().scan().await?;
+        let sync_due = self.last_sync.is_none_or(|t| now.duration_since(t) >= self.args.settings.shard_sync_interval);
+        if sync_due || leases.is_empty() {
+            match self.args.reader.list_shards().await {
+                Ok(shards) => {
+                    for lease in leases_to_create(&shards, &leases, &self.args.settings.initial_position) {
+                        if self.protocol().create(&lease).await? {
+                            debug!(shard = %lease.key, "lease created by shard sync");
+                            self.args.events.emit(ClusterEvent::LeaseCreated { shard: lease.shard_id() });
+                        }
+                        leases.push(lease);
+                    }
+                    self.last_sync = Some(now);
+                }
+                Err(e) => warn!(error = %e, "shard sync: cannot list shards"),
+            }
+        }
+        for (node, _) in dead {
+            if leases.iter().any(|l| l.owner.as_ref() == Some(node) && !l.is_finished()) {
+                self.args.events.emit(ClusterEvent::NodeDead { node: node.clone(), by: self.args.me.clone() });
+            }
+        }
+        // A handoff whose row did not move for a failover time stalled (its giver is alive but
+        // never finished it, e.g. it was not running the lease): the planner completes it.
+        let mut stalled = BTreeSet::new();
+        for lease in leases.iter().filter(|l| l.checkpoint_owner.is_some()) {
+            self.handoffs_seen.observe(&lease.key, lease.counter, now);
+            if self.handoffs_seen.expired(&lease.key, lease.counter, now, self.args.settings.failover_time) {
+                warn!(shard = %lease.key, from = ?lease.checkpoint_owner, "handoff stalled; completing it");
+                stalled.insert(lease.key.clone());
+            }
+        }
+        self.handoffs_seen.retain(|k| leases.iter().any(|l| &l.key == k && l.checkpoint_owner.is_some()));
+        let input = PlanInput { live: &members.live, draining: &members.draining, stalled: &stalled };
+        for m in plan(&leases, &input) {
+            let Some(lease) = leases.iter().find(|l| l.key == m.lease()) else { continue };
+            let result = match &m {
+                Move::Assign { to, .. } => self.protocol().assign(lease, to).await,
+                Move::HandOff { to, .. } => self.protocol().hand_off(lease, to).await,
+            };
+            match result {
+                Ok(_) => {
+                    info!(?m, "lease moved");
+                    self.args.events.emit(ClusterEvent::Assigned {
+                        shard: lease.shard_id(),
+                        to: m.target().clone(),
+                        handoff: matches!(m, Move::HandOff { .. }),
+                    });
+                }
+                Err(ProtocolError::Lost { .. }) => debug!(?m, "lease changed before the move; next cycle"),
+                Err(e) => return Err(e),
+            }
+        }
+        // A dead node's row goes once nothing refers to it any more.
+        for (node, counter) in dead {
+            let referenced = leases.iter().any(|l| {
+                !l.is_finished() && (l.owner.as_ref() == Some(node) || l.checkpoint_owner.as_ref() == Some(node))
+            });
+            if !referenced {
+                match self.args.table.remove_worker(node, *counter).await {
+                    Ok(()) => info!(node = %node, "removed dead node's heartbeat row"),
+                    Err(e) => debug!(node = %node, error = %e, "dead node's row not removed"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for Coordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CoordinatorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(args.settings.assign_interval, || CoordinatorMsg::Tick);
+        let _ = myself.cast(CoordinatorMsg::Tick);
+        Ok(CoordinatorState {
+            args,
+            lock: None,
+            leader_seen: Liveness::default(),
+            workers_seen: Liveness::default(),
+            handoffs_seen: Liveness::default(),
+            last_sync: None,
+            resigned: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CoordinatorMsg::Tick if state.resigned => {}
+            CoordinatorMsg::Tick => {
+                let now = Instant::now();
+                if let Err(e) = state.elect(now).await {
+                    warn!(error = %e, "leader election failed this cycle");
+                }
+                match state.observe_workers(now).await {
+                    Ok(members) if state.may_lead(now) => {
+                        if let Err(e) = state.lead(now, &members).await {
+                            warn!(error = %e, "assignment cycle failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot read heartbeats"),
+                }
+            }
+            CoordinatorMsg::IsLeader(reply) => {
+                let _ = reply.send(state.may_lead(Instant::now()));
+            }
+            CoordinatorMsg::Resign(reply) => {
+                state.resigned = true;
+                if let Some((lock, _)) = state.lock.take() {
+                    let expect = proto::Expect::unchanged(&lock);
+                    if let Err(e) = state.args.table.delete(&lock.key, &expect).await {
+                        debug!(error = %e, "leader lock not released; it will expire");
+                    }
+                    state.args.events.emit(ClusterEvent::LostLeadership { node: state.args.me.clone() });
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Cluster events, for progress displays and for measuring failover and handoff times.
+
+use proto::{ShardId, WorkerId};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterEvent {
+    BecameLeader {
+        node: WorkerId,
+    },
+    LostLeadership {
+        node: WorkerId,
+    },
+    /// The leader declared a node dead (its heartbeat stopped).
+    NodeDead {
+        node: WorkerId,
+        by: WorkerId,
+    },
+    LeaseCreated {
+        shard: ShardId,
+    },
+    Assigned {
+        shard: ShardId,
+        to: WorkerId,
+        handoff: bool,
+    },
+    /// A node started consuming a shard.
+    ConsumerStarted {
+        node: WorkerId,
+        shard: ShardId,
+    },
+    /// A node stopped consuming a shard (`why`: released, handed off, lost, shard end, failed).
+    ConsumerStopped {
+        node: WorkerId,
+        shard: ShardId,
+        why: String,
+    },
+    /// A shard was checkpointed SHARD_END.
+    ShardEnded {
+        node: WorkerId,
+        shard: ShardId,
+    },
+}
+
+/// Where events go; `None` drops them.
+#[derive(Clone, Debug, Default)]
+pub struct EventSink(Option<UnboundedSender<(Instant, ClusterEvent)>>);
+
+impl EventSink {
+    pub fn new(tx: UnboundedSender<(Instant, ClusterEvent)>) -> Self {
+        Self(Some(tx))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn emit(&self, event: ClusterEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send((Instant::now(), event));
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The assignment planner: a pure function from (leases, live nodes) to moves.
+//!
+//! - A lease is *ready* when it is not finished and every parent lease is SHARD_END (or gone).
+//!   Only ready leases are assigned or counted; a child never starts before its parents end.
+//! - Ready leases without a live owner are assigned at once to the least-loaded node.
+//! - Then leases move from nodes above their share to nodes below it, so every live node ends
+//!   with ⌊n/k⌋ or ⌈n/k⌉ leases; the ⌈n/k⌉ slots go to the nodes that hold most already, which
+//!   makes the number of moves the least possible. Moves between live nodes are graceful
+//!   handoffs; a lease already in a handoff is left alone, unless the handoff *stalled* (the
+//!   previous owner never finished it): then the new owner gets it at once.
+
+use proto::{Lease, WorkerId};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Move {
+    /// No live owner (unowned, owner dead, or a handoff whose previous owner died): `to` owns it
+    /// now and starts at once.
+    Assign { lease: String, to: WorkerId },
+    /// From a live owner: `to` becomes owner and starts after `from` checkpointed.
+    HandOff { lease: String, from: WorkerId, to: WorkerId },
+}
+
+impl Move {
+    pub fn lease(&self) -> &str {
+        match self {
+            Move::Assign { lease, .. } | Move::HandOff { lease, .. } => lease,
+        }
+    }
+
+    pub fn target(&self) -> &WorkerId {
+        match self {
+            Move::Assign { to, .. } | Move::HandOff { to, .. } => to,
+        }
+    }
+}
+
+/// Whether a lease may be processed: not finished, and no parent lease still unfinished.
+pub fn is_ready(lease: &Lease, by_key: &BTreeMap<&str, &Lease>) -> bool {
+    !lease.is_finished()
+        && lease.parent_shard_ids.iter().all(|p| by_key.get(p.as_str()).is_none_or(|parent| parent.is_finished()))
+}
+
+#[derive(Default)]
+struct NodeLoad {
+    movable: Vec<String>,
+    fixed: usize,
+    load: f64,
+}
+
+impl NodeLoad {
+    fn count(&self) -> usize {
+        self.movable.len() + self.fixed
+    }
+}
+
+/// What the planner knows besides the leases.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    /// Nodes that may receive leases.
+    pub live: &'a BTreeSet<WorkerId>,
+    /// Nodes that are stopping: their leases are left alone until released.
+    pub draining: &'a BTreeSet<WorkerId>,
+    /// Leases whose handoff has not moved for a failover time.
+    pub stalled: &'a BTreeSet<String>,
+}
+
+/// Plans the moves for one assignment cycle.
+pub fn plan(leases: &[Lease], input: &PlanInput<'_>) -> Vec<Move> {
+    let PlanInput { live, draining, stalled } = *input;
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let by_key: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    let mut nodes: BTreeMap<&WorkerId, NodeLoad> = live.iter().map(|w| (w, NodeLoad::default())).collect();
+    let mut moves = Vec::new();
+    let mut orphans: Vec<&Lease> = Vec::new();
+
+    for lease in by_key.values().filter(|l| is_ready(l, &by_key)) {
+        let load = lease.throughput_kbps.unwrap_or(0.0);
+        if lease.owner.as_ref().is_some_and(|o| draining.contains(o)) {
+            continue;
+        }
+        let owner = lease.owner.as_ref().filter(|o| live.contains(*o));
+        let handing_off = lease.checkpoint_owner.as_ref();
+        match (owner, handing_off) {
+            (Some(owner), Some(prev))
+                if (live.contains(prev) || draining.contains(prev)) && !stalled.contains(&lease.key) =>
+            {
+                let n = nodes.get_mut(owner).expect("live");
+                n.fixed += 1;
+                n.load += load;
+            }
+            (Some(owner), Some(_gone_or_stalled)) => {
+                // The previous owner died mid-handoff, or never finished it: nobody else will
+                // clear checkpointOwner.
+                moves.push(Move::Assign { lease: lease.key.clone(), to: owner.clone() });
+                let n = nodes.get_mut(owner).expect("live");
+                n.fixed += 1;
+                n.load += load;
+            }
+            (Some(owner), None) => {
+                let n = nodes.get_mut(owner).expect("live");
+                n.movable.push(lease.key.clone());
+                n.load += load;
+            }
+            (None, _) => orphans.push(lease),
+        }
+    }
+
+    // Heaviest orphans first, each to the node with the fewest leases (then least load).
+    orphans.sort_by(|a, b| {
+        b.throughput_kbps.unwrap_or(0.0).total_cmp(&a.throughput_kbps.unwrap_or(0.0)).then(a.key.cmp(&b.key))
+    });
+    for lease in orphans {
+        let (to, n) = nodes
+            .iter_mut()
+            .min_by(|(ia, a), (ib, b)| a.count().cmp(&b.count()).then(a.load.total_cmp(&b.load)).then(ia.cmp(ib)))
+            .expect("live is not empty");
+        n.fixed += 1;
+        n.load += lease.throughput_kbps.unwrap_or(0.0);
+        moves.push(Move::Assign { lease: lease.key.clone(), to: (*to).clone() });
+    }
+
+    // Shares: the nodes holding most get the ⌈n/k⌉ slots.
+    let total: usize = nodes.values().map(NodeLoad::count).sum();
+    let (base, extra) = (total / nodes.len(), total % nodes.len());
+    let mut order: Vec<&WorkerId> = nodes.keys().copied().collect();
+    order.sort_by(|a, b| nodes[b].count().cmp(&nodes[a].count()).then(a.cmp(b)));
+    let share: BTreeMap<&WorkerId, usize> =
+        order.iter().enumerate().map(|(i, w)| (*w, base + usize::from(i < extra))).collect();
+
+    let mut givers: Vec<(&WorkerId, String)> = Vec::new();
+    for (w, n) in nodes.iter_mut() {
+        let surplus = n.count().saturating_sub(share[w]);
+        // Give away the most recently keyed leases first: a stable, deterministic choice.
+        let keep = n.movable.len().saturating_sub(surplus);
+        for key in n.movable.drain(keep..) {
+            givers.push((*w, key));
+        }
+    }
+    let mut takers: Vec<(&WorkerId, usize)> = order
+        .iter()
+        .rev()
+        .filter_map(|w| share[w].checked_sub(nodes[w].count()).filter(|d| *d > 0).map(|d| (*w, d)))
+        .collect();
+    for (from, lease) in givers {
+        let Some((to, deficit)) = takers.iter_mut().find(|(_, d)| *d > 0) else { break };
+        *deficit -= 1;
+        moves.push(Move::HandOff { lease, from: from.clone(), to: (*to).clone() });
+    }
+    moves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proto::{Checkpoint, ShardId};
+
+    fn lease(key: &str, owner: Option<&str>) -> Lease {
+        let mut l = Lease::for_shard(&ShardId::new(key), Vec::new(), None, Checkpoint::TrimHorizon);
+        l.owner = owner.map(WorkerId::new);
+        l
+    }
+
+    fn plan_live(leases: &[Lease], live: &BTreeSet<WorkerId>, stalled: &BTreeSet<String>) -> Vec<Move> {
+        plan(leases, &PlanInput { live, draining: &BTreeSet::new(), stalled })
+    }
+
+    fn nodes(ids: &[&str]) -> BTreeSet<WorkerId> {
+        ids.iter().map(|s| WorkerId::new(*s)).collect()
+    }
+
+    /// Applies moves as the table would once every handoff completed.
+    fn apply(leases: &mut [Lease], moves: &[Move]) {
+        for m in moves {
+            let l = leases.iter_mut().find(|l| l.key == m.lease()).expect("moved lease exists");
+            l.owner = Some(m.target().clone());
+            l.checkpoint_owner = None;
+        }
+    }
+
+    #[test]
+    fn dead_nodes_leases_go_to_the_live_ones_in_one_cycle() {
+        let mut leases: Vec<Lease> =
+            (0..6).map(|i| lease(&format!("s{i}"), Some(if i < 3 { "a" } else { "dead" }))).collect();
+        let moves = plan_live(&leases, &nodes(&["a", "b"]), &BTreeSet::new());
+        assert_eq!(moves.len(), 3);
+        assert!(moves.iter().all(|m| matches!(m, Move::Assign { to, .. } if to.as_str() == "b")));
+        apply(&mut leases, &moves);
+        assert!(plan_live(&leases, &nodes(&["a", "b"]), &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn children_wait_for_every_parent() {
+        let mut p1 = lease("p1", Some("a"));
+        let p2 = lease("p2", Some("a"));
+        let mut child = lease("c", None);
+        child.parent_shard_ids = vec![ShardId::new("p1"), ShardId::new("p2")];
+        p1.checkpoint = Checkpoint::ShardEnd;
+        let live = nodes(&["a", "b"]);
+        let moves = plan_live(&[p1.clone(), p2.clone(), child.clone()], &live, &BTreeSet::new());
+        assert!(moves.iter().all(|m| m.lease() != "c"), "{moves:?}");
+        let mut p2_done = p2.clone();
+        p2_done.checkpoint = Checkpoint::ShardEnd;
+        let moves = plan_live(&[p1, p2_done, child], &live, &BTreeSet::new());
+        assert!(moves.iter().any(|m| m.lease() == "c"));
+    }
+
+    #[test]
+    fn a_handoff_whose_giver_died_is_cleared() {
+        let mut l = lease("s", Some("b"));
+        l.checkpoint_owner = Some(WorkerId::new("dead"));
+        let none = BTreeSet::new();
+        let moves = plan_live(&[l.clone()], &nodes(&["a", "b"]), &none);
+        assert_eq!(moves, vec![Move::Assign { lease: "s".into(), to: WorkerId::new("b") }]);
+        l.checkpoint_owner = Some(WorkerId::new("a"));
+        assert!(plan_live(&[l.clone()], &nodes(&["a", "b"]), &none).is_empty());
+        let stalled: BTreeSet<String> = ["s".to_owned()].into();
+        assert_eq!(plan_live(&[l], &nodes(&["a", "b"]), &stalled), moves);
+    }
+
+    #[test]
+    fn a_draining_node_keeps_its_leases_and_gets_no_new_ones() {
+        let leases = vec![lease("s1", Some("d")), lease("s2", Some("d")), lease("s3", None), lease("s4", Some("a"))];
+        let draining = nodes(&["d"]);
+        let moves =
+            plan(&leases, &PlanInput { live: &nodes(&["a", "b"]), draining: &draining, stalled: &BTreeSet::new() });
+        assert_eq!(moves, vec![Move::Assign { lease: "s3".into(), to: WorkerId::new("b") }]);
+    }
+
+    /// The fewest handoffs any balanced outcome needs: give the ⌈n/k⌉ slots to the nodes that
+    /// hold most; everything above a node's slot must leave it.
+    fn minimal_handoffs(counts: &[usize], orphans: usize) -> usize {
+        let total: usize = counts.iter().sum::<usize>() + orphans;
+        let (base, extra) = (total / counts.len(), total % counts.len());
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        sorted.iter().enumerate().map(|(i, c)| c.saturating_sub(base + usize::from(i < extra))).sum()
+    }
+
+    fn scenario() -> impl Strategy<Value = (Vec<Lease>, BTreeSet<WorkerId>)> {
+        (1usize..7, 0usize..40, proptest::collection::vec((0usize..10, any::<bool>(), any::<bool>()), 40)).prop_map(
+            |(live_count, n, picks)| {
+                let live: BTreeSet<WorkerId> = (0..live_count).map(|i| WorkerId::new(format!("n{i}"))).collect();
+                let mut leases: Vec<Lease> = (0..n)
+                    .map(|i| {
+                        let (owner, finished, has_parent) = picks[i];
+                        // Owners n0..n9: some live, some dead; 8 and 9 mean unowned.
+                        let owner = (owner < 8).then(|| format!("n{owner}"));
+                        let mut l = lease(&format!("s{i:02}"), owner.as_deref());
+                        if finished {
+                            l.checkpoint = Checkpoint::ShardEnd;
+                        }
+                        if has_parent && i > 0 {
+                            l.parent_shard_ids = vec![ShardId::new(format!("s{:02}", i - 1))];
+                        }
+                        l
+                    })
+                    .collect();
+                leases.sort_by(|a, b| a.key.cmp(&b.key));
+                (leases, live)
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn balanced_minimal_safe_and_stable((leases, live) in scenario()) {
+            let by_key: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+            let ready: BTreeSet<String> =
+                leases.iter().filter(|l| is_ready(l, &by_key)).map(|l| l.key.clone()).collect();
+            let moves = plan_live(&leases, &live, &BTreeSet::new());
+
+            // Only ready leases move, only to live nodes, each at most once.
+            let moved: BTreeSet<&str> = moves.iter().map(Move::lease).collect();
+            prop_assert_eq!(moved.len(), moves.len());
+            for m in &moves {
+                prop_assert!(ready.contains(m.lease()), "not ready: {:?}", m);
+                prop_assert!(live.contains(m.target()), "dead target: {:?}", m);
+                if let Move::HandOff { from, .. } = m { prop_assert!(live.contains(from)); }
+            }
+
+            // Minimal: handoffs are exactly the surplus above the balanced shares.
+            let counts: Vec<usize> = live.iter().map(|w| {
+                leases.iter().filter(|l| ready.contains(&l.key) && l.owner.as_ref() == Some(w)).count()
+            }).collect();
+            let orphans = ready.len() - counts.iter().sum::<usize>();
+            let handoffs = moves.iter().filter(|m| matches!(m, Move::HandOff { .. })).count();
+            prop_assert_eq!(handoffs, minimal_handoffs(&counts, orphans));
+            prop_assert_eq!(moves.len() - handoffs, orphans);
+
+            // After the moves: every ready lease has a live owner, balanced to ±1, and the
+            // next cycle plans nothing.
+            let mut after = leases.clone();
+            apply(&mut after, &moves);
+            let mut per_node: BTreeMap<&WorkerId, usize> = live.iter().map(|w| (w, 0)).collect();
+            for l in after.iter().filter(|l| ready.contains(&l.key)) {
+                let owner = l.owner.as_ref().expect("assigned");
+                prop_assert!(live.contains(owner));
+                *per_node.get_mut(owner).unwrap() += 1;
+            }
+            let (min, max) = (per_node.values().min().unwrap(), per_node.values().max().unwrap());
+            prop_assert!(max - min <= 1, "unbalanced: {:?}", per_node);
+            prop_assert!(plan_live(&after, &live, &BTreeSet::new()).is_empty());
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Shard sync: which leases to create for the shards a stream lists.
+//!
+//! A shard gets a lease when it has none and no descendant has one (a descendant's lease means
+//! the shard was already processed, or deliberately skipped). Parents are recorded so the planner
+//! can hold children back. With LATEST or AT_TIMESTAMP only open shards get leases; with
+//! TRIM_HORIZON every listed shard does, so nothing still retained is skipped.
+
+use proto::{Checkpoint, Lease, ShardId, ShardInfo};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub fn leases_to_create(shards: &[ShardInfo], leases: &[Lease], initial: &Checkpoint) -> Vec<Lease> {
+    let have: BTreeSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+    let mut children: BTreeMap<&ShardId, Vec<&ShardId>> = BTreeMap::new();
+    for s in shards {
+        for p in &s.parents {
+            children.entry(p).or_default().push(&s.id);
+        }
+    }
+    let descendant_has_lease = |id: &ShardId| {
+        let mut stack: Vec<&ShardId> = children.get(id).cloned().unwrap_or_default();
+        let mut seen = BTreeSet::new();
+        while let Some(c) = stack.pop() {
+            if have.contains(c.as_str()) {
+                return true;
+            }
+            if seen.insert(c) {
+                stack.extend(children.get(c).cloned().unwrap_or_default());
+            }
+        }
+        false
+    };
+    let from_start = matches!(initial, Checkpoint::TrimHorizon);
+    let creating: Vec<&ShardInfo> = shards
+        .iter()
+        .filter(|s| !have.contains(s.id.as_str()))
+        .filter(|s| from_start || s.is_open())
+        .filter(|s| !descendant_has_lease(&s.id))
+        .collect();
+    let leased: BTreeSet<&str> = have.iter().copied().chain(creating.iter().map(|s| s.id.as_str())).collect();
+    creating
+        .into_iter()
+        .map(|s| {
+            // A child whose parent has a lease starts at its beginning: the parent's lease covers
+            // the data before it, so nothing between the parent's end and now may be skipped.
+            let start = if s.parents.iter().any(|p| leased.contains(p.as_str())) {
+                Checkpoint::TrimHorizon
+            } else {
+                initial.clone()
+            };
+            Lease::for_shard(&s.id, s.parents.clone(), Some(s.hash_range), start)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{HashKeyRange, WorkerId};
+
+    fn shard(id: &str, parents: &[&str], open: bool) -> ShardInfo {
+        ShardInfo {
+            id: ShardId::new(id),
+            parents: parents.iter().map(|p| ShardId::new(*p)).collect(),
+            hash_range: HashKeyRange::FULL,
+            ending_sequence: (!open).then(|| proto::SequenceNumber::from_u128(9)),
+        }
+    }
+
+    #[test]
+    fn creates_each_missing_lease_once_with_lineage() {
+        let shards = vec![shard("p", &[], false), shard("a", &["p"], true), shard("b", &["p"], true)];
+        let created = leases_to_create(&shards, &[], &Checkpoint::TrimHorizon);
+        assert_eq!(created.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), vec!["p", "a", "b"]);
+        assert_eq!(created[1].parent_shard_ids, vec![ShardId::new("p")]);
+        assert!(leases_to_create(&shards, &created, &Checkpoint::TrimHorizon).is_empty());
+    }
+
+    #[test]
+    fn a_parent_whose_children_have_leases_is_not_recreated() {
+        let shards = vec![shard("p", &[], false), shard("c", &["p"], true)];
+        let mut child = Lease::for_shard(&ShardId::new("c"), vec![ShardId::new("p")], None, Checkpoint::TrimHorizon);
+        child.owner = Some(WorkerId::new("w"));
+        assert!(leases_to_create(&shards, &[child], &Checkpoint::TrimHorizon).is_empty());
+    }
+
+    #[test]
+    fn latest_starts_only_open_shards() {
+        let shards = vec![shard("p", &[], false), shard("c", &["p"], true)];
+        let created = leases_to_create(&shards, &[], &Checkpoint::Latest);
+        assert_eq!(created.len(), 1);
+        assert_eq!((created[0].key.as_str(), &created[0].checkpoint), ("c", &Checkpoint::Latest));
+    }
+}

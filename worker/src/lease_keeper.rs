@@ -1,0 +1,363 @@
+//! The lease keeper actor, one per node: writes the node's heartbeat, finds the leases assigned
+//! to it, and runs one shard consumer per owned lease under an explicit restart policy.
+//!
+//! - heartbeat every `heartbeat_interval`; a node that cannot heartbeat for most of a failover
+//!   time stops its consumers (it may have been declared dead), and one whose row was removed
+//!   re-registers with no leases;
+//! - every `poll_interval`: start consumers for owned leases (not finished, no handoff pending to
+//!   us from another node), stop consumers whose lease moved (gracefully when the leader handed
+//!   it off, at once when it was taken);
+//! - a consumer that fails is restarted after 1 s, 2 s, 4 s … (≤ 30 s); after 5 failures in
+//!   10 minutes the lease is released so that another node tries it;
+//! - shutdown: every consumer flushes, checkpoints and releases; the heartbeat row is removed.
+
+use crate::shard_consumer::{reason, ConsumerContext, ConsumerMsg, ShardConsumer, StopMode};
+use coordinator::{ClusterEvent, ClusterSettings};
+use proto::{Lease, LeaseProtocol, ProtocolError, ShardId};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// When a failed consumer is started again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_failures: usize,
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_failures: 5,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+pub enum KeeperMsg {
+    Heartbeat,
+    Poll,
+    /// Graceful stop: replies once every consumer released its lease (or the deadline passed).
+    Shutdown(Duration, RpcReplyPort<()>),
+    ShutdownDeadline,
+    /// The shards this node is consuming.
+    Owned(RpcReplyPort<Vec<ShardId>>),
+}
+
+pub struct LeaseKeeper;
+
+pub struct KeeperArgs {
+    pub ctx: Arc<ConsumerContext>,
+    pub settings: ClusterSettings,
+    pub restart: RestartPolicy,
+}
+
+struct Running {
+    actor: ActorRef<ConsumerMsg>,
+    stopping: Option<StopMode>,
+}
+
+pub struct KeeperState {
+    args: KeeperArgs,
+    heartbeat: Option<u64>,
+    last_heartbeat: Instant,
+    consumers: BTreeMap<ShardId, Running>,
+    by_actor: BTreeMap<ActorId, ShardId>,
+    failures: BTreeMap<ShardId, (VecDeque<Instant>, Instant)>,
+    /// The leases the last poll found owned by this node.
+    known: BTreeSet<ShardId>,
+    /// When this node told the leader it is stopping.
+    draining_since: Option<Instant>,
+    stale_handoffs_checked: bool,
+    shutdown: Option<RpcReplyPort<()>>,
+}
+
+impl KeeperState {
+    fn protocol(&self) -> LeaseProtocol<'_> {
+        LeaseProtocol::new(self.args.ctx.table.as_ref(), &self.args.ctx.retry)
+    }
+
+    fn me(&self) -> &proto::WorkerId {
+        &self.args.ctx.me
+    }
+
+    fn kill_all(&mut self, why: &str) {
+        for (shard, running) in std::mem::take(&mut self.consumers) {
+            warn!(node = %self.me(), shard = %shard, why, "stopping consumer at once");
+            running.actor.kill();
+            self.args.ctx.events.emit(ClusterEvent::ConsumerStopped {
+                node: self.me().clone(),
+                shard,
+                why: why.to_owned(),
+            });
+        }
+        self.by_actor.clear();
+    }
+
+    async fn heartbeat(&mut self) {
+        let me = self.me().clone();
+        let draining = self.shutdown.is_some();
+        match self.protocol().heartbeat(&me, self.heartbeat, draining).await {
+            Ok(row) => {
+                self.heartbeat = Some(row.counter);
+                self.last_heartbeat = Instant::now();
+            }
+            Err(ProtocolError::Evicted { .. }) => {
+                warn!(node = %me, "declared dead by the leader; dropping every lease and re-registering");
+                self.kill_all(reason::LOST);
+                self.heartbeat = None;
+            }
+            Err(e) => {
+                warn!(node = %me, error = %e, "heartbeat failed");
+                let silent = self.last_heartbeat.elapsed();
+                if silent + self.args.settings.heartbeat_interval >= self.args.settings.failover_time {
+                    self.kill_all("heartbeat lost");
+                }
+            }
+        }
+    }
+
+    async fn start(&mut self, myself: &ActorRef<KeeperMsg>, lease: Lease) -> Result<(), ActorProcessingErr> {
+        let shard = lease.shard_id();
+        let (actor, _) =
+            Actor::spawn_linked(None, ShardConsumer, (self.args.ctx.clone(), lease), myself.get_cell()).await?;
+        self.by_actor.insert(actor.get_id(), shard.clone());
+        self.consumers.insert(shard, Running { actor, stopping: None });
+        Ok(())
+    }
+
+    async fn poll(&mut self, myself: &ActorRef<KeeperMsg>) -> Result<(), ActorProcessingErr> {
+        if self.shutdown.is_some() || self.heartbeat.is_none() {
+            return Ok(());
+        }
+        let me = self.me().clone();
+        if !self.stale_handoffs_checked {
+            // A handoff this node started in an earlier life and never finished: finish it with
+            // the stored checkpoint so the new owner is not left waiting.
+            for lease in self.protocol().scan().await? {
+                if lease.checkpoint_owner.as_ref() == Some(&me) {
+                    let _ = self.protocol().finish_handoff(&lease, &me, lease.checkpoint.clone()).await;
+                }
+            }
+            self.stale_handoffs_checked = true;
+        }
+        let owned = self.protocol().owned_by(&me).await?;
+        let now = Instant::now();
+        let owned_keys: BTreeSet<ShardId> = owned.iter().map(Lease::shard_id).collect();
+        for lease in owned {
+            let shard = lease.shard_id();
+            let waiting_for_handoff = lease.checkpoint_owner.as_ref().is_some_and(|prev| prev != &me);
+            let backing_off = self.failures.get(&shard).is_some_and(|(_, not_before)| now < *not_before);
+            if lease.is_finished() || waiting_for_handoff || backing_off || self.consumers.contains_key(&shard) {
+                continue;
+            }
+            info!(node = %me, shard = %shard, checkpoint = ?lease.checkpoint, "starting consumer");
+            self.start(myself, lease).await?;
+        }
+        // Leases that left this node: the consumer stops (gracefully for a handoff); a handoff of
+        // a lease this node was not running (restart back-off) is finished at once.
+        let moved: Vec<ShardId> = self
+            .consumers
+            .iter()
+            .filter(|(shard, r)| r.stopping.is_none() && !owned_keys.contains(*shard))
+            .map(|(shard, _)| shard.clone())
+            .chain(self.known.iter().filter(|s| !owned_keys.contains(*s) && !self.consumers.contains_key(*s)).cloned())
+            .collect();
+        self.known = owned_keys;
+        for shard in moved {
+            let current = self.protocol().get(shard.as_str()).await?;
+            let Some(running) = self.consumers.get_mut(&shard) else {
+                if let Some(lease) = current.filter(|l| l.checkpoint_owner.as_ref() == Some(&me)) {
+                    info!(node = %me, shard = %shard, "finishing the handoff of a lease not running here");
+                    let _ = self.protocol().finish_handoff(&lease, &me, lease.checkpoint.clone()).await;
+                }
+                continue;
+            };
+            match current {
+                Some(l) if l.is_owned_by(&me) => {} // the owner index lags; still ours
+                Some(l) if l.checkpoint_owner.as_ref() == Some(&me) => {
+                    info!(node = %me, shard = %shard, "handing the lease off");
+                    running.stopping = Some(StopMode::HandOff);
+                    let _ = running.actor.cast(ConsumerMsg::Stop(StopMode::HandOff));
+                }
+                _ => {
+                    warn!(node = %me, shard = %shard, "lease taken by another node; stopping at once");
+                    running.actor.kill();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failure; `true` when the lease should be given up.
+    fn failed(&mut self, shard: &ShardId) -> bool {
+        let policy = &self.args.restart;
+        let now = Instant::now();
+        let (history, not_before) = self.failures.entry(shard.clone()).or_insert_with(|| (VecDeque::new(), now));
+        while history.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            history.pop_front();
+        }
+        history.push_back(now);
+        let n = history.len() as u32;
+        *not_before = now + (policy.initial_backoff * (1 << (n - 1).min(16))).min(policy.max_backoff);
+        history.len() >= policy.max_failures
+    }
+
+    async fn give_up(&mut self, shard: &ShardId) {
+        let me = self.me().clone();
+        if let Ok(Some(lease)) = self.protocol().get(shard.as_str()).await {
+            if lease.is_owned_by(&me) {
+                warn!(node = %me, shard = %shard, "consumer keeps failing; releasing the lease for another node");
+                let _ = self.protocol().release(&lease, &me, lease.checkpoint.clone()).await;
+            }
+        }
+        self.failures.remove(shard);
+    }
+
+    async fn after_exit(&mut self, myself: &ActorRef<KeeperMsg>, cell: &ActorCell) {
+        let Some(shard) = self.by_actor.remove(&cell.get_id()) else { return };
+        let was = self.consumers.remove(&shard);
+        // A handoff that did not complete (the consumer died first): finish it with the stored
+        // checkpoint, so the new owner does not wait for a previous owner that is gone.
+        if was.is_some_and(|r| r.stopping == Some(StopMode::HandOff)) {
+            let me = self.me().clone();
+            if let Ok(Some(lease)) = self.protocol().get(shard.as_str()).await {
+                if lease.checkpoint_owner.as_ref() == Some(&me) {
+                    let _ = self.protocol().finish_handoff(&lease, &me, lease.checkpoint.clone()).await;
+                }
+            }
+        }
+        if self.shutdown.is_some() && self.consumers.is_empty() {
+            self.finish_shutdown(myself).await;
+        }
+    }
+
+    async fn finish_shutdown(&mut self, myself: &ActorRef<KeeperMsg>) {
+        self.kill_all("shutdown deadline");
+        // Leases assigned to this node that it never started (assigned before the leader saw it
+        // draining, or in restart back-off) are released too, so the leader can reassign them at
+        // once. A leader that read the heartbeats before the draining flag may still be applying
+        // its moves: wait out two assignment cycles first.
+        let settled = self.draining_since.map(|t| t + self.args.settings.assign_interval * 2);
+        if let Some(settled) = settled {
+            tokio::time::sleep_until(settled).await;
+        }
+        let me = self.me().clone();
+        if let Ok(owned) = self.protocol().owned_by(&me).await {
+            for lease in owned.into_iter().filter(|l| !l.is_finished()) {
+                let _ = self.protocol().release(&lease, &me, lease.checkpoint.clone()).await;
+            }
+        }
+        if let Some(counter) = self.heartbeat.take() {
+            match self.args.ctx.table.remove_worker(&me, counter).await {
+                Ok(()) => info!(node = %me, "stopped; heartbeat row removed"),
+                Err(e) => warn!(node = %me, error = %e, "stopped; heartbeat row left to expire"),
+            }
+        }
+        if let Some(reply) = self.shutdown.take() {
+            let _ = reply.send(());
+        }
+        myself.stop(Some("shutdown".into()));
+    }
+}
+
+impl Actor for LeaseKeeper {
+    type Msg = KeeperMsg;
+    type State = KeeperState;
+    type Arguments = KeeperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: KeeperArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(args.settings.heartbeat_interval, || KeeperMsg::Heartbeat);
+        myself.send_interval(args.settings.poll_interval, || KeeperMsg::Poll);
+        let _ = myself.cast(KeeperMsg::Heartbeat);
+        Ok(KeeperState {
+            args,
+            heartbeat: None,
+            last_heartbeat: Instant::now(),
+            consumers: BTreeMap::new(),
+            by_actor: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            known: BTreeSet::new(),
+            draining_since: None,
+            stale_handoffs_checked: false,
+            shutdown: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            KeeperMsg::Heartbeat => state.heartbeat().await,
+            KeeperMsg::Poll => {
+                if let Err(e) = state.poll(&myself).await {
+                    warn!(node = %state.me(), error = %e, "lease poll failed");
+                }
+            }
+            KeeperMsg::Shutdown(deadline, reply) => {
+                state.shutdown = Some(reply);
+                state.draining_since = Some(Instant::now());
+                state.heartbeat().await;
+                for running in state.consumers.values_mut() {
+                    running.stopping = Some(StopMode::Release);
+                    let _ = running.actor.cast(ConsumerMsg::Stop(StopMode::Release));
+                }
+                if state.consumers.is_empty() {
+                    state.finish_shutdown(&myself).await;
+                } else {
+                    myself.send_after(deadline, || KeeperMsg::ShutdownDeadline);
+                }
+            }
+            KeeperMsg::ShutdownDeadline => {
+                if state.shutdown.is_some() {
+                    state.finish_shutdown(&myself).await;
+                }
+            }
+            KeeperMsg::Owned(reply) => {
+                let _ = reply.send(state.consumers.keys().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => state.after_exit(&myself, &cell).await,
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let Some(shard) = state.by_actor.get(&cell.get_id()).cloned() else { return Ok(()) };
+                warn!(node = %state.me(), shard = %shard, %error, "consumer failed");
+                state.args.ctx.events.emit(ClusterEvent::ConsumerStopped {
+                    node: state.me().clone(),
+                    shard: shard.clone(),
+                    why: format!("failed: {error}"),
+                });
+                let give_up = state.failed(&shard);
+                state.after_exit(&myself, &cell).await;
+                if give_up {
+                    state.give_up(&shard).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! One node: the supervisor actor that starts the sinks, the coordinator and the lease keeper,
+//! and its restart policy. The coordinator holds no state worth keeping and is restarted when it
+//! fails; a failed keeper or sink stops the node (its process exits and is restarted by its
+//! orchestrator, and its leases fail over like a crash).
+
+use crate::lease_keeper::{KeeperArgs, KeeperMsg, LeaseKeeper, RestartPolicy};
+use crate::mapper::RecordMapper;
+use crate::metrics::NodeMetrics;
+use crate::shard_consumer::{ConsumerContext, ConsumerSettings};
+use crate::sink::{Sink, SinkArgs, SinkMsg, SinkSettings};
+use coordinator::{ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink};
+use proto::{LeaseTable, RetryPolicy, ShardId, ShardReader, Warehouse, WorkerId};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, warn};
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub me: WorkerId,
+    pub cluster: ClusterSettings,
+    pub consumer: ConsumerSettings,
+    pub sink: SinkSettings,
+    pub restart: RestartPolicy,
+    pub retry: RetryPolicy,
+    /// How long a graceful stop waits for consumers to flush and release.
+    pub shutdown_deadline: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(me: WorkerId, cluster: ClusterSettings) -> Self {
+        Self {
+            me,
+            cluster,
+            consumer: ConsumerSettings::default(),
+            sink: SinkSettings::default(),
+            restart: RestartPolicy::default(),
+            retry: RetryPolicy::default(),
+            shutdown_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The services a node talks to.
+#[derive(Clone)]
+pub struct NodePorts {
+    pub table: Arc<dyn LeaseTable>,
+    pub reader: Arc<dyn ShardReader>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub mapper: Arc<dyn RecordMapper>,
+}
+
+struct NodeSupervisor;
+
+struct SupervisorArgs {
+    config: NodeConfig,
+    ports: NodePorts,
+    events: EventSink,
+    metrics: Arc<NodeMetrics>,
+}
+
+struct SupervisorState {
+    args: SupervisorArgs,
+    coordinator: ActorRef<CoordinatorMsg>,
+    keeper: ActorRef<KeeperMsg>,
+}
+
+enum SupervisorMsg {
+    Parts(ractor::RpcReplyPort<(ActorRef<CoordinatorMsg>, ActorRef<KeeperMsg>)>),
+}
+
+async fn spawn_coordinator(
+    args: &SupervisorArgs,
+    supervisor: ActorCell,
+) -> Result<ActorRef<CoordinatorMsg>, ActorProcessingErr> {
+    let coordinator_args = CoordinatorArgs {
+        me: args.config.me.clone(),
+        table: args.ports.table.clone(),
+        reader: args.ports.reader.clone(),
+        settings: args.config.cluster.clone(),
+        retry: args.config.retry.clone(),
+        events: args.events.clone(),
+    };
+    Ok(Actor::spawn_linked(None, Coordinator, coordinator_args, supervisor).await?.0)
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut sinks: Vec<ActorRef<SinkMsg>> = Vec::new();
+        for table in args.ports.mapper.tables() {
+            let sink_args = SinkArgs {
+                table,
+                warehouse: args.ports.warehouse.clone(),
+                settings: args.config.sink.clone(),
+                retry: args.config.retry.clone(),
+                metrics: args.metrics.clone(),
+            };
+            sinks.push(Actor::spawn_linked(None, Sink, sink_args, myself.get_cell()).await?.0);
+        }
+        let ctx = Arc::new(ConsumerContext {
+            me: args.config.me.clone(),
+            table: args.ports.table.clone(),
+            reader: args.ports.reader.clone(),
+            mapper: args.ports.mapper.clone(),
+            sinks,
+            settings: args.config.consumer.clone(),
+            retry: args.config.retry.clone(),
+            events: args.events.clone(),
+            metrics: args.metrics.clone(),
+        });
+        let coordinator = spawn_coordinator(&args, myself.get_cell()).await?;
+        let keeper_args =
+            KeeperArgs { ctx, settings: args.config.cluster.clone(), restart: args.config.restart.clone() };
+        let keeper = Actor::spawn_linked(None, LeaseKeeper, keeper_args, myself.get_cell()).await?.0;
+        Ok(SupervisorState { args, coordinator, keeper })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Parts(reply) => {
+                let _ = reply.send((state.coordinator.clone(), state.keeper.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) if cell.get_id() == state.coordinator.get_id() => {
+                warn!(node = %state.args.config.me, %err, "coordinator failed; restarting it");
+                state.coordinator = spawn_coordinator(&state.args, myself.get_cell()).await?;
+            }
+            SupervisionEvent::ActorFailed(_, err) => {
+                error!(node = %state.args.config.me, %err, "a node actor failed; stopping the node");
+                myself.stop(Some(format!("child failed: {err}")));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) if cell.get_id() == state.keeper.get_id() => {
+                myself.stop(Some("stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub id: WorkerId,
+    pub metrics: Arc<NodeMetrics>,
+    supervisor: ActorRef<SupervisorMsg>,
+    handle: tokio::task::JoinHandle<()>,
+    coordinator: ActorRef<CoordinatorMsg>,
+    keeper: ActorRef<KeeperMsg>,
+    shutdown_deadline: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("node {node} failed to start: {reason}")]
+pub struct StartError {
+    pub node: WorkerId,
+    pub reason: String,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig, ports: NodePorts, events: EventSink) -> Result<Node, StartError> {
+        let metrics = Arc::new(NodeMetrics::default());
+        let id = config.me.clone();
+        let shutdown_deadline = config.shutdown_deadline;
+        let fail = |reason: String| StartError { node: id.clone(), reason };
+        let args = SupervisorArgs { config, ports, events, metrics: metrics.clone() };
+        let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| fail(e.to_string()))?;
+        let (coordinator, keeper) = ractor::call!(supervisor, SupervisorMsg::Parts).map_err(|e| fail(e.to_string()))?;
+        Ok(Node { id: id.clone(), metrics, supervisor, handle, coordinator, keeper, shutdown_deadline })
+    }
+
+    /// The shards this node consumes now.
+    pub async fn owned(&self) -> Vec<ShardId> {
+        ractor::call!(self.keeper, KeeperMsg::Owned).unwrap_or_default()
+    }
+
+    pub async fn is_leader(&self) -> bool {
+        ractor::call!(self.coordinator, CoordinatorMsg::IsLeader).unwrap_or(false)
+    }
+
+    /// Graceful stop: the leader lock is given up (so this node assigns nothing more), every
+    /// consumer flushes, checkpoints and releases its lease, then the actors stop.
+    pub async fn shutdown(self) {
+        let deadline = self.shutdown_deadline;
+        let _ = ractor::call!(self.coordinator, CoordinatorMsg::Resign);
+        let _ = ractor::call!(self.keeper, KeeperMsg::Shutdown, deadline);
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = self.handle.await;
+    }
+
+    /// A crash: every actor of the node stops at once, writing nothing.
+    pub async fn kill(self) {
+        kill_tree(&self.supervisor.get_cell());
+        let _ = self.handle.await;
+    }
+
+    /// Resolves when the node stopped on its own (a fatal failure).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+fn kill_tree(cell: &ActorCell) {
+    for child in cell.get_children() {
+        kill_tree(&child);
+    }
+    cell.kill();
+}

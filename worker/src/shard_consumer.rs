@@ -1,0 +1,418 @@
+//! The shard consumer actor, one per owned lease: read → map → hand rows to the sinks → on acks,
+//! checkpoint the highest position whose rows all committed.
+//!
+//! Positions travel with the data in *chunks* (the records of one GetRecords call). A chunk is
+//! done when every sink it touched acked it; the checkpoint only ever moves to the end of the
+//! longest done prefix, so nothing uncommitted is ever checkpointed. Reading pauses while the
+//! rows in flight exceed a budget, so a slow warehouse slows the reads, not the memory.
+
+use crate::mapper::RecordMapper;
+use crate::metrics::NodeMetrics;
+use crate::sink::{Ack, SinkMsg};
+use coordinator::{ClusterEvent, EventSink};
+use proto::{
+    Checkpoint, ChildShard, Lease, LeaseProtocol, LeaseTable, Position, ProtocolError, ReadError, RetryPolicy, Row,
+    ShardId, ShardIterator, ShardReader, StartingPosition, WorkerId,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsumerSettings {
+    /// `Limit` of one GetRecords call.
+    pub max_records: usize,
+    /// Pause after a read that returned nothing.
+    pub idle_delay: Duration,
+    /// Pause between reads that returned records (5 reads/s/shard is Kinesis's limit).
+    pub read_delay: Duration,
+    /// Reading pauses while this many rows are read but not yet committed.
+    pub max_in_flight_rows: usize,
+    /// Least time between two checkpoint writes (the final ones are always written).
+    pub checkpoint_interval: Duration,
+    /// Milliseconds since the epoch, for leases that start AT_TIMESTAMP.
+    pub at_timestamp_ms: Option<i64>,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            max_records: 10_000,
+            idle_delay: Duration::from_millis(500),
+            read_delay: Duration::from_millis(200),
+            max_in_flight_rows: 50_000,
+            checkpoint_interval: Duration::from_secs(1),
+            at_timestamp_ms: None,
+        }
+    }
+}
+
+/// What every consumer of a node shares.
+pub struct ConsumerContext {
+    pub me: WorkerId,
+    pub table: Arc<dyn LeaseTable>,
+    pub reader: Arc<dyn ShardReader>,
+    pub mapper: Arc<dyn RecordMapper>,
+    pub sinks: Vec<ActorRef<SinkMsg>>,
+    pub settings: ConsumerSettings,
+    pub retry: RetryPolicy,
+    pub events: EventSink,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// How a consumer ends on request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Graceful node stop: flush, checkpoint, release the lease.
+    Release,
+    /// The leader moved the lease: flush, checkpoint, let the new owner start.
+    HandOff,
+}
+
+pub enum ConsumerMsg {
+    Read,
+    Acked(u64),
+    Nacked(u64, String),
+    Stop(StopMode),
+}
+
+/// Why a consumer stopped: the reason string its supervisor sees.
+pub mod reason {
+    pub const RELEASED: &str = "released";
+    pub const HANDED_OFF: &str = "handed off";
+    pub const SHARD_END: &str = "shard end";
+    pub const LOST: &str = "lost";
+}
+
+struct Chunk {
+    id: u64,
+    last: Position,
+    pending: usize,
+    rows: usize,
+}
+
+pub struct ShardConsumer;
+
+pub struct ConsumerState {
+    ctx: Arc<ConsumerContext>,
+    lease: Lease,
+    shard: ShardId,
+    iterator: Option<ShardIterator>,
+    /// The last position handed to the sinks (resume point after an expired iterator).
+    read_upto: Option<Position>,
+    chunks: VecDeque<Chunk>,
+    next_chunk: u64,
+    in_flight_rows: usize,
+    /// End of the longest committed prefix.
+    committed: Option<Position>,
+    last_checkpoint: Instant,
+    read_scheduled: bool,
+    consecutive_errors: u32,
+    ended: Option<Vec<ChildShard>>,
+    stopping: Option<StopMode>,
+}
+
+impl ConsumerState {
+    fn protocol(&self) -> LeaseProtocol<'_> {
+        LeaseProtocol::new(self.ctx.table.as_ref(), &self.ctx.retry)
+    }
+
+    fn schedule_read(&mut self, myself: &ActorRef<ConsumerMsg>, after: Duration) {
+        if !self.read_scheduled {
+            self.read_scheduled = true;
+            if after.is_zero() {
+                let _ = myself.cast(ConsumerMsg::Read);
+            } else {
+                myself.send_after(after, || ConsumerMsg::Read);
+            }
+        }
+    }
+
+    fn error_backoff(&mut self) -> Duration {
+        self.consecutive_errors += 1;
+        (Duration::from_millis(200) * (1 << self.consecutive_errors.min(6))).min(Duration::from_secs(10))
+    }
+
+    /// Where to resume: after the last record handed on, else from the lease's checkpoint.
+    /// Positions inside an aggregate re-read the aggregate and skip what was done.
+    fn starting_position(&self) -> StartingPosition {
+        let resume = self.read_upto.as_ref().or(match &self.lease.checkpoint {
+            Checkpoint::At(p) => Some(p),
+            _ => None,
+        });
+        match (resume, &self.lease.checkpoint) {
+            (Some(p), _) if p.sub_sequence == 0 => StartingPosition::AfterSequence(p.sequence.clone()),
+            (Some(p), _) => StartingPosition::AtSequence(p.sequence.clone()),
+            (None, Checkpoint::Latest) => StartingPosition::Latest,
+            (None, Checkpoint::AtTimestamp) => {
+                StartingPosition::AtTimestamp(self.ctx.settings.at_timestamp_ms.unwrap_or(0))
+            }
+            (None, _) => StartingPosition::TrimHorizon,
+        }
+    }
+
+    fn done_upto(&self) -> Option<&Position> {
+        self.read_upto.as_ref().or(match &self.lease.checkpoint {
+            Checkpoint::At(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    async fn read(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
+        self.read_scheduled = false;
+        if self.stopping.is_some()
+            || self.ended.is_some()
+            || self.in_flight_rows >= self.ctx.settings.max_in_flight_rows
+        {
+            return Ok(());
+        }
+        let iterator = match self.iterator.take() {
+            Some(it) => it,
+            None => match self.ctx.reader.iterator(&self.shard, &self.starting_position()).await {
+                Ok(it) => it,
+                Err(e) if e.is_retryable() => {
+                    let backoff = self.error_backoff();
+                    self.schedule_read(myself, backoff);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let batch = match self.ctx.reader.read(&iterator, self.ctx.settings.max_records).await {
+            Ok(batch) => batch,
+            Err(ReadError::ExpiredIterator) => {
+                debug!(shard = %self.shard, "iterator expired; resuming from the last position");
+                self.schedule_read(myself, Duration::ZERO);
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() => {
+                self.iterator = Some(iterator);
+                let backoff = self.error_backoff();
+                self.schedule_read(myself, backoff);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.consecutive_errors = 0;
+        self.ctx.metrics.millis_behind.fetch_max(batch.millis_behind_latest, std::sync::atomic::Ordering::Relaxed);
+        let got_records = !batch.records.is_empty();
+        self.hand_on(myself, batch.records)?;
+        self.iterator = batch.next_iterator;
+        if self.iterator.is_none() {
+            info!(shard = %self.shard, children = batch.child_shards.len(), "reached the end of the shard");
+            self.create_children(&batch.child_shards).await?;
+            self.ended = Some(batch.child_shards);
+            return self.maybe_finish(myself).await;
+        }
+        let delay = if got_records { self.ctx.settings.read_delay } else { self.ctx.settings.idle_delay };
+        self.schedule_read(myself, delay);
+        Ok(())
+    }
+
+    /// Maps records into rows, sends them to the sinks as one chunk.
+    fn hand_on(
+        &mut self,
+        myself: &ActorRef<ConsumerMsg>,
+        records: Vec<proto::KinesisRecord>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut out: Vec<(usize, Row)> = Vec::new();
+        let mut last = None;
+        let skip_upto = self.done_upto().cloned();
+        for record in &records {
+            let position = record.position();
+            if skip_upto.as_ref().is_some_and(|done| &position <= done) {
+                continue;
+            }
+            self.ctx.mapper.map(&self.shard, record, &position, &mut out);
+            last = Some(position);
+        }
+        NodeMetrics::add(&self.ctx.metrics.records_read, records.len() as u64);
+        let Some(last) = last else { return Ok(()) };
+        self.read_upto = Some(last.clone());
+        let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
+        let rows = out.len();
+        let dead = self.ctx.sinks.len() - 1;
+        for (i, row) in out {
+            if i == dead {
+                NodeMetrics::add(&self.ctx.metrics.dead_letters, 1);
+            }
+            per_sink[i].push(row);
+        }
+        let id = self.next_chunk;
+        self.next_chunk += 1;
+        let mut pending = 0;
+        for (sink, rows) in self.ctx.sinks.iter().zip(per_sink) {
+            if !rows.is_empty() {
+                pending += 1;
+                sink.cast(SinkMsg::Write { rows, ack: Ack { consumer: myself.clone(), chunk: id } })?;
+            }
+        }
+        self.in_flight_rows += rows;
+        self.chunks.push_back(Chunk { id, last, pending, rows });
+        self.advance();
+        Ok(())
+    }
+
+    /// Pops the done prefix of chunks; moves `committed` forward.
+    fn advance(&mut self) {
+        while self.chunks.front().is_some_and(|c| c.pending == 0) {
+            let chunk = self.chunks.pop_front().expect("front exists");
+            self.in_flight_rows -= chunk.rows;
+            self.committed = Some(chunk.last);
+        }
+    }
+
+    /// The checkpoint the committed prefix allows, if it is ahead of the lease's.
+    fn next_checkpoint(&self) -> Option<Checkpoint> {
+        let cp = Checkpoint::At(self.committed.clone()?);
+        matches!(cp.progress_cmp(&self.lease.checkpoint), Some(std::cmp::Ordering::Greater)).then_some(cp)
+    }
+
+    async fn checkpoint(&mut self, myself: &ActorRef<ConsumerMsg>) {
+        let Some(cp) = self.next_checkpoint() else { return };
+        let me = self.ctx.me.clone();
+        match self.protocol().checkpoint(&self.lease, &me, cp).await {
+            Ok(lease) => {
+                self.lease = lease;
+                self.last_checkpoint = Instant::now();
+                NodeMetrics::add(&self.ctx.metrics.checkpoints, 1);
+            }
+            Err(ProtocolError::Lost { .. }) => self.stop(myself, reason::LOST),
+            Err(e) => warn!(shard = %self.shard, error = %e, "checkpoint failed; will retry"),
+        }
+    }
+
+    async fn create_children(&self, children: &[ChildShard]) -> Result<(), ProtocolError> {
+        for child in children {
+            let lease =
+                Lease::for_shard(&child.id, child.parents.clone(), Some(child.hash_range), Checkpoint::TrimHorizon);
+            if self.protocol().create(&lease).await? {
+                self.ctx.events.emit(ClusterEvent::LeaseCreated { shard: child.id.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Once nothing is in flight: the final write of a stop, or SHARD_END.
+    async fn maybe_finish(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.chunks.is_empty() {
+            return Ok(());
+        }
+        let me = self.ctx.me.clone();
+        if let Some(children) = &self.ended {
+            let ids = children.iter().map(|c| c.id.clone()).collect();
+            match self.protocol().end_shard(&self.lease, &me, ids).await {
+                Ok(lease) => {
+                    self.lease = lease;
+                    self.ctx.events.emit(ClusterEvent::ShardEnded { node: me, shard: self.shard.clone() });
+                    self.stop(myself, reason::SHARD_END);
+                }
+                Err(ProtocolError::Lost { .. }) => self.stop(myself, reason::LOST),
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(());
+        }
+        let Some(mode) = self.stopping else { return Ok(()) };
+        let to = self.next_checkpoint().unwrap_or_else(|| self.lease.checkpoint.clone());
+        let result = match mode {
+            StopMode::Release => self.protocol().release(&self.lease, &me, to).await,
+            StopMode::HandOff => match self.protocol().get(&self.lease.key).await? {
+                Some(current) if current.checkpoint_owner.as_ref() == Some(&me) => {
+                    self.protocol().finish_handoff(&current, &me, to).await
+                }
+                current => Err(ProtocolError::Lost { key: self.lease.key.clone(), current: current.map(Box::new) }),
+            },
+        };
+        match (result, mode) {
+            (Ok(_), StopMode::Release) => self.stop(myself, reason::RELEASED),
+            (Ok(_), StopMode::HandOff) => self.stop(myself, reason::HANDED_OFF),
+            (Err(ProtocolError::Lost { .. }), _) => self.stop(myself, reason::LOST),
+            (Err(e), _) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn stop(&self, myself: &ActorRef<ConsumerMsg>, why: &str) {
+        info!(shard = %self.shard, node = %self.ctx.me, why, "consumer stopping");
+        self.ctx.events.emit(ClusterEvent::ConsumerStopped {
+            node: self.ctx.me.clone(),
+            shard: self.shard.clone(),
+            why: why.to_owned(),
+        });
+        myself.stop(Some(why.to_owned()));
+    }
+}
+
+impl Actor for ShardConsumer {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState;
+    type Arguments = (Arc<ConsumerContext>, Lease);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (ctx, lease): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let shard = lease.shard_id();
+        ctx.events.emit(ClusterEvent::ConsumerStarted { node: ctx.me.clone(), shard: shard.clone() });
+        let mut state = ConsumerState {
+            ctx,
+            lease,
+            shard,
+            iterator: None,
+            read_upto: None,
+            chunks: VecDeque::new(),
+            next_chunk: 0,
+            in_flight_rows: 0,
+            committed: None,
+            last_checkpoint: Instant::now(),
+            read_scheduled: false,
+            consecutive_errors: 0,
+            ended: None,
+            stopping: None,
+        };
+        state.schedule_read(&myself, Duration::ZERO);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMsg::Read => state.read(&myself).await?,
+            ConsumerMsg::Acked(id) => {
+                if let Some(chunk) = state.chunks.iter_mut().find(|c| c.id == id) {
+                    chunk.pending -= 1;
+                }
+                state.advance();
+                let due = state.last_checkpoint.elapsed() >= state.ctx.settings.checkpoint_interval;
+                if state.stopping.is_none() && state.ended.is_none() && due {
+                    state.checkpoint(&myself).await;
+                }
+                state.maybe_finish(&myself).await?;
+                if state.in_flight_rows < state.ctx.settings.max_in_flight_rows {
+                    state.schedule_read(&myself, Duration::ZERO);
+                }
+            }
+            ConsumerMsg::Nacked(_, why) => {
+                return Err(format!("shard {}: rows not committed: {why}", state.shard).into());
+            }
+            ConsumerMsg::Stop(mode) => {
+                if state.stopping.is_none() {
+                    state.stopping = Some(mode);
+                    for sink in &state.ctx.sinks {
+                        let _ = sink.cast(SinkMsg::Flush);
+                    }
+                    state.maybe_finish(&myself).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The sink actor, one per target table: gathers rows from every consumer of the node into
+//! batches (by rows, bytes and latency), commits each batch in one warehouse transaction, then
+//! acks the chunks it carried back to their consumers. A batch that cannot commit after the
+//! retry policy is nacked: its consumers restart from their last checkpoint.
+
+use crate::metrics::NodeMetrics;
+use crate::shard_consumer::ConsumerMsg;
+use proto::{Batch, RetryPolicy, Row, TableSchema, Value, Warehouse, WarehouseError};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinkSettings {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_latency: Duration,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        Self { max_rows: 5_000, max_bytes: 8 << 20, max_latency: Duration::from_millis(500) }
+    }
+}
+
+/// Who to tell when rows committed.
+#[derive(Clone)]
+pub struct Ack {
+    pub consumer: ActorRef<ConsumerMsg>,
+    pub chunk: u64,
+}
+
+pub enum SinkMsg {
+    Write {
+        rows: Vec<Row>,
+        ack: Ack,
+    },
+    /// Commit what is buffered now (a consumer is stopping).
+    Flush,
+    /// The latency deadline of batch number `.0`.
+    Deadline(u64),
+}
+
+pub struct Sink;
+
+pub struct SinkArgs {
+    pub table: Arc<TableSchema>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub settings: SinkSettings,
+    pub retry: RetryPolicy,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+pub struct SinkState {
+    args: SinkArgs,
+    rows: Vec<Row>,
+    bytes: usize,
+    acks: Vec<Ack>,
+    /// Counts batches, so a deadline set for an earlier batch is ignored.
+    generation: u64,
+}
+
+/// A rough size of a row on the wire, for the byte limit.
+fn row_bytes(row: &Row) -> usize {
+    row.version.as_str().len()
+        + row
+            .values
+            .iter()
+            .map(|v| match v {
+                Value::Text(s) => s.len() + 4,
+                _ => 8,
+            })
+            .sum::<usize>()
+}
+
+impl SinkState {
+    async fn commit(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        self.generation += 1;
+        let batch = Batch { table: self.args.table.clone(), rows: std::mem::take(&mut self.rows) };
+        let acks = std::mem::take(&mut self.acks);
+        self.bytes = 0;
+        let warehouse = self.args.warehouse.clone();
+        let metrics = self.args.metrics.clone();
+        let result = self
+            .args
+            .retry
+            .run(WarehouseError::is_retryable, || {
+                let warehouse = warehouse.clone();
+                let batch = &batch;
+                let metrics = metrics.clone();
+                async move {
+                    let r = warehouse.commit(batch).await;
+                    if r.is_err() {
+                        NodeMetrics::add(&metrics.commit_retries, 1);
+                    }
+                    r
+                }
+            })
+            .await;
+        match result {
+            Ok(stats) => {
+                NodeMetrics::add(&self.args.metrics.commits, 1);
+                NodeMetrics::add(&self.args.metrics.rows_committed, stats.upserted + stats.deleted);
+                NodeMetrics::add(&self.args.metrics.rows_fenced, stats.fenced);
+                for ack in acks {
+                    let _ = ack.consumer.cast(ConsumerMsg::Acked(ack.chunk));
+                }
+            }
+            Err(e) => {
+                warn!(table = %self.args.table.name, error = %e, rows = batch.rows.len(), "batch not committed");
+                for ack in acks {
+                    let _ = ack.consumer.cast(ConsumerMsg::Nacked(ack.chunk, e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Sink {
+    type Msg = SinkMsg;
+    type State = SinkState;
+    type Arguments = SinkArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: SinkArgs) -> Result<Self::State, ActorProcessingErr> {
+        let warehouse = args.warehouse.clone();
+        let table = args.table.clone();
+        args.retry.run(WarehouseError::is_retryable, || warehouse.ensure_table(&table)).await?;
+        Ok(SinkState { args, rows: Vec::new(), bytes: 0, acks: Vec::new(), generation: 0 })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SinkMsg::Write { rows, ack } => {
+                let first = state.acks.is_empty();
+                state.bytes += rows.iter().map(row_bytes).sum::<usize>();
+                state.rows.extend(rows);
+                state.acks.push(ack);
+                if state.rows.len() >= state.args.settings.max_rows || state.bytes >= state.args.settings.max_bytes {
+                    state.commit().await;
+                } else if first {
+                    let generation = state.generation;
+                    myself.send_after(state.args.settings.max_latency, move || SinkMsg::Deadline(generation));
+                }
+            }
+            SinkMsg::Flush => state.commit().await,
+            SinkMsg::Deadline(generation) if generation == state.generation => state.commit().await,
+            SinkMsg::Deadline(_) => {}
+        }
+        Ok(())
+    }
+}
