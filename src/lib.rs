@@ -9,4 +9,6 @@
 //! | `demo.rs` | `tributary demo`: the embedded one-command run |
 
 pub mod cluster;
+pub mod demo;
+pub mod ev;
 pub mod timeline;

@@ -11,7 +11,7 @@ use coordinator::ClusterSettings;
 use proto::memory::{
     FaultConfig, FaultyLeaseTable, FaultyReader, FaultyWarehouse, MemoryLeaseTable, MemoryStream, MemoryWarehouse,
 };
-use proto::{Clock, Column, LeaseTable, ShardId, ShardReader, SqlType, TableSchema, Value, WorkerId};
+use proto::{Clock, LeaseTable, ShardId, ShardReader, Value, WorkerId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,40 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tributary::cluster::LocalCluster;
 use tributary::timeline::{max, median, Figures};
-use worker::{ColumnSource, JsonMapper, NodeConfig, NodePorts, TableMapping, DEAD_LETTER_TABLE};
+use worker::{NodeConfig, NodePorts, DEAD_LETTER_TABLE};
+
+mod common;
+use common::mapper;
 
 const KEYS: usize = 64;
 const PRODUCE_FOR: Duration = Duration::from_secs(40);
-
-fn mapper() -> JsonMapper {
-    let col = |name: &str, ty| Column { name: name.into(), ty };
-    let latest = TableSchema {
-        name: "sim_latest".into(),
-        columns: vec![col("key", SqlType::Text), col("value", SqlType::BigInt)],
-        key: vec![0],
-        version_column: "_version".into(),
-    };
-    let raw = TableSchema {
-        name: "sim_raw".into(),
-        columns: vec![
-            col("shard_id", SqlType::Text),
-            col("sequence_number", SqlType::Text),
-            col("payload", SqlType::Text),
-        ],
-        key: vec![0, 1],
-        version_column: "_version".into(),
-    };
-    JsonMapper::new(vec![
-        TableMapping {
-            schema: Arc::new(latest),
-            sources: vec![ColumnSource::Field("key".into()), ColumnSource::Field("value".into())],
-        },
-        TableMapping {
-            schema: Arc::new(raw),
-            sources: vec![ColumnSource::ShardId, ColumnSource::SequenceNumber, ColumnSource::Payload],
-        },
-    ])
-}
 
 /// What the generator wrote.
 #[derive(Default)]

@@ -264,7 +264,13 @@ impl Actor for Coordinator {
                 state.resigned = true;
                 if let Some((lock, _)) = state.lock.take() {
                     let expect = proto::Expect::unchanged(&lock);
-                    if let Err(e) = state.args.table.delete(&lock.key, &expect).await {
+                    let table = state.args.table.clone();
+                    let deleted = state
+                        .args
+                        .retry
+                        .run(proto::LeaseError::is_retryable, || table.delete(&lock.key, &expect))
+                        .await;
+                    if let Err(e) = deleted {
                         debug!(error = %e, "leader lock not released; it will expire");
                     }
                     state.args.events.emit(ClusterEvent::LostLeadership { node: state.args.me.clone() });

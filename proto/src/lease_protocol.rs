@@ -214,3 +214,104 @@ fn landed(expect: &Expect, change: &LeaseChange, row: &Lease) -> bool {
         && change.checkpoint_owner.as_ref().is_none_or(|o| o == &row.checkpoint_owner)
         && change.child_shard_ids.as_ref().is_none_or(|c| c == &row.child_shard_ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{FaultConfig, FaultyLeaseTable, MemoryLeaseTable};
+    use crate::{Position, SequenceNumber, ShardId};
+    use std::sync::Arc;
+
+    fn at(seq: u128) -> Checkpoint {
+        Checkpoint::At(Position::new(SequenceNumber::from_u128(seq), 0))
+    }
+
+    async fn owned_lease(table: &dyn LeaseTable, retry: &RetryPolicy, owner: &WorkerId) -> Lease {
+        let p = LeaseProtocol::new(table, retry);
+        let lease = Lease::for_shard(&ShardId::numbered(0), vec![], None, Checkpoint::TrimHorizon);
+        assert!(p.create(&lease).await.unwrap());
+        assert!(!p.create(&lease).await.unwrap(), "a second create finds the row");
+        p.assign(&lease, owner).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_lost_its_lease_cannot_checkpoint() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        let held = owned_lease(&table, &retry, &a).await;
+        let held = p.checkpoint(&held, &a, at(5)).await.unwrap();
+        assert_eq!(held.checkpoint, at(5));
+        // b takes it (a was seen expired); a's next checkpoint must fail.
+        let taken = p.take(&held, &b).await.unwrap();
+        assert_eq!(taken.owner_switches_since_checkpoint, 1);
+        assert!(matches!(p.checkpoint(&held, &a, at(9)).await, Err(ProtocolError::Lost { .. })));
+        assert!(matches!(p.release(&held, &a, at(9)).await, Err(ProtocolError::Lost { .. })));
+        assert_eq!(table.get(&held.key).await.unwrap().unwrap().checkpoint, at(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkpoints_never_go_backwards() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let a = WorkerId::new("a");
+        let lease = owned_lease(&table, &retry, &a).await;
+        let lease = p.checkpoint(&lease, &a, at(10)).await.unwrap();
+        assert!(matches!(p.checkpoint(&lease, &a, at(9)).await, Err(ProtocolError::Backward { .. })));
+        assert!(matches!(p.checkpoint(&lease, &a, Checkpoint::TrimHorizon).await, Err(ProtocolError::Backward { .. })));
+        let ended = p.end_shard(&lease, &a, vec![ShardId::numbered(1)]).await.unwrap();
+        assert_eq!((ended.checkpoint, ended.child_shard_ids), (Checkpoint::ShardEnd, vec![ShardId::numbered(1)]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_that_landed_but_reported_failure_are_recognised() {
+        // Every write lands and then reports ConditionFailed or Ambiguous, as a client retry of a
+        // landed write does: the protocol re-reads and keeps the lease.
+        let inner = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let a = WorkerId::new("a");
+        let lease = owned_lease(&inner, &retry, &a).await;
+        let faulty =
+            FaultyLeaseTable::new(Arc::new(inner.clone()), FaultConfig { fail_before: 0.0, fail_after: 1.0 }, 7);
+        let p = LeaseProtocol::new(&faulty, &retry);
+        let renewed = p.renew(&lease, &a).await.unwrap();
+        assert_eq!(renewed.counter, lease.counter + 1);
+        let cp = p.checkpoint(&renewed, &a, at(3)).await.unwrap();
+        assert_eq!(cp.checkpoint, at(3));
+        let hb = p.heartbeat(&a, None, false).await.unwrap();
+        let hb2 = p.heartbeat(&a, Some(hb.counter), false).await.unwrap();
+        assert_eq!(hb2.counter, hb.counter + 1);
+        assert_eq!(inner.stats().writes, 3 + 2 + 2, "create + assign + renew + checkpoint + 2 heartbeats, once each");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_writes_are_retried_and_a_vanished_heartbeat_row_means_evicted() {
+        let inner = MemoryLeaseTable::new();
+        let retry = RetryPolicy { max_attempts: 50, ..RetryPolicy::default() };
+        let faulty =
+            FaultyLeaseTable::new(Arc::new(inner.clone()), FaultConfig { fail_before: 0.5, fail_after: 0.0 }, 3);
+        let p = LeaseProtocol::new(&faulty, &retry);
+        let a = WorkerId::new("a");
+        let hb = p.heartbeat(&a, None, false).await.unwrap();
+        inner.remove_worker(&a, hb.counter).await.unwrap();
+        assert!(matches!(p.heartbeat(&a, Some(hb.counter), false).await, Err(ProtocolError::Evicted { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handoff_waits_for_the_previous_owner() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        let lease = owned_lease(&table, &retry, &a).await;
+        let moving = p.hand_off(&lease, &b).await.unwrap();
+        assert_eq!((moving.owner.clone(), moving.checkpoint_owner.clone()), (Some(b.clone()), Some(a.clone())));
+        // The new owner cannot checkpoint while the handoff is open; the old owner finishes it.
+        assert!(matches!(p.checkpoint(&moving, &b, at(1)).await, Err(ProtocolError::Lost { .. })));
+        let done = p.finish_handoff(&moving, &a, at(4)).await.unwrap();
+        assert_eq!((done.checkpoint_owner.clone(), done.checkpoint.clone()), (None, at(4)));
+        p.checkpoint(&done, &b, at(6)).await.unwrap();
+    }
+}

@@ -196,6 +196,40 @@ impl KeeperState {
         Ok(())
     }
 
+    /// The fast path at a shard's end: a child whose parents are now all finished and that
+    /// nobody owns yet is taken and started at once, instead of waiting for the leader's next
+    /// cycle and this node's next poll. The take is conditional, so it never doubles an owner;
+    /// the leader may hand the child on later to keep the balance.
+    async fn adopt_children(
+        &mut self,
+        myself: &ActorRef<KeeperMsg>,
+        parent: &ShardId,
+    ) -> Result<(), ActorProcessingErr> {
+        let me = self.me().clone();
+        let Some(parent) = self.protocol().get(parent.as_str()).await? else { return Ok(()) };
+        for child in &parent.child_shard_ids {
+            let Some(lease) = self.protocol().get(child.as_str()).await? else { continue };
+            if lease.owner.is_some() || lease.is_finished() || self.consumers.contains_key(child) {
+                continue;
+            }
+            let mut parents_done = true;
+            for p in &lease.parent_shard_ids {
+                if self.protocol().get(p.as_str()).await?.is_some_and(|l| !l.is_finished()) {
+                    parents_done = false;
+                }
+            }
+            if !parents_done {
+                continue;
+            }
+            if let Ok(taken) = self.protocol().take(&lease, &me).await {
+                info!(node = %me, shard = %child, "parents finished; starting the child at once");
+                self.known.insert(child.clone());
+                self.start(myself, taken).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records a failure; `true` when the lease should be given up.
     fn failed(&mut self, shard: &ShardId) -> bool {
         let policy = &self.args.restart;
@@ -341,7 +375,17 @@ impl Actor for LeaseKeeper {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => state.after_exit(&myself, &cell).await,
+            SupervisionEvent::ActorTerminated(cell, _, why) => {
+                let shard = state.by_actor.get(&cell.get_id()).cloned();
+                state.after_exit(&myself, &cell).await;
+                if let (Some(shard), Some(reason::SHARD_END)) = (shard, why.as_deref()) {
+                    if state.shutdown.is_none() {
+                        if let Err(e) = state.adopt_children(&myself, &shard).await {
+                            warn!(node = %state.me(), error = %e, "could not adopt the children of {shard}");
+                        }
+                    }
+                }
+            }
             SupervisionEvent::ActorFailed(cell, error) => {
                 let Some(shard) = state.by_actor.get(&cell.get_id()).cloned() else { return Ok(()) };
                 warn!(node = %state.me(), shard = %shard, %error, "consumer failed");

@@ -12,7 +12,7 @@ pub struct NodeMetrics {
     pub commit_retries: AtomicU64,
     pub dead_letters: AtomicU64,
     pub checkpoints: AtomicU64,
-    /// The largest `MillisBehindLatest` of the last reads.
+    /// `MillisBehindLatest` of the last read (any shard).
     pub millis_behind: AtomicU64,
 }
 

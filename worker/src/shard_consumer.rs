@@ -74,6 +74,8 @@ pub enum StopMode {
 
 pub enum ConsumerMsg {
     Read,
+    /// A deferred checkpoint is due.
+    Checkpoint,
     Acked(u64),
     Nacked(u64, String),
     Stop(StopMode),
@@ -110,6 +112,7 @@ pub struct ConsumerState {
     committed: Option<Position>,
     last_checkpoint: Instant,
     read_scheduled: bool,
+    checkpoint_scheduled: bool,
     consecutive_errors: u32,
     ended: Option<Vec<ChildShard>>,
     stopping: Option<StopMode>,
@@ -197,7 +200,7 @@ impl ConsumerState {
             Err(e) => return Err(e.into()),
         };
         self.consecutive_errors = 0;
-        self.ctx.metrics.millis_behind.fetch_max(batch.millis_behind_latest, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.metrics.millis_behind.store(batch.millis_behind_latest, std::sync::atomic::Ordering::Relaxed);
         let got_records = !batch.records.is_empty();
         self.hand_on(myself, batch.records)?;
         self.iterator = batch.next_iterator;
@@ -370,6 +373,7 @@ impl Actor for ShardConsumer {
             committed: None,
             last_checkpoint: Instant::now(),
             read_scheduled: false,
+            checkpoint_scheduled: false,
             consecutive_errors: 0,
             ended: None,
             stopping: None,
@@ -391,13 +395,26 @@ impl Actor for ShardConsumer {
                     chunk.pending -= 1;
                 }
                 state.advance();
-                let due = state.last_checkpoint.elapsed() >= state.ctx.settings.checkpoint_interval;
-                if state.stopping.is_none() && state.ended.is_none() && due {
-                    state.checkpoint(&myself).await;
+                if state.stopping.is_none() && state.ended.is_none() {
+                    // At most one checkpoint write per interval; a deferred one is written when
+                    // the interval ends, so an idle shard's checkpoint does not lag behind.
+                    let wait = state.ctx.settings.checkpoint_interval.saturating_sub(state.last_checkpoint.elapsed());
+                    if wait.is_zero() {
+                        state.checkpoint(&myself).await;
+                    } else if !state.checkpoint_scheduled {
+                        state.checkpoint_scheduled = true;
+                        myself.send_after(wait, || ConsumerMsg::Checkpoint);
+                    }
                 }
                 state.maybe_finish(&myself).await?;
                 if state.in_flight_rows < state.ctx.settings.max_in_flight_rows {
                     state.schedule_read(&myself, Duration::ZERO);
+                }
+            }
+            ConsumerMsg::Checkpoint => {
+                state.checkpoint_scheduled = false;
+                if state.stopping.is_none() && state.ended.is_none() {
+                    state.checkpoint(&myself).await;
                 }
             }
             ConsumerMsg::Nacked(_, why) => {

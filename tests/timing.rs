@@ -1,0 +1,92 @@
+//! The protocol's timing targets, measured in virtual time (paused tokio clock, no injected
+//! faults), so the figures are exact and repeatable: crash failover ≤ failover_time + 2 s,
+//! graceful handoff ≤ 1 s, a child shard starts ≤ 1 s after its last parent's SHARD_END.
+
+use coordinator::ClusterSettings;
+use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
+use proto::{Clock, ShardId, ShardReader, WorkerId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tributary::cluster::LocalCluster;
+use tributary::timeline::max;
+use worker::{NodeConfig, NodePorts};
+
+mod common;
+
+const FAILOVER: Duration = Duration::from_secs(10);
+
+async fn produce(stream: &MemoryStream, for_: Duration, counter: &mut u64) {
+    let until = tokio::time::Instant::now() + for_;
+    while tokio::time::Instant::now() < until {
+        for _ in 0..5 {
+            *counter += 1;
+            let key = format!("k{}", *counter % 97);
+            stream.put(&key, format!(r#"{{"key":"{key}","value":{counter}}}"#).into_bytes());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_handoff_and_child_start_meet_their_targets() {
+    let stream = MemoryStream::new(8, Clock::starting_at(0));
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(MemoryWarehouse::new()),
+        mapper: Arc::new(common::mapper()),
+    };
+    let mut cluster =
+        LocalCluster::new(ports, NodeConfig::new(WorkerId::new("t"), ClusterSettings::with_failover(FAILOVER)));
+    for _ in 0..3 {
+        cluster.start_node(None).await.unwrap();
+    }
+    let mut n = 0;
+    produce(&stream, Duration::from_secs(5), &mut n).await;
+    let assignment = cluster.assignment().await;
+    let counts: Vec<usize> = assignment.values().map(Vec::len).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 8, "{assignment:?}");
+    assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{assignment:?}");
+
+    // Crash the busiest node, then let the cluster recover.
+    let victim = assignment.iter().max_by_key(|(_, s)| s.len()).map(|(w, _)| w.clone()).unwrap();
+    cluster.kill(&victim).await;
+    produce(&stream, FAILOVER + Duration::from_secs(5), &mut n).await;
+
+    // A new node joins (rebalance by handoff), then one stops gracefully.
+    cluster.start_node(None).await.unwrap();
+    produce(&stream, Duration::from_secs(5), &mut n).await;
+    let leaving = cluster.live()[0].clone();
+    cluster.stop(&leaving).await;
+    produce(&stream, Duration::from_secs(5), &mut n).await;
+
+    // Split one shard, merge two others.
+    let mut open = stream.open_shards();
+    open.sort_by_key(|s| s.hash_range.start);
+    let s = &open[0];
+    stream.split(&s.id, s.hash_range.start + (s.hash_range.end - s.hash_range.start) / 2).unwrap();
+    stream.merge(&open[2].id, &open[3].id).unwrap();
+    produce(&stream, Duration::from_secs(5), &mut n).await;
+
+    let parents: BTreeMap<ShardId, Vec<ShardId>> = stream
+        .list_shards()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| !s.parents.is_empty())
+        .map(|s| (s.id, s.parents))
+        .collect();
+    let figures = cluster.timeline.figures(&parents);
+    cluster.stop_all().await;
+    eprintln!(
+        "failover {:?} | handoffs {:?} | child starts {:?}",
+        figures.failover, figures.handoff, figures.child_start
+    );
+    assert_eq!(figures.failover.len(), 1);
+    assert!(max(&figures.failover).unwrap() <= FAILOVER + Duration::from_secs(2), "{:?}", figures.failover);
+    assert!(!figures.handoff.is_empty());
+    assert!(max(&figures.handoff).unwrap() <= Duration::from_secs(1), "{:?}", figures.handoff);
+    assert_eq!(figures.child_start.len(), 3);
+    assert!(max(&figures.child_start).unwrap() <= Duration::from_secs(1), "{:?}", figures.child_start);
+}

@@ -1,0 +1,86 @@
+//! One node over in-memory ports, in paused time: backpressure from a stalled warehouse, and
+//! checkpoints that never run ahead of what committed.
+
+use async_trait::async_trait;
+use coordinator::{ClusterSettings, EventSink};
+use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
+use proto::{
+    Batch, Checkpoint, Clock, Column, CommitStats, LeaseTable, SqlType, TableSchema, Warehouse, WarehouseError,
+    WorkerId,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use worker::{ColumnSource, JsonMapper, Node, NodeConfig, NodePorts, TableMapping};
+
+/// A warehouse whose commits wait while the gate is closed.
+struct Gated {
+    inner: MemoryWarehouse,
+    open: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl Warehouse for Gated {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
+        self.inner.ensure_table(table).await
+    }
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.inner.commit(batch).await
+    }
+}
+
+fn mapper() -> JsonMapper {
+    let schema = TableSchema {
+        name: "t".into(),
+        columns: vec![Column { name: "id".into(), ty: SqlType::BigInt }],
+        key: vec![0],
+        version_column: "_version".into(),
+    };
+    JsonMapper::new(vec![TableMapping { schema: Arc::new(schema), sources: vec![ColumnSource::Field("id".into())] }])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let mut last = None;
+    for i in 0..1_000 {
+        last = Some(stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes()).1);
+    }
+    let leases = MemoryLeaseTable::new();
+    let warehouse = MemoryWarehouse::new();
+    let (gate, open) = watch::channel(false);
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(Gated { inner: warehouse.clone(), open }),
+        mapper: Arc::new(mapper()),
+    };
+    let mut config = NodeConfig::new(WorkerId::new("n"), ClusterSettings::with_failover(Duration::from_secs(10)));
+    config.consumer.max_records = 50;
+    config.consumer.max_in_flight_rows = 100;
+    config.sink.max_rows = 1_000;
+    config.sink.max_latency = Duration::from_millis(100);
+    let node = Node::start(config, ports, EventSink::none()).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let read = worker::NodeMetrics::get(&node.metrics.records_read);
+    assert!(read > 0, "the node started reading");
+    assert!(read <= 150, "reading stops at the in-flight budget (+ one read): read {read}");
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon, "nothing committed, nothing checkpointed");
+
+    gate.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(warehouse.rows("t").len(), 1_000);
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last.unwrap(), 0)));
+    assert!(node.metrics.checkpoints.load(Ordering::Relaxed) >= 1);
+
+    node.shutdown().await;
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.owner, None, "a graceful stop releases the lease");
+    assert!(leases.workers().await.unwrap().is_empty(), "and removes the heartbeat row");
+}
