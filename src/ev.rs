@@ -5,6 +5,7 @@ use proto::{Column, SequenceNumber, ShardId, SqlType, TableSchema};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use worker::mapper::record_origin_columns;
 use worker::{ColumnSource, JsonMapper, TableMapping};
 
 pub const SESSIONS_TABLE: &str = "ev_charging_sessions";
@@ -123,57 +124,32 @@ pub fn rfc3339(secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn col(name: &str, ty: SqlType) -> Column {
-    Column { name: name.to_owned(), ty }
-}
-
 /// The latest state of each session, keyed by `_id`, plus the raw landing of every record.
 pub fn mapper() -> JsonMapper {
     let sessions = TableSchema {
         name: SESSIONS_TABLE.into(),
         columns: vec![
-            col("_id", SqlType::Text),
-            col("clusterID", SqlType::Text),
-            col("connectionTime", SqlType::Text),
-            col("kWhDelivered", SqlType::Double),
-            col("stationID", SqlType::Text),
-            col("spaceID", SqlType::Text),
-            col("timezone", SqlType::Text),
-            col("userID", SqlType::Text),
+            Column::new("_id", SqlType::Text),
+            Column::new("clusterID", SqlType::Text),
+            Column::new("connectionTime", SqlType::Text),
+            Column::new("kWhDelivered", SqlType::Double),
+            Column::new("stationID", SqlType::Text),
+            Column::new("spaceID", SqlType::Text),
+            Column::new("timezone", SqlType::Text),
+            Column::new("userID", SqlType::Text),
         ],
         key: vec![0],
         version_column: "_version".into(),
     };
     let field = |n: &str| ColumnSource::Field(n.to_owned());
     let sources = sessions.columns.iter().map(|c| field(&c.name)).collect();
-    let raw = TableSchema {
-        name: RAW_TABLE.into(),
-        columns: vec![
-            col("shard_id", SqlType::Text),
-            col("sequence_number", SqlType::Text),
-            col("sub_sequence", SqlType::BigInt),
-            col("partition_key", SqlType::Text),
-            col("approximate_arrival_timestamp", SqlType::Timestamp),
-            col("payload", SqlType::Text),
-            col("kWhDelivered", SqlType::Double),
-        ],
-        key: vec![0, 1, 2],
-        version_column: "_version".into(),
-    };
+    let (mut columns, mut raw_sources): (Vec<Column>, Vec<ColumnSource>) = record_origin_columns().into_iter().unzip();
+    columns.extend([Column::new("payload", SqlType::Text), Column::new("kWhDelivered", SqlType::Double)]);
+    raw_sources.extend([ColumnSource::Payload, field("kWhDelivered")]);
+    let raw = TableSchema { name: RAW_TABLE.into(), columns, key: vec![0, 1, 2], version_column: "_version".into() };
     JsonMapper::new(vec![
         TableMapping { schema: Arc::new(sessions), sources },
-        TableMapping {
-            schema: Arc::new(raw),
-            sources: vec![
-                ColumnSource::ShardId,
-                ColumnSource::SequenceNumber,
-                ColumnSource::SubSequence,
-                ColumnSource::PartitionKey,
-                ColumnSource::ArrivalTime,
-                ColumnSource::Payload,
-                field("kWhDelivered"),
-            ],
-        },
+        TableMapping { schema: Arc::new(raw), sources: raw_sources },
     ])
 }
 

@@ -32,6 +32,12 @@ pub struct Column {
     pub ty: SqlType,
 }
 
+impl Column {
+    pub fn new(name: impl Into<String>, ty: SqlType) -> Self {
+        Self { name: name.into(), ty }
+    }
+}
+
 /// A target table: its columns, which of them form the key, and the version column that fences
 /// older changes out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,20 +40,26 @@ pub trait RecordMapper: Send + Sync + 'static {
 /// The name of the dead-letter table.
 pub const DEAD_LETTER_TABLE: &str = "tributary_dead_letters";
 
+/// Where a record came from: the key of a raw landing table (its first three columns) and of
+/// the dead-letter table, so a replayed record lands once.
+pub fn record_origin_columns() -> Vec<(Column, ColumnSource)> {
+    vec![
+        (Column::new("shard_id", SqlType::Text), ColumnSource::ShardId),
+        (Column::new("sequence_number", SqlType::Text), ColumnSource::SequenceNumber),
+        (Column::new("sub_sequence", SqlType::BigInt), ColumnSource::SubSequence),
+        (Column::new("partition_key", SqlType::Text), ColumnSource::PartitionKey),
+        (Column::new("approximate_arrival_timestamp", SqlType::Timestamp), ColumnSource::ArrivalTime),
+    ]
+}
+
 /// The dead-letter table: one row per record that could not be mapped, keyed by its position.
 pub fn dead_letter_schema() -> TableSchema {
-    let col = |name: &str, ty| Column { name: name.to_owned(), ty };
+    let mut columns: Vec<Column> = record_origin_columns().into_iter().map(|(c, _)| c).collect();
+    columns.push(Column::new("reason", SqlType::Text));
+    columns.push(Column::new("payload_base64", SqlType::Text));
     TableSchema {
         name: DEAD_LETTER_TABLE.to_owned(),
-        columns: vec![
-            col("shard_id", SqlType::Text),
-            col("sequence_number", SqlType::Text),
-            col("sub_sequence", SqlType::BigInt),
-            col("partition_key", SqlType::Text),
-            col("approximate_arrival_timestamp", SqlType::Timestamp),
-            col("reason", SqlType::Text),
-            col("payload_base64", SqlType::Text),
-        ],
+        columns,
         key: vec![0, 1, 2],
         version_column: "_version".to_owned(),
     }
