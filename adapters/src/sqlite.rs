@@ -271,7 +271,7 @@ mod tests {
     fn arb_row() -> impl Strategy<Value = Row> {
         (0..6u8, 0..20u64).prop_map(|(k, version)| {
             let seed = u64::from(k) * 31 + version * 7;
-            let op = if seed % 4 == 0 { RowOp::Delete } else { RowOp::Upsert };
+            let op = if seed.is_multiple_of(4) { RowOp::Delete } else { RowOp::Upsert };
             row(op, &format!("k{k}"), version, (seed % 1000) as i64)
         })
     }

@@ -1,0 +1,174 @@
+//! PostgreSQL (15+) behind the `Warehouse` port, over tokio-postgres: one transaction per batch,
+//! the batch staged by multi-row parameterized INSERTs into a temporary table, then the shared
+//! upsert SQL of `merge_sql.rs` (the same statements Redshift runs).
+
+use crate::merge_sql::{create_tables, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
+use async_trait::async_trait;
+use proto::{Batch, CommitStats, RowOp, TableSchema, Value, Warehouse, WarehouseError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+/// The protocol's limit on bound parameters per statement.
+const MAX_PARAMS: usize = 65_535;
+
+pub struct PostgresWarehouse {
+    config: String,
+    client: Mutex<Option<Client>>,
+    sql: std::sync::Mutex<HashMap<String, Arc<MergeSql>>>,
+}
+
+#[derive(Debug)]
+struct Param<'a>(&'a Value);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Bool(b) => b.to_sql(ty, out),
+            Value::Int(i) => i.to_sql(ty, out),
+            Value::Float(f) => f.to_sql(ty, out),
+            Value::Text(s) => s.as_str().to_sql(ty, out),
+            Value::Timestamp(ms) => {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((*ms).max(0) as u64);
+                t.to_sql(ty, out)
+            }
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// Connection trouble may leave a commit's outcome unknown; SQL errors are final, except
+/// serialization failures and deadlocks, which are retried.
+fn classify(e: tokio_postgres::Error, committing: bool) -> WarehouseError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        if code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57") {
+            return WarehouseError::Unavailable(db.message().to_lowercase());
+        }
+        return WarehouseError::Rejected(format!("{}: {}", db.code().code(), db.message()).to_lowercase());
+    }
+    if committing && e.is_closed() {
+        WarehouseError::Ambiguous(e.to_string().to_lowercase())
+    } else {
+        WarehouseError::Unavailable(e.to_string().to_lowercase())
+    }
+}
+
+impl PostgresWarehouse {
+    /// `config` is a libpq-style string (`host=… port=… user=… dbname=…`) or a URL.
+    pub async fn connect(config: &str) -> Result<Self, WarehouseError> {
+        let w = Self { config: config.to_owned(), client: Mutex::new(None), sql: Default::default() };
+        drop(w.client().await?);
+        Ok(w)
+    }
+
+    /// The live client, connecting again if the last connection dropped.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, WarehouseError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) =
+                tokio_postgres::connect(&self.config, NoTls).await.map_err(|e| classify(e, false))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    warn!(error = %e, "postgresql connection closed");
+                }
+            });
+            *guard = Some(client);
+        }
+        Ok(guard)
+    }
+
+    fn statements(&self, table: &TableSchema) -> Result<Arc<MergeSql>, WarehouseError> {
+        let mut cache = self.sql.lock().unwrap();
+        if let Some(sql) = cache.get(&table.name) {
+            return Ok(sql.clone());
+        }
+        let sql =
+            Arc::new(MergeSql::new(table, Dialect::Postgres).map_err(|e| WarehouseError::Rejected(e.to_string()))?);
+        cache.insert(table.name.clone(), sql.clone());
+        Ok(sql)
+    }
+
+    /// Runs a query and returns its rows as text (for tests and checks).
+    pub async fn query_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected");
+        let rows = client.simple_query(sql).await.map_err(|e| classify(e, false))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Warehouse for PostgresWarehouse {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
+        let ddl = create_tables(table, Dialect::Postgres).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected");
+        for statement in ddl {
+            client.batch_execute(&statement).await.map_err(|e| classify(e, false))?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+        let sql = self.statements(&batch.table)?;
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let tx = client.transaction().await.map_err(|e| classify(e, false))?;
+        let run = |e| classify(e, false);
+        tx.batch_execute(&sql.create_stage).await.map_err(run)?;
+        let per_insert = sql.rows_per_insert(MAX_PARAMS);
+        let upsert = Value::Text(OP_UPSERT.to_owned());
+        let delete = Value::Text(OP_DELETE.to_owned());
+        let mut at = 0usize;
+        for chunk in batch.rows.chunks(per_insert) {
+            if chunk.iter().any(|r| r.values.len() != batch.table.columns.len()) {
+                return Err(WarehouseError::Rejected(format!(
+                    "a row does not have the {} columns of {}",
+                    batch.table.columns.len(),
+                    batch.table.name
+                )));
+            }
+            let versions: Vec<Value> = chunk.iter().map(|r| Value::Text(r.version.as_str().to_owned())).collect();
+            let ords: Vec<Value> = (at..at + chunk.len()).map(|i| Value::Int(i as i64)).collect();
+            let mut params: Vec<Param<'_>> = Vec::with_capacity(chunk.len() * sql.params_per_row());
+            for (i, row) in chunk.iter().enumerate() {
+                params.extend(row.values.iter().map(Param));
+                params.push(Param(&versions[i]));
+                params.push(Param(if row.op == RowOp::Delete { &delete } else { &upsert }));
+                params.push(Param(&ords[i]));
+            }
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            tx.execute(sql.insert_stage(chunk.len()).as_str(), &refs).await.map_err(run)?;
+            at += chunk.len();
+        }
+        let mut stats = CommitStats::default();
+        stats.fenced += tx.execute(sql.dedupe_stage.as_str(), &[]).await.map_err(run)?;
+        stats.fenced += tx.execute(sql.fence_by_target.as_str(), &[]).await.map_err(run)?;
+        stats.fenced += tx.execute(sql.fence_by_tombstone.as_str(), &[]).await.map_err(run)?;
+        tx.execute(sql.delete_replaced.as_str(), &[]).await.map_err(run)?;
+        tx.execute(sql.delete_replaced_tombstones.as_str(), &[]).await.map_err(run)?;
+        stats.upserted = tx.execute(sql.insert_upserts.as_str(), &[]).await.map_err(run)?;
+        stats.deleted = tx.execute(sql.insert_tombstones.as_str(), &[]).await.map_err(run)?;
+        tx.batch_execute(&sql.drop_stage).await.map_err(run)?;
+        tx.commit().await.map_err(|e| classify(e, true))?;
+        Ok(stats)
+    }
+}

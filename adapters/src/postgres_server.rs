@@ -1,0 +1,132 @@
+//! A throwaway PostgreSQL server for tests and local runs: `initdb` into a temporary folder,
+//! started on 127.0.0.1 on a free port, stopped (and its folder removed) when the last handle is
+//! dropped. Uses the Debian packages' binaries (`/usr/lib/postgresql/<v>/bin`); when running as
+//! root it runs them as the `postgres` user, since `initdb` refuses root.
+//!
+//! `TRIBUTARY_PG_URL` overrides all of this: tests then use that server as it is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start a test postgresql: {0}")]
+pub struct ServerError(String);
+
+struct Server {
+    dir: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+    url: String,
+}
+
+static SHARED: Mutex<(usize, Option<Server>)> = Mutex::new((0, None));
+
+/// Keeps the shared server up while it lives.
+pub struct PgHandle {
+    pub url: String,
+    owned: bool,
+}
+
+impl Drop for PgHandle {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.0 -= 1;
+        if shared.0 == 0 {
+            if let Some(server) = shared.1.take() {
+                server.stop();
+            }
+        }
+    }
+}
+
+/// A handle on a running server (started on first use).
+pub fn postgres() -> Result<PgHandle, ServerError> {
+    if let Ok(url) = std::env::var("TRIBUTARY_PG_URL") {
+        return Ok(PgHandle { url, owned: false });
+    }
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.1.is_none() {
+        shared.1 = Some(Server::start()?);
+    }
+    shared.0 += 1;
+    Ok(PgHandle { url: shared.1.as_ref().expect("started").url.clone(), owned: true })
+}
+
+fn find_bin() -> Result<PathBuf, ServerError> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| ServerError("postgresql is not installed (apt-get install postgresql)".into()))?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().ok_or_else(|| ServerError("no initdb under /usr/lib/postgresql/*/bin".into()))
+}
+
+fn free_port() -> Result<u16, ServerError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| ServerError(e.to_string()))?;
+    Ok(listener.local_addr().map_err(|e| ServerError(e.to_string()))?.port())
+}
+
+impl Server {
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), ServerError> {
+        let exe = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().map_err(|e| ServerError(format!("{program}: {e}")))?;
+        if !out.status.success() {
+            return Err(ServerError(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(())
+    }
+
+    fn start() -> Result<Self, ServerError> {
+        let bin = find_bin()?;
+        let as_postgres = running_as_root();
+        let dir = std::env::temp_dir().join(format!("tributary-pg-{}-{}", std::process::id(), free_port()?));
+        std::fs::create_dir_all(&dir).map_err(|e| ServerError(e.to_string()))?;
+        if as_postgres {
+            let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
+            if !status.is_ok_and(|s| s.success()) {
+                return Err(ServerError(format!("cannot give {} to the postgres user", dir.display())));
+            }
+        }
+        let port = free_port()?;
+        let server =
+            Server { url: format!("host=127.0.0.1 port={port} user=test dbname=postgres"), dir, bin, as_postgres };
+        let data = server.dir.join("data");
+        let data = data.to_str().ok_or_else(|| ServerError("non-utf-8 temp dir".into()))?;
+        server.run("initdb", &["-D", data, "-U", "test", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])?;
+        let log = server.dir.join("log");
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            server.dir.display()
+        );
+        server.run("pg_ctl", &["-D", data, "-l", log.to_str().unwrap_or("log"), "-w", "-o", &options, "start"])?;
+        Ok(server)
+    }
+
+    fn stop(self) {
+        let data = self.dir.join("data");
+        let _ = self.run("pg_ctl", &["-D", data.to_str().unwrap_or(""), "-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether this process runs as root (initdb then has to run as `postgres`).
+fn running_as_root() -> bool {
+    Path::new("/proc/self/status")
+        .exists()
+        .then(|| std::fs::read_to_string("/proc/self/status").ok())
+        .flatten()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}

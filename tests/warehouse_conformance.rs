@@ -1,0 +1,181 @@
+//! The `Warehouse` conformance suite: the same assertions against the in-memory model, SQLite and
+//! a real PostgreSQL (started on 127.0.0.1 by the test harness). Random batches of upserts and
+//! deletes, replayed and reordered, must leave every implementation with, per key, the change of
+//! the highest version: present for an upsert, absent for a delete.
+
+use adapters::postgres::PostgresWarehouse;
+use adapters::postgres_server::postgres;
+use adapters::sqlite::SqliteWarehouse;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use proto::memory::MemoryWarehouse;
+use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// key → version of what a warehouse holds.
+type Held = BTreeMap<String, String>;
+
+fn schema(name: &str) -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        name: name.into(),
+        columns: vec![
+            Column::new("id", SqlType::Text),
+            Column::new("amount", SqlType::Double),
+            Column::new("n", SqlType::BigInt),
+            Column::new("ok", SqlType::Boolean),
+            Column::new("at", SqlType::Timestamp),
+            Column::new("note", SqlType::Text),
+        ],
+        key: vec![0],
+        version_column: "_version".into(),
+    })
+}
+
+/// A change is identified by (key, version): the same pair always carries the same content.
+fn change(k: u8, version: u64) -> Row {
+    let seed = u64::from(k) * 31 + version * 7;
+    Row {
+        op: if seed.is_multiple_of(4) { RowOp::Delete } else { RowOp::Upsert },
+        version: Version::from_text(format!("{version:08}")),
+        values: vec![
+            Value::Text(format!("k{k}")),
+            Value::Float(seed as f64 / 8.0),
+            Value::Int(seed as i64 - 500),
+            Value::Bool(seed.is_multiple_of(2)),
+            Value::Timestamp(1_700_000_000_000 + seed as i64),
+            if seed.is_multiple_of(3) { Value::Null } else { Value::Text(format!("it's \"{seed}\"; -- ✓")) },
+        ],
+    }
+}
+
+fn oracle(batches: &[Vec<Row>]) -> Held {
+    let mut best: BTreeMap<String, &Row> = BTreeMap::new();
+    for r in batches.iter().flatten() {
+        let Value::Text(k) = &r.values[0] else { unreachable!() };
+        if best.get(k).is_none_or(|old| old.version < r.version) {
+            best.insert(k.clone(), r);
+        }
+    }
+    best.into_iter().filter(|(_, r)| r.op == RowOp::Upsert).map(|(k, r)| (k, r.version.as_str().to_owned())).collect()
+}
+
+fn scenario() -> impl Strategy<Value = (Vec<Vec<Row>>, Vec<Vec<Row>>)> {
+    let batch = proptest::collection::vec((0..6u8, 0..20u64).prop_map(|(k, v)| change(k, v)), 1..8);
+    (
+        proptest::collection::vec(batch, 1..8),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..6),
+    )
+        .prop_map(|(batches, replays)| {
+            let mut sequence = batches.clone();
+            for (which, at) in replays {
+                let b = sequence[which.index(sequence.len())].clone();
+                let at = at.index(sequence.len() + 1);
+                sequence.insert(at, b);
+            }
+            (batches, sequence)
+        })
+}
+
+/// Runs the suite against one implementation: `make` gives a fresh warehouse and table,
+/// `held` reads the table back.
+fn conformance<W, M, H>(rt: &tokio::runtime::Runtime, cases: u32, make: M, held: H)
+where
+    W: Warehouse,
+    M: Fn() -> (W, Arc<TableSchema>),
+    H: Fn(&W, &TableSchema) -> Held,
+{
+    let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+    runner
+        .run(&scenario(), |(batches, sequence)| {
+            let (w, table) = make();
+            rt.block_on(async {
+                w.ensure_table(&table).await.unwrap();
+                w.ensure_table(&table).await.unwrap();
+                for rows in &sequence {
+                    w.commit(&Batch { table: table.clone(), rows: rows.clone() }).await.unwrap();
+                }
+            });
+            prop_assert_eq!(held(&w, &table), oracle(&batches));
+            Ok(())
+        })
+        .unwrap();
+}
+
+static TABLES: AtomicU32 = AtomicU32::new(0);
+
+fn fresh_name() -> String {
+    format!("conformance {} \"t\"", TABLES.fetch_add(1, Ordering::Relaxed))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn memory_warehouse_conforms() {
+    conformance(
+        &runtime(),
+        128,
+        || (MemoryWarehouse::new(), schema(&fresh_name())),
+        |w, t| {
+            w.rows(&t.name)
+                .into_values()
+                .map(|r| match &r.values[0] {
+                    Value::Text(k) => (k.clone(), r.version.as_str().to_owned()),
+                    v => panic!("{v:?}"),
+                })
+                .collect()
+        },
+    );
+}
+
+#[test]
+fn sqlite_warehouse_conforms() {
+    conformance(
+        &runtime(),
+        128,
+        || (SqliteWarehouse::in_memory().unwrap(), schema(&fresh_name())),
+        |w, t| {
+            w.rows(t)
+                .unwrap()
+                .into_iter()
+                .map(|(values, version)| match &values[0] {
+                    Value::Text(k) => (k.clone(), version),
+                    v => panic!("{v:?}"),
+                })
+                .collect()
+        },
+    );
+}
+
+#[test]
+fn postgres_warehouse_conforms() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    let w = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
+    conformance(
+        &rt,
+        48,
+        || (SharedPg(w.clone()), schema(&fresh_name())),
+        |w, t| {
+            let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
+            let rows = rt.block_on(w.0.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
+            rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
+        },
+    );
+}
+
+/// The same connection for every case.
+struct SharedPg(Arc<PostgresWarehouse>);
+
+#[async_trait::async_trait]
+impl Warehouse for SharedPg {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), proto::WarehouseError> {
+        self.0.ensure_table(table).await
+    }
+    async fn commit(&self, batch: &Batch) -> Result<proto::CommitStats, proto::WarehouseError> {
+        self.0.commit(batch).await
+    }
+}
