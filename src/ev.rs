@@ -1,12 +1,10 @@
 //! EV charging sessions (the shape of public charging-station session data): the generator
 //! that writes them to a stream, the tables they land in, and the oracle of what was written.
 
-use proto::{Column, SequenceNumber, ShardId, SqlType, TableSchema};
+use proto::{SequenceNumber, ShardId};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use worker::mapper::record_origin_columns;
-use worker::{ColumnSource, JsonMapper, TableMapping};
+use worker::{Pipeline, PipelineConfig};
 
 pub const SESSIONS_TABLE: &str = "ev_charging_sessions";
 pub const RAW_TABLE: &str = "ev_charging_sessions_raw";
@@ -124,33 +122,43 @@ pub fn rfc3339(secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// The latest state of each session, keyed by `_id`, plus the raw landing of every record.
-pub fn mapper() -> JsonMapper {
-    let sessions = TableSchema {
-        name: SESSIONS_TABLE.into(),
-        columns: vec![
-            Column::new("_id", SqlType::Text),
-            Column::new("clusterID", SqlType::Text),
-            Column::new("connectionTime", SqlType::Text),
-            Column::new("kWhDelivered", SqlType::Double),
-            Column::new("stationID", SqlType::Text),
-            Column::new("spaceID", SqlType::Text),
-            Column::new("timezone", SqlType::Text),
-            Column::new("userID", SqlType::Text),
-        ],
-        key: vec![0],
-        version_column: "_version".into(),
-    };
-    let field = |n: &str| ColumnSource::Field(n.to_owned());
-    let sources = sessions.columns.iter().map(|c| field(&c.name)).collect();
-    let (mut columns, mut raw_sources): (Vec<Column>, Vec<ColumnSource>) = record_origin_columns().into_iter().unzip();
-    columns.extend([Column::new("payload", SqlType::Text), Column::new("kWhDelivered", SqlType::Double)]);
-    raw_sources.extend([ColumnSource::Payload, field("kWhDelivered")]);
-    let raw = TableSchema { name: RAW_TABLE.into(), columns, key: vec![0, 1, 2], version_column: "_version".into() };
-    JsonMapper::new(vec![
-        TableMapping { schema: Arc::new(sessions), sources },
-        TableMapping { schema: Arc::new(raw), sources: raw_sources },
-    ])
+/// The latest state of each session, keyed by `_id`, and the raw landing of every record,
+/// replay-safe on (shard, sequence number, sub-sequence).
+pub const PIPELINE: &str = r#"
+format = "json"
+
+[[table]]
+name = "ev_charging_sessions"
+key = ["_id"]
+column = [
+    { name = "_id", from = "_id", type = "text" },
+    { name = "clusterID", from = "clusterID", type = "text" },
+    { name = "connectionTime", from = "connectionTime", type = "text" },
+    { name = "kWhDelivered", from = "kWhDelivered", type = "double" },
+    { name = "stationID", from = "stationID", type = "text" },
+    { name = "spaceID", from = "spaceID", type = "text" },
+    { name = "timezone", from = "timezone", type = "text" },
+    { name = "userID", from = "userID", type = "text" },
+]
+
+[[table]]
+name = "ev_charging_sessions_raw"
+key = ["shard_id", "sequence_number", "sub_sequence"]
+version = "sequence"
+column = [
+    { name = "shard_id", from = "@shard_id", type = "text" },
+    { name = "sequence_number", from = "@sequence_number", type = "text" },
+    { name = "sub_sequence", from = "@sub_sequence", type = "bigint" },
+    { name = "partition_key", from = "@partition_key", type = "text" },
+    { name = "approximate_arrival_timestamp", from = "@arrival_time", type = "timestamp" },
+    { name = "payload", from = "@payload", type = "text" },
+    { name = "kWhDelivered", from = "kWhDelivered", type = "double" },
+]
+"#;
+
+pub fn mapper() -> Pipeline {
+    let config = PipelineConfig::from_toml(PIPELINE).expect("the EV pipeline is valid");
+    Pipeline::without_references(&config).expect("it joins nothing")
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// How long the generator writes, e.g. `24s`, `1m`.
-        #[arg(long, default_value = "24s", value_parser = parse_duration)]
+        #[arg(long, default_value = "24s", value_parser = worker::pipeline_config::parse_duration)]
         duration: Duration,
         /// Records per second the generator writes.
         #[arg(long, default_value_t = 200)]
@@ -35,21 +35,9 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         shards: u32,
         /// After how long a silent node is declared dead (KCL's failoverTime).
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = worker::pipeline_config::parse_duration)]
         failover: Duration,
     },
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 2m, 500ms"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> ExitCode {
@@ -83,20 +71,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24s"), Ok(Duration::from_secs(24)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3h").is_err());
     }
 }

@@ -6,19 +6,33 @@
 //! | `lease_keeper.rs` | heartbeat, finding assigned leases, starting/stopping consumers, restart policy |
 //! | `shard_consumer.rs` | one actor per lease: read → map → sinks → checkpoint what committed |
 //! | `sink.rs` | one actor per table: batch by rows/bytes/latency, commit, ack positions |
-//! | `mapper.rs` | records → rows (`RecordMapper`, `JsonMapper`), the dead-letter table |
+//! | `mapper.rs` | the `RecordMapper` seam between consumers and the pipeline; the dead-letter table |
+//! | `kpl.rs` | KPL aggregates → user records with sub-sequence numbers |
+//! | `decode.rs` | record formats (JSON, AWS DMS) → changes with their version |
+//! | `pipeline_config.rs` | `[[reference]]` / `[[table]]` configuration and its validation |
+//! | `pipeline.rs` | the configured pipeline: decode → join → transform → rows, dead letters |
+//! | `reference_cache.rs` | reference tables in memory: atomic snapshots, change feeds, refreshes |
+//! | `transform.rs` | `mask` and `tokenize` (HMAC-SHA256) |
 //! | `metrics.rs` | the node's counters |
 
+pub mod decode;
+pub mod kpl;
 pub mod lease_keeper;
 pub mod mapper;
 pub mod metrics;
 pub mod node;
+pub mod pipeline;
+pub mod pipeline_config;
+pub mod reference_cache;
 pub mod shard_consumer;
 pub mod sink;
+pub mod transform;
 
 pub use lease_keeper::RestartPolicy;
-pub use mapper::{ColumnSource, JsonMapper, RecordMapper, TableMapping, DEAD_LETTER_TABLE};
+pub use mapper::{MapOutcome, RecordMapper, DEAD_LETTER_TABLE};
 pub use metrics::NodeMetrics;
 pub use node::{Node, NodeConfig, NodePorts};
+pub use pipeline::Pipeline;
+pub use pipeline_config::PipelineConfig;
 pub use shard_consumer::ConsumerSettings;
 pub use sink::SinkSettings;

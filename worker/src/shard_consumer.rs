@@ -6,7 +6,8 @@
 //! longest done prefix, so nothing uncommitted is ever checkpointed. Reading pauses while the
 //! rows in flight exceed a budget, so a slow warehouse slows the reads, not the memory.
 
-use crate::mapper::RecordMapper;
+use crate::kpl::{deaggregate, UserRecord};
+use crate::mapper::{MapOutcome, RecordMapper};
 use crate::metrics::NodeMetrics;
 use crate::sink::{Ack, SinkMsg};
 use coordinator::{ClusterEvent, EventSink};
@@ -103,7 +104,13 @@ pub struct ConsumerState {
     lease: Lease,
     shard: ShardId,
     iterator: Option<ShardIterator>,
-    /// The last position handed to the sinks (resume point after an expired iterator).
+    /// The last Kinesis record fetched (resume point after an expired iterator).
+    fetched_upto: Option<Position>,
+    /// Fetched user records not mapped yet (a join is waiting for reference data).
+    pending: VecDeque<UserRecord>,
+    /// Since when the first pending record has been waiting.
+    waiting_since: Option<Instant>,
+    /// The last position handed to the sinks.
     read_upto: Option<Position>,
     chunks: VecDeque<Chunk>,
     next_chunk: u64,
@@ -139,10 +146,10 @@ impl ConsumerState {
         (Duration::from_millis(200) * (1 << self.consecutive_errors.min(6))).min(Duration::from_secs(10))
     }
 
-    /// Where to resume: after the last record handed on, else from the lease's checkpoint.
+    /// Where to resume: after the last record fetched, else from the lease's checkpoint.
     /// Positions inside an aggregate re-read the aggregate and skip what was done.
     fn starting_position(&self) -> StartingPosition {
-        let resume = self.read_upto.as_ref().or(match &self.lease.checkpoint {
+        let resume = self.fetched_upto.as_ref().or(match &self.lease.checkpoint {
             Checkpoint::At(p) => Some(p),
             _ => None,
         });
@@ -166,10 +173,21 @@ impl ConsumerState {
 
     async fn read(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
         self.read_scheduled = false;
-        if self.stopping.is_some()
-            || self.ended.is_some()
-            || self.in_flight_rows >= self.ctx.settings.max_in_flight_rows
-        {
+        if self.stopping.is_some() || self.in_flight_rows >= self.ctx.settings.max_in_flight_rows {
+            return Ok(());
+        }
+        if !self.pending.is_empty() {
+            self.hand_on(myself)?;
+            if !self.pending.is_empty() {
+                // Still waiting for reference data: look again soon, read nothing new.
+                self.schedule_read(myself, self.ctx.settings.idle_delay);
+                return Ok(());
+            }
+            if self.ended.is_some() {
+                return self.maybe_finish(myself).await;
+            }
+        }
+        if self.ended.is_some() {
             return Ok(());
         }
         let iterator = match self.iterator.take() {
@@ -202,7 +220,12 @@ impl ConsumerState {
         self.consecutive_errors = 0;
         self.ctx.metrics.millis_behind.store(batch.millis_behind_latest, std::sync::atomic::Ordering::Relaxed);
         let got_records = !batch.records.is_empty();
-        self.hand_on(myself, batch.records)?;
+        NodeMetrics::add(&self.ctx.metrics.records_read, batch.records.len() as u64);
+        if let Some(last) = batch.records.last() {
+            self.fetched_upto = Some(last.position());
+        }
+        self.pending.extend(batch.records.iter().flat_map(deaggregate));
+        self.hand_on(myself)?;
         self.iterator = batch.next_iterator;
         if self.iterator.is_none() {
             info!(shard = %self.shard, children = batch.child_shards.len(), "reached the end of the shard");
@@ -210,29 +233,40 @@ impl ConsumerState {
             self.ended = Some(batch.child_shards);
             return self.maybe_finish(myself).await;
         }
-        let delay = if got_records { self.ctx.settings.read_delay } else { self.ctx.settings.idle_delay };
+        let delay = if got_records && self.pending.is_empty() {
+            self.ctx.settings.read_delay
+        } else {
+            self.ctx.settings.idle_delay
+        };
         self.schedule_read(myself, delay);
         Ok(())
     }
 
-    /// Maps records into rows, sends them to the sinks as one chunk.
-    fn hand_on(
-        &mut self,
-        myself: &ActorRef<ConsumerMsg>,
-        records: Vec<proto::KinesisRecord>,
-    ) -> Result<(), ActorProcessingErr> {
+    /// Maps pending records into rows (up to one whose join must wait), sends them to the
+    /// sinks as one chunk.
+    fn hand_on(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
         let mut out: Vec<(usize, Row)> = Vec::new();
         let mut last = None;
         let skip_upto = self.done_upto().cloned();
-        for record in &records {
-            let position = record.position();
-            if skip_upto.as_ref().is_some_and(|done| &position <= done) {
+        while let Some(record) = self.pending.front() {
+            if skip_upto.as_ref().is_some_and(|done| &record.position <= done) {
+                self.pending.pop_front();
                 continue;
             }
-            self.ctx.mapper.map(&self.shard, record, &position, &mut out);
-            last = Some(position);
+            let waited = self.waiting_since.map(|t| t.elapsed());
+            match self.ctx.mapper.map(&self.shard, record, false, &mut out) {
+                MapOutcome::Done => {}
+                MapOutcome::Wait(max_wait) if waited.is_some_and(|w| w >= max_wait) => {
+                    self.ctx.mapper.map(&self.shard, record, true, &mut out);
+                }
+                MapOutcome::Wait(_) => {
+                    self.waiting_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+            }
+            self.waiting_since = None;
+            last = self.pending.pop_front().map(|r| r.position);
         }
-        NodeMetrics::add(&self.ctx.metrics.records_read, records.len() as u64);
         let Some(last) = last else { return Ok(()) };
         self.read_upto = Some(last.clone());
         let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
@@ -305,7 +339,8 @@ impl ConsumerState {
             return Ok(());
         }
         let me = self.ctx.me.clone();
-        if let Some(children) = &self.ended {
+        // SHARD_END only once every record of the shard is mapped and committed.
+        if let Some(children) = self.ended.as_ref().filter(|_| self.pending.is_empty()) {
             let ids = children.iter().map(|c| c.id.clone()).collect();
             match self.protocol().end_shard(&self.lease, &me, ids).await {
                 Ok(lease) => {
@@ -366,6 +401,9 @@ impl Actor for ShardConsumer {
             lease,
             shard,
             iterator: None,
+            fetched_upto: None,
+            pending: VecDeque::new(),
+            waiting_since: None,
             read_upto: None,
             chunks: VecDeque::new(),
             next_chunk: 0,

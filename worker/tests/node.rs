@@ -4,15 +4,12 @@
 use async_trait::async_trait;
 use coordinator::{ClusterSettings, EventSink};
 use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
-use proto::{
-    Batch, Checkpoint, Clock, Column, CommitStats, LeaseTable, SqlType, TableSchema, Warehouse, WarehouseError,
-    WorkerId,
-};
+use proto::{Batch, Checkpoint, Clock, CommitStats, LeaseTable, TableSchema, Warehouse, WarehouseError, WorkerId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use worker::{ColumnSource, JsonMapper, Node, NodeConfig, NodePorts, TableMapping};
+use worker::{Node, NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
 /// A warehouse whose commits wait while the gate is closed.
 struct Gated {
@@ -32,14 +29,17 @@ impl Warehouse for Gated {
     }
 }
 
-fn mapper() -> JsonMapper {
-    let schema = TableSchema {
-        name: "t".into(),
-        columns: vec![Column { name: "id".into(), ty: SqlType::BigInt }],
-        key: vec![0],
-        version_column: "_version".into(),
-    };
-    JsonMapper::new(vec![TableMapping { schema: Arc::new(schema), sources: vec![ColumnSource::Field("id".into())] }])
+fn mapper() -> Pipeline {
+    let config = PipelineConfig::from_toml(
+        r#"
+        [[table]]
+        name = "t"
+        key = ["id"]
+        column = [{ name = "id", from = "id", type = "bigint" }]
+        "#,
+    )
+    .unwrap();
+    Pipeline::without_references(&config).unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,550 @@
+//! The configured pipeline: decode → join → transform → rows, one `Row` per target table for
+//! each change. A record that cannot be decoded, typed or joined (per its join's policy) becomes
+//! one dead-letter row instead, with the reason: all of its rows or none.
+
+use crate::decode::{decode, Change, ChangeOp, Format};
+use crate::kpl::UserRecord;
+use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
+use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
+use crate::reference_cache::{ReferenceCache, ReferenceSet};
+use crate::transform::{mask, TokenKey, TokenKeyError};
+use base64::Engine;
+use proto::{Column, Item, Row, RowOp, ShardId, SqlType, TableSchema, Value};
+use serde_json::{Map, Value as Json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a value comes from, resolved at start.
+#[derive(Clone, Debug)]
+enum Source {
+    Record(Vec<String>),
+    Joined(usize, Vec<String>),
+    Meta(Meta),
+    Constant(Json),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Meta {
+    ShardId,
+    SequenceNumber,
+    SubSequence,
+    PartitionKey,
+    ArrivalTime,
+    Payload,
+    Operation,
+    SourceTable,
+}
+
+struct CompiledJoin {
+    cache: Arc<ReferenceCache>,
+    key: Source,
+    on_missing: OnMissing,
+    max_wait: Duration,
+}
+
+struct CompiledColumn {
+    name: String,
+    source: Source,
+    ty: SqlType,
+    transform: Option<Transform>,
+}
+
+struct CompiledTable {
+    schema: Arc<TableSchema>,
+    source_table: Option<String>,
+    version: VersionSource,
+    joins: Vec<CompiledJoin>,
+    columns: Vec<CompiledColumn>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("tokenize_key_env: {0}")]
+    TokenKey(#[from] TokenKeyError),
+    #[error("reference {0} is joined but was not loaded")]
+    MissingReference(String),
+}
+
+pub struct Pipeline {
+    format: Format,
+    max_record_bytes: usize,
+    tables: Vec<CompiledTable>,
+    dead_letters: Arc<TableSchema>,
+    token_key: Option<TokenKey>,
+    _references: Arc<ReferenceSet>,
+}
+
+fn sql_type(t: ColumnType) -> SqlType {
+    match t {
+        ColumnType::Boolean => SqlType::Boolean,
+        ColumnType::Bigint => SqlType::BigInt,
+        ColumnType::Double => SqlType::Double,
+        ColumnType::Text => SqlType::Text,
+        ColumnType::Timestamp => SqlType::Timestamp,
+    }
+}
+
+fn compile_path(path: &str, aliases: &[String]) -> Source {
+    let meta = match path {
+        "@shard_id" => Some(Meta::ShardId),
+        "@sequence_number" => Some(Meta::SequenceNumber),
+        "@sub_sequence" => Some(Meta::SubSequence),
+        "@partition_key" => Some(Meta::PartitionKey),
+        "@arrival_time" => Some(Meta::ArrivalTime),
+        "@payload" => Some(Meta::Payload),
+        "@operation" => Some(Meta::Operation),
+        "@source_table" => Some(Meta::SourceTable),
+        _ => None,
+    };
+    if let Some(m) = meta {
+        return Source::Meta(m);
+    }
+    let segments: Vec<String> = path.trim_start_matches("$.").split('.').map(str::to_owned).collect();
+    match aliases.iter().position(|a| a == &segments[0]) {
+        Some(j) if segments.len() > 1 => Source::Joined(j, segments[1..].to_vec()),
+        _ => Source::Record(segments),
+    }
+}
+
+fn walk<'a>(mut at: &'a Map<String, Json>, path: &[String]) -> Option<&'a Json> {
+    for (i, segment) in path.iter().enumerate() {
+        let v = at.get(segment)?;
+        if i + 1 == path.len() {
+            return Some(v);
+        }
+        at = v.as_object()?;
+    }
+    None
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.fff…][Z]` (UTC) → milliseconds since the epoch.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let t = text.trim().trim_end_matches('Z');
+    let b = t.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, s) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let millis = match t.get(19..) {
+        Some("") | None => 0,
+        Some(f) if f.starts_with('.') && f.len() > 1 && f[1..].bytes().all(|c| c.is_ascii_digit()) => {
+            format!("{:0<3}", &f[1..f.len().min(4)]).parse::<i64>().ok()?
+        }
+        _ => return None,
+    };
+    Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + s * 1000 + millis)
+}
+
+/// A JSON value as a column of type `ty`; `Err` names what was found instead.
+fn typed(value: Option<&Json>, ty: SqlType) -> Result<Value, String> {
+    let Some(value) = value else { return Ok(Value::Null) };
+    let found = |what: &str| Err(format!("expected {}, found {what}", format!("{ty:?}").to_lowercase()));
+    Ok(match (ty, value) {
+        (_, Json::Null) => Value::Null,
+        (SqlType::Text, Json::String(s)) => Value::Text(s.clone()),
+        (SqlType::Text, Json::Number(n)) => Value::Text(n.to_string()),
+        (SqlType::Text, Json::Bool(b)) => Value::Text(b.to_string()),
+        (SqlType::Boolean, Json::Bool(b)) => Value::Bool(*b),
+        (SqlType::Boolean, Json::String(s)) if s == "true" || s == "false" => Value::Bool(s == "true"),
+        (SqlType::BigInt, Json::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => return found("a non-integer number"),
+        },
+        (SqlType::BigInt, Json::String(s)) => match s.trim().parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => return found("a non-integer string"),
+        },
+        (SqlType::Double, Json::Number(n)) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        (SqlType::Double, Json::String(s)) => match s.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => Value::Float(f),
+            _ => return found("a non-numeric string"),
+        },
+        (SqlType::Timestamp, Json::Number(n)) => match n.as_i64() {
+            Some(ms) => Value::Timestamp(ms),
+            None => return found("a non-integer number"),
+        },
+        (SqlType::Timestamp, Json::String(s)) => match parse_timestamp(s) {
+            Some(ms) => Value::Timestamp(ms),
+            None => return found("a string that is not a timestamp"),
+        },
+        (_, Json::String(_)) => return found("a string"),
+        (_, Json::Number(_)) => return found("a number"),
+        (_, Json::Bool(_)) => return found("a boolean"),
+        (_, Json::Array(_)) => return found("an array"),
+        (_, Json::Object(_)) => return found("an object"),
+    })
+}
+
+/// What a record resolves against.
+struct Context<'a> {
+    shard: &'a ShardId,
+    record: &'a UserRecord,
+    change: &'a Change,
+    data: &'a Map<String, Json>,
+    joined: Vec<Option<Arc<Item>>>,
+}
+
+impl Context<'_> {
+    fn resolve(&self, source: &Source) -> Result<Option<Json>, String> {
+        Ok(match source {
+            Source::Record(path) => walk(self.data, path).cloned(),
+            Source::Joined(j, path) => self.joined[*j].as_ref().and_then(|item| walk(item, path).cloned()),
+            Source::Constant(v) => Some(v.clone()),
+            Source::Meta(m) => Some(match m {
+                Meta::ShardId => Json::String(self.shard.to_string()),
+                Meta::SequenceNumber => Json::String(self.record.position.sequence.to_string()),
+                Meta::SubSequence => Json::from(self.record.position.sub_sequence),
+                Meta::PartitionKey => Json::String(self.record.partition_key.clone()),
+                Meta::ArrivalTime => Json::from(self.record.arrival_ms),
+                Meta::Payload => Json::String(String::from_utf8_lossy(&self.record.data).into_owned()),
+                Meta::Operation => {
+                    Json::String(if self.change.op == ChangeOp::Delete { "delete" } else { "upsert" }.into())
+                }
+                Meta::SourceTable => self.change.source_table.clone().map(Json::String).unwrap_or(Json::Null),
+            }),
+        })
+    }
+}
+
+/// The lookup key text of a JSON value (strings as they are, numbers in their JSON form).
+fn key_text(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        Json::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+enum Built {
+    Row(Row),
+    Dead(String),
+    Wait(Duration),
+}
+
+impl Pipeline {
+    /// A pipeline whose tables join nothing.
+    pub fn without_references(config: &PipelineConfig) -> Result<Self, PipelineError> {
+        Self::new(config, Arc::new(ReferenceSet::empty()))
+    }
+
+    pub fn new(config: &PipelineConfig, references: Arc<ReferenceSet>) -> Result<Self, PipelineError> {
+        let token_key = if config.tokenizes() { Some(TokenKey::from_env(&config.tokenize_key_env)?) } else { None };
+        let mut tables = Vec::new();
+        for t in &config.tables {
+            let mut aliases = Vec::new();
+            let mut joins = Vec::new();
+            for j in &t.joins {
+                let cache =
+                    references.get(&j.reference).ok_or_else(|| PipelineError::MissingReference(j.reference.clone()))?;
+                joins.push(CompiledJoin {
+                    cache: cache.clone(),
+                    key: compile_path(&j.key, &aliases),
+                    on_missing: j.on_missing,
+                    max_wait: j.max_wait,
+                });
+                aliases.push(j.alias.clone().unwrap_or_else(|| j.reference.clone()));
+            }
+            let columns: Vec<CompiledColumn> = t
+                .columns
+                .iter()
+                .map(|c| CompiledColumn {
+                    name: c.name.clone(),
+                    source: match (&c.from, &c.value) {
+                        (Some(from), _) => compile_path(from, &aliases),
+                        (None, v) => Source::Constant(v.clone().unwrap_or(Json::Null)),
+                    },
+                    ty: sql_type(c.ty),
+                    transform: c.transform,
+                })
+                .collect();
+            let schema = TableSchema {
+                name: t.name.clone(),
+                columns: columns.iter().map(|c| Column::new(c.name.clone(), c.ty)).collect(),
+                key: t.key.iter().map(|k| columns.iter().position(|c| &c.name == k).expect("validated")).collect(),
+                version_column: "_version".to_owned(),
+            };
+            tables.push(CompiledTable {
+                schema: Arc::new(schema),
+                source_table: t.source_table.clone(),
+                version: t.version,
+                joins,
+                columns,
+            });
+        }
+        Ok(Self {
+            format: config.format,
+            max_record_bytes: config.max_record_bytes,
+            tables,
+            dead_letters: Arc::new(dead_letter_schema()),
+            token_key,
+            _references: references,
+        })
+    }
+
+    fn dead_letter(&self, shard: &ShardId, record: &UserRecord, reason: String) -> Row {
+        Row {
+            op: RowOp::Upsert,
+            version: record.position.version(),
+            values: vec![
+                Value::Text(shard.to_string()),
+                Value::Text(record.position.sequence.to_string()),
+                Value::Int(record.position.sub_sequence as i64),
+                Value::Text(record.partition_key.clone()),
+                Value::Timestamp(record.arrival_ms),
+                Value::Text(reason),
+                Value::Text(base64::engine::general_purpose::STANDARD.encode(&record.data)),
+            ],
+        }
+    }
+
+    fn build(&self, table: &CompiledTable, ctx: &mut Context<'_>, op: ChangeOp, give_up: bool) -> Built {
+        let deleting = op == ChangeOp::Delete;
+        if !deleting {
+            ctx.joined.clear();
+            for join in &table.joins {
+                let key = match ctx.resolve(&join.key) {
+                    Ok(k) => k.as_ref().and_then(key_text),
+                    Err(e) => return Built::Dead(e),
+                };
+                let found = key.as_deref().and_then(|k| join.cache.get(k));
+                if found.is_none() {
+                    match join.on_missing {
+                        OnMissing::Null => {}
+                        OnMissing::Wait if !give_up => return Built::Wait(join.max_wait),
+                        OnMissing::DeadLetter | OnMissing::Wait => {
+                            return Built::Dead(format!(
+                                "no {} row for key {}",
+                                join.cache.name,
+                                key.as_deref().unwrap_or("null")
+                            ))
+                        }
+                    }
+                }
+                ctx.joined.push(found);
+            }
+        }
+        let mut values = Vec::with_capacity(table.columns.len());
+        for (i, column) in table.columns.iter().enumerate() {
+            let is_key = table.schema.key.contains(&i);
+            if deleting && !is_key {
+                values.push(Value::Null);
+                continue;
+            }
+            let raw = match ctx.resolve(&column.source) {
+                Ok(v) => v,
+                Err(e) => return Built::Dead(e),
+            };
+            let value = match typed(raw.as_ref(), column.ty) {
+                Ok(v) => v,
+                Err(e) => return Built::Dead(format!("column {:?}: {e}", column.name)),
+            };
+            let value = match (column.transform, value) {
+                (Some(Transform::Mask), Value::Text(s)) => Value::Text(mask(&s)),
+                (Some(Transform::Tokenize), Value::Text(s)) => {
+                    Value::Text(self.token_key.as_ref().expect("checked at start").tokenize(&s))
+                }
+                (_, v) => v,
+            };
+            if is_key && value == Value::Null {
+                return Built::Dead(format!("key column {:?} is missing", column.name));
+            }
+            values.push(value);
+        }
+        let version = match table.version {
+            VersionSource::Source => ctx.change.version.clone(),
+            VersionSource::Sequence => ctx.record.position.version(),
+        };
+        Built::Row(Row { op: if deleting { RowOp::Delete } else { RowOp::Upsert }, version, values })
+    }
+
+    /// The rows of one change for one table: a delete of the old key first when the key changed.
+    fn rows_for(
+        &self,
+        table: &CompiledTable,
+        ctx: &mut Context<'_>,
+        give_up: bool,
+        out: &mut Vec<Row>,
+    ) -> Result<(), Built> {
+        if let Some(before) = &ctx.change.before {
+            let key_moved = table.schema.key.iter().any(|&i| match &table.columns[i].source {
+                Source::Record(path) => walk(before, path).is_some_and(|b| Some(b) != walk(ctx.data, path)),
+                _ => false,
+            });
+            if key_moved && ctx.change.op == ChangeOp::Upsert {
+                let data = ctx.data;
+                ctx.data = before;
+                let old = self.build(table, ctx, ChangeOp::Delete, give_up);
+                ctx.data = data;
+                match old {
+                    Built::Row(r) => out.push(r),
+                    other => return Err(other),
+                }
+            }
+        }
+        match self.build(table, ctx, ctx.change.op, give_up) {
+            Built::Row(r) => out.push(r),
+            other => return Err(other),
+        }
+        Ok(())
+    }
+}
+
+impl RecordMapper for Pipeline {
+    fn tables(&self) -> Vec<Arc<TableSchema>> {
+        self.tables.iter().map(|t| t.schema.clone()).chain([self.dead_letters.clone()]).collect()
+    }
+
+    fn map(&self, shard: &ShardId, record: &UserRecord, give_up: bool, out: &mut Vec<(usize, Row)>) -> MapOutcome {
+        let dead = self.tables.len();
+        let reject = |out: &mut Vec<(usize, Row)>, start: usize, reason: String| {
+            out.truncate(start);
+            out.push((dead, self.dead_letter(shard, record, reason)));
+            MapOutcome::Done
+        };
+        let start = out.len();
+        if let Some(error) = &record.error {
+            return reject(out, start, error.clone());
+        }
+        if record.data.len() > self.max_record_bytes {
+            let reason =
+                format!("record of {} bytes exceeds max_record_bytes {}", record.data.len(), self.max_record_bytes);
+            return reject(out, start, reason);
+        }
+        let changes = match decode(self.format, &record.data, &record.position) {
+            Ok(c) => c,
+            Err(e) => return reject(out, start, e),
+        };
+        let mut rows = Vec::new();
+        for change in &changes {
+            for (i, table) in self.tables.iter().enumerate() {
+                if let (Some(want), Some(got)) = (&table.source_table, &change.source_table) {
+                    if want != got && !got.ends_with(&format!(".{want}")) {
+                        continue;
+                    }
+                }
+                let mut ctx = Context { shard, record, change, data: &change.data, joined: Vec::new() };
+                match self.rows_for(table, &mut ctx, give_up, &mut rows) {
+                    Ok(()) => out.extend(rows.drain(..).map(|r| (i, r))),
+                    Err(Built::Wait(d)) => {
+                        out.truncate(start);
+                        return MapOutcome::Wait(d);
+                    }
+                    Err(Built::Dead(reason)) => {
+                        return reject(out, start, format!("table {}: {reason}", table.schema.name))
+                    }
+                    Err(Built::Row(_)) => unreachable!("rows_for returns only failures as errors"),
+                }
+            }
+        }
+        MapOutcome::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Position, SequenceNumber};
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamp("2018-04-25 11:08:04.5"), Some(1_524_654_484_500));
+        assert_eq!(parse_timestamp("2000-02-29T00:00:01.123456Z"), Some(951_782_401_123));
+        assert_eq!(parse_timestamp("2000-13-01T00:00:00"), None);
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn lenient_but_checked_types() {
+        assert_eq!(typed(Some(&Json::from("12.5")), SqlType::Double), Ok(Value::Float(12.5)));
+        assert_eq!(typed(Some(&Json::from(7)), SqlType::Text), Ok(Value::Text("7".into())));
+        assert!(typed(Some(&Json::from("x")), SqlType::BigInt).unwrap_err().contains("non-integer string"));
+        assert!(typed(Some(&Json::from(1.5)), SqlType::BigInt).unwrap_err().contains("non-integer number"));
+        assert_eq!(typed(None, SqlType::Text), Ok(Value::Null));
+    }
+
+    fn record(data: &str) -> UserRecord {
+        UserRecord {
+            position: Position::new(SequenceNumber::from_u128(10), 0),
+            partition_key: "k".into(),
+            data: data.as_bytes().into(),
+            arrival_ms: 1,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn joins_masks_tokenizes_and_dead_letters() {
+        let source = proto::memory::MemoryReferenceSource::new();
+        source.create_table("customer", true);
+        let item = serde_json::json!({"customer_id": 3, "phone": "+1-296-605-8486", "email": "a@b.c"});
+        source.put("customer", "3", item.as_object().unwrap().clone());
+        let config = PipelineConfig::from_toml(
+            r#"
+            tokenize_key_env = "TRIBUTARY_TEST_PIPELINE_KEY"
+            [[reference]]
+            name = "customer"
+            key = "customer_id"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            [[table.join]]
+            reference = "customer"
+            key = "buyer"
+            on_missing = "dead-letter"
+            [[table.column]]
+            name = "id"
+            from = "id"
+            type = "bigint"
+            [[table.column]]
+            name = "phone"
+            from = "customer.phone"
+            type = "text"
+            transform = "mask"
+            [[table.column]]
+            name = "email"
+            from = "customer.email"
+            type = "text"
+            transform = "tokenize"
+            "#,
+        )
+        .unwrap();
+        std::env::set_var("TRIBUTARY_TEST_PIPELINE_KEY", "0123456789abcdef");
+        let refs = Arc::new(ReferenceSet::start(Arc::new(source), &config.reference_specs()).await.unwrap());
+        let p = Pipeline::new(&config, refs).unwrap();
+        let shard = ShardId::numbered(0);
+        let mut out = Vec::new();
+        p.map(&shard, &record(r#"{"id": 1, "buyer": 3}"#), false, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.values[1], Value::Text("+*-***-***-****".into()));
+        assert_eq!(
+            out[0].1.values[2],
+            Value::Text("c8b9adc27ca0fc812e2cca09aab792e34c9d8d2fce3408abb47cb633bbb5e77f".into())
+        );
+        out.clear();
+        p.map(&shard, &record(r#"{"id": 2, "buyer": 99}"#), false, &mut out);
+        assert_eq!(out[0].0, 1, "dead-letter table");
+        assert_eq!(out[0].1.values[5], Value::Text("table t: no customer row for key 99".into()));
+    }
+}

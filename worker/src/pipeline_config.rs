@@ -1,0 +1,417 @@
+//! The pipeline's configuration: `[[reference]]` tables to join with, `[[table]]` targets with
+//! their key, columns, joins and transforms. Parsed with unknown fields refused, then checked by
+//! `validate`, whose errors name the field (`table[0].column[2].from: …`).
+
+use crate::decode::Format;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// `30s`, `2m`, `500ms`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 2m, 500ms"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+const fn default_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_max_items() -> usize {
+    5_000_000
+}
+const fn default_max_wait() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+const fn default_format() -> Format {
+    Format::Json
+}
+fn default_key_env() -> String {
+    "TRIBUTARY_TOKENIZE_KEY".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How records are encoded: `json` or `dms`. KPL aggregation is recognised either way.
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// Records larger than this go to the dead letters.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// The environment variable holding the `tokenize` key (never the key itself).
+    #[serde(default = "default_key_env")]
+    pub tokenize_key_env: String,
+    #[serde(default, rename = "reference")]
+    pub references: Vec<ReferenceConfig>,
+    #[serde(rename = "table")]
+    pub tables: Vec<TableConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    pub name: String,
+    /// The table in the reference source (default: `name`).
+    pub table: Option<String>,
+    /// The attribute holding the lookup key.
+    pub key: String,
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh_interval: Duration,
+    #[serde(default = "default_poll", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionSource {
+    /// The source's own order (DMS commit order), else the record's position.
+    Source,
+    /// The record's position in its shard.
+    Sequence,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    /// Only changes of this source table (DMS `schema.table` or `table`).
+    pub source_table: Option<String>,
+    /// The key columns (names of this table's columns).
+    pub key: Vec<String>,
+    #[serde(default = "default_version")]
+    pub version: VersionSource,
+    /// Create the table if it does not exist.
+    #[serde(default = "default_true")]
+    pub create: bool,
+    #[serde(default, rename = "join")]
+    pub joins: Vec<JoinConfig>,
+    #[serde(rename = "column")]
+    pub columns: Vec<ColumnConfig>,
+}
+
+const fn default_version() -> VersionSource {
+    VersionSource::Source
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMissing {
+    /// Join columns are NULL.
+    Null,
+    /// The record goes to the dead letters.
+    DeadLetter,
+    /// The shard waits (up to `max_wait`) for the reference row to appear, then dead-letters.
+    Wait,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// A `[[reference]]` name.
+    pub reference: String,
+    /// The name columns use to refer to the joined row (default: the reference's name).
+    #[serde(rename = "as")]
+    pub alias: Option<String>,
+    /// Where the lookup key comes from: a record field path or `<earlier join>.<attribute>`.
+    pub key: String,
+    pub on_missing: OnMissing,
+    #[serde(default = "default_max_wait", deserialize_with = "duration")]
+    pub max_wait: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Boolean,
+    Bigint,
+    Double,
+    Text,
+    Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    /// Letters and digits become `*`.
+    Mask,
+    /// HMAC-SHA256 hex with the key from `tokenize_key_env`.
+    Tokenize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    /// A record field path (`a.b`), `<join>.<attribute>`, or metadata: `@shard_id`,
+    /// `@sequence_number`, `@sub_sequence`, `@partition_key`, `@arrival_time`, `@payload`,
+    /// `@operation`, `@source_table`.
+    pub from: Option<String>,
+    /// A constant instead of `from`.
+    pub value: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    pub transform: Option<Transform>,
+}
+
+pub const METADATA: [&str; 8] = [
+    "@shard_id",
+    "@sequence_number",
+    "@sub_sequence",
+    "@partition_key",
+    "@arrival_time",
+    "@payload",
+    "@operation",
+    "@source_table",
+];
+
+/// A configuration error, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), problem: problem.into() }
+}
+
+impl PipelineConfig {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let field = e.span().map(|s| format!("at byte {}", s.start)).unwrap_or_else(|| "config".into());
+            err(field, e.message().to_owned())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut refs = BTreeSet::new();
+        for (i, r) in self.references.iter().enumerate() {
+            let at = format!("reference[{i}]");
+            if r.name.is_empty() {
+                return Err(err(format!("{at}.name"), "must not be empty"));
+            }
+            if !refs.insert(r.name.as_str()) {
+                return Err(err(format!("{at}.name"), format!("{:?} is defined twice", r.name)));
+            }
+            if r.key.is_empty() {
+                return Err(err(format!("{at}.key"), "must not be empty"));
+            }
+            if r.poll_interval.is_zero() || r.refresh_interval.is_zero() {
+                return Err(err(format!("{at}.refresh_interval"), "intervals must be above zero"));
+            }
+        }
+        if self.tables.is_empty() {
+            return Err(err("table", "at least one [[table]] is needed"));
+        }
+        let mut names = BTreeSet::new();
+        for (t, table) in self.tables.iter().enumerate() {
+            let at = format!("table[{t}]");
+            if table.name.is_empty() || !names.insert(table.name.as_str()) {
+                return Err(err(format!("{at}.name"), format!("{:?} is empty or defined twice", table.name)));
+            }
+            let mut aliases: Vec<&str> = Vec::new();
+            for (j, join) in table.joins.iter().enumerate() {
+                let at = format!("{at}.join[{j}]");
+                if !refs.contains(join.reference.as_str()) {
+                    return Err(err(format!("{at}.reference"), format!("no [[reference]] named {:?}", join.reference)));
+                }
+                let alias = join.alias.as_deref().unwrap_or(&join.reference);
+                if aliases.contains(&alias) {
+                    return Err(err(format!("{at}.as"), format!("{alias:?} is used by an earlier join")));
+                }
+                check_path(&join.key, &aliases).map_err(|p| err(format!("{at}.key"), p))?;
+                aliases.push(alias);
+            }
+            let mut columns = BTreeSet::new();
+            for (c, column) in table.columns.iter().enumerate() {
+                let at = format!("{at}.column[{c}]");
+                if column.name.is_empty() || !columns.insert(column.name.as_str()) {
+                    return Err(err(format!("{at}.name"), format!("{:?} is empty or defined twice", column.name)));
+                }
+                match (&column.from, &column.value) {
+                    (Some(from), None) => check_path(from, &aliases).map_err(|p| err(format!("{at}.from"), p))?,
+                    (None, Some(_)) => {}
+                    _ => return Err(err(at, "give exactly one of `from` and `value`")),
+                }
+                if column.transform.is_some() && column.ty != ColumnType::Text {
+                    return Err(err(format!("{at}.transform"), "mask and tokenize apply to text columns"));
+                }
+            }
+            if table.key.is_empty() {
+                return Err(err(format!("{at}.key"), "at least one key column is needed"));
+            }
+            for k in &table.key {
+                let Some(column) = table.columns.iter().find(|c| &c.name == k) else {
+                    return Err(err(format!("{at}.key"), format!("{k:?} is not a column of the table")));
+                };
+                // Deletes carry only the record's own fields: a key must come from them.
+                let from_join = column
+                    .from
+                    .as_deref()
+                    .and_then(|f| f.split('.').next())
+                    .is_some_and(|head| aliases.contains(&head));
+                if from_join || column.value.is_some() || column.transform.is_some() {
+                    return Err(err(
+                        format!("{at}.key"),
+                        format!("key column {k:?} must come from the record itself, untransformed"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the reference caches need to know.
+    pub fn reference_specs(&self) -> Vec<crate::reference_cache::ReferenceSpec> {
+        self.references
+            .iter()
+            .map(|r| crate::reference_cache::ReferenceSpec {
+                name: r.name.clone(),
+                table: r.table.clone().unwrap_or_else(|| r.name.clone()),
+                key: r.key.clone(),
+                refresh_interval: r.refresh_interval,
+                poll_interval: r.poll_interval,
+                max_items: r.max_items,
+            })
+            .collect()
+    }
+
+    /// Whether any column is tokenized (then the key must be in the environment).
+    pub fn tokenizes(&self) -> bool {
+        self.tables.iter().flat_map(|t| &t.columns).any(|c| c.transform == Some(Transform::Tokenize))
+    }
+}
+
+fn check_path(path: &str, _aliases: &[&str]) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.starts_with('@') && !METADATA.contains(&path) {
+        return Err(format!("unknown metadata {path:?}; known: {}", METADATA.join(", ")));
+    }
+    if path.split('.').any(str::is_empty) {
+        return Err(format!("{path:?} has an empty segment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+format = "dms"
+
+[[reference]]
+name = "customer"
+key = "customer_id"
+refresh_interval = "30s"
+
+[[table]]
+name = "activity"
+source_table = "sales.ticket_activity"
+key = ["ticket_id"]
+
+[[table.join]]
+reference = "customer"
+as = "c"
+key = "purchased_by"
+on_missing = "null"
+
+[[table.column]]
+name = "ticket_id"
+from = "ticket_id"
+type = "bigint"
+
+[[table.column]]
+name = "phone"
+from = "c.phone"
+type = "text"
+transform = "mask"
+
+[[table.column]]
+name = "shard"
+from = "@shard_id"
+type = "text"
+"#;
+
+    #[test]
+    fn a_good_config_parses() {
+        let c = PipelineConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.format, Format::Dms);
+        assert_eq!(c.references[0].refresh_interval, Duration::from_secs(30));
+        assert_eq!(c.references[0].poll_interval, Duration::from_secs(1));
+        assert_eq!(c.tables[0].joins[0].on_missing, OnMissing::Null);
+        assert!(!c.tokenizes());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                GOOD.replace("reference = \"customer\"", "reference = \"custmer\""),
+                "table[0].join[0].reference: no [[reference]] named \"custmer\"",
+            ),
+            (
+                GOOD.replace("key = [\"ticket_id\"]", "key = [\"nope\"]"),
+                "table[0].key: \"nope\" is not a column of the table",
+            ),
+            (
+                GOOD.replace("from = \"@shard_id\"", "from = \"@shard\""),
+                "table[0].column[2].from: unknown metadata \"@shard\"",
+            ),
+            (
+                GOOD.replace("transform = \"mask\"", "transform = \"mask\"\nvalue = 3"),
+                "table[0].column[1]: give exactly one of `from` and `value`",
+            ),
+            (
+                GOOD.replace("from = \"ticket_id\"", "from = \"c.id\""),
+                "table[0].key: key column \"ticket_id\" must come from the record itself",
+            ),
+            (GOOD.replace("refresh_interval = \"30s\"", "refresh_interval = \"30 parsecs\""), "invalid duration"),
+            (GOOD.replace("format = \"dms\"", "format = \"dms\"\nformatt = 1"), "unknown field `formatt`"),
+        ];
+        for (text, expected) in cases {
+            let e = PipelineConfig::from_toml(&text).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}\n  expected: {expected}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24s"), Ok(Duration::from_secs(24)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! Reference data in memory, for joins on the hot path.
+//!
+//! Each reference table is a snapshot behind an atomic pointer: a base map plus a small overlay
+//! of recent changes. Lookups load the pointer and read, never waiting on a writer. A full load
+//! swaps in a new base; a change feed's changes go into a new overlay (copying only the overlay),
+//! and the overlay is folded into the base once it grows past an eighth of it.
+
+use arc_swap::ArcSwap;
+use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+#[derive(Default)]
+struct Snapshot {
+    base: Arc<HashMap<String, Arc<Item>>>,
+    /// `None` marks a removed key.
+    overlay: HashMap<String, Option<Arc<Item>>>,
+    items: usize,
+    bytes: usize,
+}
+
+fn item_bytes(key: &str, item: &Item) -> usize {
+    // Key + a rough size of the JSON values and the maps' own overhead.
+    key.len() + 64 + item.iter().map(|(k, v)| k.len() + v.to_string().len() + 48).sum::<usize>()
+}
+
+/// One reference table's cache.
+pub struct ReferenceCache {
+    pub name: String,
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl ReferenceCache {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_owned(), snapshot: ArcSwap::from_pointee(Snapshot::default()) }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Item>> {
+        let snap = self.snapshot.load();
+        match snap.overlay.get(key) {
+            Some(entry) => entry.clone(),
+            None => snap.base.get(key).cloned(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot.load().items
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.snapshot.load().bytes
+    }
+
+    /// Swaps in a full load.
+    pub fn replace(&self, items: Vec<(String, Item)>) {
+        let bytes = items.iter().map(|(k, i)| item_bytes(k, i)).sum();
+        let base: HashMap<String, Arc<Item>> = items.into_iter().map(|(k, i)| (k, Arc::new(i))).collect();
+        let items = base.len();
+        self.snapshot.store(Arc::new(Snapshot { base: Arc::new(base), overlay: HashMap::new(), items, bytes }));
+    }
+
+    /// Applies changes from a change feed.
+    pub fn apply(&self, changes: Vec<ReferenceChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let current = self.snapshot.load_full();
+        let mut overlay = current.overlay.clone();
+        let (mut items, mut bytes) = (current.items as isize, current.bytes as isize);
+        for change in changes {
+            let (key, new) = match change {
+                ReferenceChange::Put { key, item } => (key, Some(Arc::new(item))),
+                ReferenceChange::Remove { key } => (key, None),
+            };
+            let old = match overlay.get(&key) {
+                Some(entry) => entry.clone(),
+                None => current.base.get(&key).cloned(),
+            };
+            if let Some(old) = &old {
+                items -= 1;
+                bytes -= item_bytes(&key, old) as isize;
+            }
+            if let Some(new) = &new {
+                items += 1;
+                bytes += item_bytes(&key, new) as isize;
+            }
+            overlay.insert(key, new);
+        }
+        let (items, bytes) = (items.max(0) as usize, bytes.max(0) as usize);
+        let next = if overlay.len() > 1024.max(current.base.len() / 8) {
+            let mut base = (*current.base).clone();
+            for (key, entry) in overlay {
+                match entry {
+                    Some(item) => base.insert(key, item),
+                    None => base.remove(&key),
+                };
+            }
+            Snapshot { base: Arc::new(base), overlay: HashMap::new(), items, bytes }
+        } else {
+            Snapshot { base: current.base.clone(), overlay, items, bytes }
+        };
+        self.snapshot.store(Arc::new(next));
+    }
+}
+
+/// How one reference table is loaded and kept fresh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferenceSpec {
+    pub name: String,
+    /// The table in the reference source.
+    pub table: String,
+    /// The attribute holding the lookup key.
+    pub key: String,
+    /// Full reload period when the table has no change feed.
+    pub refresh_interval: Duration,
+    /// How often the change feed is read when there is one.
+    pub poll_interval: Duration,
+    /// Refuse to hold more than this many items (a cache that silently dropped rows would join
+    /// wrong values).
+    pub max_items: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("reference {name}: {source}")]
+    Source { name: String, source: ReferenceError },
+    #[error("reference {name} holds {items} items, more than its max_items {max}")]
+    TooLarge { name: String, items: usize, max: usize },
+}
+
+/// Every reference table of a pipeline, kept fresh by one task each; the tasks stop when the
+/// set is dropped.
+pub struct ReferenceSet {
+    caches: BTreeMap<String, Arc<ReferenceCache>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ReferenceSet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn load(
+    source: &dyn ReferenceSource,
+    spec: &ReferenceSpec,
+    cache: &ReferenceCache,
+) -> Result<Option<String>, CacheError> {
+    let snapshot = source
+        .load(&spec.table, &spec.key)
+        .await
+        .map_err(|e| CacheError::Source { name: spec.name.clone(), source: e })?;
+    if snapshot.items.len() > spec.max_items {
+        return Err(CacheError::TooLarge { name: spec.name.clone(), items: snapshot.items.len(), max: spec.max_items });
+    }
+    cache.replace(snapshot.items);
+    Ok(snapshot.cursor)
+}
+
+async fn refresh(
+    source: Arc<dyn ReferenceSource>,
+    spec: ReferenceSpec,
+    cache: Arc<ReferenceCache>,
+    mut cursor: Option<String>,
+) {
+    loop {
+        let pause = if cursor.is_some() { spec.poll_interval } else { spec.refresh_interval };
+        tokio::time::sleep(pause).await;
+        let outcome = match &cursor {
+            Some(c) => match source.changes(&spec.table, &spec.key, c).await {
+                Ok(Some((changes, next))) => {
+                    cache.apply(changes);
+                    Ok(Some(next))
+                }
+                Ok(None) | Err(ReferenceError::CursorExpired) => load(source.as_ref(), &spec, &cache).await,
+                Err(e) => Err(CacheError::Source { name: spec.name.clone(), source: e }),
+            },
+            None => load(source.as_ref(), &spec, &cache).await,
+        };
+        match outcome {
+            Ok(next) => cursor = next,
+            Err(e) => warn!(error = %e, "reference refresh failed; serving the last snapshot"),
+        }
+    }
+}
+
+impl ReferenceSet {
+    /// No reference tables.
+    pub fn empty() -> Self {
+        Self { caches: BTreeMap::new(), tasks: Vec::new() }
+    }
+
+    /// Loads every table (failing if one cannot be loaded) and starts their refreshers.
+    pub async fn start(source: Arc<dyn ReferenceSource>, specs: &[ReferenceSpec]) -> Result<Self, CacheError> {
+        let mut set = ReferenceSet { caches: BTreeMap::new(), tasks: Vec::new() };
+        for spec in specs {
+            let cache = Arc::new(ReferenceCache::new(&spec.name));
+            let cursor = load(source.as_ref(), spec, &cache).await?;
+            info!(reference = %spec.name, items = cache.len(), bytes = cache.bytes(), change_feed = cursor.is_some(), "reference loaded");
+            set.tasks.push(tokio::spawn(refresh(source.clone(), spec.clone(), cache.clone(), cursor)));
+            set.caches.insert(spec.name.clone(), cache);
+        }
+        Ok(set)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ReferenceCache>> {
+        self.caches.get(name)
+    }
+
+    pub fn caches(&self) -> impl Iterator<Item = &Arc<ReferenceCache>> {
+        self.caches.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::memory::MemoryReferenceSource;
+    use serde_json::json;
+
+    fn item(name: &str) -> Item {
+        json!({ "name": name }).as_object().unwrap().clone()
+    }
+
+    fn spec(name: &str) -> ReferenceSpec {
+        ReferenceSpec {
+            name: name.into(),
+            table: name.into(),
+            key: "code".into(),
+            refresh_interval: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_items: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn overlay_changes_and_compaction_keep_lookups_right() {
+        let cache = ReferenceCache::new("c");
+        cache.replace((0..100).map(|i| (format!("k{i}"), item(&format!("v{i}")))).collect());
+        assert_eq!(cache.len(), 100);
+        let before = cache.bytes();
+        cache.apply(vec![
+            ReferenceChange::Put { key: "k1".into(), item: item("changed") },
+            ReferenceChange::Remove { key: "k2".into() },
+            ReferenceChange::Put { key: "new".into(), item: item("n") },
+        ]);
+        assert_eq!(cache.get("k1").unwrap()["name"], "changed");
+        assert!(cache.get("k2").is_none());
+        assert_eq!(cache.get("new").unwrap()["name"], "n");
+        assert_eq!(cache.len(), 100);
+        assert!(cache.bytes() > 0 && cache.bytes() != before);
+        // Enough changes to fold the overlay into the base.
+        cache.apply((0..2000).map(|i| ReferenceChange::Put { key: format!("x{i}"), item: item("x") }).collect());
+        assert_eq!(cache.len(), 2100);
+        assert_eq!(cache.get("k1").unwrap()["name"], "changed");
+        assert!(cache.get("k2").is_none());
+        assert_eq!(cache.get("x1999").unwrap()["name"], "x");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_a_change_feed_and_refreshes_without_one() {
+        let source = MemoryReferenceSource::new();
+        source.create_table("country", true);
+        source.create_table("plain", false);
+        source.put("country", "FR", item("France"));
+        source.put("plain", "a", item("A"));
+        let set = ReferenceSet::start(Arc::new(source.clone()), &[spec("country"), spec("plain")]).await.unwrap();
+        source.put("country", "FR", item("République française"));
+        source.put("plain", "a", item("A2"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(set.get("country").unwrap().get("FR").unwrap()["name"], "République française");
+        assert_eq!(set.get("plain").unwrap().get("a").unwrap()["name"], "A", "no feed: wait for the refresh");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(set.get("plain").unwrap().get("a").unwrap()["name"], "A2");
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_oversized_table_fails_at_start() {
+        let source = MemoryReferenceSource::new();
+        assert!(ReferenceSet::start(Arc::new(source.clone()), &[spec("nope")]).await.is_err());
+        source.create_table("big", false);
+        for i in 0..5 {
+            source.put("big", &i.to_string(), item("x"));
+        }
+        let err = ReferenceSet::start(Arc::new(source), &[ReferenceSpec { max_items: 3, ..spec("big") }])
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("max_items"), "{err}");
+    }
+}
