@@ -11,4 +11,5 @@
 pub mod cluster;
 pub mod demo;
 pub mod ev;
+pub mod tickets;
 pub mod timeline;
