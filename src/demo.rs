@@ -261,7 +261,7 @@ struct Counter(rusqlite::Connection);
 
 impl Counter {
     fn count(&self, table: &str) -> anyhow::Result<usize> {
-        let sql = format!("SELECT count(*) FROM \"{table}\"");
+        let sql = format!("SELECT count(*) FROM {}", adapters::merge_sql::quote_ident(table)?);
         match self.0.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
             Ok(n) => Ok(n as usize),
             Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.starts_with("no such table") => Ok(0),

@@ -111,7 +111,8 @@ fn any_interleaving_or_replay_equals_applying_once_in_order() {
                     for b in order {
                         w.commit(&Batch { table: table.clone(), rows: b.rows.clone() }).await.unwrap();
                     }
-                    let sql = format!("SELECT ticket_id, purchased_by, note, _version FROM \"{}\" ORDER BY 1", table.name);
+                    let sql =
+                        format!("SELECT ticket_id, purchased_by, note, _version FROM \"{}\" ORDER BY 1", table.name);
                     w.query_text(&sql).await.unwrap()
                 })
             };

@@ -179,3 +179,38 @@ impl Warehouse for SharedPg {
         self.0.commit(batch).await
     }
 }
+
+#[test]
+fn sql_literals_round_trip_through_postgres() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
+    let tricky = ["it's", "'; DROP TABLE x; --", "back\\slash", "quote\"d", "ünïcödé ✓", "", "$$dollar$$", "E'\\n'"];
+    let rows: Vec<Vec<Value>> = tricky
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            vec![
+                Value::Int(i as i64),
+                Value::Text((*s).to_owned()),
+                Value::Float(i as f64 / 3.0),
+                Value::Bool(i % 2 == 0),
+            ]
+        })
+        .collect();
+    let mut sql = "INSERT INTO literal_check VALUES ".to_owned();
+    adapters::merge_sql::values_text(rows.iter().map(|r| &r[..]), &mut sql).unwrap();
+    let back = rt.block_on(async {
+        w.query_text("DROP TABLE IF EXISTS literal_check").await.unwrap();
+        w.query_text("CREATE TABLE literal_check (i BIGINT, s VARCHAR(100), f DOUBLE PRECISION, b BOOLEAN)")
+            .await
+            .unwrap();
+        w.query_text(&sql).await.unwrap();
+        w.query_text("SELECT s, f, b FROM literal_check ORDER BY i").await.unwrap()
+    });
+    for (i, (r, s)) in back.iter().zip(tricky).enumerate() {
+        assert_eq!(r[0].as_deref(), Some(s));
+        assert_eq!(r[1].as_deref().unwrap().parse::<f64>().unwrap(), i as f64 / 3.0);
+        assert_eq!(r[2].as_deref(), Some(if i % 2 == 0 { "t" } else { "f" }));
+    }
+}

@@ -13,6 +13,40 @@ use proto::{SqlType, TableSchema};
 pub enum SqlError {
     #[error("invalid sql identifier {0:?}: empty or containing NUL")]
     BadIdentifier(String),
+    #[error("value cannot be written as sql: {0}")]
+    BadValue(String),
+    #[error("invalid schema for table {table:?}: {reason}")]
+    BadSchema { table: String, reason: String },
+}
+
+/// Names the stage adds next to the target's columns.
+const STAGE_COLUMNS: [&str; 2] = ["_op", "_ord"];
+
+/// Refuses schemas the SQL cannot serve: no key, a key index out of range or repeated, or two
+/// columns (the version column and the stage's `_op`/`_ord` included) with the same name. Names
+/// are compared ignoring ASCII case, since SQLite and Redshift (by default) do.
+fn check_schema(schema: &TableSchema) -> Result<(), SqlError> {
+    let bad = |reason: String| Err(SqlError::BadSchema { table: schema.name.clone(), reason });
+    if schema.key.is_empty() {
+        return bad("no key column".into());
+    }
+    for (n, &i) in schema.key.iter().enumerate() {
+        if i >= schema.columns.len() {
+            return bad(format!("key index {i} is out of range ({} columns)", schema.columns.len()));
+        }
+        if schema.key[..n].contains(&i) {
+            return bad(format!("key index {i} is repeated"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let names = schema.columns.iter().map(|c| c.name.as_str()).chain([schema.version_column.as_str()]);
+    for name in names.chain(STAGE_COLUMNS) {
+        quote_ident(name)?;
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return bad(format!("column name {name:?} is used twice (or is reserved)"));
+        }
+    }
+    Ok(())
 }
 
 /// The one function that puts a name into SQL: double quotes, embedded quotes doubled.
@@ -21,6 +55,63 @@ pub fn quote_ident(name: &str) -> Result<String, SqlError> {
         return Err(SqlError::BadIdentifier(name.to_owned()));
     }
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// The one function that puts a value into SQL text (for the Redshift Data API's batches, which
+/// take no parameters): NULL, TRUE/FALSE, integers, finite floats, and strings single-quoted with
+/// quotes doubled. Backslashes are not special in standard strings (Redshift and PostgreSQL with
+/// `standard_conforming_strings`, the default), and NUL, which neither can store, is refused.
+pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlError> {
+    use std::fmt::Write;
+    match value {
+        proto::Value::Null => out.push_str("NULL"),
+        proto::Value::Bool(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
+        proto::Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        proto::Value::Float(f) if f.is_finite() => {
+            let _ = write!(out, "{f:?}");
+        }
+        proto::Value::Float(f) => return Err(SqlError::BadValue(format!("{f} is not a finite number"))),
+        proto::Value::Timestamp(ms) => {
+            let _ = write!(
+                out,
+                "(TIMESTAMP 'epoch' + INTERVAL '{}.{:03} seconds')",
+                ms.div_euclid(1000),
+                ms.rem_euclid(1000)
+            );
+        }
+        proto::Value::Text(s) => {
+            if s.contains('\0') {
+                return Err(SqlError::BadValue("text holds a NUL character".into()));
+            }
+            out.reserve(s.len() + 2);
+            out.push('\'');
+            for c in s.chars() {
+                if c == '\'' {
+                    out.push('\'');
+                }
+                out.push(c);
+            }
+            out.push('\'');
+        }
+    }
+    Ok(())
+}
+
+/// `(v, v, …), (v, v, …)` for rows given as value slices: the literal form of a stage insert.
+pub fn values_text<'a>(rows: impl IntoIterator<Item = &'a [proto::Value]>, out: &mut String) -> Result<(), SqlError> {
+    for (i, row) in rows.into_iter().enumerate() {
+        out.push_str(if i == 0 { "(" } else { ", (" });
+        for (j, v) in row.iter().enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            sql_literal(v, out)?;
+        }
+        out.push(')');
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +131,15 @@ impl Dialect {
             (Dialect::Postgres, SqlType::Double) => "DOUBLE PRECISION",
             (Dialect::Postgres, SqlType::Text) => "VARCHAR(65535)",
             (Dialect::Postgres, SqlType::Timestamp) => "TIMESTAMP",
+        }
+    }
+
+    /// Versions compare byte by byte: on PostgreSQL that needs the "C" collation whatever the
+    /// database's default is.
+    fn version_type(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "TEXT",
+            Dialect::Postgres => "VARCHAR(256) COLLATE \"C\"",
         }
     }
 
@@ -103,6 +203,7 @@ pub fn tombstone_table(table: &str) -> String {
 /// DDL that creates the target and its tombstone table if absent (with a non-unique key index
 /// where the engine has indexes).
 pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<String>, SqlError> {
+    check_schema(schema)?;
     let target = quote_ident(&schema.name)?;
     let tombstones = quote_ident(&tombstone_table(&schema.name))?;
     let version = quote_ident(&schema.version_column)?;
@@ -116,12 +217,12 @@ pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<Strin
         format!(
             "CREATE TABLE IF NOT EXISTS {target} ({}, {version} {} NOT NULL)",
             columns.join(", "),
-            dialect.text_type()
+            dialect.version_type()
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {tombstones} ({}, {version} {} NOT NULL)",
             key_defs.join(", "),
-            dialect.text_type()
+            dialect.version_type()
         ),
     ];
     if dialect == Dialect::Sqlite {
@@ -150,6 +251,7 @@ fn key_match(keys: &[String], a: &str, b: &str) -> String {
 
 impl MergeSql {
     pub fn new(schema: &TableSchema, dialect: Dialect) -> Result<Self, SqlError> {
+        check_schema(schema)?;
         let target = quote_ident(&schema.name)?;
         let tombstones = quote_ident(&tombstone_table(&schema.name))?;
         let stage = quote_ident(&format!("{}__stage", schema.name))?;
@@ -159,7 +261,7 @@ impl MergeSql {
         let columns: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Result<_, _>>()?;
         let mut typed: Vec<String> =
             schema.columns.iter().zip(&columns).map(|(c, q)| format!("{q} {}", dialect.column_type(c.ty))).collect();
-        typed.push(format!("{version} {}", dialect.text_type()));
+        typed.push(format!("{version} {}", dialect.version_type()));
         typed.push(format!("\"_op\" {}", dialect.text_type()));
         typed.push(format!("\"_ord\" {}", dialect.int_type()));
         let mut stage_columns = columns.clone();
@@ -206,8 +308,10 @@ impl MergeSql {
         self.stage_columns.len()
     }
 
-    /// A multi-row INSERT into the stage for `rows` rows, placeholders numbered from 1.
+    /// A multi-row INSERT into the stage for `rows` rows (at least one), placeholders numbered
+    /// from 1.
     pub fn insert_stage(&self, rows: usize) -> String {
+        debug_assert!(rows > 0, "an INSERT needs at least one row");
         let per = self.params_per_row();
         let tuples: Vec<String> = (0..rows)
             .map(|r| {
@@ -239,6 +343,27 @@ mod tests {
     }
 
     #[test]
+    fn literals_are_escaped_by_one_function() {
+        use proto::Value;
+        let mut out = String::new();
+        let row = [
+            Value::Null,
+            Value::Bool(true),
+            Value::Int(-7),
+            Value::Float(0.1),
+            Value::Text("it's'; DROP TABLE t; --\\".into()),
+            Value::Timestamp(1_500),
+        ];
+        values_text([&row[..], &row[..1]], &mut out).unwrap();
+        assert_eq!(
+            out,
+            "(NULL, TRUE, -7, 0.1, 'it''s''; DROP TABLE t; --\\', (TIMESTAMP 'epoch' + INTERVAL '1.500 seconds')), (NULL)"
+        );
+        assert!(sql_literal(&Value::Text("a\0b".into()), &mut String::new()).is_err());
+        assert!(sql_literal(&Value::Float(f64::NAN), &mut String::new()).is_err());
+    }
+
+    #[test]
     fn statements_use_placeholders_and_quoted_names() {
         let schema = TableSchema {
             name: "sessions".into(),
@@ -260,6 +385,92 @@ mod tests {
         assert!(sql.fence_by_tombstone.contains("\"sessions__deleted\""));
         for s in [&sql.dedupe_stage, &sql.fence_by_target, &sql.delete_replaced, &sql.insert_upserts] {
             assert!(!s.contains("ON CONFLICT") && !s.contains("MERGE") && !s.contains("USING"), "{s}");
+        }
+    }
+
+    fn sample() -> TableSchema {
+        TableSchema {
+            name: "charge \"sessions\"".into(),
+            columns: vec![
+                Column::new("site", SqlType::Text),
+                Column::new("n", SqlType::BigInt),
+                Column::new("kwh", SqlType::Double),
+                Column::new("ok", SqlType::Boolean),
+                Column::new("at", SqlType::Timestamp),
+            ],
+            key: vec![0, 1],
+            version_column: "_version".into(),
+        }
+    }
+
+    #[test]
+    fn ddl_types_follow_the_dialect() {
+        let sqlite = create_tables(&sample(), Dialect::Sqlite).unwrap();
+        assert_eq!(
+            sqlite[0],
+            "CREATE TABLE IF NOT EXISTS \"charge \"\"sessions\"\"\" (\"site\" TEXT, \"n\" INTEGER, \"kwh\" REAL, \
+             \"ok\" INTEGER, \"at\" INTEGER, \"_version\" TEXT NOT NULL)"
+        );
+        assert_eq!(
+            sqlite[1],
+            "CREATE TABLE IF NOT EXISTS \"charge \"\"sessions\"\"__deleted\" (\"site\" TEXT, \"n\" INTEGER, \
+             \"_version\" TEXT NOT NULL)"
+        );
+        let pg = create_tables(&sample(), Dialect::Postgres).unwrap();
+        assert_eq!(pg.len(), 2);
+        assert!(pg[0].contains("\"at\" TIMESTAMP") && pg[0].contains("\"ok\" BOOLEAN"), "{}", pg[0]);
+    }
+
+    #[test]
+    fn every_statement_is_portable_and_compares_keys_only() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let sql = MergeSql::new(&sample(), dialect).unwrap();
+            let steps = [
+                &sql.dedupe_stage,
+                &sql.fence_by_target,
+                &sql.fence_by_tombstone,
+                &sql.delete_replaced,
+                &sql.delete_replaced_tombstones,
+                &sql.insert_upserts,
+                &sql.insert_tombstones,
+            ];
+            for s in steps {
+                for banned in ["ON CONFLICT", "MERGE", "USING", "VALUES", "UNIQUE", "kwh\" ="] {
+                    assert!(!s.contains(banned), "{banned} in {s}");
+                }
+            }
+            for s in &steps[..5] {
+                assert!(s.contains(".\"site\" = ") && s.contains(".\"n\" = "), "{s}");
+            }
+            let insert = sql.insert_stage(2);
+            let last = dialect.placeholder(2 * sql.params_per_row());
+            assert!(insert.ends_with(&format!("{last})")), "{insert}");
+            for limit in [1, 8, 100, 32_766] {
+                let rows = sql.rows_per_insert(limit);
+                assert!(rows >= 1 && (rows * sql.params_per_row() <= limit || rows == 1));
+            }
+        }
+        assert_eq!(Dialect::Sqlite.placeholder(3), "?3");
+        assert_eq!(Dialect::Postgres.placeholder(3), "$3");
+    }
+
+    #[test]
+    fn schemas_the_sql_cannot_serve_are_refused() {
+        let mut keyless = sample();
+        keyless.key.clear();
+        let mut out_of_range = sample();
+        out_of_range.key = vec![9];
+        let mut repeated = sample();
+        repeated.key = vec![0, 0];
+        let mut clash = sample();
+        clash.columns[2].name = "SITE".into();
+        let mut reserved = sample();
+        reserved.columns[2].name = "_op".into();
+        let mut unnamed = sample();
+        unnamed.version_column = String::new();
+        for bad in [keyless, out_of_range, repeated, clash, reserved, unnamed] {
+            assert!(MergeSql::new(&bad, Dialect::Sqlite).is_err(), "{bad:?}");
+            assert!(create_tables(&bad, Dialect::Postgres).is_err(), "{bad:?}");
         }
     }
 }
