@@ -4,6 +4,7 @@
 //! end the SQLite file is checked against the generator's own record of what it wrote.
 
 use crate::cluster::LocalCluster;
+use crate::demo_tickets::{TicketDemo, TicketVerdict};
 use crate::ev::{self, Generator, Oracle, RAW_TABLE, SESSIONS_TABLE};
 use crate::timeline::{max, median, Figures};
 use anyhow::{bail, Context};
@@ -71,10 +72,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     reset(&opts.db)?;
     let warehouse = adapters::sqlite::SqliteWarehouse::open(&opts.db)
         .with_context(|| format!("cannot open the sqlite file {}", opts.db.display()))?;
+    let warehouse: Arc<dyn proto::Warehouse> = Arc::new(warehouse);
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(warehouse),
+        warehouse: warehouse.clone(),
         mapper: Arc::new(ev::mapper()),
     };
     let mut template = NodeConfig::new(WorkerId::new("demo"), ClusterSettings::with_failover(opts.failover));
@@ -84,6 +86,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     for _ in 0..opts.nodes {
         cluster.start_node(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let ticket_rate = (opts.rate / 4).max(1);
+    let mut tickets =
+        TicketDemo::start(warehouse.clone(), opts.failover, ticket_rate, opts.duration, opts.seed).await?;
     let start = Instant::now();
     println!(
         "tributary demo: {} nodes, {}-shard stream, {} records/s for {:?}, failover_time {:?}, warehouse {}",
@@ -93,6 +98,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         opts.duration,
         opts.failover,
         opts.db.display()
+    );
+    println!(
+        "  and ticket activity: DMS changes at {ticket_rate}/s on 2 nodes, joined with ticket, event and customer \
+         tables (tokenize key {})",
+        tickets.key_source
     );
 
     // The generator writes at `rate` records/s and records every write in the oracle.
@@ -163,10 +173,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             last_counts = (produced, landed);
             last_progress = Instant::now();
         }
-        if producer.is_finished() && plan.is_empty() {
+        if producer.is_finished() && plan.is_empty() && !tickets.producing() {
             let produced = oracle.lock().unwrap().produced();
             let landed = reader.count(RAW_TABLE)? + reader.count(DEAD_LETTER_TABLE)?;
-            if landed >= produced || start.elapsed() > drain_deadline {
+            let tickets_in = reader.count(crate::tickets::TARGET)? >= tickets.expected_rows();
+            if (landed >= produced && tickets_in) || start.elapsed() > drain_deadline {
                 break;
             }
         }
@@ -174,12 +185,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     say(start, "generator done and warehouse caught up; stopping every node gracefully");
     let shard_parents: BTreeMap<ShardId, Vec<ShardId>> =
         stream.list_shards().await?.into_iter().filter(|s| !s.parents.is_empty()).map(|s| (s.id, s.parents)).collect();
+    // Let the last ticket updates land (their count was reached, their content may trail).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.stop_all().await;
+    tickets.stop().await;
     let figures = cluster.timeline.figures(&shard_parents);
     let oracle = oracle.lock().unwrap();
     let verdict = verify(&opts.db, &oracle)?;
-    report(&opts, &verdict, &figures, start.elapsed(), leases.stats());
-    Ok(verdict.ok())
+    let ticket_verdict = tickets.verify(&opts.db)?;
+    report(&opts, &verdict, &ticket_verdict, &figures, start.elapsed(), leases.stats());
+    Ok(verdict.ok() && ticket_verdict.wrong == 0)
 }
 
 async fn act(
@@ -322,7 +337,14 @@ fn secs(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "n/a".into())
 }
 
-fn report(opts: &DemoOptions, v: &Verdict, f: &Figures, took: Duration, stats: proto::memory::LeaseTableStats) {
+fn report(
+    opts: &DemoOptions,
+    v: &Verdict,
+    t: &TicketVerdict,
+    f: &Figures,
+    took: Duration,
+    stats: proto::memory::LeaseTableStats,
+) {
     let line = "─".repeat(64);
     println!("{line}");
     println!("{:<44}{:>20}", "records produced", v.produced);
@@ -348,15 +370,23 @@ fn report(opts: &DemoOptions, v: &Verdict, f: &Figures, took: Duration, stats: p
     );
     println!("{:<44}{:>20}", "child shard start after parent end, max", secs(max(&f.child_start)));
     println!("{:<44}{:>20}", "lease table reads / writes", format!("{} / {}", stats.reads, stats.writes));
+    println!("{:<44}{:>20}", "ticket activity changes (DMS records)", t.changes);
+    println!("{:<44}{:>20}", "sport_event_activity rows (expected)", format!("{} ({})", t.rows, t.expected));
+    println!("{:<44}{:>20}", "rows not equal to the source joined", t.wrong);
     println!("{:<44}{:>20}", "run time", format!("{:.1} s", took.as_secs_f64()));
     println!("{line}");
     println!(
         "{}",
-        if v.ok() {
+        if v.ok() && t.wrong == 0 {
             "OK: nothing lost, nothing duplicated"
         } else {
             "FAILED: the warehouse does not match what was written"
         }
     );
     println!("query it: sqlite3 {} 'SELECT * FROM \"{SESSIONS_TABLE}\" LIMIT 5'", opts.db.display());
+    println!(
+        "          sqlite3 {} \"SELECT ticket_id, sport_type, datetime(start_date / 1000, 'unixepoch'), customer_name, email, phone FROM {} LIMIT 5\"",
+        opts.db.display(),
+        crate::tickets::TARGET
+    );
 }

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod demo_tickets;
 pub mod ev;
 pub mod tickets;
 pub mod timeline;
