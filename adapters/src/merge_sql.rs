@@ -87,12 +87,13 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
             }
             out.reserve(s.len() + 2);
             out.push('\'');
-            for c in s.chars() {
-                if c == '\'' {
-                    out.push('\'');
-                }
-                out.push(c);
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find('\'') {
+                out.push_str(&rest[..=i]);
+                out.push('\'');
+                rest = &rest[i + 1..];
             }
+            out.push_str(rest);
             out.push('\'');
         }
     }

@@ -109,19 +109,33 @@ impl fmt::Debug for Position {
 /// A row version: text whose byte order is the order of the changes it stands for, so the
 /// warehouse can compare versions with a plain `>` on a VARCHAR column in any SQL engine.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Debug)]
-pub struct Version(String);
+pub struct Version(std::sync::Arc<str>);
 
 impl Version {
     /// `LLL` (digit count, 3 digits) + the digits + the sub-sequence (20 digits): ordering the
     /// text orders by length, then digits, then sub-sequence.
     pub fn from_position(position: &Position) -> Self {
         let digits = position.sequence.as_str();
-        Self(format!("{:03}{}{:020}", digits.len(), digits, position.sub_sequence))
+        // Built by hand: this runs once per record on the hot path.
+        let mut text = String::with_capacity(3 + digits.len() + 20);
+        let len = digits.len().min(999);
+        text.push(char::from(b'0' + (len / 100) as u8));
+        text.push(char::from(b'0' + (len / 10 % 10) as u8));
+        text.push(char::from(b'0' + (len % 10) as u8));
+        text.push_str(digits);
+        let mut n = position.sub_sequence;
+        let mut tail = [b'0'; 20];
+        for slot in tail.iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        text.push_str(std::str::from_utf8(&tail).expect("digits"));
+        Self(text.into())
     }
 
     /// A version given by the source itself, already in an order-preserving text form.
     pub fn from_text(text: impl Into<String>) -> Self {
-        Self(text.into())
+        Self(text.into().into())
     }
 
     pub fn as_str(&self) -> &str {

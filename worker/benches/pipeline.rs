@@ -139,6 +139,14 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
     n
 }
 
+/// Resident memory of this process (Linux), in bytes.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 /// Best of `rounds` runs, in records per second.
 fn measure(rounds: usize, mut f: impl FnMut() -> usize) -> f64 {
     let mut best = Duration::MAX;
@@ -187,7 +195,9 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let config = PipelineConfig::from_toml(CONFIG).unwrap();
+    let before = rss_bytes();
     let refs = rt.block_on(ReferenceSet::start(Arc::new(source), &config.reference_specs())).unwrap();
+    let measured_per_row = rss_bytes().saturating_sub(before) / (USERS + STATIONS);
     let bytes_per_row = refs.get("user").unwrap().bytes() / USERS;
     let pipeline = Pipeline::new(&config, Arc::new(refs)).unwrap();
     let shard = ShardId::numbered(3);
@@ -198,9 +208,16 @@ fn main() {
     assert_eq!(rows.len(), 1, "no dead letters");
 
     println!("{RECORDS} records of {avg} bytes; {STATIONS} stations and {USERS} users cached");
-    println!("reference cache: ~{bytes_per_row} bytes per row (~{} MB per million rows)", bytes_per_row);
+    println!(
+        "reference cache: {measured_per_row} bytes per row measured (resident memory grown by the load), \
+         {bytes_per_row} estimated by the cache's own gauge: ~{} MB per million rows",
+        measured_per_row
+    );
     let rounds = 5;
-    let p = measure(rounds, || pipeline_run(&pipeline, &user_records, &shard));
-    let b = measure(rounds, || baseline.run(&raw, shard.as_str()));
+    // For profiling one side alone: TRIBUTARY_BENCH_ONLY=pipeline (or baseline).
+    let only = std::env::var("TRIBUTARY_BENCH_ONLY").unwrap_or_default();
+    let p =
+        if only == "baseline" { f64::NAN } else { measure(rounds, || pipeline_run(&pipeline, &user_records, &shard)) };
+    let b = if only == "pipeline" { f64::NAN } else { measure(rounds, || baseline.run(&raw, shard.as_str())) };
     println!("pipeline: {p:.0} rec/s, baseline: {b:.0} rec/s, ratio {:.2}", p / b);
 }

@@ -8,9 +8,11 @@
 //!   the record's position. An update that changed the primary key (seen in the before-image)
 //!   also deletes the old key.
 
+use crate::doc::Doc;
 use proto::{Position, Version};
 use serde::Deserialize;
-use serde_json::{Map, Value as Json};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,38 +27,32 @@ pub enum ChangeOp {
     Delete,
 }
 
-/// One change to one source row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Change {
+/// One change to one source row, borrowing the record's bytes.
+#[derive(Debug)]
+pub struct Change<'a> {
     pub op: ChangeOp,
     /// `schema.table` for DMS records; `None` for plain JSON.
     pub source_table: Option<String>,
-    pub data: Map<String, Json>,
+    pub data: Doc<'a>,
     /// The row before an update (DMS before-image), when present.
-    pub before: Option<Map<String, Json>>,
+    pub before: Option<Doc<'a>>,
     /// The source's order for this change.
     pub version: Version,
 }
 
-/// Parses a user record. `Ok(empty)` for records that carry no row (DMS control records).
-pub fn decode(format: Format, data: &[u8], position: &Position) -> Result<Vec<Change>, String> {
-    let text = std::str::from_utf8(data).map_err(|e| format!("payload is not utf-8: {e}"))?;
-    let doc: Json = serde_json::from_str(text).map_err(|e| format!("payload is not json: {e}"))?;
-    let Json::Object(doc) = doc else { return Err("payload is not a json object".into()) };
+/// Parses a user record. `Ok(None)` for records that carry no row (DMS control records).
+pub fn decode<'a>(format: Format, text: &'a str, position: &Position) -> Result<Option<Change<'a>>, String> {
+    let doc = Doc::parse(text)?;
     match format {
-        Format::Json => Ok(vec![Change {
+        Format::Json => Ok(Some(Change {
             op: ChangeOp::Upsert,
             source_table: None,
             data: doc,
             before: None,
             version: position.version(),
-        }]),
-        Format::Dms => dms(doc, position),
+        })),
+        Format::Dms => dms(&doc, position),
     }
-}
-
-fn text<'a>(meta: &'a Map<String, Json>, field: &str) -> Option<&'a str> {
-    meta.get(field).and_then(Json::as_str)
 }
 
 /// `2023-05-25T12:34:56.1234Z` → `2023-05-25T12:34:56.123400000`: fixed width, so text order is
@@ -67,39 +63,60 @@ fn normalize_timestamp(ts: &str) -> String {
     format!("{whole}.{fraction:0<9}")
 }
 
-fn dms(mut doc: Map<String, Json>, position: &Position) -> Result<Vec<Change>, String> {
-    let Some(Json::Object(meta)) = doc.remove("metadata") else { return Err("dms record has no metadata".into()) };
-    match text(&meta, "record-type") {
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(rename = "record-type", borrow)]
+    record_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(rename = "schema-name", borrow)]
+    schema_name: Option<Cow<'a, str>>,
+    #[serde(rename = "table-name", borrow)]
+    table_name: Option<Cow<'a, str>>,
+    #[serde(rename = "commit-timestamp", borrow)]
+    commit_timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "transaction-record-id")]
+    transaction_record_id: Option<u64>,
+}
+
+fn object<'a>(raw: &'a RawValue, what: &str) -> Result<Doc<'a>, String> {
+    serde_json::from_str(raw.get()).map_err(|_| format!("dms {what} is not an object"))
+}
+
+fn dms<'a>(doc: &Doc<'a>, position: &Position) -> Result<Option<Change<'a>>, String> {
+    let meta = doc.get("metadata").ok_or("dms record has no metadata")?;
+    let meta: Metadata<'_> = serde_json::from_str(meta.get()).map_err(|e| format!("dms metadata: {e}"))?;
+    match meta.record_type.as_deref() {
         Some("data") => {}
-        Some("control") => return Ok(Vec::new()),
+        Some("control") => return Ok(None),
         other => return Err(format!("dms record-type {other:?} is neither data nor control")),
     }
-    let operation = text(&meta, "operation").ok_or("dms data record has no operation")?;
+    let operation = meta.operation.as_deref().ok_or("dms data record has no operation")?;
     let op = match operation {
         "load" | "insert" | "update" => ChangeOp::Upsert,
         "delete" => ChangeOp::Delete,
         other => return Err(format!("dms operation {other:?} is not load, insert, update or delete")),
     };
-    let source_table = match (text(&meta, "schema-name"), text(&meta, "table-name")) {
+    let source_table = match (meta.schema_name.as_deref(), meta.table_name.as_deref()) {
         (Some(s), Some(t)) if !s.is_empty() => Some(format!("{s}.{t}")),
         (_, Some(t)) => Some(t.to_owned()),
         _ => return Err("dms record has no table-name".into()),
     };
-    let Some(Json::Object(data)) = doc.remove("data") else { return Err("dms data record has no data object".into()) };
-    let before = match doc.remove("before-image") {
-        Some(Json::Object(b)) => Some(b),
+    let data = object(doc.get("data").ok_or("dms data record has no data object")?, "data")?;
+    let before = match doc.get("before-image") {
+        Some(raw) if raw.get().starts_with('{') => Some(object(raw, "before-image")?),
         _ => None,
     };
     let here = position.version();
     let version = if operation == "load" {
         format!("0{}", here.as_str())
-    } else if let Some(commit) = text(&meta, "commit-timestamp") {
-        let record_id = meta.get("transaction-record-id").and_then(Json::as_u64).unwrap_or(0);
+    } else if let Some(commit) = meta.commit_timestamp.as_deref() {
+        let record_id = meta.transaction_record_id.unwrap_or(0);
         format!("1{}{record_id:020}{}", normalize_timestamp(commit), here.as_str())
     } else {
         format!("1{}", here.as_str())
     };
-    Ok(vec![Change { op, source_table, data, before, version: Version::from_text(version) }])
+    Ok(Some(Change { op, source_table, data, before, version: Version::from_text(version) }))
 }
 
 #[cfg(test)]
@@ -126,22 +143,24 @@ mod tests {
 
     #[test]
     fn dms_operations_map_to_upserts_and_deletes() {
-        let c = decode(Format::Dms, dms_record("insert", None, 0).as_bytes(), &at(5)).unwrap();
-        assert_eq!((c[0].op, c[0].source_table.as_deref()), (ChangeOp::Upsert, Some("sales.ticket_activity")));
-        assert_eq!(c[0].data["ticket_id"], 7);
-        let d = decode(Format::Dms, dms_record("delete", None, 0).as_bytes(), &at(6)).unwrap();
-        assert_eq!(d[0].op, ChangeOp::Delete);
+        let text = dms_record("insert", None, 0);
+        let c = decode(Format::Dms, &text, &at(5)).unwrap().unwrap();
+        assert_eq!((c.op, c.source_table.as_deref()), (ChangeOp::Upsert, Some("sales.ticket_activity")));
+        assert_eq!(c.data.get("ticket_id").unwrap().get(), "7");
+        let text = dms_record("delete", None, 0);
+        assert_eq!(decode(Format::Dms, &text, &at(6)).unwrap().unwrap().op, ChangeOp::Delete);
         let control = r#"{"data":{},"metadata":{"record-type":"control","operation":"create-table","table-name":"t"}}"#;
-        assert!(decode(Format::Dms, control.as_bytes(), &at(7)).unwrap().is_empty());
-        assert!(decode(Format::Dms, br#"{"data":{}}"#, &at(8)).unwrap_err().contains("metadata"));
+        assert!(decode(Format::Dms, control, &at(7)).unwrap().is_none());
+        assert!(decode(Format::Dms, r#"{"data":{}}"#, &at(8)).unwrap_err().contains("metadata"));
         let bad_op = dms_record("truncate", None, 0);
-        assert!(decode(Format::Dms, bad_op.as_bytes(), &at(9)).unwrap_err().contains("truncate"));
+        assert!(decode(Format::Dms, &bad_op, &at(9)).unwrap_err().contains("truncate"));
     }
 
     #[test]
     fn dms_versions_order_loads_then_commits_then_positions() {
         let v = |op, commit, id, seq| {
-            decode(Format::Dms, dms_record(op, commit, id).as_bytes(), &at(seq)).unwrap()[0].version.clone()
+            let text = dms_record(op, commit, id);
+            decode(Format::Dms, &text, &at(seq)).unwrap().unwrap().version
         };
         // A full-load row read late is still older than any change.
         assert!(v("load", None, 0, 900) < v("update", Some("2020-01-01T00:00:00Z"), 0, 1));
@@ -154,10 +173,9 @@ mod tests {
 
     #[test]
     fn json_and_bad_payloads() {
-        let c = decode(Format::Json, br#"{"a":1}"#, &at(1)).unwrap();
-        assert_eq!((c[0].op, c[0].version.clone()), (ChangeOp::Upsert, at(1).version()));
-        assert!(decode(Format::Json, b"\xff", &at(1)).unwrap_err().starts_with("payload is not utf-8"));
-        assert!(decode(Format::Json, b"[1]", &at(1)).unwrap_err().starts_with("payload is not a json object"));
-        assert!(decode(Format::Json, b"{\"a\":", &at(1)).unwrap_err().starts_with("payload is not json"));
+        let c = decode(Format::Json, r#"{"a":1}"#, &at(1)).unwrap().unwrap();
+        assert_eq!((c.op, c.version), (ChangeOp::Upsert, at(1).version()));
+        assert!(decode(Format::Json, "[1]", &at(1)).unwrap_err().starts_with("payload is not a json object"));
+        assert!(decode(Format::Json, "{\"a\":", &at(1)).unwrap_err().starts_with("payload is not json"));
     }
 }

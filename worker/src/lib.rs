@@ -16,6 +16,7 @@
 //! | `metrics.rs` | the node's counters |
 
 pub mod decode;
+pub mod doc;
 pub mod kpl;
 pub mod lease_keeper;
 pub mod mapper;

@@ -3,6 +3,7 @@
 //! one dead-letter row instead, with the reason: all of its rows or none.
 
 use crate::decode::{decode, Change, ChangeOp, Format};
+use crate::doc::{raw_key, typed_raw, Doc};
 use crate::kpl::UserRecord;
 use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
@@ -10,14 +11,17 @@ use crate::reference_cache::{ReferenceCache, ReferenceSet};
 use crate::transform::{mask, TokenKey, TokenKeyError};
 use base64::Engine;
 use proto::{Column, Item, Row, RowOp, ShardId, SqlType, TableSchema, Value};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a value comes from, resolved at start.
 #[derive(Clone, Debug)]
 enum Source {
-    Record(Vec<String>),
+    /// A record field: the slot of its first segment, then the path inside it.
+    Record(usize, Vec<String>),
     Joined(usize, Vec<String>),
     Meta(Meta),
     Constant(Json),
@@ -71,6 +75,7 @@ pub struct Pipeline {
     tables: Vec<CompiledTable>,
     dead_letters: Arc<TableSchema>,
     token_key: Option<TokenKey>,
+    fields: Fields,
     _references: Arc<ReferenceSet>,
 }
 
@@ -84,7 +89,31 @@ fn sql_type(t: ColumnType) -> SqlType {
     }
 }
 
-fn compile_path(path: &str, aliases: &[String]) -> Source {
+/// The record's top-level fields the pipeline reads, each with a slot: a record is scanned once
+/// and every column then finds its field by index.
+#[derive(Default)]
+struct Fields {
+    index: ahash::AHashMap<String, usize>,
+}
+
+impl Fields {
+    fn slot(&mut self, name: &str) -> usize {
+        let next = self.index.len();
+        *self.index.entry(name.to_owned()).or_insert(next)
+    }
+
+    fn fill<'a>(&self, doc: &Doc<'a>, slots: &mut Vec<Option<&'a RawValue>>) {
+        slots.clear();
+        slots.resize(self.index.len(), None);
+        for (key, value) in doc.fields() {
+            if let Some(&i) = self.index.get(key) {
+                slots[i].get_or_insert(value);
+            }
+        }
+    }
+}
+
+fn compile_path(path: &str, aliases: &[String], fields: &mut Fields) -> Source {
     let meta = match path {
         "@shard_id" => Some(Meta::ShardId),
         "@sequence_number" => Some(Meta::SequenceNumber),
@@ -102,19 +131,8 @@ fn compile_path(path: &str, aliases: &[String]) -> Source {
     let segments: Vec<String> = path.trim_start_matches("$.").split('.').map(str::to_owned).collect();
     match aliases.iter().position(|a| a == &segments[0]) {
         Some(j) if segments.len() > 1 => Source::Joined(j, segments[1..].to_vec()),
-        _ => Source::Record(segments),
+        _ => Source::Record(fields.slot(&segments[0]), segments),
     }
-}
-
-fn walk<'a>(mut at: &'a Map<String, Json>, path: &[String]) -> Option<&'a Json> {
-    for (i, segment) in path.iter().enumerate() {
-        let v = at.get(segment)?;
-        if i + 1 == path.len() {
-            return Some(v);
-        }
-        at = v.as_object()?;
-    }
-    None
 }
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
@@ -196,33 +214,102 @@ fn typed(value: Option<&Json>, ty: SqlType) -> Result<Value, String> {
 }
 
 /// What a record resolves against.
-struct Context<'a> {
-    shard: &'a ShardId,
-    record: &'a UserRecord,
-    change: &'a Change,
-    data: &'a Map<String, Json>,
+struct Context<'r, 'a> {
+    shard: &'r ShardId,
+    record: &'r UserRecord,
+    change: &'r Change<'a>,
+    data: &'r Doc<'a>,
+    /// `data`'s fields by slot.
+    slots: Vec<Option<&'a RawValue>>,
     joined: Vec<Option<Arc<Item>>>,
 }
 
-impl Context<'_> {
-    fn resolve(&self, source: &Source) -> Result<Option<Json>, String> {
-        Ok(match source {
-            Source::Record(path) => walk(self.data, path).cloned(),
-            Source::Joined(j, path) => self.joined[*j].as_ref().and_then(|item| walk(item, path).cloned()),
-            Source::Constant(v) => Some(v.clone()),
-            Source::Meta(m) => Some(match m {
-                Meta::ShardId => Json::String(self.shard.to_string()),
-                Meta::SequenceNumber => Json::String(self.record.position.sequence.to_string()),
-                Meta::SubSequence => Json::from(self.record.position.sub_sequence),
-                Meta::PartitionKey => Json::String(self.record.partition_key.clone()),
-                Meta::ArrivalTime => Json::from(self.record.arrival_ms),
-                Meta::Payload => Json::String(String::from_utf8_lossy(&self.record.data).into_owned()),
-                Meta::Operation => {
-                    Json::String(if self.change.op == ChangeOp::Delete { "delete" } else { "upsert" }.into())
+/// A value found for a column or a join key, before typing.
+enum Found<'r> {
+    Missing,
+    Raw(&'r RawValue),
+    Json(&'r Json),
+    Value(Value),
+}
+
+impl Found<'_> {
+    fn typed(self, ty: SqlType) -> Result<Value, String> {
+        match self {
+            Found::Missing => Ok(Value::Null),
+            Found::Raw(raw) => typed_raw(Some(raw), ty),
+            Found::Json(json) => typed(Some(json), ty),
+            Found::Value(v) => coerce(v, ty),
+        }
+    }
+
+    /// The text a reference table is keyed by.
+    fn key(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Found::Missing => None,
+            Found::Raw(raw) => raw_key(raw),
+            Found::Json(json) => key_text(json).map(Cow::Owned),
+            Found::Value(Value::Text(s)) => Some(Cow::Borrowed(s)),
+            Found::Value(Value::Int(i)) => Some(Cow::Owned(i.to_string())),
+            Found::Value(_) => None,
+        }
+    }
+}
+
+/// A metadata value as a column of another type (text takes anything).
+fn coerce(v: Value, ty: SqlType) -> Result<Value, String> {
+    Ok(match (v, ty) {
+        (Value::Null, _) => Value::Null,
+        (v @ Value::Text(_), SqlType::Text) | (v @ Value::Int(_), SqlType::BigInt) => v,
+        (v @ Value::Timestamp(_), SqlType::Timestamp) => v,
+        (Value::Int(i), SqlType::Timestamp) | (Value::Timestamp(i), SqlType::BigInt) => Value::Int(i),
+        (Value::Int(i) | Value::Timestamp(i), SqlType::Text) => Value::Text(i.to_string()),
+        (Value::Text(s), SqlType::BigInt) => {
+            s.parse().map(Value::Int).map_err(|_| format!("{s:?} is not an integer"))?
+        }
+        (v, ty) => return Err(format!("metadata {v:?} cannot be a {}", format!("{ty:?}").to_lowercase())),
+    })
+}
+
+fn walk_json<'j>(mut at: &'j Map<String, Json>, path: &[String]) -> Option<&'j Json> {
+    for (i, segment) in path.iter().enumerate() {
+        let v = at.get(segment)?;
+        if i + 1 == path.len() {
+            return Some(v);
+        }
+        at = v.as_object()?;
+    }
+    None
+}
+
+impl<'r> Context<'r, '_> {
+    fn resolve<'s>(&'s self, source: &'s Source) -> Found<'s> {
+        match source {
+            Source::Record(slot, path) => {
+                let mut at = self.slots[*slot];
+                for segment in &path[1..] {
+                    at = at.and_then(|raw| serde_json::from_str::<Doc<'_>>(raw.get()).ok()?.get(segment));
                 }
-                Meta::SourceTable => self.change.source_table.clone().map(Json::String).unwrap_or(Json::Null),
+                at.map(Found::Raw).unwrap_or(Found::Missing)
+            }
+            Source::Joined(j, path) => self.joined[*j]
+                .as_deref()
+                .and_then(|item| walk_json(item, path))
+                .map(Found::Json)
+                .unwrap_or(Found::Missing),
+            Source::Constant(v) => Found::Json(v),
+            Source::Meta(m) => Found::Value(match m {
+                Meta::ShardId => Value::Text(self.shard.as_str().to_owned()),
+                Meta::SequenceNumber => Value::Text(self.record.position.sequence.as_str().to_owned()),
+                Meta::SubSequence => Value::Int(self.record.position.sub_sequence as i64),
+                Meta::PartitionKey => Value::Text(self.record.partition_key.clone()),
+                Meta::ArrivalTime => Value::Timestamp(self.record.arrival_ms),
+                Meta::Payload => Value::Text(String::from_utf8_lossy(&self.record.data).into_owned()),
+                Meta::Operation => {
+                    Value::Text(if self.change.op == ChangeOp::Delete { "delete" } else { "upsert" }.into())
+                }
+                Meta::SourceTable => self.change.source_table.clone().map(Value::Text).unwrap_or(Value::Null),
             }),
-        })
+        }
     }
 }
 
@@ -251,6 +338,7 @@ impl Pipeline {
     pub fn new(config: &PipelineConfig, references: Arc<ReferenceSet>) -> Result<Self, PipelineError> {
         let token_key = if config.tokenizes() { Some(TokenKey::from_env(&config.tokenize_key_env)?) } else { None };
         let mut tables = Vec::new();
+        let mut fields = Fields::default();
         for t in &config.tables {
             let mut aliases = Vec::new();
             let mut joins = Vec::new();
@@ -259,7 +347,7 @@ impl Pipeline {
                     references.get(&j.reference).ok_or_else(|| PipelineError::MissingReference(j.reference.clone()))?;
                 joins.push(CompiledJoin {
                     cache: cache.clone(),
-                    key: compile_path(&j.key, &aliases),
+                    key: compile_path(&j.key, &aliases, &mut fields),
                     on_missing: j.on_missing,
                     max_wait: j.max_wait,
                 });
@@ -271,7 +359,7 @@ impl Pipeline {
                 .map(|c| CompiledColumn {
                     name: c.name.clone(),
                     source: match (&c.from, &c.value) {
-                        (Some(from), _) => compile_path(from, &aliases),
+                        (Some(from), _) => compile_path(from, &aliases, &mut fields),
                         (None, v) => Source::Constant(v.clone().unwrap_or(Json::Null)),
                     },
                     ty: sql_type(c.ty),
@@ -298,6 +386,7 @@ impl Pipeline {
             tables,
             dead_letters: Arc::new(dead_letter_schema()),
             token_key,
+            fields,
             _references: references,
         })
     }
@@ -318,16 +407,17 @@ impl Pipeline {
         }
     }
 
-    fn build(&self, table: &CompiledTable, ctx: &mut Context<'_>, op: ChangeOp, give_up: bool) -> Built {
+    fn build(&self, table: &CompiledTable, ctx: &mut Context<'_, '_>, op: ChangeOp, give_up: bool) -> Built {
         let deleting = op == ChangeOp::Delete;
         if !deleting {
             ctx.joined.clear();
             for join in &table.joins {
-                let key = match ctx.resolve(&join.key) {
-                    Ok(k) => k.as_ref().and_then(key_text),
-                    Err(e) => return Built::Dead(e),
+                let (key, found) = {
+                    let key = ctx.resolve(&join.key);
+                    let key = key.key();
+                    let found = key.as_deref().and_then(|k| join.cache.get(k));
+                    (key.map(Cow::into_owned), found)
                 };
-                let found = key.as_deref().and_then(|k| join.cache.get(k));
                 if found.is_none() {
                     match join.on_missing {
                         OnMissing::Null => {}
@@ -351,11 +441,7 @@ impl Pipeline {
                 values.push(Value::Null);
                 continue;
             }
-            let raw = match ctx.resolve(&column.source) {
-                Ok(v) => v,
-                Err(e) => return Built::Dead(e),
-            };
-            let value = match typed(raw.as_ref(), column.ty) {
+            let value = match ctx.resolve(&column.source).typed(column.ty) {
                 Ok(v) => v,
                 Err(e) => return Built::Dead(format!("column {:?}: {e}", column.name)),
             };
@@ -382,28 +468,33 @@ impl Pipeline {
     fn rows_for(
         &self,
         table: &CompiledTable,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, '_>,
         give_up: bool,
-        out: &mut Vec<Row>,
+        index: usize,
+        out: &mut Vec<(usize, Row)>,
     ) -> Result<(), Built> {
         if let Some(before) = &ctx.change.before {
             let key_moved = table.schema.key.iter().any(|&i| match &table.columns[i].source {
-                Source::Record(path) => walk(before, path).is_some_and(|b| Some(b) != walk(ctx.data, path)),
+                Source::Record(_, path) => {
+                    before.walk(path).is_some_and(|b| Some(b.get()) != ctx.data.walk(path).map(|d| d.get()))
+                }
                 _ => false,
             });
             if key_moved && ctx.change.op == ChangeOp::Upsert {
                 let data = ctx.data;
                 ctx.data = before;
+                self.fields.fill(before, &mut ctx.slots);
                 let old = self.build(table, ctx, ChangeOp::Delete, give_up);
                 ctx.data = data;
+                self.fields.fill(data, &mut ctx.slots);
                 match old {
-                    Built::Row(r) => out.push(r),
+                    Built::Row(r) => out.push((index, r)),
                     other => return Err(other),
                 }
             }
         }
         match self.build(table, ctx, ctx.change.op, give_up) {
-            Built::Row(r) => out.push(r),
+            Built::Row(r) => out.push((index, r)),
             other => return Err(other),
         }
         Ok(())
@@ -431,30 +522,38 @@ impl RecordMapper for Pipeline {
                 format!("record of {} bytes exceeds max_record_bytes {}", record.data.len(), self.max_record_bytes);
             return reject(out, start, reason);
         }
-        let changes = match decode(self.format, &record.data, &record.position) {
-            Ok(c) => c,
+        let text = match std::str::from_utf8(&record.data) {
+            Ok(t) => t,
+            Err(e) => return reject(out, start, format!("payload is not utf-8: {e}")),
+        };
+        let change = match decode(self.format, text, &record.position) {
+            Ok(Some(c)) => c,
+            Ok(None) => return MapOutcome::Done,
             Err(e) => return reject(out, start, e),
         };
-        let mut rows = Vec::new();
-        for change in &changes {
-            for (i, table) in self.tables.iter().enumerate() {
-                if let (Some(want), Some(got)) = (&table.source_table, &change.source_table) {
-                    if want != got && !got.ends_with(&format!(".{want}")) {
-                        continue;
-                    }
+        let mut ctx =
+            Context { shard, record, change: &change, data: &change.data, slots: Vec::new(), joined: Vec::new() };
+        self.fields.fill(&change.data, &mut ctx.slots);
+        for (i, table) in self.tables.iter().enumerate() {
+            if let (Some(want), Some(got)) = (&table.source_table, &change.source_table) {
+                if want != got
+                    && !(got.len() > want.len()
+                        && got.ends_with(want.as_str())
+                        && got.as_bytes()[got.len() - want.len() - 1] == b'.')
+                {
+                    continue;
                 }
-                let mut ctx = Context { shard, record, change, data: &change.data, joined: Vec::new() };
-                match self.rows_for(table, &mut ctx, give_up, &mut rows) {
-                    Ok(()) => out.extend(rows.drain(..).map(|r| (i, r))),
-                    Err(Built::Wait(d)) => {
-                        out.truncate(start);
-                        return MapOutcome::Wait(d);
-                    }
-                    Err(Built::Dead(reason)) => {
-                        return reject(out, start, format!("table {}: {reason}", table.schema.name))
-                    }
-                    Err(Built::Row(_)) => unreachable!("rows_for returns only failures as errors"),
+            }
+            match self.rows_for(table, &mut ctx, give_up, i, out) {
+                Ok(()) => {}
+                Err(Built::Wait(d)) => {
+                    out.truncate(start);
+                    return MapOutcome::Wait(d);
                 }
+                Err(Built::Dead(reason)) => {
+                    return reject(out, start, format!("table {}: {reason}", table.schema.name))
+                }
+                Err(Built::Row(_)) => unreachable!("rows_for returns only failures as errors"),
             }
         }
         MapOutcome::Done

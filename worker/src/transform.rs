@@ -11,9 +11,10 @@ pub fn mask(value: &str) -> String {
 }
 
 /// The HMAC-SHA256 key of `tokenize`. Read from the environment, never from a file; its
-/// `Debug` output does not show it.
+/// `Debug` output does not show it. Holds the keyed state, so each token costs only the hash of
+/// the value.
 #[derive(Clone)]
-pub struct TokenKey(Vec<u8>);
+pub struct TokenKey(Hmac<Sha256>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenKeyError {
@@ -31,14 +32,21 @@ impl TokenKey {
 
     /// `None` when the key is shorter than 16 bytes.
     pub fn new(bytes: Vec<u8>) -> Option<Self> {
-        (bytes.len() >= 16).then_some(Self(bytes))
+        (bytes.len() >= 16).then(|| Self(Hmac::<Sha256>::new_from_slice(&bytes).expect("hmac takes any key length")))
     }
 
     /// Lowercase hex of HMAC-SHA256(key, value).
     pub fn tokenize(&self, value: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("hmac takes any key length");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut mac = self.0.clone();
         mac.update(value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(64);
+        for b in digest {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
     }
 }
 

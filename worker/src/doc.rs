@@ -1,0 +1,171 @@
+//! A borrowed view of a JSON object: its fields as raw JSON text slices of the record, parsed
+//! only when a column asks for them. The hot path never builds a `serde_json::Value` tree.
+
+use proto::{SqlType, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The fields of one JSON object, in document order.
+#[derive(Debug, Default)]
+pub struct Doc<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Doc<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Doc<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a json object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Doc<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push((k, v));
+                }
+                Ok(Doc { fields })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Doc<'a> {
+    /// Parses an object; `Err` says why the text is not one.
+    pub fn parse(text: &'a str) -> Result<Self, String> {
+        match text.trim_start().as_bytes().first() {
+            Some(b'{') => serde_json::from_str(text).map_err(|e| format!("payload is not json: {e}")),
+            Some(_) if serde_json::from_str::<&RawValue>(text).is_ok() => Err("payload is not a json object".into()),
+            _ => Err(format!(
+                "payload is not json: {}",
+                serde_json::from_str::<&RawValue>(text).err().map(|e| e.to_string()).unwrap_or_default()
+            )),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Follows a dotted path into nested objects.
+    pub fn walk(&self, path: &[String]) -> Option<&'a RawValue> {
+        let (first, rest) = path.split_first()?;
+        let mut at = self.get(first)?;
+        for segment in rest {
+            let inner: Doc<'a> = serde_json::from_str(at.get()).ok()?;
+            at = inner.get(segment)?;
+        }
+        Some(at)
+    }
+
+    /// The fields in document order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// An owned copy (rarely needed: error paths, tests).
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::from_str(v.get()).unwrap_or(serde_json::Value::Null)))
+            .collect()
+    }
+}
+
+/// A raw JSON value's text as a string (no copy unless it holds escapes).
+pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let t = raw.get();
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(t).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// The lookup-key text of a raw value: a string's contents, or a number / boolean as written.
+pub fn raw_key(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let t = raw.get();
+    match t.as_bytes().first()? {
+        b'"' => raw_str(raw),
+        b'{' | b'[' | b'n' => None,
+        _ => Some(Cow::Borrowed(t)),
+    }
+}
+
+fn found(ty: SqlType, what: &str) -> Result<Value, String> {
+    Err(format!("expected {}, found {what}", format!("{ty:?}").to_lowercase()))
+}
+
+/// A raw JSON value as a column of type `ty`, with the same leniency as for parsed values:
+/// numeric strings for numbers, numbers and booleans as text, ISO timestamps.
+pub fn typed_raw(raw: Option<&RawValue>, ty: SqlType) -> Result<Value, String> {
+    let Some(raw) = raw else { return Ok(Value::Null) };
+    let t = raw.get();
+    let first = t.as_bytes().first().copied().unwrap_or(b'n');
+    match first {
+        b'n' => Ok(Value::Null),
+        b'"' => {
+            let s = raw_str(raw).ok_or("a malformed string")?;
+            match ty {
+                SqlType::Text => Ok(Value::Text(s.into_owned())),
+                SqlType::Boolean if s == "true" || s == "false" => Ok(Value::Bool(s == "true")),
+                SqlType::BigInt => s.trim().parse().map(Value::Int).or_else(|_| found(ty, "a non-integer string")),
+                SqlType::Double => match s.trim().parse::<f64>() {
+                    Ok(f) if f.is_finite() => Ok(Value::Float(f)),
+                    _ => found(ty, "a non-numeric string"),
+                },
+                SqlType::Timestamp => crate::pipeline::parse_timestamp(&s)
+                    .map(Value::Timestamp)
+                    .ok_or_else(|| format!("expected {}, found a string that is not a timestamp", "timestamp")),
+                SqlType::Boolean => found(ty, "a string"),
+            }
+        }
+        b't' | b'f' => match ty {
+            SqlType::Boolean => Ok(Value::Bool(first == b't')),
+            SqlType::Text => Ok(Value::Text(t.to_owned())),
+            _ => found(ty, "a boolean"),
+        },
+        b'{' => found(ty, "an object"),
+        b'[' => found(ty, "an array"),
+        _ => match ty {
+            SqlType::Text => Ok(Value::Text(t.to_owned())),
+            SqlType::BigInt | SqlType::Timestamp => match t.parse::<i64>() {
+                Ok(i) if ty == SqlType::BigInt => Ok(Value::Int(i)),
+                Ok(i) => Ok(Value::Timestamp(i)),
+                Err(_) => found(ty, "a non-integer number"),
+            },
+            SqlType::Double => t.parse::<f64>().map(Value::Float).or_else(|_| found(ty, "a malformed number")),
+            SqlType::Boolean => found(ty, "a number"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_without_building_a_tree() {
+        let text = r#"{"a": "x\"y", "b": 12, "c": {"d": [1], "e": "deep"}, "f": null, "g": "1.5"}"#;
+        let doc = Doc::parse(text).unwrap();
+        assert_eq!(raw_str(doc.get("a").unwrap()).unwrap(), "x\"y");
+        assert_eq!(typed_raw(doc.get("b"), SqlType::BigInt), Ok(Value::Int(12)));
+        assert_eq!(typed_raw(doc.get("b"), SqlType::Text), Ok(Value::Text("12".into())));
+        assert_eq!(typed_raw(doc.walk(&["c".into(), "e".into()]), SqlType::Text), Ok(Value::Text("deep".into())));
+        assert_eq!(typed_raw(doc.get("f"), SqlType::Double), Ok(Value::Null));
+        assert_eq!(typed_raw(doc.get("g"), SqlType::Double), Ok(Value::Float(1.5)));
+        assert_eq!(typed_raw(doc.get("missing"), SqlType::Text), Ok(Value::Null));
+        assert!(typed_raw(doc.get("c"), SqlType::Text).unwrap_err().contains("an object"));
+        assert_eq!(raw_key(doc.get("b").unwrap()).unwrap(), "12");
+        assert!(Doc::parse("[1]").unwrap_err().starts_with("payload is not a json object"));
+        assert!(Doc::parse("{\"a\":").unwrap_err().starts_with("payload is not json"));
+    }
+}
