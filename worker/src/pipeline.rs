@@ -7,10 +7,10 @@ use crate::doc::{raw_key, typed_raw, Doc};
 use crate::kpl::UserRecord;
 use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
-use crate::reference_cache::{ReferenceCache, ReferenceSet};
+use crate::reference_cache::{RefRow, ReferenceCache, ReferenceSet};
 use crate::transform::{mask, TokenKey, TokenKeyError};
 use base64::Engine;
-use proto::{Column, Item, Row, RowOp, ShardId, SqlType, TableSchema, Value};
+use proto::{Column, Row, RowOp, ShardId, SqlType, TableSchema, Value};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use std::borrow::Cow;
@@ -22,7 +22,8 @@ use std::time::Duration;
 enum Source {
     /// A record field: the slot of its first segment, then the path inside it.
     Record(usize, Vec<String>),
-    Joined(usize, Vec<String>),
+    /// A joined row's attribute (by join, then attribute index), then the path inside it.
+    Joined(usize, usize, Vec<String>),
     Meta(Meta),
     Constant(Json),
 }
@@ -113,7 +114,7 @@ impl Fields {
     }
 }
 
-fn compile_path(path: &str, aliases: &[String], fields: &mut Fields) -> Source {
+fn compile_path(path: &str, aliases: &[String], caches: &[Arc<ReferenceCache>], fields: &mut Fields) -> Source {
     let meta = match path {
         "@shard_id" => Some(Meta::ShardId),
         "@sequence_number" => Some(Meta::SequenceNumber),
@@ -130,7 +131,10 @@ fn compile_path(path: &str, aliases: &[String], fields: &mut Fields) -> Source {
     }
     let segments: Vec<String> = path.trim_start_matches("$.").split('.').map(str::to_owned).collect();
     match aliases.iter().position(|a| a == &segments[0]) {
-        Some(j) if segments.len() > 1 => Source::Joined(j, segments[1..].to_vec()),
+        Some(j) if segments.len() > 1 => {
+            let attribute = caches[j].attribute(&segments[1]).unwrap_or(usize::MAX);
+            Source::Joined(j, attribute, segments[2..].to_vec())
+        }
         _ => Source::Record(fields.slot(&segments[0]), segments),
     }
 }
@@ -221,7 +225,7 @@ struct Context<'r, 'a> {
     data: &'r Doc<'a>,
     /// `data`'s fields by slot.
     slots: Vec<Option<&'a RawValue>>,
-    joined: Vec<Option<Arc<Item>>>,
+    joined: Vec<Option<RefRow>>,
 }
 
 /// A value found for a column or a join key, before typing.
@@ -291,11 +295,14 @@ impl<'r> Context<'r, '_> {
                 }
                 at.map(Found::Raw).unwrap_or(Found::Missing)
             }
-            Source::Joined(j, path) => self.joined[*j]
-                .as_deref()
-                .and_then(|item| walk_json(item, path))
-                .map(Found::Json)
-                .unwrap_or(Found::Missing),
+            Source::Joined(j, attribute, path) => {
+                let value = self.joined[*j].as_deref().and_then(|row| row.get(*attribute));
+                let value = match (value, path.is_empty()) {
+                    (Some(v), false) => v.as_object().and_then(|item| walk_json(item, path)),
+                    (v, _) => v,
+                };
+                value.map(Found::Json).unwrap_or(Found::Missing)
+            }
             Source::Constant(v) => Found::Json(v),
             Source::Meta(m) => Found::Value(match m {
                 Meta::ShardId => Value::Text(self.shard.as_str().to_owned()),
@@ -341,17 +348,19 @@ impl Pipeline {
         let mut fields = Fields::default();
         for t in &config.tables {
             let mut aliases = Vec::new();
+            let mut caches: Vec<Arc<ReferenceCache>> = Vec::new();
             let mut joins = Vec::new();
             for j in &t.joins {
                 let cache =
                     references.get(&j.reference).ok_or_else(|| PipelineError::MissingReference(j.reference.clone()))?;
                 joins.push(CompiledJoin {
                     cache: cache.clone(),
-                    key: compile_path(&j.key, &aliases, &mut fields),
+                    key: compile_path(&j.key, &aliases, &caches, &mut fields),
                     on_missing: j.on_missing,
                     max_wait: j.max_wait,
                 });
                 aliases.push(j.alias.clone().unwrap_or_else(|| j.reference.clone()));
+                caches.push(cache.clone());
             }
             let columns: Vec<CompiledColumn> = t
                 .columns
@@ -359,7 +368,7 @@ impl Pipeline {
                 .map(|c| CompiledColumn {
                     name: c.name.clone(),
                     source: match (&c.from, &c.value) {
-                        (Some(from), _) => compile_path(from, &aliases, &mut fields),
+                        (Some(from), _) => compile_path(from, &aliases, &caches, &mut fields),
                         (None, v) => Source::Constant(v.clone().unwrap_or(Json::Null)),
                     },
                     ty: sql_type(c.ty),

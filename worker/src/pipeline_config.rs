@@ -291,12 +291,34 @@ impl PipelineConfig {
 
     /// What the reference caches need to know.
     pub fn reference_specs(&self) -> Vec<crate::reference_cache::ReferenceSpec> {
+        // Each reference keeps only the attributes some column or join key reads through it.
+        let mut used: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+        for table in &self.tables {
+            let mut aliases: Vec<(&str, &str)> = Vec::new();
+            let mut note = |path: &str, aliases: &[(&str, &str)]| {
+                let mut parts = path.trim_start_matches("$.").split('.');
+                let (Some(head), Some(attribute)) = (parts.next(), parts.next()) else { return };
+                if let Some((_, reference)) = aliases.iter().find(|(alias, _)| *alias == head) {
+                    used.entry((*reference).to_owned()).or_default().insert(attribute.to_owned());
+                }
+            };
+            for join in &table.joins {
+                note(&join.key, &aliases);
+                aliases.push((join.alias.as_deref().unwrap_or(&join.reference), &join.reference));
+            }
+            for column in &table.columns {
+                if let Some(from) = &column.from {
+                    note(from, &aliases);
+                }
+            }
+        }
         self.references
             .iter()
             .map(|r| crate::reference_cache::ReferenceSpec {
                 name: r.name.clone(),
                 table: r.table.clone().unwrap_or_else(|| r.name.clone()),
                 key: r.key.clone(),
+                attributes: used.get(&r.name).map(|a| a.iter().cloned().collect()).unwrap_or_default(),
                 refresh_interval: r.refresh_interval,
                 poll_interval: r.poll_interval,
                 max_items: r.max_items,

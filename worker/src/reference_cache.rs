@@ -1,5 +1,8 @@
 //! Reference data in memory, for joins on the hot path.
 //!
+//! Items are projected on load to the attributes the pipeline reads, kept as a flat array in
+//! a fixed attribute order, so a join reads an attribute by index.
+//!
 //! Each reference table is a snapshot behind an atomic pointer: a base map plus a small overlay
 //! of recent changes. Lookups load the pointer and read, never waiting on a writer. A full load
 //! swaps in a new base; a change feed's changes go into a new overlay (copying only the overlay),
@@ -7,6 +10,7 @@
 
 use arc_swap::ArcSwap;
 use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource};
+use serde_json::Value as Json;
 use std::collections::BTreeMap;
 
 /// Keys come from the operator's own tables; ahash is fast and still seeded per process.
@@ -18,33 +22,56 @@ use tracing::{info, warn};
 
 #[derive(Default)]
 struct Snapshot {
-    base: Arc<HashMap<String, Arc<Item>>>,
+    base: Arc<HashMap<String, RefRow>>,
     /// `None` marks a removed key.
-    overlay: HashMap<String, Option<Arc<Item>>>,
+    overlay: HashMap<String, Option<RefRow>>,
     items: usize,
     bytes: usize,
 }
 
-/// What one item costs in memory, estimated: the hash-table entry and key, the item's own map
-/// (a B-tree leaf of about 640 bytes for up to 11 attributes), and each attribute's heap text.
-/// Calibrated against resident memory in `cargo bench -p worker --bench pipeline`.
-fn item_bytes(key: &str, item: &Item) -> usize {
-    let leaves = item.len().div_ceil(11).max(1);
-    key.len() + 80 + leaves * 640 + item.iter().map(|(k, v)| k.len() + v.to_string().len() + 32).sum::<usize>()
+/// A reference item projected to the cache's attributes, in their order.
+pub type RefRow = Arc<[Json]>;
+
+/// What one item costs in memory, estimated: the hash-table entry, the key, the shared array
+/// (one value per attribute) and each value's heap text. Checked against resident memory in
+/// `cargo bench -p worker --bench pipeline`.
+fn item_bytes(key: &str, row: &[Json]) -> usize {
+    let heap = |v: &Json| match v {
+        Json::String(s) => s.len(),
+        Json::Null | Json::Bool(_) | Json::Number(_) => 0,
+        other => other.to_string().len() + 64,
+    };
+    key.len() + 96 + row.len() * 32 + row.iter().map(heap).sum::<usize>()
 }
 
 /// One reference table's cache.
 pub struct ReferenceCache {
     pub name: String,
+    attributes: Vec<String>,
     snapshot: ArcSwap<Snapshot>,
 }
 
 impl ReferenceCache {
-    pub fn new(name: &str) -> Self {
-        Self { name: name.to_owned(), snapshot: ArcSwap::from_pointee(Snapshot::default()) }
+    /// A cache keeping `attributes` of each item.
+    pub fn new(name: &str, attributes: Vec<String>) -> Self {
+        Self { name: name.to_owned(), attributes, snapshot: ArcSwap::from_pointee(Snapshot::default()) }
     }
 
-    pub fn get(&self, key: &str) -> Option<Arc<Item>> {
+    /// Where an attribute sits in the rows `get` returns.
+    pub fn attribute(&self, name: &str) -> Option<usize> {
+        self.attributes.iter().position(|a| a == name)
+    }
+
+    fn project(&self, item: &Item) -> RefRow {
+        self.attributes.iter().map(|a| item.get(a).cloned().unwrap_or(Json::Null)).collect()
+    }
+
+    /// One attribute of one item (tests, diagnostics).
+    pub fn get_attr(&self, key: &str, attribute: &str) -> Option<Json> {
+        Some(self.get(key)?[self.attribute(attribute)?].clone())
+    }
+
+    pub fn get(&self, key: &str) -> Option<RefRow> {
         let snap = self.snapshot.load();
         match snap.overlay.get(key) {
             Some(entry) => entry.clone(),
@@ -67,8 +94,8 @@ impl ReferenceCache {
 
     /// Swaps in a full load.
     pub fn replace(&self, items: Vec<(String, Item)>) {
-        let bytes = items.iter().map(|(k, i)| item_bytes(k, i)).sum();
-        let base: HashMap<String, Arc<Item>> = items.into_iter().map(|(k, i)| (k, Arc::new(i))).collect();
+        let base: HashMap<String, RefRow> = items.into_iter().map(|(k, i)| (k, self.project(&i))).collect();
+        let bytes = base.iter().map(|(k, r)| item_bytes(k, r)).sum();
         let items = base.len();
         self.snapshot.store(Arc::new(Snapshot { base: Arc::new(base), overlay: HashMap::default(), items, bytes }));
     }
@@ -83,7 +110,7 @@ impl ReferenceCache {
         let (mut items, mut bytes) = (current.items as isize, current.bytes as isize);
         for change in changes {
             let (key, new) = match change {
-                ReferenceChange::Put { key, item } => (key, Some(Arc::new(item))),
+                ReferenceChange::Put { key, item } => (key, Some(self.project(&item))),
                 ReferenceChange::Remove { key } => (key, None),
             };
             let old = match overlay.get(&key) {
@@ -125,6 +152,8 @@ pub struct ReferenceSpec {
     pub table: String,
     /// The attribute holding the lookup key.
     pub key: String,
+    /// The attributes kept (the ones the pipeline reads).
+    pub attributes: Vec<String>,
     /// Full reload period when the table has no change feed.
     pub refresh_interval: Duration,
     /// How often the change feed is read when there is one.
@@ -210,7 +239,7 @@ impl ReferenceSet {
     pub async fn start(source: Arc<dyn ReferenceSource>, specs: &[ReferenceSpec]) -> Result<Self, CacheError> {
         let mut set = ReferenceSet { caches: BTreeMap::new(), tasks: Vec::new() };
         for spec in specs {
-            let cache = Arc::new(ReferenceCache::new(&spec.name));
+            let cache = Arc::new(ReferenceCache::new(&spec.name, spec.attributes.clone()));
             let cursor = load(source.as_ref(), spec, &cache).await?;
             info!(reference = %spec.name, items = cache.len(), bytes = cache.bytes(), change_feed = cursor.is_some(), "reference loaded");
             set.tasks.push(tokio::spawn(refresh(source.clone(), spec.clone(), cache.clone(), cursor)));
@@ -243,6 +272,7 @@ mod tests {
             name: name.into(),
             table: name.into(),
             key: "code".into(),
+            attributes: vec!["name".into()],
             refresh_interval: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_items: 1_000_000,
@@ -251,7 +281,7 @@ mod tests {
 
     #[test]
     fn overlay_changes_and_compaction_keep_lookups_right() {
-        let cache = ReferenceCache::new("c");
+        let cache = ReferenceCache::new("c", vec!["name".into()]);
         cache.replace((0..100).map(|i| (format!("k{i}"), item(&format!("v{i}")))).collect());
         assert_eq!(cache.len(), 100);
         let before = cache.bytes();
@@ -260,17 +290,17 @@ mod tests {
             ReferenceChange::Remove { key: "k2".into() },
             ReferenceChange::Put { key: "new".into(), item: item("n") },
         ]);
-        assert_eq!(cache.get("k1").unwrap()["name"], "changed");
+        assert_eq!(cache.get_attr("k1", "name").unwrap(), "changed");
         assert!(cache.get("k2").is_none());
-        assert_eq!(cache.get("new").unwrap()["name"], "n");
+        assert_eq!(cache.get_attr("new", "name").unwrap(), "n");
         assert_eq!(cache.len(), 100);
         assert!(cache.bytes() > 0 && cache.bytes() != before);
         // Enough changes to fold the overlay into the base.
         cache.apply((0..2000).map(|i| ReferenceChange::Put { key: format!("x{i}"), item: item("x") }).collect());
         assert_eq!(cache.len(), 2100);
-        assert_eq!(cache.get("k1").unwrap()["name"], "changed");
+        assert_eq!(cache.get_attr("k1", "name").unwrap(), "changed");
         assert!(cache.get("k2").is_none());
-        assert_eq!(cache.get("x1999").unwrap()["name"], "x");
+        assert_eq!(cache.get_attr("x1999", "name").unwrap(), "x");
     }
 
     #[tokio::test(start_paused = true)]
@@ -284,10 +314,10 @@ mod tests {
         source.put("country", "FR", item("République française"));
         source.put("plain", "a", item("A2"));
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(set.get("country").unwrap().get("FR").unwrap()["name"], "République française");
-        assert_eq!(set.get("plain").unwrap().get("a").unwrap()["name"], "A", "no feed: wait for the refresh");
+        assert_eq!(set.get("country").unwrap().get_attr("FR", "name").unwrap(), "République française");
+        assert_eq!(set.get("plain").unwrap().get_attr("a", "name").unwrap(), "A", "no feed: wait for the refresh");
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(set.get("plain").unwrap().get("a").unwrap()["name"], "A2");
+        assert_eq!(set.get("plain").unwrap().get_attr("a", "name").unwrap(), "A2");
     }
 
     #[tokio::test]
