@@ -139,8 +139,9 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
     n
 }
 
-/// Counts live heap bytes while `COUNTING` is on (only around the cache load, so the timed
-/// runs pay one relaxed load per allocation, the same on both sides).
+/// mimalloc, as in the `tributary` binary, counting live heap bytes while `COUNTING` is on
+/// (only around the cache load, so the timed runs pay one relaxed load per allocation, the
+/// same on both sides).
 struct Counting;
 
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -151,13 +152,13 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
             LIVE.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
         }
-        unsafe { std::alloc::System.alloc(layout) }
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
             LIVE.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
         }
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
 }
 
