@@ -655,4 +655,39 @@ mod tests {
         assert_eq!(out[0].0, 1, "dead-letter table");
         assert_eq!(out[0].1.values[5], Value::Text("table t: no customer row for key 99".into()));
     }
+
+    #[test]
+    fn a_key_change_in_a_dms_update_deletes_the_old_key() {
+        let config = PipelineConfig::from_toml(
+            r#"
+            format = "dms"
+            [[table]]
+            name = "activity"
+            source_table = "ticket_activity"
+            key = ["ticket_id"]
+            column = [
+                { name = "ticket_id", from = "ticket_id", type = "bigint" },
+                { name = "purchased_by", from = "purchased_by", type = "bigint" },
+            ]
+            "#,
+        )
+        .unwrap();
+        let p = Pipeline::without_references(&config).unwrap();
+        let update = serde_json::json!({
+            "data": {"ticket_id": 8, "purchased_by": 3},
+            "before-image": {"ticket_id": 7, "purchased_by": 3},
+            "metadata": {"record-type": "data", "operation": "update", "schema-name": "s",
+                         "table-name": "ticket_activity", "commit-timestamp": "2024-01-01T00:00:00Z"}
+        });
+        let mut out = Vec::new();
+        p.map(&ShardId::numbered(0), &record(&update.to_string()), false, &mut out);
+        let rows: Vec<(RowOp, Value)> = out.iter().map(|(_, r)| (r.op, r.values[0].clone())).collect();
+        assert_eq!(rows, vec![(RowOp::Delete, Value::Int(7)), (RowOp::Upsert, Value::Int(8))]);
+        assert_eq!(out[0].1.version, out[1].1.version);
+        // Another table's changes are not this table's.
+        let other = update.to_string().replace("ticket_activity", "customer");
+        out.clear();
+        p.map(&ShardId::numbered(0), &record(&other), false, &mut out);
+        assert!(out.is_empty());
+    }
 }

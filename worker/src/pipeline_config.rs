@@ -39,9 +39,6 @@ const fn default_max_items() -> usize {
 const fn default_max_wait() -> Duration {
     Duration::from_secs(60)
 }
-const fn default_true() -> bool {
-    true
-}
 const fn default_max_record_bytes() -> usize {
     1 << 20
 }
@@ -105,9 +102,6 @@ pub struct TableConfig {
     pub key: Vec<String>,
     #[serde(default = "default_version")]
     pub version: VersionSource,
-    /// Create the table if it does not exist.
-    #[serde(default = "default_true")]
-    pub create: bool,
     #[serde(default, rename = "join")]
     pub joins: Vec<JoinConfig>,
     #[serde(rename = "column")]

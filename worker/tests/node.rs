@@ -84,3 +84,31 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     assert_eq!(lease.owner, None, "a graceful stop releases the lease");
     assert!(leases.workers().await.unwrap().is_empty(), "and removes the heartbeat row");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_inside_a_kpl_aggregate_resumes_after_its_sub_record() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let items: Vec<(&str, &[u8])> = vec![("a", br#"{"id":1}"#), ("b", br#"{"id":2}"#), ("c", br#"{"id":3}"#)];
+    let aggregate = stream.put("a", worker::kpl::aggregate(&items)).1;
+    let plain = stream.put("d", br#"{"id":4}"#.to_vec()).1;
+    // A lease left by an earlier owner, checkpointed after the second user record.
+    let leases = MemoryLeaseTable::new();
+    let shard = proto::ShardId::numbered(0);
+    let done = Checkpoint::At(proto::Position::new(aggregate.clone(), 1));
+    leases.create(&proto::Lease::for_shard(&shard, vec![], None, done)).await.unwrap();
+    let warehouse = MemoryWarehouse::new();
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: Arc::new(mapper()),
+    };
+    let config = NodeConfig::new(WorkerId::new("n"), ClusterSettings::with_failover(Duration::from_secs(10)));
+    let node = Node::start(config, ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ids: Vec<proto::Value> = warehouse.rows("t").into_values().map(|r| r.values[0].clone()).collect();
+    assert_eq!(ids, vec![proto::Value::Int(3), proto::Value::Int(4)], "user records 1 and 2 were done before");
+    let lease = leases.get(shard.as_str()).await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(plain, 0)));
+    node.shutdown().await;
+}
