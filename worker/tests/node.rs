@@ -112,3 +112,60 @@ async fn a_checkpoint_inside_a_kpl_aggregate_resumes_after_its_sub_record() {
     assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(plain, 0)));
     node.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_join_set_to_wait_holds_the_shard_until_the_reference_row_arrives() {
+    let refs = proto::memory::MemoryReferenceSource::new();
+    refs.create_table("country", true);
+    let config = PipelineConfig::from_toml(
+        r#"
+        [[reference]]
+        name = "country"
+        key = "code"
+        poll_interval = "1s"
+        [[table]]
+        name = "t"
+        key = ["id"]
+        join = [{ reference = "country", key = "country", on_missing = "wait", max_wait = "20s" }]
+        column = [
+            { name = "id", from = "id", type = "bigint" },
+            { name = "name", from = "country.name", type = "text" },
+        ]
+        "#,
+    )
+    .unwrap();
+    let set = worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs())
+        .await
+        .unwrap();
+    let pipeline = Pipeline::new(&config, Arc::new(set)).unwrap();
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("a", br#"{"id":1,"country":"NO"}"#.to_vec());
+    stream.put("b", br#"{"id":2,"country":"XX"}"#.to_vec());
+    let warehouse = MemoryWarehouse::new();
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: Arc::new(pipeline),
+    };
+    let node = Node::start(
+        NodeConfig::new(WorkerId::new("n"), ClusterSettings::with_failover(Duration::from_secs(10))),
+        ports,
+        EventSink::none(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(warehouse.rows("t").is_empty(), "the shard waits: nothing behind the first record either");
+    refs.put("country", "NO", serde_json::json!({"code": "NO", "name": "Norway"}).as_object().unwrap().clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = warehouse.rows("t");
+    assert_eq!(rows.len(), 1, "record 1 joined once its row arrived; record 2 still waits");
+    assert_eq!(rows.values().next().unwrap().values[1], proto::Value::Text("Norway".into()));
+    // XX never arrives: after max_wait the record goes to the dead letters and the shard moves on.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let dead = warehouse.rows(worker::DEAD_LETTER_TABLE);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.values().next().unwrap().values[5], proto::Value::Text("table t: no country row for key XX".into()));
+    node.shutdown().await;
+}
