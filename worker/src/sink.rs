@@ -1,7 +1,10 @@
 //! The sink actor, one per target table: gathers rows from every consumer of the node into
 //! batches (by rows, bytes and latency), commits each batch in one warehouse transaction, then
-//! acks the chunks it carried back to their consumers. A batch that cannot commit after the
-//! retry policy is nacked: its consumers restart from their last checkpoint.
+//! acks the chunks it carried back to their consumers. While the warehouse is unavailable the
+//! sink keeps retrying the same batch (back-off up to `commit_retry.max_backoff`), so an outage
+//! holds reads back instead of cycling consumers through restarts; a batch the warehouse
+//! rejects, or one still failing after `commit_retry.max_attempts`, is nacked and its consumers
+//! restart from their last checkpoint.
 
 use crate::metrics::NodeMetrics;
 use crate::shard_consumer::ConsumerMsg;
@@ -16,11 +19,23 @@ pub struct SinkSettings {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub max_latency: Duration,
+    /// Retries of a commit the warehouse could not take (outage, lost reply).
+    pub commit_retry: RetryPolicy,
 }
 
 impl Default for SinkSettings {
     fn default() -> Self {
-        Self { max_rows: 5_000, max_bytes: 8 << 20, max_latency: Duration::from_millis(500) }
+        Self {
+            max_rows: 5_000,
+            max_bytes: 8 << 20,
+            max_latency: Duration::from_millis(500),
+            // About an hour of retries, at most 30 s apart.
+            commit_retry: RetryPolicy {
+                max_attempts: 150,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(30),
+            },
+        }
     }
 }
 
@@ -87,7 +102,8 @@ impl SinkState {
         let metrics = self.args.metrics.clone();
         let result = self
             .args
-            .retry
+            .settings
+            .commit_retry
             .run(WarehouseError::is_retryable, || {
                 let warehouse = warehouse.clone();
                 let batch = &batch;
