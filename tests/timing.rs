@@ -31,8 +31,9 @@ async fn produce(stream: &MemoryStream, for_: Duration, counter: &mut u64) {
 #[tokio::test(start_paused = true)]
 async fn failover_handoff_and_child_start_meet_their_targets() {
     let stream = MemoryStream::new(8, Clock::starting_at(0));
+    let leases = MemoryLeaseTable::new();
     let ports = NodePorts {
-        table: Arc::new(MemoryLeaseTable::new()),
+        table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
         warehouse: Arc::new(MemoryWarehouse::new()),
         mapper: Arc::new(common::mapper()),
@@ -96,6 +97,12 @@ async fn failover_handoff_and_child_start_meet_their_targets() {
         .map(|s| (s.id, s.parents))
         .collect();
     let figures = cluster.timeline.figures(&parents);
+    // The parents' leases are gone once their children checkpointed: the table does not grow
+    // with every reshard.
+    let parent_ids: std::collections::BTreeSet<&ShardId> = parents.values().flatten().collect();
+    let kept: Vec<String> =
+        leases.rows().into_iter().filter(|l| parent_ids.iter().any(|p| p.as_str() == l.key)).map(|l| l.key).collect();
+    assert!(kept.is_empty(), "finished parents still in the lease table: {kept:?}");
     cluster.stop_all().await;
     eprintln!(
         "failover {:?} | handoffs {:?} | child starts {:?}",

@@ -207,8 +207,29 @@ impl CoordinatorState {
                 }
             }
         }
+        // A finished parent's lease goes once every child has checkpointed progress: nothing
+        // needs it any more (shard sync never recreates a shard whose descendants have leases).
+        for lease in finished_parents(&leases) {
+            match self.args.table.delete(&lease.key, &proto::Expect::unchanged(lease)).await {
+                Ok(()) => debug!(shard = %lease.key, "finished parent lease deleted"),
+                Err(e) => debug!(shard = %lease.key, error = %e, "finished parent lease kept"),
+            }
+        }
         Ok(())
     }
+}
+
+/// Finished leases whose children all exist and have checkpointed past their start.
+fn finished_parents(leases: &[Lease]) -> Vec<&Lease> {
+    let progressed = |id: &proto::ShardId| {
+        leases.iter().any(|l| {
+            l.key == id.as_str() && matches!(l.checkpoint, proto::Checkpoint::At(_) | proto::Checkpoint::ShardEnd)
+        })
+    };
+    leases
+        .iter()
+        .filter(|l| l.is_finished() && !l.child_shard_ids.is_empty() && l.child_shard_ids.iter().all(progressed))
+        .collect()
 }
 
 impl Actor for Coordinator {
@@ -279,5 +300,27 @@ impl Actor for Coordinator {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Checkpoint, Position, SequenceNumber, ShardId};
+
+    #[test]
+    fn a_parent_goes_only_after_every_child_progressed() {
+        let mut parent = Lease::for_shard(&ShardId::new("p"), vec![], None, Checkpoint::ShardEnd);
+        parent.child_shard_ids = vec![ShardId::new("a"), ShardId::new("b")];
+        let a = Lease::for_shard(&ShardId::new("a"), vec![ShardId::new("p")], None, Checkpoint::TrimHorizon);
+        let mut b = a.clone();
+        b.key = "b".into();
+        let at = Checkpoint::At(Position::new(SequenceNumber::from_u128(5), 0));
+        assert!(finished_parents(&[parent.clone(), a.clone(), b.clone()]).is_empty());
+        let a_done = Lease { checkpoint: at.clone(), ..a };
+        assert!(finished_parents(&[parent.clone(), a_done.clone(), b.clone()]).is_empty());
+        let b_done = Lease { checkpoint: Checkpoint::ShardEnd, ..b };
+        assert_eq!(finished_parents(&[parent.clone(), a_done.clone(), b_done.clone()]).len(), 1);
+        assert!(finished_parents(&[parent, a_done]).is_empty(), "a child without a lease keeps the parent");
     }
 }

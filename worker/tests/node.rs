@@ -134,9 +134,8 @@ async fn a_join_set_to_wait_holds_the_shard_until_the_reference_row_arrives() {
         "#,
     )
     .unwrap();
-    let set = worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs())
-        .await
-        .unwrap();
+    let set =
+        worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
     let pipeline = Pipeline::new(&config, Arc::new(set)).unwrap();
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     stream.put("a", br#"{"id":1,"country":"NO"}"#.to_vec());
@@ -166,6 +165,9 @@ async fn a_join_set_to_wait_holds_the_shard_until_the_reference_row_arrives() {
     tokio::time::sleep(Duration::from_secs(25)).await;
     let dead = warehouse.rows(worker::DEAD_LETTER_TABLE);
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead.values().next().unwrap().values[5], proto::Value::Text("table t: no country row for key XX".into()));
+    assert_eq!(
+        dead.values().next().unwrap().values[5],
+        proto::Value::Text("table t: no country row for key XX".into())
+    );
     node.shutdown().await;
 }
