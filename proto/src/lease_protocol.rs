@@ -209,7 +209,11 @@ impl<'a> LeaseProtocol<'a> {
 fn landed(expect: &Expect, change: &LeaseChange, row: &Lease) -> bool {
     let Some(before) = expect.counter else { return false };
     row.counter == before + 1
-        && change.owner.as_ref().is_none_or(|o| o == &row.owner)
+        && match &change.owner {
+            Some(o) => o == &row.owner,
+            // A write that keeps the owner only landed if the owner is still the expected one.
+            None => expect.owner.as_ref().is_none_or(|o| o == &row.owner),
+        }
         && change.checkpoint.as_ref().is_none_or(|c| c == &row.checkpoint)
         && change.checkpoint_owner.as_ref().is_none_or(|o| o == &row.checkpoint_owner)
         && change.child_shard_ids.as_ref().is_none_or(|c| c == &row.child_shard_ids)

@@ -151,13 +151,20 @@ impl KeeperState {
         let owned = self.protocol().owned_by(&me).await?;
         let now = Instant::now();
         let owned_keys: BTreeSet<ShardId> = owned.iter().map(Lease::shard_id).collect();
+        // A node whose heartbeat has been failing may already be declared dead: start nothing.
+        let silent =
+            self.last_heartbeat.elapsed() + self.args.settings.heartbeat_interval >= self.args.settings.failover_time;
         for lease in owned {
             let shard = lease.shard_id();
-            let waiting_for_handoff = lease.checkpoint_owner.as_ref().is_some_and(|prev| prev != &me);
+            let startable = |l: &Lease| {
+                l.is_owned_by(&me) && !l.is_finished() && l.checkpoint_owner.as_ref().is_none_or(|prev| prev == &me)
+            };
             let backing_off = self.failures.get(&shard).is_some_and(|(_, not_before)| now < *not_before);
-            if lease.is_finished() || waiting_for_handoff || backing_off || self.consumers.contains_key(&shard) {
+            if silent || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
                 continue;
             }
+            // The owner index may lag: start from a consistent read of the row.
+            let Some(lease) = self.protocol().get(shard.as_str()).await?.filter(startable) else { continue };
             info!(node = %me, shard = %shard, checkpoint = ?lease.checkpoint, "starting consumer");
             self.start(myself, lease).await?;
         }
@@ -170,7 +177,6 @@ impl KeeperState {
             .map(|(shard, _)| shard.clone())
             .chain(self.known.iter().filter(|s| !owned_keys.contains(*s) && !self.consumers.contains_key(*s)).cloned())
             .collect();
-        self.known = owned_keys;
         for shard in moved {
             let current = self.protocol().get(shard.as_str()).await?;
             let Some(running) = self.consumers.get_mut(&shard) else {
@@ -193,6 +199,7 @@ impl KeeperState {
                 }
             }
         }
+        self.known = owned_keys;
         Ok(())
     }
 
@@ -379,7 +386,7 @@ impl Actor for LeaseKeeper {
                 let shard = state.by_actor.get(&cell.get_id()).cloned();
                 state.after_exit(&myself, &cell).await;
                 if let (Some(shard), Some(reason::SHARD_END)) = (shard, why.as_deref()) {
-                    if state.shutdown.is_none() {
+                    if state.draining_since.is_none() {
                         if let Err(e) = state.adopt_children(&myself, &shard).await {
                             warn!(node = %state.me(), error = %e, "could not adopt the children of {shard}");
                         }

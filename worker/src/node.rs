@@ -167,7 +167,8 @@ pub struct Node {
     pub metrics: Arc<NodeMetrics>,
     supervisor: ActorRef<SupervisorMsg>,
     handle: tokio::task::JoinHandle<()>,
-    coordinator: ActorRef<CoordinatorMsg>,
+    /// Fixed for the node's life (its failure stops the node); the coordinator may be
+    /// restarted, so it is asked of the supervisor each time.
     keeper: ActorRef<KeeperMsg>,
     shutdown_deadline: Duration,
 }
@@ -187,8 +188,13 @@ impl Node {
         let fail = |reason: String| StartError { node: id.clone(), reason };
         let args = SupervisorArgs { config, ports, events, metrics: metrics.clone() };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| fail(e.to_string()))?;
-        let (coordinator, keeper) = ractor::call!(supervisor, SupervisorMsg::Parts).map_err(|e| fail(e.to_string()))?;
-        Ok(Node { id: id.clone(), metrics, supervisor, handle, coordinator, keeper, shutdown_deadline })
+        let (_, keeper) = ractor::call!(supervisor, SupervisorMsg::Parts).map_err(|e| fail(e.to_string()))?;
+        Ok(Node { id: id.clone(), metrics, supervisor, handle, keeper, shutdown_deadline })
+    }
+
+    /// The current coordinator (a restarted one after a failure).
+    async fn coordinator(&self) -> Option<ActorRef<CoordinatorMsg>> {
+        ractor::call!(self.supervisor, SupervisorMsg::Parts).ok().map(|(c, _)| c)
     }
 
     /// The shards this node consumes now.
@@ -197,14 +203,19 @@ impl Node {
     }
 
     pub async fn is_leader(&self) -> bool {
-        ractor::call!(self.coordinator, CoordinatorMsg::IsLeader).unwrap_or(false)
+        match self.coordinator().await {
+            Some(c) => ractor::call!(c, CoordinatorMsg::IsLeader).unwrap_or(false),
+            None => false,
+        }
     }
 
     /// Graceful stop: the leader lock is given up (so this node assigns nothing more), every
     /// consumer flushes, checkpoints and releases its lease, then the actors stop.
     pub async fn shutdown(self) {
         let deadline = self.shutdown_deadline;
-        let _ = ractor::call!(self.coordinator, CoordinatorMsg::Resign);
+        if let Some(c) = self.coordinator().await {
+            let _ = ractor::call!(c, CoordinatorMsg::Resign);
+        }
         let _ = ractor::call!(self.keeper, KeeperMsg::Shutdown, deadline);
         self.supervisor.stop(Some("shutdown".into()));
         let _ = self.handle.await;

@@ -146,21 +146,18 @@ impl ConsumerState {
         (Duration::from_millis(200) * (1 << self.consecutive_errors.min(6))).min(Duration::from_secs(10))
     }
 
-    /// Where to resume: after the last record fetched, else from the lease's checkpoint.
-    /// Positions inside an aggregate re-read the aggregate and skip what was done.
+    /// Where to resume: after the last Kinesis record fetched (all its user records are
+    /// pending or done), else at the lease's checkpoint record, whose user records up to the
+    /// checkpoint are then skipped (a checkpoint may stop inside a KPL aggregate).
     fn starting_position(&self) -> StartingPosition {
-        let resume = self.fetched_upto.as_ref().or(match &self.lease.checkpoint {
-            Checkpoint::At(p) => Some(p),
-            _ => None,
-        });
-        match (resume, &self.lease.checkpoint) {
-            (Some(p), _) if p.sub_sequence == 0 => StartingPosition::AfterSequence(p.sequence.clone()),
-            (Some(p), _) => StartingPosition::AtSequence(p.sequence.clone()),
-            (None, Checkpoint::Latest) => StartingPosition::Latest,
-            (None, Checkpoint::AtTimestamp) => {
-                StartingPosition::AtTimestamp(self.ctx.settings.at_timestamp_ms.unwrap_or(0))
-            }
-            (None, _) => StartingPosition::TrimHorizon,
+        if let Some(fetched) = &self.fetched_upto {
+            return StartingPosition::AfterSequence(fetched.sequence.clone());
+        }
+        match &self.lease.checkpoint {
+            Checkpoint::At(p) => StartingPosition::AtSequence(p.sequence.clone()),
+            Checkpoint::Latest => StartingPosition::Latest,
+            Checkpoint::AtTimestamp => StartingPosition::AtTimestamp(self.ctx.settings.at_timestamp_ms.unwrap_or(0)),
+            Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartingPosition::TrimHorizon,
         }
     }
 
@@ -199,6 +196,7 @@ impl ConsumerState {
                     self.schedule_read(myself, backoff);
                     return Ok(());
                 }
+                Err(ReadError::NotFound(why)) => return self.shard_gone(myself, why).await,
                 Err(e) => return Err(e.into()),
             },
         };
@@ -215,6 +213,7 @@ impl ConsumerState {
                 self.schedule_read(myself, backoff);
                 return Ok(());
             }
+            Err(ReadError::NotFound(why)) => return self.shard_gone(myself, why).await,
             Err(e) => return Err(e.into()),
         };
         self.consecutive_errors = 0;
@@ -231,6 +230,10 @@ impl ConsumerState {
             info!(shard = %self.shard, children = batch.child_shards.len(), "reached the end of the shard");
             self.create_children(&batch.child_shards).await?;
             self.ended = Some(batch.child_shards);
+            if !self.pending.is_empty() {
+                // A join still waits: keep looking (the pending branch above finishes).
+                self.schedule_read(myself, self.ctx.settings.idle_delay);
+            }
             return self.maybe_finish(myself).await;
         }
         let delay = if got_records && self.pending.is_empty() {
@@ -240,6 +243,25 @@ impl ConsumerState {
         };
         self.schedule_read(myself, delay);
         Ok(())
+    }
+
+    /// The stream no longer has this shard (trimmed past retention): everything it held is gone,
+    /// so it has ended; its children come from the shard list. If the shard is still listed the
+    /// error is real and the consumer fails.
+    async fn shard_gone(&mut self, myself: &ActorRef<ConsumerMsg>, why: String) -> Result<(), ActorProcessingErr> {
+        let shards = self.ctx.reader.list_shards().await?;
+        if shards.iter().any(|s| s.id == self.shard) {
+            return Err(format!("shard {} listed but not readable: {why}", self.shard).into());
+        }
+        warn!(shard = %self.shard, "shard no longer in the stream (past retention); ending it");
+        let children: Vec<ChildShard> = shards
+            .into_iter()
+            .filter(|s| s.parents.contains(&self.shard))
+            .map(|s| ChildShard { id: s.id, parents: s.parents, hash_range: s.hash_range })
+            .collect();
+        self.create_children(&children).await?;
+        self.ended = Some(children);
+        self.maybe_finish(myself).await
     }
 
     /// Maps pending records into rows (up to one whose join must wait), sends them to the
@@ -359,6 +381,9 @@ impl ConsumerState {
             StopMode::Release => self.protocol().release(&self.lease, &me, to).await,
             StopMode::HandOff => match self.protocol().get(&self.lease.key).await? {
                 Some(current) if current.checkpoint_owner.as_ref() == Some(&me) => {
+                    // Record progress only from the checkpoint this consumer itself wrote last;
+                    // otherwise hand over what the table holds.
+                    let to = if current.checkpoint == self.lease.checkpoint { to } else { current.checkpoint.clone() };
                     self.protocol().finish_handoff(&current, &me, to).await
                 }
                 current => Err(ProtocolError::Lost { key: self.lease.key.clone(), current: current.map(Box::new) }),

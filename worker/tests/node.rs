@@ -171,3 +171,91 @@ async fn a_join_set_to_wait_holds_the_shard_until_the_reference_row_arrives() {
     );
     node.shutdown().await;
 }
+
+/// A pipeline joining `country` with `on_missing = "wait"`, and the source it reads.
+async fn waiting_pipeline() -> (Pipeline, proto::memory::MemoryReferenceSource) {
+    let refs = proto::memory::MemoryReferenceSource::new();
+    refs.create_table("country", true);
+    refs.put("country", "NO", serde_json::json!({"code": "NO", "name": "Norway"}).as_object().unwrap().clone());
+    let config = PipelineConfig::from_toml(
+        r#"
+        [[reference]]
+        name = "country"
+        key = "code"
+        poll_interval = "1s"
+        [[table]]
+        name = "t"
+        key = ["id"]
+        join = [{ reference = "country", key = "country", on_missing = "wait", max_wait = "10m" }]
+        column = [{ name = "id", from = "id", type = "bigint" }, { name = "name", from = "country.name", type = "text" }]
+        "#,
+    )
+    .unwrap();
+    let set =
+        worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
+    (Pipeline::new(&config, Arc::new(set)).unwrap(), refs)
+}
+
+fn node_config(id: &str) -> NodeConfig {
+    NodeConfig::new(WorkerId::new(id), ClusterSettings::with_failover(Duration::from_secs(10)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_a_join_waits_inside_an_aggregate_loses_nothing() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let items: Vec<(&str, &[u8])> = vec![
+        ("a", br#"{"id":1,"country":"NO"}"#),
+        ("b", br#"{"id":2,"country":"SE"}"#),
+        ("c", br#"{"id":3,"country":"NO"}"#),
+    ];
+    stream.put("a", worker::kpl::aggregate(&items));
+    let leases = MemoryLeaseTable::new();
+    let warehouse = MemoryWarehouse::new();
+    let (pipeline, refs) = waiting_pipeline().await;
+    let pipeline = Arc::new(pipeline);
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: pipeline.clone(),
+    };
+    let first = Node::start(node_config("first"), ports.clone(), EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(warehouse.rows("t").len(), 1, "user record 0 committed, record 1 waits");
+    first.shutdown().await;
+    refs.put("country", "SE", serde_json::json!({"code": "SE", "name": "Sweden"}).as_object().unwrap().clone());
+    let second = Node::start(node_config("second"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(warehouse.rows("t").len(), 3, "the rest of the aggregate was not skipped");
+    second.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_that_ends_while_a_join_waits_still_reaches_shard_end() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("a", br#"{"id":1,"country":"SE"}"#.to_vec());
+    let parent = proto::ShardId::numbered(0);
+    stream.split(&parent, u128::MAX / 2).unwrap();
+    let leases = MemoryLeaseTable::new();
+    let warehouse = MemoryWarehouse::new();
+    let (pipeline, refs) = waiting_pipeline().await;
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: Arc::new(pipeline),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_ne!(leases.get(parent.as_str()).await.unwrap().unwrap().checkpoint, Checkpoint::ShardEnd);
+    refs.put("country", "SE", serde_json::json!({"code": "SE", "name": "Sweden"}).as_object().unwrap().clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(warehouse.rows("t").len(), 1);
+    let lease = leases.get(parent.as_str()).await.unwrap();
+    assert!(lease.is_none_or(|l| l.checkpoint == Checkpoint::ShardEnd), "the parent ended (or was cleaned up)");
+    assert!(
+        leases.rows().iter().any(|l| l.key == proto::ShardId::numbered(1).as_str() && l.owner.is_some()),
+        "a child runs"
+    );
+    node.shutdown().await;
+}
