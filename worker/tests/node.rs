@@ -115,28 +115,7 @@ async fn a_checkpoint_inside_a_kpl_aggregate_resumes_after_its_sub_record() {
 
 #[tokio::test(start_paused = true)]
 async fn a_join_set_to_wait_holds_the_shard_until_the_reference_row_arrives() {
-    let refs = proto::memory::MemoryReferenceSource::new();
-    refs.create_table("country", true);
-    let config = PipelineConfig::from_toml(
-        r#"
-        [[reference]]
-        name = "country"
-        key = "code"
-        poll_interval = "1s"
-        [[table]]
-        name = "t"
-        key = ["id"]
-        join = [{ reference = "country", key = "country", on_missing = "wait", max_wait = "20s" }]
-        column = [
-            { name = "id", from = "id", type = "bigint" },
-            { name = "name", from = "country.name", type = "text" },
-        ]
-        "#,
-    )
-    .unwrap();
-    let set =
-        worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
-    let pipeline = Pipeline::new(&config, Arc::new(set)).unwrap();
+    let (pipeline, refs) = waiting_pipeline("20s").await;
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     stream.put("a", br#"{"id":1,"country":"NO"}"#.to_vec());
     stream.put("b", br#"{"id":2,"country":"XX"}"#.to_vec());
@@ -172,12 +151,11 @@ async fn a_join_set_to_wait_holds_the_shard_until_the_reference_row_arrives() {
     node.shutdown().await;
 }
 
-/// A pipeline joining `country` with `on_missing = "wait"`, and the source it reads.
-async fn waiting_pipeline() -> (Pipeline, proto::memory::MemoryReferenceSource) {
+/// A pipeline joining an (empty) `country` table with `on_missing = "wait"`, and the source.
+async fn waiting_pipeline(max_wait: &str) -> (Pipeline, proto::memory::MemoryReferenceSource) {
     let refs = proto::memory::MemoryReferenceSource::new();
     refs.create_table("country", true);
-    refs.put("country", "NO", serde_json::json!({"code": "NO", "name": "Norway"}).as_object().unwrap().clone());
-    let config = PipelineConfig::from_toml(
+    let config = PipelineConfig::from_toml(&format!(
         r#"
         [[reference]]
         name = "country"
@@ -186,10 +164,10 @@ async fn waiting_pipeline() -> (Pipeline, proto::memory::MemoryReferenceSource) 
         [[table]]
         name = "t"
         key = ["id"]
-        join = [{ reference = "country", key = "country", on_missing = "wait", max_wait = "10m" }]
-        column = [{ name = "id", from = "id", type = "bigint" }, { name = "name", from = "country.name", type = "text" }]
-        "#,
-    )
+        join = [{{ reference = "country", key = "country", on_missing = "wait", max_wait = "{max_wait}" }}]
+        column = [{{ name = "id", from = "id", type = "bigint" }}, {{ name = "name", from = "country.name", type = "text" }}]
+        "#
+    ))
     .unwrap();
     let set =
         worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
@@ -211,7 +189,8 @@ async fn a_stop_while_a_join_waits_inside_an_aggregate_loses_nothing() {
     stream.put("a", worker::kpl::aggregate(&items));
     let leases = MemoryLeaseTable::new();
     let warehouse = MemoryWarehouse::new();
-    let (pipeline, refs) = waiting_pipeline().await;
+    let (pipeline, refs) = waiting_pipeline("10m").await;
+    refs.put("country", "NO", serde_json::json!({"code": "NO", "name": "Norway"}).as_object().unwrap().clone());
     let pipeline = Arc::new(pipeline);
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
@@ -238,7 +217,8 @@ async fn a_shard_that_ends_while_a_join_waits_still_reaches_shard_end() {
     stream.split(&parent, u128::MAX / 2).unwrap();
     let leases = MemoryLeaseTable::new();
     let warehouse = MemoryWarehouse::new();
-    let (pipeline, refs) = waiting_pipeline().await;
+    let (pipeline, refs) = waiting_pipeline("10m").await;
+    refs.put("country", "NO", serde_json::json!({"code": "NO", "name": "Norway"}).as_object().unwrap().clone());
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
