@@ -72,7 +72,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     reset(&opts.db)?;
     let warehouse = adapters::sqlite::SqliteWarehouse::open(&opts.db)
         .with_context(|| format!("cannot open the sqlite file {}", opts.db.display()))?;
-    let warehouse: Arc<dyn proto::Warehouse> = Arc::new(warehouse);
+    let sqlite = Arc::new(warehouse);
+    let warehouse: Arc<dyn proto::Warehouse> = sqlite.clone();
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
@@ -143,7 +144,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let mut plan: Vec<(f64, Step)> =
         vec![(0.15, Step::Kill), (0.3, Step::Split), (0.45, Step::Merge), (0.6, Step::Stop), (0.7, Step::Join)];
     plan.reverse();
-    let reader = Counter(rusqlite::Connection::open(&opts.db)?);
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
     let mut last_progress = Instant::now();
     let mut last_counts = (0usize, 0usize);
@@ -159,7 +159,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             let produced = oracle.lock().unwrap().produced();
-            let landed = reader.count(RAW_TABLE)? + reader.count(DEAD_LETTER_TABLE)?;
+            let landed = count(&sqlite, RAW_TABLE)? + count(&sqlite, DEAD_LETTER_TABLE)?;
             let secs = last_progress.elapsed().as_secs_f64();
             let assignment = cluster.assignment().await;
             let leases: Vec<String> = assignment.iter().map(|(n, s)| format!("{n}:{}", s.len())).collect();
@@ -175,8 +175,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         }
         if producer.is_finished() && plan.is_empty() && !tickets.producing() {
             let produced = oracle.lock().unwrap().produced();
-            let landed = reader.count(RAW_TABLE)? + reader.count(DEAD_LETTER_TABLE)?;
-            let tickets_in = reader.count(crate::tickets::TARGET)? >= tickets.expected_rows();
+            let landed = count(&sqlite, RAW_TABLE)? + count(&sqlite, DEAD_LETTER_TABLE)?;
+            let tickets_in = count(&sqlite, crate::tickets::TARGET)? >= tickets.expected_rows();
             if (landed >= produced && tickets_in) || start.elapsed() > drain_deadline {
                 break;
             }
@@ -271,18 +271,9 @@ fn reset(db: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Row counts for the progress line, on a connection of its own.
-struct Counter(rusqlite::Connection);
-
-impl Counter {
-    fn count(&self, table: &str) -> anyhow::Result<usize> {
-        let sql = format!("SELECT count(*) FROM {}", adapters::merge_sql::quote_ident(table)?);
-        match self.0.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
-            Ok(n) => Ok(n as usize),
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.starts_with("no such table") => Ok(0),
-            Err(e) => Err(e.into()),
-        }
-    }
+/// Rows in a table, for the progress line (the sinks created every table at node start).
+fn count(sqlite: &adapters::sqlite::SqliteWarehouse, table: &str) -> anyhow::Result<usize> {
+    Ok(sqlite.count(table)? as usize)
 }
 
 /// Reads the SQLite file back and compares it with the oracle.

@@ -65,18 +65,6 @@ impl<'a> Doc<'a> {
     pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
         self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-
-    /// An owned copy (rarely needed: error paths, tests).
-    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::from_str(v.get()).unwrap_or(serde_json::Value::Null)))
-            .collect()
-    }
 }
 
 /// A raw JSON value's text as a string (no copy unless it holds escapes).

@@ -251,10 +251,6 @@ impl ReferenceSet {
     pub fn get(&self, name: &str) -> Option<&Arc<ReferenceCache>> {
         self.caches.get(name)
     }
-
-    pub fn caches(&self) -> impl Iterator<Item = &Arc<ReferenceCache>> {
-        self.caches.values()
-    }
 }
 
 #[cfg(test)]
