@@ -8,7 +8,7 @@ use crate::kpl::UserRecord;
 use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
 use crate::reference_cache::{RefRow, ReferenceCache, ReferenceSet};
-use crate::transform::{mask, TokenKey, TokenKeyError};
+use crate::transform::{mask_owned, TokenKey, TokenKeyError};
 use base64::Engine;
 use proto::{Column, Row, RowOp, ShardId, SqlType, TableSchema, Value};
 use serde_json::value::RawValue;
@@ -77,6 +77,7 @@ pub struct Pipeline {
     dead_letters: Arc<TableSchema>,
     token_key: Option<TokenKey>,
     fields: Fields,
+    max_joins: usize,
     _references: Arc<ReferenceSet>,
 }
 
@@ -392,9 +393,10 @@ impl Pipeline {
         Ok(Self {
             format: config.format,
             max_record_bytes: config.max_record_bytes,
-            tables,
             dead_letters: Arc::new(dead_letter_schema()),
             token_key,
+            max_joins: tables.iter().map(|t| t.joins.len()).max().unwrap_or(0),
+            tables,
             fields,
             _references: references,
         })
@@ -455,7 +457,7 @@ impl Pipeline {
                 Err(e) => return Built::Dead(format!("column {:?}: {e}", column.name)),
             };
             let value = match (column.transform, value) {
-                (Some(Transform::Mask), Value::Text(s)) => Value::Text(mask(&s)),
+                (Some(Transform::Mask), Value::Text(s)) => Value::Text(mask_owned(s)),
                 (Some(Transform::Tokenize), Value::Text(s)) => {
                     Value::Text(self.token_key.as_ref().expect("checked at start").tokenize(&s))
                 }
@@ -468,6 +470,8 @@ impl Pipeline {
         }
         let version = match table.version {
             VersionSource::Source => ctx.change.version.clone(),
+            // A JSON change's version is already the record's position.
+            VersionSource::Sequence if self.format == Format::Json => ctx.change.version.clone(),
             VersionSource::Sequence => ctx.record.position.version(),
         };
         Built::Row(Row { op: if deleting { RowOp::Delete } else { RowOp::Upsert }, version, values })
@@ -540,8 +544,14 @@ impl RecordMapper for Pipeline {
             Ok(None) => return MapOutcome::Done,
             Err(e) => return reject(out, start, e),
         };
-        let mut ctx =
-            Context { shard, record, change: &change, data: &change.data, slots: Vec::new(), joined: Vec::new() };
+        let mut ctx = Context {
+            shard,
+            record,
+            change: &change,
+            data: &change.data,
+            slots: Vec::with_capacity(self.fields.index.len()),
+            joined: Vec::with_capacity(self.max_joins),
+        };
         self.fields.fill(&change.data, &mut ctx.slots);
         for (i, table) in self.tables.iter().enumerate() {
             if let (Some(want), Some(got)) = (&table.source_table, &change.source_table) {

@@ -73,10 +73,12 @@ impl ReferenceCache {
 
     pub fn get(&self, key: &str) -> Option<RefRow> {
         let snap = self.snapshot.load();
-        match snap.overlay.get(key) {
-            Some(entry) => entry.clone(),
-            None => snap.base.get(key).cloned(),
+        if !snap.overlay.is_empty() {
+            if let Some(entry) = snap.overlay.get(key) {
+                return entry.clone();
+            }
         }
+        snap.base.get(key).cloned()
     }
 
     pub fn len(&self) -> usize {
