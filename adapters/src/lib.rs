@@ -2,11 +2,19 @@
 //!
 //! | file | what it holds |
 //! |---|---|
+//! | `aws.rs` | the SDK configuration (default credential chain, no SDK retries) and SDK error classification |
+//! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
+//! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema |
 //! | `merge_sql.rs` | the portable SQL of one batch commit (stage, dedupe, fence, replace, tombstones) and `quote_ident` |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `postgres_server.rs` | a throwaway PostgreSQL on 127.0.0.1 for tests and local runs |
+//! | `local_stack.rs` | the Kinesis and DynamoDB emulators on 127.0.0.1 for tests and local runs |
 
+pub mod aws;
+pub mod dynamodb_lease_table;
+pub mod kinesis;
+pub mod local_stack;
 pub mod merge_sql;
 pub mod postgres;
 pub mod postgres_server;

@@ -10,5 +10,5 @@ mod warehouse;
 pub use faults::{FaultConfig, FaultyLeaseTable, FaultyReader, FaultyWarehouse};
 pub use lease_table::{LeaseTableStats, MemoryLeaseTable};
 pub use reference::MemoryReferenceSource;
-pub use stream::{MemoryStream, StreamError};
+pub use stream::{hash_key, MemoryStream, StreamError};
 pub use warehouse::{MemoryWarehouse, StoredRow};

@@ -1,0 +1,343 @@
+//! Kinesis Data Streams (aws-sdk-kinesis): the `ShardReader` port, plus the calls `gen` and the
+//! tests use to write and reshard. One thin function per API call; each error is classified
+//! retryable or not; retries go through the caller's `RetryPolicy`.
+//!
+//! Per-shard read limits are kept here, whatever the caller does: GetRecords at most 5 times a
+//! second per shard, and after a read of B bytes the next waits B / 2 MB/s (so a shard read at
+//! full speed stays under 2 MB/s instead of being throttled for five seconds by the service).
+//! The iterator handed to callers carries its shard id for that.
+
+use crate::aws::{classify, Failure};
+use async_trait::async_trait;
+use aws_sdk_kinesis::primitives::{Blob, DateTime};
+use aws_sdk_kinesis::types::{
+    PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType, StreamMode, StreamModeDetails,
+    StreamStatus,
+};
+use aws_sdk_kinesis::Client;
+use proto::{
+    ChildShard, HashKeyRange, KinesisRecord, ReadBatch, ReadError, RetryPolicy, SequenceNumber, ShardId, ShardInfo,
+    ShardIterator, ShardReader, StartingPosition,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Least time between two GetRecords calls on one shard (5 per second).
+const MIN_READ_GAP: Duration = Duration::from_millis(200);
+/// Read bandwidth per shard.
+const BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
+
+/// One stream.
+#[derive(Clone)]
+pub struct Kinesis {
+    client: Client,
+    stream: String,
+    retry: RetryPolicy,
+    /// Per shard: the earliest time of the next GetRecords.
+    next_read: Arc<Mutex<HashMap<ShardId, Instant>>>,
+}
+
+fn read_error(f: Failure) -> ReadError {
+    match f.code() {
+        "ExpiredIteratorException" => ReadError::ExpiredIterator,
+        "ResourceNotFoundException" => ReadError::NotFound(f.to_string()),
+        _ if f.is_throttle() => ReadError::Throttled,
+        _ if f.is_server_fault() => ReadError::Unavailable(f.to_string()),
+        "ResourceInUseException" => ReadError::Unavailable(f.to_string()),
+        _ => match f {
+            // Reads are idempotent: an unanswered one can simply be sent again.
+            Failure::NoAnswer(m) | Failure::NotSent(m) => ReadError::Unavailable(m),
+            other => ReadError::Fatal(other.to_string()),
+        },
+    }
+}
+
+fn hash_key(text: Option<&str>) -> Result<u128, ReadError> {
+    text.and_then(|t| t.parse().ok()).ok_or_else(|| ReadError::Fatal(format!("bad hash key {text:?}")))
+}
+
+fn sequence(text: &str) -> Result<SequenceNumber, ReadError> {
+    SequenceNumber::parse(text).map_err(|_| ReadError::Fatal(format!("bad sequence number {text:?}")))
+}
+
+/// A record written by `put_records` that the stream refused (throttled), to be sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub index: usize,
+    pub code: String,
+}
+
+impl Kinesis {
+    pub fn new(config: &aws_config::SdkConfig, stream: impl Into<String>) -> Self {
+        Self {
+            client: Client::new(config),
+            stream: stream.into(),
+            retry: RetryPolicy::default(),
+            next_read: Arc::default(),
+        }
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    fn is_arn(&self) -> bool {
+        self.stream.starts_with("arn:")
+    }
+
+    /// ListShards, every page: all shards from the trim horizon on (open and closed).
+    async fn list_shards_once(&self) -> Result<Vec<ShardInfo>, ReadError> {
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut call = self.client.list_shards();
+            call = match &token {
+                // A page token carries the stream and the filter; it must be sent alone.
+                Some(t) => call.next_token(t),
+                None => {
+                    let filter = ShardFilter::builder()
+                        .r#type(ShardFilterType::AtTrimHorizon)
+                        .build()
+                        .map_err(|e| ReadError::Fatal(e.to_string()))?;
+                    let call = call.shard_filter(filter);
+                    if self.is_arn() {
+                        call.stream_arn(&self.stream)
+                    } else {
+                        call.stream_name(&self.stream)
+                    }
+                }
+            };
+            let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
+            for s in out.shards() {
+                let parents: Vec<ShardId> = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(ShardId::new)
+                    .collect();
+                let range = s.hash_key_range();
+                shards.push(ShardInfo {
+                    id: ShardId::new(s.shard_id()),
+                    parents,
+                    hash_range: HashKeyRange {
+                        start: hash_key(range.map(|r| r.starting_hash_key()))?,
+                        end: hash_key(range.map(|r| r.ending_hash_key()))?,
+                    },
+                    ending_sequence: s
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .map(sequence)
+                        .transpose()?,
+                });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(shards),
+            }
+        }
+    }
+
+    async fn get_shard_iterator(&self, shard: &ShardId, from: &StartingPosition) -> Result<ShardIterator, ReadError> {
+        let mut call = self.client.get_shard_iterator().shard_id(shard.as_str());
+        call = if self.is_arn() { call.stream_arn(&self.stream) } else { call.stream_name(&self.stream) };
+        call = match from {
+            StartingPosition::TrimHorizon => call.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartingPosition::Latest => call.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(ms) => {
+                call.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms))
+            }
+            StartingPosition::AfterSequence(s) => {
+                call.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(s.as_str())
+            }
+            StartingPosition::AtSequence(s) => {
+                call.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(s.as_str())
+            }
+        };
+        let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
+        let iterator = out.shard_iterator().ok_or_else(|| ReadError::Fatal("no shard iterator returned".into()))?;
+        Ok(wrap(shard, iterator))
+    }
+
+    async fn get_records(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
+        let (shard, aws_iterator) = unwrap(iterator)?;
+        self.pace(&shard).await;
+        let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+        let result = self.client.get_records().shard_iterator(aws_iterator).limit(limit).send().await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                let error = read_error(classify(&e));
+                if error == ReadError::Throttled {
+                    // Kinesis throttles a shard for up to a second past the limit.
+                    self.delay_next_read(&shard, Duration::from_secs(1));
+                }
+                return Err(error);
+            }
+        };
+        let mut bytes = 0usize;
+        let mut records = Vec::with_capacity(out.records().len());
+        for r in out.records() {
+            let key = r.partition_key().unwrap_or_default();
+            bytes += r.data().as_ref().len() + key.len();
+            records.push(KinesisRecord {
+                sequence: sequence(r.sequence_number())?,
+                partition_key: key.to_owned(),
+                data: Arc::from(r.data().as_ref()),
+                arrival_ms: r.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok()).unwrap_or(0),
+            });
+        }
+        self.delay_next_read(&shard, MIN_READ_GAP.max(Duration::from_secs_f64(bytes as f64 / BYTES_PER_SECOND)));
+        let mut child_shards = Vec::new();
+        for c in out.child_shards() {
+            let range = c.hash_key_range();
+            child_shards.push(ChildShard {
+                id: ShardId::new(c.shard_id()),
+                parents: c.parent_shards().iter().map(ShardId::new).collect(),
+                hash_range: HashKeyRange {
+                    start: hash_key(range.map(|r| r.starting_hash_key()))?,
+                    end: hash_key(range.map(|r| r.ending_hash_key()))?,
+                },
+            });
+        }
+        Ok(ReadBatch {
+            records,
+            next_iterator: out.next_shard_iterator().map(|i| wrap(&shard, i)),
+            millis_behind_latest: out.millis_behind_latest().unwrap_or(0).max(0) as u64,
+            child_shards,
+        })
+    }
+
+    fn delay_next_read(&self, shard: &ShardId, gap: Duration) {
+        let at = Instant::now() + gap;
+        let mut next = self.next_read.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = next.entry(shard.clone()).or_insert(at);
+        *slot = (*slot).max(at);
+    }
+
+    async fn pace(&self, shard: &ShardId) {
+        let at = self.next_read.lock().unwrap_or_else(|e| e.into_inner()).get(shard).copied();
+        if let Some(at) = at {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    /// PutRecords: the entries the stream refused (throttled or failed), by index.
+    pub async fn put_records(&self, entries: &[(String, Vec<u8>)]) -> Result<Vec<Refused>, ReadError> {
+        let mut call = self.client.put_records();
+        call = if self.is_arn() { call.stream_arn(&self.stream) } else { call.stream_name(&self.stream) };
+        for (key, data) in entries {
+            let entry = PutRecordsRequestEntry::builder()
+                .partition_key(key)
+                .data(Blob::new(data.clone()))
+                .build()
+                .map_err(|e| ReadError::Fatal(e.to_string()))?;
+            call = call.records(entry);
+        }
+        let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
+        Ok(out
+            .records()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, r)| r.error_code().map(|code| Refused { index, code: code.to_owned() }))
+            .collect())
+    }
+
+    /// CreateStream (provisioned, `shards` shards) and wait until it is active.
+    pub async fn create_stream(&self, shards: u32) -> Result<(), ReadError> {
+        self.client
+            .create_stream()
+            .stream_name(&self.stream)
+            .shard_count(shards as i32)
+            .stream_mode_details(
+                StreamModeDetails::builder()
+                    .stream_mode(StreamMode::Provisioned)
+                    .build()
+                    .map_err(|e| ReadError::Fatal(e.to_string()))?,
+            )
+            .send()
+            .await
+            .map_err(|e| read_error(classify(&e)))?;
+        self.wait_active().await
+    }
+
+    /// Polls DescribeStreamSummary until the stream is ACTIVE (at most a minute).
+    pub async fn wait_active(&self) -> Result<(), ReadError> {
+        for _ in 0..600 {
+            let out = self
+                .client
+                .describe_stream_summary()
+                .stream_name(&self.stream)
+                .send()
+                .await
+                .map_err(|e| read_error(classify(&e)))?;
+            if out.stream_description_summary().map(|d| d.stream_status()) == Some(&StreamStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ReadError::Unavailable(format!("stream {} not active after a minute", self.stream)))
+    }
+
+    /// SplitShard at the middle of the shard's hash range.
+    pub async fn split(&self, shard: &ShardId) -> Result<(), ReadError> {
+        let info = self
+            .list_shards()
+            .await?
+            .into_iter()
+            .find(|s| &s.id == shard)
+            .ok_or_else(|| ReadError::NotFound(shard.to_string()))?;
+        let middle = info.hash_range.start + (info.hash_range.end - info.hash_range.start) / 2 + 1;
+        self.client
+            .split_shard()
+            .stream_name(&self.stream)
+            .shard_to_split(shard.as_str())
+            .new_starting_hash_key(middle.to_string())
+            .send()
+            .await
+            .map_err(|e| read_error(classify(&e)))?;
+        self.wait_active().await
+    }
+
+    /// MergeShards of two adjacent open shards.
+    pub async fn merge(&self, shard: &ShardId, adjacent: &ShardId) -> Result<(), ReadError> {
+        self.client
+            .merge_shards()
+            .stream_name(&self.stream)
+            .shard_to_merge(shard.as_str())
+            .adjacent_shard_to_merge(adjacent.as_str())
+            .send()
+            .await
+            .map_err(|e| read_error(classify(&e)))?;
+        self.wait_active().await
+    }
+}
+
+fn wrap(shard: &ShardId, iterator: &str) -> ShardIterator {
+    ShardIterator(format!("{shard} {iterator}"))
+}
+
+fn unwrap(iterator: &ShardIterator) -> Result<(ShardId, &str), ReadError> {
+    iterator
+        .0
+        .split_once(' ')
+        .map(|(shard, it)| (ShardId::new(shard), it))
+        .ok_or_else(|| ReadError::Fatal("not an iterator of this reader".into()))
+}
+
+#[async_trait]
+impl ShardReader for Kinesis {
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, ReadError> {
+        self.retry.run(ReadError::is_retryable, || self.list_shards_once()).await
+    }
+
+    async fn iterator(&self, shard: &ShardId, from: &StartingPosition) -> Result<ShardIterator, ReadError> {
+        self.retry.run(ReadError::is_retryable, || self.get_shard_iterator(shard, from)).await
+    }
+
+    /// One GetRecords call: throttles and outages go back to the consumer, which backs off (a
+    /// retry here would hold its actor).
+    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
+        self.get_records(iterator, limit).await
+    }
+}
