@@ -5,6 +5,7 @@
 //! | `aws.rs` | the SDK configuration (default credential chain, no SDK retries) and SDK error classification |
 //! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
 //! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema |
+//! | `dynamodb_reference.rs` | `DynamoReferenceSource`: reference tables by Scan, followed through DynamoDB Streams |
 //! | `merge_sql.rs` | the portable SQL of one batch commit (stage, dedupe, fence, replace, tombstones) and `quote_ident` |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
@@ -13,6 +14,7 @@
 
 pub mod aws;
 pub mod dynamodb_lease_table;
+pub mod dynamodb_reference;
 pub mod kinesis;
 pub mod local_stack;
 pub mod merge_sql;

@@ -1,0 +1,294 @@
+//! Reference data from DynamoDB: the `ReferenceSource` port. A full load is a paged, strongly
+//! consistent Scan; when the table has a stream with item images (NEW_IMAGE or
+//! NEW_AND_OLD_IMAGES) its changes are followed through DynamoDB Streams, otherwise `changes`
+//! answers `None` and the cache refreshes by full loads.
+//!
+//! The cursor is the feed's state, as JSON: per stream shard, the iterator to read next. Each
+//! shard's LATEST iterator is taken *before* the scan, so a change made during the scan is
+//! applied again afterwards: changes of a key come in order, so the cache ends at the last one.
+//! A closed shard's children are found with DescribeStream and read from their start; an expired
+//! iterator (after 15 minutes without a poll) is `CursorExpired`, and the cache reloads.
+
+use crate::aws::{classify, Failure};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use aws_sdk_dynamodbstreams::Client as StreamsClient;
+use base64::Engine;
+use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource, Snapshot};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+
+/// Pages read per shard in one `changes` call (each up to 1,000 records).
+const PAGES_PER_POLL: usize = 4;
+
+/// One source: tables are named in each call.
+pub struct DynamoReferenceSource {
+    dynamo: Client,
+    streams: StreamsClient,
+}
+
+/// Where the feed of one table stands.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cursor {
+    stream_arn: String,
+    /// Shard id → the iterator to read next; `None` once the shard is closed and read.
+    shards: BTreeMap<String, Option<String>>,
+}
+
+fn reference_error(table: &str, f: Failure) -> ReferenceError {
+    match f.code() {
+        "ResourceNotFoundException" => ReferenceError::NotFound(table.to_owned()),
+        "ExpiredIteratorException" | "TrimmedDataAccessException" => ReferenceError::CursorExpired,
+        _ => ReferenceError::Unavailable(f.to_string()),
+    }
+}
+
+/// DynamoDB attribute values (the table's and the stream's types are distinct but alike) as
+/// JSON: numbers as numbers, binaries as base64 text, sets as arrays.
+macro_rules! attribute_to_json {
+    ($name:ident, $ty:ty) => {
+        fn $name(v: &$ty) -> Json {
+            use $ty as A;
+            let b64 = |b: &[u8]| Json::String(base64::engine::general_purpose::STANDARD.encode(b));
+            match v {
+                A::S(s) => Json::String(s.clone()),
+                A::N(n) => number(n),
+                A::Bool(b) => Json::Bool(*b),
+                A::Null(_) => Json::Null,
+                A::M(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), $name(v))).collect()),
+                A::L(l) => Json::Array(l.iter().map($name).collect()),
+                A::Ss(s) => Json::Array(s.iter().cloned().map(Json::String).collect()),
+                A::Ns(n) => Json::Array(n.iter().map(|n| number(n)).collect()),
+                A::B(b) => b64(b.as_ref()),
+                A::Bs(bs) => Json::Array(bs.iter().map(|b| b64(b.as_ref())).collect()),
+                _ => Json::Null,
+            }
+        }
+    };
+}
+
+attribute_to_json!(table_value, aws_sdk_dynamodb::types::AttributeValue);
+attribute_to_json!(stream_value, aws_sdk_dynamodbstreams::types::AttributeValue);
+
+fn number(text: &str) -> Json {
+    if let Ok(i) = text.parse::<i64>() {
+        return Json::from(i);
+    }
+    text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Json::Number).unwrap_or(Json::Null)
+}
+
+/// The lookup key of an item: a string as it is, a number as written.
+fn key_of(item: &Item, key_attribute: &str) -> Option<String> {
+    match item.get(key_attribute)? {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl DynamoReferenceSource {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self { dynamo: Client::new(config), streams: StreamsClient::new(config) }
+    }
+
+    /// The table's stream, if it has one that carries new images.
+    async fn stream_of(&self, table: &str) -> Result<Option<String>, ReferenceError> {
+        let out = self
+            .dynamo
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| reference_error(table, classify(&e)))?;
+        let Some(t) = out.table() else { return Ok(None) };
+        let enabled = t.stream_specification().is_some_and(|s| s.stream_enabled());
+        let images = matches!(
+            t.stream_specification().and_then(|s| s.stream_view_type()),
+            Some(
+                aws_sdk_dynamodb::types::StreamViewType::NewImage
+                    | aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages
+            )
+        );
+        Ok((enabled && images).then(|| t.latest_stream_arn().map(str::to_owned)).flatten())
+    }
+
+    /// The stream's shards: id and parent.
+    async fn shards(&self, table: &str, arn: &str) -> Result<Vec<(String, Option<String>, bool)>, ReferenceError> {
+        let mut shards = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let out = self
+                .streams
+                .describe_stream()
+                .stream_arn(arn)
+                .set_exclusive_start_shard_id(start.take())
+                .send()
+                .await
+                .map_err(|e| reference_error(table, classify(&e)))?;
+            let Some(d) = out.stream_description() else { return Ok(shards) };
+            for s in d.shards() {
+                let open = s.sequence_number_range().is_none_or(|r| r.ending_sequence_number().is_none());
+                shards.push((
+                    s.shard_id().unwrap_or_default().to_owned(),
+                    s.parent_shard_id().map(str::to_owned),
+                    open,
+                ));
+            }
+            match d.last_evaluated_shard_id() {
+                Some(last) => start = Some(last.to_owned()),
+                None => return Ok(shards),
+            }
+        }
+    }
+
+    async fn iterator(
+        &self,
+        table: &str,
+        arn: &str,
+        shard: &str,
+        kind: ShardIteratorType,
+    ) -> Result<Option<String>, ReferenceError> {
+        let out = self
+            .streams
+            .get_shard_iterator()
+            .stream_arn(arn)
+            .shard_id(shard)
+            .shard_iterator_type(kind)
+            .send()
+            .await
+            .map_err(|e| reference_error(table, classify(&e)))?;
+        Ok(out.shard_iterator().map(str::to_owned))
+    }
+
+    async fn scan(&self, table: &str, key_attribute: &str) -> Result<Vec<(String, Item)>, ReferenceError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamo
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| reference_error(table, classify(&e)))?;
+            for raw in out.items() {
+                let item: Item = raw.iter().map(|(k, v)| (k.clone(), table_value(v))).collect();
+                if let Some(key) = key_of(&item, key_attribute) {
+                    items.push((key, item));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// Reads one shard from `iterator`: its changes, and the iterator to go on with (`None`
+    /// once the shard is closed and read to its end).
+    async fn read_shard(
+        &self,
+        table: &str,
+        key_attribute: &str,
+        mut iterator: String,
+        out: &mut Vec<ReferenceChange>,
+    ) -> Result<Option<String>, ReferenceError> {
+        for _ in 0..PAGES_PER_POLL {
+            let page = self
+                .streams
+                .get_records()
+                .shard_iterator(&iterator)
+                .send()
+                .await
+                .map_err(|e| reference_error(table, classify(&e)))?;
+            let records = page.records();
+            for r in records {
+                let Some(data) = r.dynamodb() else { continue };
+                let keys: Item = data
+                    .keys()
+                    .map(|k| k.iter().map(|(n, v)| (n.clone(), stream_value(v))).collect())
+                    .unwrap_or_default();
+                let Some(key) = key_of(&keys, key_attribute) else { continue };
+                match (r.event_name().map(|e| e.as_str()), data.new_image()) {
+                    (Some("REMOVE"), _) => out.push(ReferenceChange::Remove { key }),
+                    (_, Some(image)) => {
+                        let item = image.iter().map(|(n, v)| (n.clone(), stream_value(v))).collect();
+                        out.push(ReferenceChange::Put { key, item });
+                    }
+                    _ => {}
+                }
+            }
+            match page.next_shard_iterator() {
+                None => return Ok(None),
+                Some(next) => iterator = next.to_owned(),
+            }
+            if records.is_empty() {
+                break;
+            }
+        }
+        Ok(Some(iterator))
+    }
+}
+
+#[async_trait]
+impl ReferenceSource for DynamoReferenceSource {
+    async fn load(&self, table: &str, key_attribute: &str) -> Result<Snapshot, ReferenceError> {
+        let cursor = match self.stream_of(table).await? {
+            Some(arn) => {
+                let mut cursor = Cursor { stream_arn: arn.clone(), shards: BTreeMap::new() };
+                for (shard, _, open) in self.shards(table, &arn).await? {
+                    if open {
+                        let it = self.iterator(table, &arn, &shard, ShardIteratorType::Latest).await?;
+                        cursor.shards.insert(shard, it);
+                    } else {
+                        cursor.shards.insert(shard, None);
+                    }
+                }
+                Some(serde_json::to_string(&cursor).expect("a cursor serializes"))
+            }
+            None => None,
+        };
+        Ok(Snapshot { items: self.scan(table, key_attribute).await?, cursor })
+    }
+
+    async fn changes(
+        &self,
+        table: &str,
+        key_attribute: &str,
+        cursor: &str,
+    ) -> Result<Option<(Vec<ReferenceChange>, String)>, ReferenceError> {
+        let Ok(mut cursor) = serde_json::from_str::<Cursor>(cursor) else { return Err(ReferenceError::CursorExpired) };
+        let mut changes = Vec::new();
+        let mut ended = false;
+        // Parents before children: a child is only added once its parent is read to its end.
+        for _ in 0..8 {
+            for iterator in cursor.shards.values_mut() {
+                if let Some(it) = iterator.take() {
+                    *iterator = self.read_shard(table, key_attribute, it, &mut changes).await?;
+                    ended |= iterator.is_none();
+                }
+            }
+            if !ended {
+                break;
+            }
+            ended = false;
+            let mut added = false;
+            for (shard, parent, _) in self.shards(table, &cursor.stream_arn).await? {
+                let parent_done = parent.as_ref().is_none_or(|p| cursor.shards.get(p).is_none_or(Option::is_none));
+                if !cursor.shards.contains_key(&shard) && parent_done {
+                    let it = self.iterator(table, &cursor.stream_arn, &shard, ShardIteratorType::TrimHorizon).await?;
+                    cursor.shards.insert(shard, it);
+                    added = true;
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+        Ok(Some((changes, serde_json::to_string(&cursor).expect("a cursor serializes"))))
+    }
+}
