@@ -2,7 +2,10 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `main.rs` | the CLI (`demo`, …) |
+//! | `main.rs` | the CLI (`demo`, `run`, `leases`) |
+//! | `run_config.rs` | `RunConfig`: the TOML of `tributary run` (node, stream, lease table, warehouse, pipeline) |
+//! | `run.rs` | `tributary run`: one node on the real services until SIGTERM |
+//! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
 //! | `cluster.rs` | `LocalCluster`: several nodes in one process (demo, simulation tests) |
 //! | `timeline.rs` | cluster events and the failover / handoff / child-start figures |
 //! | `ev.rs` | the EV charging-session generator and its oracle |
@@ -12,5 +15,8 @@ pub mod cluster;
 pub mod demo;
 pub mod demo_tickets;
 pub mod ev;
+pub mod leases;
+pub mod run;
+pub mod run_config;
 pub mod tickets;
 pub mod timeline;

@@ -42,12 +42,44 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = worker::pipeline_config::parse_duration)]
         failover: Duration,
     },
+    /// Run one node of a cluster on the real services (until SIGTERM or Ctrl-C).
+    Run {
+        /// The TOML configuration (see `src/run_config.rs`).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show the lease table: owner, checkpoint, lag, parents and children of every shard.
+    Leases {
+        #[arg(long)]
+        config: PathBuf,
+        /// Put this shard's checkpoint back to TRIM_HORIZON and release it (asks first).
+        #[arg(long, value_name = "SHARD")]
+        reset: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<tributary::run_config::RunConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    tributary::run_config::RunConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+}
+
+/// The demo prints its own progress; a node logs what it does.
+fn default_log(command: &Command) -> &'static str {
+    match command {
+        Command::Demo { .. } => "error",
+        _ => "info,aws_config=warn,aws_smithy_runtime=warn",
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_log(&cli.command).into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -65,6 +97,13 @@ fn main() -> ExitCode {
                 }
                 tributary::demo::run(tributary::demo::DemoOptions { db, seed, duration, rate, nodes, shards, failover })
                     .await
+            }
+            Command::Run { config } => {
+                let config = load_config(&config)?;
+                tributary::run::run(config, tributary::run::signals()).await.map(|()| true)
+            }
+            Command::Leases { config, reset, yes } => {
+                tributary::leases::run(load_config(&config)?, reset, yes).await.map(|()| true)
             }
         }
     });

@@ -191,8 +191,14 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { field: field.into(), problem: problem.into() }
+    }
+}
+
 fn err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), problem: problem.into() }
+    ConfigError::new(field, problem)
 }
 
 impl PipelineConfig {
@@ -201,6 +207,14 @@ impl PipelineConfig {
             let field = e.span().map(|s| format!("at byte {}", s.start)).unwrap_or_else(|| "config".into());
             err(field, e.message().to_owned())
         })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The pipeline from the part of a larger file that holds it.
+    pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| err("pipeline", e.message()))?;
         config.validate()?;
         Ok(config)
     }

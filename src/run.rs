@@ -1,0 +1,101 @@
+//! `tributary run --config FILE`: one node of a cluster on the real services. Builds the ports
+//! (Kinesis, the DynamoDB lease table, DynamoDB reference tables, PostgreSQL or SQLite), starts
+//! the node, and on `shutdown` (SIGTERM / Ctrl-C) stops it gracefully: flush, checkpoint,
+//! release, heartbeat row removed. Returns an error if the node stopped on its own.
+
+use crate::run_config::{RunConfig, WarehouseKind};
+use adapters::dynamodb_lease_table::DynamoLeaseTable;
+use adapters::dynamodb_reference::DynamoReferenceSource;
+use adapters::kinesis::Kinesis;
+use anyhow::Context;
+use coordinator::{ClusterSettings, EventSink};
+use proto::{Warehouse, WorkerId};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+use worker::reference_cache::ReferenceSet;
+use worker::{Node, NodeConfig, NodePorts, Pipeline};
+
+/// A libpq-style `key=value` with the value quoted as libpq reads it.
+fn conn_param(key: &str, value: &str) -> String {
+    format!(" {key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+async fn warehouse(config: &RunConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
+    Ok(match config.warehouse.kind {
+        WarehouseKind::Postgres => {
+            let mut url = config.warehouse.url.clone();
+            if let Ok(password) = std::env::var("PGPASSWORD") {
+                url.push_str(&conn_param("password", &password));
+            }
+            Arc::new(
+                adapters::postgres::PostgresWarehouse::connect(&url)
+                    .await
+                    .context("warehouse: cannot connect to postgresql")?,
+            )
+        }
+        WarehouseKind::Sqlite => Arc::new(
+            adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(&config.warehouse.url))
+                .with_context(|| format!("warehouse: cannot open {}", config.warehouse.url))?,
+        ),
+    })
+}
+
+/// Runs one node until `shutdown` resolves (then stops it gracefully) or it fails.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let me = WorkerId::new(config.worker_id());
+    let sdk = adapters::aws::load_config().await;
+    let table = DynamoLeaseTable::new(&sdk, &config.lease_table.name);
+    table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
+    let reader = Kinesis::new(&sdk, &config.stream.name);
+    let references =
+        ReferenceSet::start(Arc::new(DynamoReferenceSource::new(&sdk)), &config.pipeline.reference_specs())
+            .await
+            .context("reference tables")?;
+    let mapper = Pipeline::new(&config.pipeline, Arc::new(references)).context("pipeline")?;
+    let ports = NodePorts {
+        table: Arc::new(table),
+        reader: Arc::new(reader),
+        warehouse: warehouse(&config).await?,
+        mapper: Arc::new(mapper),
+    };
+    let mut cluster = ClusterSettings::with_failover(config.node.failover_time);
+    cluster.initial_position = config.initial_position()?;
+    let mut node_config = NodeConfig::new(me.clone(), cluster);
+    node_config.shutdown_deadline = config.node.shutdown_deadline;
+    let node = Node::start(node_config, ports, EventSink::none()).await?;
+    info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
+    eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                if node.is_finished() {
+                    anyhow::bail!("node {me} stopped after a failure (see the log)");
+                }
+            }
+        }
+    }
+    let started = tokio::time::Instant::now();
+    eprintln!("tributary: stopping node {me}: flushing, checkpointing, releasing leases");
+    node.shutdown().await;
+    eprintln!("tributary: node {me} stopped in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn signals() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,217 @@
+//! The configuration of `tributary run`: one TOML file. The sections `[node]`, `[stream]`,
+//! `[lease_table]` and `[warehouse]` say where the node runs against; everything else
+//! (`format`, `tokenize_key_env`, `[[reference]]`, `[[table]]`) is the record pipeline.
+//! Secrets never live here: AWS credentials come from the default provider chain, the
+//! PostgreSQL password from `PGPASSWORD`, the tokenize key from the variable the pipeline names.
+//!
+//! ```toml
+//! [node]
+//! failover_time = "10s"          # KCL's failoverTime
+//! [stream]
+//! name = "ev-sessions"           # or the stream's ARN
+//! [lease_table]
+//! name = "tributary-ev"          # created on demand (on-demand billing)
+//! [warehouse]
+//! kind = "postgres"
+//! url = "host=127.0.0.1 port=5432 user=etl dbname=analytics"
+//! [[table]]
+//! ...
+//! ```
+
+use proto::Checkpoint;
+use serde::Deserialize;
+use std::time::Duration;
+use worker::pipeline_config::{parse_duration, ConfigError};
+use worker::PipelineConfig;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's worker id; default: `$POD_NAME`, else `$HOSTNAME`, else the host name, plus
+    /// the process id (a restarted process is a new node).
+    pub id: Option<String>,
+    #[serde(default = "default_failover", deserialize_with = "duration")]
+    pub failover_time: Duration,
+    /// Where a shard without a checkpoint starts: `trim_horizon` or `latest`.
+    #[serde(default = "default_initial")]
+    pub initial_position: String,
+    /// How long a SIGTERM waits for consumers to flush, checkpoint and release.
+    #[serde(default = "default_shutdown", deserialize_with = "duration")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: None,
+            failover_time: default_failover(),
+            initial_position: default_initial(),
+            shutdown_deadline: default_shutdown(),
+        }
+    }
+}
+
+const fn default_failover() -> Duration {
+    Duration::from_secs(10)
+}
+
+const fn default_shutdown() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_initial() -> String {
+    "trim_horizon".into()
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// The stream's name or ARN.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseTableSection {
+    /// The DynamoDB table (a KCL application's table can be used as it is).
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WarehouseKind {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseSection {
+    pub kind: WarehouseKind,
+    /// PostgreSQL: a libpq-style connection string without the password; SQLite: a file path.
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub node: NodeSection,
+    pub stream: StreamSection,
+    pub lease_table: LeaseTableSection,
+    pub warehouse: WarehouseSection,
+    pub pipeline: PipelineConfig,
+}
+
+fn section<T: for<'de> Deserialize<'de>>(table: &mut toml::Table, name: &str) -> Result<Option<T>, ConfigError> {
+    match table.remove(name) {
+        None => Ok(None),
+        Some(value) => T::deserialize(value).map(Some).map_err(|e| ConfigError::new(name, e.message())),
+    }
+}
+
+fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
+    value.ok_or_else(|| ConfigError::new(name, "section is missing"))
+}
+
+impl RunConfig {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::new("config", e.message()))?;
+        let node = section(&mut table, "node")?.unwrap_or_default();
+        let stream = required(section(&mut table, "stream")?, "stream")?;
+        let lease_table = required(section(&mut table, "lease_table")?, "lease_table")?;
+        let warehouse = required(section(&mut table, "warehouse")?, "warehouse")?;
+        let pipeline = PipelineConfig::from_table(table)?;
+        let config = Self { node, stream, lease_table, warehouse, pipeline };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.stream.name.is_empty() {
+            return Err(ConfigError::new("stream.name", "must not be empty"));
+        }
+        if self.lease_table.name.is_empty() {
+            return Err(ConfigError::new("lease_table.name", "must not be empty"));
+        }
+        if self.node.failover_time < Duration::from_secs(1) {
+            return Err(ConfigError::new("node.failover_time", "must be at least 1s"));
+        }
+        self.initial_position()?;
+        if self.warehouse.url.contains("password") {
+            return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
+        }
+        Ok(())
+    }
+
+    pub fn initial_position(&self) -> Result<Checkpoint, ConfigError> {
+        match self.node.initial_position.as_str() {
+            "trim_horizon" => Ok(Checkpoint::TrimHorizon),
+            "latest" => Ok(Checkpoint::Latest),
+            other => Err(ConfigError::new("node.initial_position", format!("{other:?} is not trim_horizon or latest"))),
+        }
+    }
+
+    /// This node's worker id.
+    pub fn worker_id(&self) -> String {
+        if let Some(id) = &self.node.id {
+            return id.clone();
+        }
+        let host = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPELINE: &str = r#"
+[[table]]
+name = "events"
+key = ["id"]
+column = [{ name = "id", from = "id", type = "text" }]
+"#;
+
+    fn config(head: &str) -> Result<RunConfig, ConfigError> {
+        RunConfig::from_toml(&format!("{head}\n{PIPELINE}"))
+    }
+
+    const BASE: &str = r#"
+[stream]
+name = "s"
+[lease_table]
+name = "t"
+[warehouse]
+kind = "postgres"
+url = "host=127.0.0.1"
+"#;
+
+    #[test]
+    fn reads_the_sections_and_the_pipeline() {
+        let c = config(&format!("[node]\nfailover_time = \"4s\"\n{BASE}")).unwrap();
+        assert_eq!(c.node.failover_time, Duration::from_secs(4));
+        assert_eq!(c.pipeline.tables.len(), 1);
+        assert_eq!(c.initial_position().unwrap(), Checkpoint::TrimHorizon);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = config(&format!("[node]\nfailover = \"4s\"\n{BASE}")).unwrap_err().to_string();
+        assert!(e.starts_with("node:") && e.contains("unknown field `failover`"), "{e}");
+        let e = config(&BASE.replace("[stream]\nname = \"s\"\n", "")).unwrap_err().to_string();
+        assert!(e.starts_with("stream:"), "{e}");
+        let e = config(&format!("[node]\ninitial_position = \"oldest\"\n{BASE}")).unwrap_err().to_string();
+        assert!(e.starts_with("node.initial_position:"), "{e}");
+        let e = config(&BASE.replace("host=127.0.0.1", "host=x password=hunter2")).unwrap_err().to_string();
+        assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
+    }
+}

@@ -1,0 +1,151 @@
+//! `tributary run` as OS processes on the local stack: two nodes share a 4-shard kinesis-local
+//! stream through a DynamoDB (moto) lease table and land EV records in PostgreSQL; one node gets
+//! SIGTERM mid-run and hands its shards over; at the end every record is in PostgreSQL once, every
+//! process exited 0 on SIGTERM, and the lease table shows every lease released.
+
+use adapters::dynamodb_lease_table::DynamoLeaseTable;
+use adapters::kinesis::Kinesis;
+use adapters::local_stack::{emulator, Service};
+use adapters::postgres::PostgresWarehouse;
+use adapters::postgres_server::postgres;
+use proto::LeaseTable;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `tributary run` process, killed if the test ends without stopping it.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl NodeProcess {
+    /// SIGTERM, then the exit code (bounded wait).
+    fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+async fn count(w: &PostgresWarehouse, sql: &str) -> usize {
+    w.query_text(sql).await.ok().and_then(|r| r[0][0].as_ref()?.parse().ok()).unwrap_or(0)
+}
+
+async fn wait_count(w: &PostgresWarehouse, sql: &str, want: usize) -> usize {
+    let mut got = 0;
+    for _ in 0..600 {
+        got = count(w, sql).await;
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+fn record(i: usize) -> (String, Vec<u8>) {
+    let id = format!("session-{i:05}");
+    let json = format!(
+        r#"{{"_id":"{id}","clusterID":"39","connectionTime":"2018-04-25T11:08:04Z","kWhDelivered":{}.5,"stationID":"2-39-{}","spaceID":"CA-{}","timezone":"America/Los_Angeles","userID":null}}"#,
+        i % 40,
+        i % 90,
+        i % 300
+    );
+    (id, json.into_bytes())
+}
+
+async fn put(kinesis: &Kinesis, range: std::ops::Range<usize>) {
+    let entries: Vec<(String, Vec<u8>)> = range.map(record).collect();
+    for chunk in entries.chunks(100) {
+        let refused = kinesis.put_records(chunk).await.unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
+    let (kinesis_stack, dynamo_stack) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    admin.query_text("DROP DATABASE IF EXISTS run_process").await.unwrap();
+    admin.query_text("CREATE DATABASE run_process").await.unwrap();
+    let url = format!("{} dbname=run_process", pg.url.replace("dbname=postgres", ""));
+
+    let stream = format!("run-process-{}", std::process::id());
+    let kinesis = Kinesis::new(&kinesis_stack.sdk_config(), &stream);
+    kinesis.create_stream(4).await.unwrap();
+    let lease_table = format!("run-process-leases-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("tributary-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        // The pipeline's top-level keys first: in TOML they would otherwise belong to a section.
+        format!(
+            "{}\n[node]\nfailover_time = \"3s\"\nshutdown_deadline = \"20s\"\n[stream]\nname = \"{stream}\"\n\
+             [lease_table]\nname = \"{lease_table}\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n",
+            tributary::ev::PIPELINE
+        ),
+    )
+    .unwrap();
+    let spawn = |name: &str| {
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("POD_NAME", name)
+            .env("AWS_ENDPOINT_URL_KINESIS", &kinesis_stack.endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamo_stack.endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", &dynamo_stack.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        NodeProcess(child)
+    };
+    let mut a = spawn("node-a");
+    let mut b = spawn("node-b");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(a.0.try_wait().unwrap().is_none() && b.0.try_wait().unwrap().is_none(), "both nodes run");
+    let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
+    put(&kinesis, 0..400).await;
+    let raw = "SELECT count(*) FROM ev_charging_sessions_raw";
+    assert_eq!(wait_count(&warehouse, raw, 400).await, 400, "both nodes consume");
+
+    // SIGTERM node-a: it flushes, checkpoints and releases; node-b takes every shard.
+    let stopped = Instant::now();
+    assert_eq!(a.terminate(), Some(0), "node-a exits 0 on SIGTERM");
+    let stop_time = stopped.elapsed();
+    put(&kinesis, 400..600).await;
+    assert_eq!(wait_count(&warehouse, raw, 600).await, 600, "node-b took over");
+    let table = DynamoLeaseTable::new(&dynamo_stack.sdk_config(), &lease_table);
+    let leases = table.scan().await.unwrap();
+    assert_eq!(leases.len(), 4);
+    assert!(leases.iter().all(|l| l.owner.as_ref().is_some_and(|o| o.as_str().starts_with("node-b"))), "{leases:?}");
+    assert_eq!(b.terminate(), Some(0), "node-b exits 0 on SIGTERM");
+
+    // Once each, and every lease released with its checkpoint.
+    assert_eq!(
+        count(&warehouse, "SELECT count(DISTINCT (shard_id, sequence_number)) FROM ev_charging_sessions_raw").await,
+        600
+    );
+    assert_eq!(count(&warehouse, "SELECT count(*) FROM ev_charging_sessions").await, 600);
+    let leases = table.scan().await.unwrap();
+    assert!(leases.iter().all(|l| l.owner.is_none() && matches!(l.checkpoint, proto::Checkpoint::At(_))), "{leases:?}");
+    assert!(table.workers().await.unwrap().is_empty(), "heartbeat rows removed");
+    eprintln!("node-a stopped (flush, checkpoint, release, exit) in {:.2}s", stop_time.as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}
