@@ -2,9 +2,10 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `main.rs` | the CLI (`demo`, `run`, `leases`) |
+//! | `main.rs` | the CLI (`demo`, `run`, `gen`, `leases`) |
 //! | `run_config.rs` | `RunConfig`: the TOML of `tributary run` (node, stream, lease table, warehouse, pipeline) |
 //! | `run.rs` | `tributary run`: one node on the real services until SIGTERM |
+//! | `gen.rs` | `tributary gen`: EV or ticket-activity records into a stream at a steady rate |
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
 //! | `cluster.rs` | `LocalCluster`: several nodes in one process (demo, simulation tests) |
 //! | `timeline.rs` | cluster events and the failover / handoff / child-start figures |
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod demo;
 pub mod demo_tickets;
 pub mod ev;
+pub mod gen;
 pub mod leases;
 pub mod run;
 pub mod run_config;

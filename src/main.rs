@@ -48,6 +48,26 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write test records into a Kinesis stream at a steady rate (presets: ev, tickets).
+    Gen {
+        #[arg(long)]
+        stream: String,
+        #[arg(long, value_enum, default_value = "ev")]
+        preset: tributary::gen::Preset,
+        /// Records per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value = "60s", value_parser = worker::pipeline_config::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Create the stream first, with this many shards.
+        #[arg(long, value_name = "SHARDS")]
+        create: Option<u32>,
+        /// tickets: write the sport_event, ticket and customer tables to DynamoDB first.
+        #[arg(long)]
+        reference_tables: bool,
+    },
     /// Show the lease table: owner, checkpoint, lag, parents and children of every shard.
     Leases {
         #[arg(long)]
@@ -101,6 +121,19 @@ fn main() -> ExitCode {
             Command::Run { config } => {
                 let config = load_config(&config)?;
                 tributary::run::run(config, tributary::run::signals()).await.map(|()| true)
+            }
+            Command::Gen { stream, preset, rate, duration, seed, create, reference_tables } => {
+                anyhow::ensure!(rate > 0, "--rate must be at least 1");
+                let opts = tributary::gen::GenOptions {
+                    stream,
+                    preset,
+                    rate,
+                    duration,
+                    seed,
+                    create_shards: create,
+                    reference_tables,
+                };
+                tributary::gen::run(opts).await.map(|()| true)
             }
             Command::Leases { config, reset, yes } => {
                 tributary::leases::run(load_config(&config)?, reset, yes).await.map(|()| true)

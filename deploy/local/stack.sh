@@ -76,11 +76,12 @@ wait_port() {
 up() {
   install_kinesis; install_moto
   mkdir -p "$STACK/run"
-  (cd "$STACK/kinesis" && env KINESIS_MOCK_PLAIN_PORT="$KINESIS_PORT" KINESIS_MOCK_TLS_PORT=$((KINESIS_PORT + 1)) \
+  (cd "$STACK/kinesis" && exec env KINESIS_MOCK_PLAIN_PORT="$KINESIS_PORT" KINESIS_MOCK_TLS_PORT=$((KINESIS_PORT + 1)) \
     CREATE_STREAM_DURATION=0ms DELETE_STREAM_DURATION=0ms SPLIT_SHARD_DURATION=0ms MERGE_SHARDS_DURATION=0ms \
-    UPDATE_SHARD_COUNT_DURATION=0ms SHARD_LIMIT=1000 LOG_LEVEL=WARN \
-    nohup node main.js > "$STACK/run/kinesis.log" 2>&1 & echo $! > "$STACK/run/kinesis.pid")
-  nohup "$STACK/moto/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$STACK/run/moto.log" 2>&1 &
+    UPDATE_SHARD_COUNT_DURATION=0ms SHARD_LIMIT=1000 LOG_LEVEL=WARN node main.js) \
+    < /dev/null > "$STACK/run/kinesis.log" 2>&1 &
+  echo $! > "$STACK/run/kinesis.pid"
+  "$STACK/moto/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" < /dev/null > "$STACK/run/moto.log" 2>&1 &
   echo $! > "$STACK/run/moto.pid"
   wait_port "$KINESIS_PORT"; wait_port "$MOTO_PORT"
   log "kinesis on 127.0.0.1:$KINESIS_PORT, dynamodb on 127.0.0.1:$MOTO_PORT (logs in $STACK/run)"

@@ -1,0 +1,162 @@
+//! `tributary gen`: writes test data into a Kinesis stream at a steady rate, like the Kinesis
+//! Data Generator. Presets: `ev` (EV charging sessions, JSON; several records per session as it
+//! progresses) and `tickets` (AWS DMS change records of `ticket_activity`: a full load, then
+//! inserts, updates and deletes; with `--reference-tables` the dimension tables `sport_event`,
+//! `ticket` and `customer` are written to DynamoDB first, with streams, for the joins).
+//! Records go out in PutRecords calls of up to 500; refused records are sent again.
+
+use crate::tickets::TicketWorld;
+use adapters::kinesis::Kinesis;
+use anyhow::Context;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    StreamSpecification, StreamViewType,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value as Json;
+use std::io::Write;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    Ev,
+    Tickets,
+}
+
+pub struct GenOptions {
+    pub stream: String,
+    pub preset: Preset,
+    pub rate: u32,
+    pub duration: Duration,
+    pub seed: u64,
+    /// Create the stream with this many shards first.
+    pub create_shards: Option<u32>,
+    pub reference_tables: bool,
+}
+
+fn dynamo_value(v: &Json) -> AttributeValue {
+    match v {
+        Json::String(s) => AttributeValue::S(s.clone()),
+        Json::Number(n) => AttributeValue::N(n.to_string()),
+        Json::Bool(b) => AttributeValue::Bool(*b),
+        Json::Null => AttributeValue::Null(true),
+        Json::Array(a) => AttributeValue::L(a.iter().map(dynamo_value).collect()),
+        Json::Object(o) => AttributeValue::M(o.iter().map(|(k, v)| (k.clone(), dynamo_value(v))).collect()),
+    }
+}
+
+/// Writes the ticket world's dimension tables to DynamoDB (created with streams if absent).
+async fn write_reference_tables(sdk: &aws_config::SdkConfig, world: &TicketWorld) -> anyhow::Result<()> {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    for (table, key, rows) in [
+        ("sport_event", "event_id", &world.events),
+        ("ticket", "ticket_id", &world.tickets),
+        ("customer", "customer_id", &world.customers),
+    ] {
+        let created = client
+            .create_table()
+            .table_name(table)
+            .attribute_definitions(
+                AttributeDefinition::builder().attribute_name(key).attribute_type(ScalarAttributeType::N).build()?,
+            )
+            .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build()?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
+                    .build()?,
+            )
+            .send()
+            .await;
+        if let Err(e) = created {
+            let f = adapters::aws::classify(&e);
+            anyhow::ensure!(f.code() == "ResourceInUseException", "create table {table}: {f}");
+        }
+        for row in rows.values() {
+            let item = row.as_object().context("rows are objects")?.iter().map(|(k, v)| (k.clone(), dynamo_value(v)));
+            client
+                .put_item()
+                .table_name(table)
+                .set_item(Some(item.collect()))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("put into {table}: {}", adapters::aws::classify(&e)))?;
+        }
+        eprintln!("gen: {} rows in {table}", rows.len());
+    }
+    Ok(())
+}
+
+/// Sends records, resending refused ones (bounded), and returns how many went out.
+async fn send(kinesis: &Kinesis, mut batch: Vec<(String, Vec<u8>)>) -> anyhow::Result<usize> {
+    let total = batch.len();
+    for attempt in 0..20u32 {
+        if batch.is_empty() {
+            return Ok(total);
+        }
+        let refused = kinesis.put_records(&batch).await.map_err(|e| anyhow::anyhow!("put records: {e}"))?;
+        let keep: std::collections::BTreeSet<usize> = refused.iter().map(|r| r.index).collect();
+        batch = batch.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r).collect();
+        if !batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+        }
+    }
+    anyhow::bail!("{} records still refused after 20 attempts", batch.len())
+}
+
+pub async fn run(opts: GenOptions) -> anyhow::Result<()> {
+    let sdk = adapters::aws::load_config().await;
+    let kinesis = Kinesis::new(&sdk, &opts.stream);
+    if let Some(shards) = opts.create_shards {
+        kinesis.create_stream(shards).await.map_err(|e| anyhow::anyhow!("create stream {}: {e}", opts.stream))?;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let mut ev = crate::ev::Generator::new(now_ms);
+    let mut tickets = TicketWorld::new(&mut rng, 20, 50, 500, now_ms);
+    let mut backlog: Vec<(String, Vec<u8>)> = Vec::new();
+    if opts.preset == Preset::Tickets {
+        if opts.reference_tables {
+            write_reference_tables(&sdk, &tickets).await?;
+        }
+        backlog = tickets.full_load(&mut rng);
+        backlog.reverse();
+    }
+    let start = Instant::now();
+    let (mut sent, mut last_report) = (0usize, Instant::now());
+    let tick = Duration::from_millis(100);
+    let per_tick = (f64::from(opts.rate) * tick.as_secs_f64()).max(1.0);
+    let mut owed = 0.0;
+    let mut ticker = tokio::time::interval(tick);
+    while start.elapsed() < opts.duration {
+        ticker.tick().await;
+        owed += per_tick;
+        let n = owed.floor() as usize;
+        owed -= n as f64;
+        let batch: Vec<(String, Vec<u8>)> = (0..n)
+            .map(|_| match opts.preset {
+                Preset::Ev => {
+                    let (key, data, _) = ev.next(&mut rng);
+                    (key, data)
+                }
+                Preset::Tickets => backlog.pop().unwrap_or_else(|| tickets.change(&mut rng)),
+            })
+            .collect();
+        for chunk in batch.chunks(500) {
+            sent += send(&kinesis, chunk.to_vec()).await?;
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            let secs = start.elapsed().as_secs_f64();
+            let done = (secs / opts.duration.as_secs_f64()).min(1.0);
+            let bar = "#".repeat((done * 30.0) as usize);
+            eprint!("\rgen: [{bar:<30}] {sent} records, {:.0}/s", sent as f64 / secs);
+            let _ = std::io::stderr().flush();
+            last_report = Instant::now();
+        }
+    }
+    eprintln!("\rgen: {sent} records to {} in {:.1}s{:30}", opts.stream, start.elapsed().as_secs_f64(), "");
+    Ok(())
+}
