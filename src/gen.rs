@@ -48,7 +48,7 @@ fn dynamo_value(v: &Json) -> AttributeValue {
 }
 
 /// Writes the ticket world's dimension tables to DynamoDB (created with streams if absent).
-async fn write_reference_tables(sdk: &aws_config::SdkConfig, world: &TicketWorld) -> anyhow::Result<()> {
+pub async fn write_reference_tables(sdk: &aws_config::SdkConfig, world: &TicketWorld) -> anyhow::Result<()> {
     let client = aws_sdk_dynamodb::Client::new(sdk);
     for (table, key, rows) in [
         ("sport_event", "event_id", &world.events),

@@ -44,6 +44,7 @@ async fn warehouse(config: &RunConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
 
 /// Runs one node until `shutdown` resolves (then stops it gracefully) or it fails.
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
     let me = WorkerId::new(config.worker_id());
     let sdk = adapters::aws::load_config().await;
     let table = DynamoLeaseTable::new(&sdk, &config.lease_table.name);
@@ -54,8 +55,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
             .await
             .context("reference tables")?;
     let mapper = Pipeline::new(&config.pipeline, Arc::new(references)).context("pipeline")?;
+    let table = Arc::new(table);
     let ports = NodePorts {
-        table: Arc::new(table),
+        table: table.clone(),
         reader: Arc::new(reader),
         warehouse: warehouse(&config).await?,
         mapper: Arc::new(mapper),
@@ -64,6 +66,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     cluster.initial_position = config.initial_position()?;
     let mut node_config = NodeConfig::new(me.clone(), cluster);
     node_config.shutdown_deadline = config.node.shutdown_deadline;
+    node_config.consumer.checkpoint_interval = config.node.checkpoint_interval;
     let node = Node::start(node_config, ports, EventSink::none()).await?;
     info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
     eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);
@@ -78,10 +81,17 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
             }
         }
     }
-    let started = tokio::time::Instant::now();
+    let stopping = tokio::time::Instant::now();
     eprintln!("tributary: stopping node {me}: flushing, checkpointing, releasing leases");
     node.shutdown().await;
-    eprintln!("tributary: node {me} stopped in {:.2}s", started.elapsed().as_secs_f64());
+    let calls = table.call_counts();
+    eprintln!(
+        "tributary: node {me} stopped in {:.2}s; lease table: {} reads, {} writes in {:.1}s",
+        stopping.elapsed().as_secs_f64(),
+        calls.reads,
+        calls.writes,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -38,6 +38,10 @@ pub struct NodeSection {
     /// How long a SIGTERM waits for consumers to flush, checkpoint and release.
     #[serde(default = "default_shutdown", deserialize_with = "duration")]
     pub shutdown_deadline: Duration,
+    /// Least time between two checkpoint writes of a shard (each is one DynamoDB write; a
+    /// longer interval costs only re-reading after a crash, never a duplicate effect).
+    #[serde(default = "default_checkpoint", deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for NodeSection {
@@ -47,12 +51,17 @@ impl Default for NodeSection {
             failover_time: default_failover(),
             initial_position: default_initial(),
             shutdown_deadline: default_shutdown(),
+            checkpoint_interval: default_checkpoint(),
         }
     }
 }
 
 const fn default_failover() -> Duration {
     Duration::from_secs(10)
+}
+
+const fn default_checkpoint() -> Duration {
+    Duration::from_secs(1)
 }
 
 const fn default_shutdown() -> Duration {

@@ -8,50 +8,11 @@ use adapters::kinesis::Kinesis;
 use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
 use adapters::postgres_server::postgres;
+use processes::{count, database, wait_count, NodeProcess};
 use proto::LeaseTable;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `tributary run` process, killed if the test ends without stopping it.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl NodeProcess {
-    /// SIGTERM, then the exit code (bounded wait).
-    fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-async fn count(w: &PostgresWarehouse, sql: &str) -> usize {
-    w.query_text(sql).await.ok().and_then(|r| r[0][0].as_ref()?.parse().ok()).unwrap_or(0)
-}
-
-async fn wait_count(w: &PostgresWarehouse, sql: &str, want: usize) -> usize {
-    let mut got = 0;
-    for _ in 0..600 {
-        got = count(w, sql).await;
-        if got >= want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    got
-}
+mod processes;
 
 fn record(i: usize) -> (String, Vec<u8>) {
     let id = format!("session-{i:05}");
@@ -77,9 +38,7 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
     let (kinesis_stack, dynamo_stack) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
     let pg = postgres().unwrap();
     let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
-    admin.query_text("DROP DATABASE IF EXISTS run_process").await.unwrap();
-    admin.query_text("CREATE DATABASE run_process").await.unwrap();
-    let url = format!("{} dbname=run_process", pg.url.replace("dbname=postgres", ""));
+    let url = database(&admin, &pg.url, "run_process").await;
 
     let stream = format!("run-process-{}", std::process::id());
     let kinesis = Kinesis::new(&kinesis_stack.sdk_config(), &stream);
@@ -98,28 +57,11 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
         ),
     )
     .unwrap();
-    let spawn = |name: &str| {
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("POD_NAME", name)
-            .env("AWS_ENDPOINT_URL_KINESIS", &kinesis_stack.endpoint)
-            .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamo_stack.endpoint)
-            .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", &dynamo_stack.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "local")
-            .env("AWS_SECRET_ACCESS_KEY", "local")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        NodeProcess(child)
-    };
+    let spawn = |name: &str| NodeProcess::spawn(&config, name, &kinesis_stack, &dynamo_stack);
     let mut a = spawn("node-a");
     let mut b = spawn("node-b");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(a.0.try_wait().unwrap().is_none() && b.0.try_wait().unwrap().is_none(), "both nodes run");
+    assert!(a.is_running() && b.is_running(), "both nodes run: {}{}", a.log(), b.log());
     let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
     put(&kinesis, 0..400).await;
     let raw = "SELECT count(*) FROM ev_charging_sessions_raw";

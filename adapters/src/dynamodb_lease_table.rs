@@ -23,7 +23,7 @@ use proto::{
     WorkerRow,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 type Item = HashMap<String, AttributeValue>;
@@ -60,6 +60,21 @@ pub struct DynamoLeaseTable {
     table: String,
     /// Whether the table has the owner index (tables made by old KCL versions may not).
     owner_index: AtomicBool,
+    calls: Calls,
+}
+
+/// Calls made to the table, by kind (each page of a scan or query counts as one read).
+#[derive(Default)]
+struct Calls {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// What a `DynamoLeaseTable` has cost so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub reads: u64,
+    pub writes: u64,
 }
 
 enum Call {
@@ -286,7 +301,27 @@ impl Expr {
 
 impl DynamoLeaseTable {
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
-        Self { client: Client::new(config), table: table.into(), owner_index: AtomicBool::new(true) }
+        Self {
+            client: Client::new(config),
+            table: table.into(),
+            owner_index: AtomicBool::new(true),
+            calls: Calls::default(),
+        }
+    }
+
+    pub fn call_counts(&self) -> CallCounts {
+        CallCounts {
+            reads: self.calls.reads.load(Ordering::Relaxed),
+            writes: self.calls.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn read_call(&self) {
+        self.calls.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn write_call(&self) {
+        self.calls.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn table_name(&self) -> &str {
@@ -365,6 +400,7 @@ impl DynamoLeaseTable {
     }
 
     async fn get_item(&self, key: &str) -> Result<Option<Item>, LeaseError> {
+        self.read_call();
         let out = self
             .client
             .get_item()
@@ -381,6 +417,7 @@ impl DynamoLeaseTable {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
+            self.read_call();
             let out = self
                 .client
                 .scan()
@@ -401,6 +438,7 @@ impl DynamoLeaseTable {
     /// A heartbeat write on the membership row; creates that row once if it is missing.
     async fn update_membership(&self, expr: &Expr) -> Result<Item, LeaseError> {
         for attempt in 0..2 {
+            self.write_call();
             let result = self
                 .client
                 .update_item()
@@ -442,6 +480,7 @@ fn worker_row(id: &WorkerId, entry: &AttributeValue) -> Option<WorkerRow> {
 #[async_trait]
 impl LeaseTable for DynamoLeaseTable {
     async fn create(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.write_call();
         self.client
             .put_item()
             .table_name(&self.table)
@@ -481,6 +520,7 @@ impl LeaseTable for DynamoLeaseTable {
         let mut leases = Vec::new();
         let mut start: Option<Item> = None;
         loop {
+            self.read_call();
             let out = self
                 .client
                 .query()
@@ -549,6 +589,7 @@ impl LeaseTable for DynamoLeaseTable {
         if let Some(t) = change.throughput_kbps {
             e.set(attr::THROUGHPUT, n(t));
         }
+        self.write_call();
         let out = self
             .client
             .update_item()
@@ -569,6 +610,7 @@ impl LeaseTable for DynamoLeaseTable {
     async fn delete(&self, key: &str, expect: &Expect) -> Result<(), LeaseError> {
         let mut e = Expr::default();
         e.expect(expect);
+        self.write_call();
         self.client
             .delete_item()
             .table_name(&self.table)

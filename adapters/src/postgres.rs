@@ -115,15 +115,26 @@ impl PostgresWarehouse {
     }
 }
 
+/// The advisory-lock key under which tables are created ("tributar" in ASCII).
+const DDL_LOCK_KEY: i64 = 0x7472_6962_7574_6172;
+
 #[async_trait]
 impl Warehouse for PostgresWarehouse {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
         let ddl = create_tables(table, Dialect::Postgres).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected");
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        // `CREATE TABLE IF NOT EXISTS` is not safe against itself: nodes starting together
+        // would fail on the catalog's unique index. One transaction-scoped advisory lock
+        // (a fixed key of tributary's) makes them take turns.
+        let tx = client.transaction().await.map_err(|e| classify(e, false))?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({DDL_LOCK_KEY})"))
+            .await
+            .map_err(|e| classify(e, false))?;
         for statement in ddl {
-            client.batch_execute(&statement).await.map_err(|e| classify(e, false))?;
+            tx.batch_execute(&statement).await.map_err(|e| classify(e, false))?;
         }
+        tx.commit().await.map_err(|e| classify(e, false))?;
         Ok(())
     }
 

@@ -1,0 +1,101 @@
+//! What the tests that run `tributary` as OS processes share: starting a node on the local
+//! stack, stopping it (SIGTERM or SIGKILL), and waiting for PostgreSQL to show a count.
+
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
+use adapters::local_stack::Emulator;
+use adapters::postgres::PostgresWarehouse;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `tributary run` process, killed if the test ends without stopping it.
+pub struct NodeProcess {
+    pub name: String,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    /// `tributary run --config CONFIG` as node `name` against the emulators; its stderr goes to
+    /// `<config dir>/<name>.log`.
+    pub fn spawn(config: &Path, name: &str, kinesis: &Emulator, dynamo: &Emulator) -> Self {
+        let log = config.with_file_name(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("POD_NAME", name)
+            .env("AWS_ENDPOINT_URL_KINESIS", &kinesis.endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamo.endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", &dynamo.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("tributary starts");
+        Self { name: name.to_owned(), child, log }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then the exit code (bounded wait).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// SIGKILL: a crash, nothing written on the way out.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the process wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub async fn count(w: &PostgresWarehouse, sql: &str) -> usize {
+    w.query_text(sql).await.ok().and_then(|r| r[0][0].as_ref()?.parse().ok()).unwrap_or(0)
+}
+
+/// Waits (bounded, 60 s) until `sql`'s single number reaches `want`; returns the last count.
+pub async fn wait_count(w: &PostgresWarehouse, sql: &str, want: usize) -> usize {
+    let mut got = 0;
+    for _ in 0..600 {
+        got = count(w, sql).await;
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+/// A fresh database on the test server; its connection string.
+pub async fn database(admin: &PostgresWarehouse, server_url: &str, name: &str) -> String {
+    admin.query_text(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
+    admin.query_text(&format!("CREATE DATABASE {name}")).await.unwrap();
+    format!("{} dbname={name}", server_url.replace("dbname=postgres", ""))
+}
