@@ -3,6 +3,7 @@
 //! deletes, replayed and reordered, must leave every implementation with, per key, the change of
 //! the highest version: present for an upsert, absent for a delete.
 
+use adapters::merge_sql::{create_tables, Dialect, MergeSql};
 use adapters::postgres::PostgresWarehouse;
 use adapters::postgres_server::postgres;
 use adapters::sqlite::SqliteWarehouse;
@@ -167,6 +168,55 @@ fn postgres_warehouse_conforms() {
     );
 }
 
+/// The statements the Redshift Data API sink sends (Redshift dialect, literal values, stage
+/// inserts split at a small statement limit so every batch takes several), run on PostgreSQL
+/// in one transaction with backslashes read as escapes, as Redshift reads them.
+#[test]
+fn redshift_statements_conform_on_postgres() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    let w = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
+    conformance(
+        &rt,
+        32,
+        || (RedshiftSqlOnPg(w.clone()), schema(&fresh_name())),
+        |w, t| {
+            let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
+            let rows = rt.block_on(w.0.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
+            rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
+        },
+    );
+}
+
+struct RedshiftSqlOnPg(Arc<PostgresWarehouse>);
+
+#[async_trait::async_trait]
+impl Warehouse for RedshiftSqlOnPg {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), proto::WarehouseError> {
+        for ddl in create_tables(table, Dialect::Redshift).unwrap() {
+            self.0.query_text(&ddl).await?;
+        }
+        Ok(())
+    }
+    async fn commit(&self, batch: &Batch) -> Result<proto::CommitStats, proto::WarehouseError> {
+        let sql = MergeSql::new(&batch.table, Dialect::Redshift).unwrap();
+        let statements = sql.literal_statements(&batch.rows, 600).unwrap();
+        assert!(statements.iter().all(|s| s.len() <= 600), "every statement within the limit");
+        let inserts = statements.iter().filter(|s| s.contains(") VALUES (")).count();
+        assert!(batch.rows.len() < 8 || inserts > 1, "{} rows in {inserts} stage inserts", batch.rows.len());
+        self.0.query_text("BEGIN").await?;
+        self.0.query_text("SET LOCAL standard_conforming_strings = off").await?;
+        for s in &statements {
+            if let Err(e) = self.0.query_text(s).await {
+                self.0.query_text("ROLLBACK").await?;
+                return Err(e);
+            }
+        }
+        self.0.query_text("COMMIT").await?;
+        Ok(proto::CommitStats::default())
+    }
+}
+
 /// The same connection for every case.
 struct SharedPg(Arc<PostgresWarehouse>);
 
@@ -185,7 +235,18 @@ fn sql_literals_round_trip_through_postgres() {
     let pg = postgres().expect("a postgresql for the tests");
     let rt = runtime();
     let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
-    let tricky = ["it's", "'; DROP TABLE x; --", "back\\slash", "quote\"d", "ünïcödé ✓", "", "$$dollar$$", "E'\\n'"];
+    let tricky = [
+        "it's",
+        "'; DROP TABLE x; --",
+        "back\\slash",
+        "ends in \\",
+        "\\'); DROP TABLE x; --",
+        "quote\"d",
+        "ünïcödé ✓",
+        "",
+        "$$dollar$$",
+        "E'\\n'",
+    ];
     let rows: Vec<Vec<Value>> = tricky
         .iter()
         .enumerate()
@@ -201,12 +262,16 @@ fn sql_literals_round_trip_through_postgres() {
     let mut sql = "INSERT INTO literal_check VALUES ".to_owned();
     adapters::merge_sql::values_text(rows.iter().map(|r| &r[..]), &mut sql).unwrap();
     let back = rt.block_on(async {
+        // Redshift reads backslashes in literals as escapes; PostgreSQL does when told so.
+        w.query_text("SET standard_conforming_strings = off").await.unwrap();
         w.query_text("DROP TABLE IF EXISTS literal_check").await.unwrap();
         w.query_text("CREATE TABLE literal_check (i BIGINT, s VARCHAR(100), f DOUBLE PRECISION, b BOOLEAN)")
             .await
             .unwrap();
         w.query_text(&sql).await.unwrap();
-        w.query_text("SELECT s, f, b FROM literal_check ORDER BY i").await.unwrap()
+        let back = w.query_text("SELECT s, f, b FROM literal_check ORDER BY i").await.unwrap();
+        w.query_text("SET standard_conforming_strings = on").await.unwrap();
+        back
     });
     for (i, (r, s)) in back.iter().zip(tricky).enumerate() {
         assert_eq!(r[0].as_deref(), Some(s));

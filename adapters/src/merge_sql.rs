@@ -59,8 +59,10 @@ pub fn quote_ident(name: &str) -> Result<String, SqlError> {
 
 /// The one function that puts a value into SQL text (for the Redshift Data API's batches, which
 /// take no parameters): NULL, TRUE/FALSE, integers, finite floats, and strings single-quoted with
-/// quotes doubled. Backslashes are not special in standard strings (Redshift and PostgreSQL with
-/// `standard_conforming_strings`, the default), and NUL, which neither can store, is refused.
+/// quotes and backslashes doubled. Redshift reads a backslash in a string literal as an escape
+/// (as PostgreSQL does with `standard_conforming_strings = off`), so an undoubled one could
+/// swallow the closing quote; doubled, the text reads back exactly. NUL, which neither engine
+/// can store, is refused.
 pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlError> {
     use std::fmt::Write;
     match value {
@@ -88,9 +90,9 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
             out.reserve(s.len() + 2);
             out.push('\'');
             let mut rest = s.as_str();
-            while let Some(i) = rest.find('\'') {
+            while let Some(i) = rest.find(['\'', '\\']) {
                 out.push_str(&rest[..=i]);
-                out.push('\'');
+                out.push_str(&rest[i..=i]);
                 rest = &rest[i + 1..];
             }
             out.push_str(rest);
@@ -119,6 +121,9 @@ pub fn values_text<'a>(rows: impl IntoIterator<Item = &'a [proto::Value]>, out: 
 pub enum Dialect {
     Sqlite,
     Postgres,
+    /// Amazon Redshift (through the Data API): PostgreSQL's types, no COLLATE clause, no
+    /// correlated subquery under OR.
+    Redshift,
 }
 
 impl Dialect {
@@ -127,42 +132,44 @@ impl Dialect {
             (Dialect::Sqlite, SqlType::Boolean | SqlType::BigInt | SqlType::Timestamp) => "INTEGER",
             (Dialect::Sqlite, SqlType::Double) => "REAL",
             (Dialect::Sqlite, SqlType::Text) => "TEXT",
-            (Dialect::Postgres, SqlType::Boolean) => "BOOLEAN",
-            (Dialect::Postgres, SqlType::BigInt) => "BIGINT",
-            (Dialect::Postgres, SqlType::Double) => "DOUBLE PRECISION",
-            (Dialect::Postgres, SqlType::Text) => "VARCHAR(65535)",
-            (Dialect::Postgres, SqlType::Timestamp) => "TIMESTAMP",
+            (Dialect::Postgres | Dialect::Redshift, SqlType::Boolean) => "BOOLEAN",
+            (Dialect::Postgres | Dialect::Redshift, SqlType::BigInt) => "BIGINT",
+            (Dialect::Postgres | Dialect::Redshift, SqlType::Double) => "DOUBLE PRECISION",
+            (Dialect::Postgres | Dialect::Redshift, SqlType::Text) => "VARCHAR(65535)",
+            (Dialect::Postgres | Dialect::Redshift, SqlType::Timestamp) => "TIMESTAMP",
         }
     }
 
     /// Versions compare byte by byte: on PostgreSQL that needs the "C" collation whatever the
-    /// database's default is.
+    /// database's default is; Redshift's default collation already compares bytes.
     fn version_type(self) -> &'static str {
         match self {
             Dialect::Sqlite => "TEXT",
             Dialect::Postgres => "VARCHAR(256) COLLATE \"C\"",
+            Dialect::Redshift => "VARCHAR(256)",
         }
     }
 
     fn text_type(self) -> &'static str {
         match self {
             Dialect::Sqlite => "TEXT",
-            Dialect::Postgres => "VARCHAR(256)",
+            Dialect::Postgres | Dialect::Redshift => "VARCHAR(256)",
         }
     }
 
     fn int_type(self) -> &'static str {
         match self {
             Dialect::Sqlite => "INTEGER",
-            Dialect::Postgres => "BIGINT",
+            Dialect::Postgres | Dialect::Redshift => "BIGINT",
         }
     }
 
-    /// The `n`-th placeholder (1-based).
+    /// The `n`-th placeholder (1-based). Redshift batches carry no parameters: their values
+    /// are literals (`sql_literal`).
     pub fn placeholder(self, n: usize) -> String {
         match self {
             Dialect::Sqlite => format!("?{n}"),
-            Dialect::Postgres => format!("${n}"),
+            Dialect::Postgres | Dialect::Redshift => format!("${n}"),
         }
     }
 }
@@ -181,8 +188,12 @@ pub struct MergeSql {
     /// SQLite joins by nested loops: it needs an index on the stage's key (PostgreSQL and
     /// Redshift hash-join the EXISTS subqueries).
     pub index_stage: Option<String>,
-    /// Latest row per key.
+    /// Latest row per key: drop rows with a newer version of their key in the stage…
     pub dedupe_stage: String,
+    /// …then, among equal versions, all but the last staged. One statement with an OR on
+    /// SQLite and PostgreSQL (`None` here); two on Redshift, which refuses correlated
+    /// subqueries under OR.
+    pub dedupe_ties: Option<String>,
     /// Drop staged rows not newer than the target's row…
     pub fence_by_target: String,
     /// …or than a remembered delete (two statements: Redshift refuses correlated subqueries
@@ -268,11 +279,22 @@ impl MergeSql {
         let mut stage_columns = columns.clone();
         stage_columns.extend([version.clone(), "\"_op\"".to_owned(), "\"_ord\"".to_owned()]);
 
-        let newer_in_stage = format!(
-            "SELECT 1 FROM {stage} AS \"n\" WHERE {} AND (\"n\".{version} > {stage}.{version} \
-             OR (\"n\".{version} = {stage}.{version} AND \"n\".\"_ord\" > {stage}.\"_ord\"))",
-            key_match(&keys, "\"n\"", &stage)
-        );
+        let newer = format!("\"n\".{version} > {stage}.{version}");
+        let later_tie = format!("\"n\".{version} = {stage}.{version} AND \"n\".\"_ord\" > {stage}.\"_ord\"");
+        let in_stage_where = |condition: &str| {
+            format!("SELECT 1 FROM {stage} AS \"n\" WHERE {} AND ({condition})", key_match(&keys, "\"n\"", &stage))
+        };
+        let (dedupe_stage, dedupe_ties) = if dialect == Dialect::Redshift {
+            (
+                format!("DELETE FROM {stage} WHERE EXISTS ({})", in_stage_where(&newer)),
+                Some(format!("DELETE FROM {stage} WHERE EXISTS ({})", in_stage_where(&later_tie))),
+            )
+        } else {
+            (
+                format!("DELETE FROM {stage} WHERE EXISTS ({})", in_stage_where(&format!("{newer} OR ({later_tie})"))),
+                None,
+            )
+        };
         let held = |table: &str| {
             format!(
                 "SELECT 1 FROM {table} AS \"t\" WHERE {} AND \"t\".{version} >= {stage}.{version}",
@@ -288,7 +310,8 @@ impl MergeSql {
             stage_columns,
             create_stage: format!("CREATE TEMP TABLE {stage} ({})", typed.join(", ")),
             index_stage: (dialect == Dialect::Sqlite).then(|| format!("CREATE INDEX {stage_index} ON {stage} ({key_list})")),
-            dedupe_stage: format!("DELETE FROM {stage} WHERE EXISTS ({newer_in_stage})"),
+            dedupe_stage,
+            dedupe_ties,
             fence_by_target: format!("DELETE FROM {stage} WHERE EXISTS ({})", held(&target)),
             fence_by_tombstone: format!("DELETE FROM {stage} WHERE EXISTS ({})", held(&tombstones)),
             delete_replaced: format!("DELETE FROM {target} WHERE EXISTS ({})", in_stage(&target)),
@@ -323,6 +346,59 @@ impl MergeSql {
         format!("INSERT INTO {} ({}) VALUES {}", self.stage, self.stage_columns.join(", "), tuples.join(", "))
     }
 
+    /// The whole commit of `rows` as SQL text with literal values (the Redshift Data API takes
+    /// no parameters in a batch): create the stage, insert the rows in statements of at most
+    /// `max_statement_bytes` each, then dedupe, fence, replace, remember deletes, drop the stage.
+    /// Run in order in one transaction.
+    pub fn literal_statements(&self, rows: &[proto::Row], max_statement_bytes: usize) -> Result<Vec<String>, SqlError> {
+        let mut out = vec![self.create_stage.clone()];
+        out.extend(self.index_stage.clone());
+        let head = format!("INSERT INTO {} ({}) VALUES ", self.stage, self.stage_columns.join(", "));
+        let mut insert = String::new();
+        let mut tuple = String::new();
+        for (ord, row) in rows.iter().enumerate() {
+            tuple.clear();
+            let op = if row.op == proto::RowOp::Delete { OP_DELETE } else { OP_UPSERT };
+            let extra = [
+                proto::Value::Text(row.version.as_str().to_owned()),
+                proto::Value::Text(op.to_owned()),
+                proto::Value::Int(ord as i64),
+            ];
+            let values: Vec<proto::Value> = row.values.iter().cloned().chain(extra).collect();
+            values_text([&values[..]], &mut tuple)?;
+            if head.len() + tuple.len() > max_statement_bytes {
+                return Err(SqlError::BadValue(format!(
+                    "one row takes {} bytes of SQL, over the {max_statement_bytes}-byte statement limit",
+                    tuple.len()
+                )));
+            }
+            if !insert.is_empty() && insert.len() + 2 + tuple.len() > max_statement_bytes {
+                out.push(std::mem::take(&mut insert));
+            }
+            if insert.is_empty() {
+                insert.push_str(&head);
+            } else {
+                insert.push_str(", ");
+            }
+            insert.push_str(&tuple);
+        }
+        if !insert.is_empty() {
+            out.push(insert);
+        }
+        out.push(self.dedupe_stage.clone());
+        out.extend(self.dedupe_ties.clone());
+        out.extend([
+            self.fence_by_target.clone(),
+            self.fence_by_tombstone.clone(),
+            self.delete_replaced.clone(),
+            self.delete_replaced_tombstones.clone(),
+            self.insert_upserts.clone(),
+            self.insert_tombstones.clone(),
+            self.drop_stage.clone(),
+        ]);
+        Ok(out)
+    }
+
     /// How many rows one stage INSERT may carry under a bound-parameter limit.
     pub fn rows_per_insert(&self, max_params: usize) -> usize {
         (max_params / self.params_per_row()).max(1)
@@ -344,6 +420,25 @@ mod tests {
     }
 
     #[test]
+    fn redshift_sql_has_no_collate_and_no_correlated_or() {
+        let ddl = create_tables(&sample(), Dialect::Redshift).unwrap().join("; ");
+        assert!(!ddl.contains("COLLATE") && ddl.contains("VARCHAR(256)"), "{ddl}");
+        let sql = MergeSql::new(&sample(), Dialect::Redshift).unwrap();
+        let rows = [proto::Row {
+            op: proto::RowOp::Upsert,
+            version: proto::Version::from_text("v1"),
+            values: vec![proto::Value::Text("k\\'".into()); sample().columns.len()],
+        }];
+        let all = sql.literal_statements(&rows, 100 * 1024).unwrap();
+        assert!(all.iter().all(|s| !s.contains(" OR ")), "{all:?}");
+        assert!(
+            sql.dedupe_ties.is_some() && MergeSql::new(&sample(), Dialect::Postgres).unwrap().dedupe_ties.is_none()
+        );
+        assert!(all.iter().any(|s| s.contains("'k\\\\'''")), "backslash and quote doubled: {all:?}");
+        assert!(sql.literal_statements(&rows, 50).is_err(), "a row over the statement limit is refused");
+    }
+
+    #[test]
     fn literals_are_escaped_by_one_function() {
         use proto::Value;
         let mut out = String::new();
@@ -358,7 +453,7 @@ mod tests {
         values_text([&row[..], &row[..1]], &mut out).unwrap();
         assert_eq!(
             out,
-            "(NULL, TRUE, -7, 0.1, 'it''s''; DROP TABLE t; --\\', (TIMESTAMP 'epoch' + INTERVAL '1.500 seconds')), (NULL)"
+            "(NULL, TRUE, -7, 0.1, 'it''s''; DROP TABLE t; --\\\\', (TIMESTAMP 'epoch' + INTERVAL '1.500 seconds')), (NULL)"
         );
         assert!(sql_literal(&Value::Text("a\0b".into()), &mut String::new()).is_err());
         assert!(sql_literal(&Value::Float(f64::NAN), &mut String::new()).is_err());

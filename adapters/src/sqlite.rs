@@ -215,6 +215,9 @@ fn commit_blocking(conn: &mut Connection, sql: &MergeSql, batch: &Batch) -> Resu
     }
     let mut stats = CommitStats::default();
     stats.fenced += tx.execute(&sql.dedupe_stage, [])? as u64;
+    if let Some(ties) = &sql.dedupe_ties {
+        stats.fenced += tx.execute(ties, [])? as u64;
+    }
     stats.fenced += tx.execute(&sql.fence_by_target, [])? as u64;
     stats.fenced += tx.execute(&sql.fence_by_tombstone, [])? as u64;
     tx.execute(&sql.delete_replaced, [])?;
