@@ -7,6 +7,7 @@ use crate::run_config::{RunConfig, WarehouseKind};
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
+use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use anyhow::Context;
 use coordinator::{ClusterSettings, EventSink};
 use proto::{Warehouse, WorkerId};
@@ -22,7 +23,7 @@ fn conn_param(key: &str, value: &str) -> String {
     format!(" {key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-async fn warehouse(config: &RunConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
+async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
     Ok(match config.warehouse.kind {
         WarehouseKind::Postgres => {
             let mut url = config.warehouse.url.clone();
@@ -34,6 +35,24 @@ async fn warehouse(config: &RunConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
                     .await
                     .context("warehouse: cannot connect to postgresql")?,
             )
+        }
+        WarehouseKind::Redshift => {
+            let w = &config.warehouse;
+            let target = match (&w.cluster, &w.workgroup) {
+                (Some(identifier), _) => Target::Cluster { identifier: identifier.clone() },
+                (None, Some(name)) => Target::Workgroup { name: name.clone() },
+                (None, None) => unreachable!("validated"),
+            };
+            Arc::new(RedshiftDataWarehouse::new(
+                sdk,
+                RedshiftDataConfig {
+                    target,
+                    database: w.database.clone().expect("validated"),
+                    secret_arn: w.secret_arn.clone(),
+                    db_user: w.db_user.clone(),
+                    timeout: Duration::from_secs(600),
+                },
+            ))
         }
         WarehouseKind::Sqlite => Arc::new(
             adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(&config.warehouse.url))
@@ -59,7 +78,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let ports = NodePorts {
         table: table.clone(),
         reader: Arc::new(reader),
-        warehouse: warehouse(&config).await?,
+        warehouse: warehouse(&config, &sdk).await?,
         mapper: Arc::new(mapper),
     };
     let mut cluster = ClusterSettings::with_failover(config.node.failover_time);

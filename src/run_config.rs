@@ -12,8 +12,10 @@
 //! [lease_table]
 //! name = "tributary-ev"          # created on demand (on-demand billing)
 //! [warehouse]
-//! kind = "postgres"
+//! kind = "postgres"            # or "sqlite" (url = a file), or "redshift" (the Data API):
 //! url = "host=127.0.0.1 port=5432 user=etl dbname=analytics"
+//! # kind = "redshift", workgroup = "analytics" (or cluster = "…"), database = "dev",
+//! # secret_arn = "arn:aws:secretsmanager:…" (or db_user = "etl" with a cluster)
 //! [[table]]
 //! ...
 //! ```
@@ -96,6 +98,8 @@ pub struct LeaseTableSection {
 pub enum WarehouseKind {
     Postgres,
     Sqlite,
+    /// Amazon Redshift through the Data API.
+    Redshift,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -103,7 +107,18 @@ pub enum WarehouseKind {
 pub struct WarehouseSection {
     pub kind: WarehouseKind,
     /// PostgreSQL: a libpq-style connection string without the password; SQLite: a file path.
+    #[serde(default)]
     pub url: String,
+    /// Redshift: the provisioned cluster's identifier…
+    pub cluster: Option<String>,
+    /// …or the Serverless workgroup.
+    pub workgroup: Option<String>,
+    /// Redshift: the database.
+    pub database: Option<String>,
+    /// Redshift: credentials from Secrets Manager (the secret's ARN, not the secret)…
+    pub secret_arn: Option<String>,
+    /// …or temporary credentials of this database user (clusters).
+    pub db_user: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +167,27 @@ impl RunConfig {
         self.initial_position()?;
         if self.warehouse.url.contains("password") {
             return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
+        }
+        let w = &self.warehouse;
+        match w.kind {
+            WarehouseKind::Postgres | WarehouseKind::Sqlite if w.url.is_empty() => {
+                return Err(ConfigError::new("warehouse.url", "is required for postgres and sqlite"));
+            }
+            WarehouseKind::Redshift => {
+                if w.cluster.is_some() == w.workgroup.is_some() {
+                    return Err(ConfigError::new("warehouse.cluster", "set exactly one of cluster and workgroup"));
+                }
+                if w.database.is_none() {
+                    return Err(ConfigError::new("warehouse.database", "is required for redshift"));
+                }
+                if w.secret_arn.is_none() && (w.db_user.is_none() || w.workgroup.is_some()) {
+                    return Err(ConfigError::new(
+                        "warehouse.secret_arn",
+                        "set secret_arn, or db_user with a cluster (temporary credentials)",
+                    ));
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -220,6 +256,13 @@ url = "host=127.0.0.1"
         assert!(e.starts_with("stream:"), "{e}");
         let e = config(&format!("[node]\ninitial_position = \"oldest\"\n{BASE}")).unwrap_err().to_string();
         assert!(e.starts_with("node.initial_position:"), "{e}");
+        let redshift =
+            BASE.replace("kind = \"postgres\"\nurl = \"host=127.0.0.1\"", "kind = \"redshift\"\nworkgroup = \"w\"");
+        let e = config(&redshift).unwrap_err().to_string();
+        assert!(e.starts_with("warehouse.database:"), "{e}");
+        let e = config(&format!("{redshift}database = \"dev\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("warehouse.secret_arn:"), "{e}");
+        assert!(config(&format!("{redshift}database = \"dev\"\nsecret_arn = \"arn:s\"\n")).is_ok());
         let e = config(&BASE.replace("host=127.0.0.1", "host=x password=hunter2")).unwrap_err().to_string();
         assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
     }

@@ -1,11 +1,13 @@
-//! The `Warehouse` conformance suite: the same assertions against the in-memory model, SQLite and
-//! a real PostgreSQL (started on 127.0.0.1 by the test harness). Random batches of upserts and
+//! The `Warehouse` conformance suite: the same assertions against the in-memory model, SQLite, a
+//! real PostgreSQL (started on 127.0.0.1 by the test harness) and the Redshift Data API sink
+//! (through the test endpoint that runs its batches on that PostgreSQL). Random batches of upserts and
 //! deletes, replayed and reordered, must leave every implementation with, per key, the change of
 //! the highest version: present for an upsert, absent for a delete.
 
 use adapters::merge_sql::{create_tables, Dialect, MergeSql};
 use adapters::postgres::PostgresWarehouse;
 use adapters::postgres_server::postgres;
+use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use adapters::sqlite::SqliteWarehouse;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -14,6 +16,8 @@ use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, War
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+mod redshift_data_endpoint;
 
 /// key → version of what a warehouse holds.
 type Held = BTreeMap<String, String>;
@@ -189,6 +193,47 @@ fn redshift_statements_conform_on_postgres() {
 }
 
 struct RedshiftSqlOnPg(Arc<PostgresWarehouse>);
+
+/// The Redshift Data API sink, through the test endpoint that runs its batches on PostgreSQL.
+#[test]
+fn redshift_data_api_warehouse_conforms() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    let endpoint = rt.block_on(redshift_data_endpoint::Endpoint::start(&pg.url));
+    let w = Arc::new(RedshiftDataWarehouse::new(
+        &adapters::local_stack::sdk_config_for(&endpoint.url),
+        RedshiftDataConfig {
+            target: Target::Cluster { identifier: "etl".into() },
+            database: "dev".into(),
+            secret_arn: None,
+            db_user: Some("etl".into()),
+            timeout: std::time::Duration::from_secs(60),
+        },
+    ));
+    let check = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
+    conformance(
+        &rt,
+        24,
+        || (SharedDataApi(w.clone()), schema(&fresh_name())),
+        |_, t| {
+            let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
+            let rows = rt.block_on(check.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
+            rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
+        },
+    );
+}
+
+struct SharedDataApi(Arc<RedshiftDataWarehouse>);
+
+#[async_trait::async_trait]
+impl Warehouse for SharedDataApi {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), proto::WarehouseError> {
+        self.0.ensure_table(table).await
+    }
+    async fn commit(&self, batch: &Batch) -> Result<proto::CommitStats, proto::WarehouseError> {
+        self.0.commit(batch).await
+    }
+}
 
 #[async_trait::async_trait]
 impl Warehouse for RedshiftSqlOnPg {

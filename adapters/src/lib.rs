@@ -9,6 +9,7 @@
 //! | `merge_sql.rs` | the portable SQL of one batch commit (stage, dedupe, fence, replace, tombstones) and `quote_ident` |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
+//! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
 //! | `postgres_server.rs` | a throwaway PostgreSQL on 127.0.0.1 for tests and local runs |
 //! | `local_stack.rs` | the Kinesis and DynamoDB emulators on 127.0.0.1 for tests and local runs |
 
@@ -20,4 +21,5 @@ pub mod local_stack;
 pub mod merge_sql;
 pub mod postgres;
 pub mod postgres_server;
+pub mod redshift_data;
 pub mod sqlite;

@@ -60,21 +60,26 @@ impl Emulator {
     /// An SDK configuration pointing at this emulator, with fixed local credentials and no SDK
     /// retries (the adapters retry through `RetryPolicy`).
     pub fn sdk_config(&self) -> SdkConfig {
-        SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(Credentials::new(
-                "local",
-                "local",
-                None,
-                None,
-                "local-stack",
-            )))
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .timeout_config(crate::aws::timeouts())
-            .build()
+        sdk_config_for(&self.endpoint)
     }
+}
+
+/// An SDK configuration for a local endpoint: fixed local credentials, no SDK retries.
+pub fn sdk_config_for(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "local-stack",
+        )))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(crate::aws::timeouts())
+        .build()
 }
 
 impl Drop for Emulator {

@@ -1,0 +1,198 @@
+//! Amazon Redshift through the Data API (aws-sdk-redshiftdata): the `Warehouse` port.
+//!
+//! A commit is the shared upsert SQL in the Redshift dialect with literal values (the Data API
+//! takes no parameters in a batch): BatchExecuteStatement runs its SQL strings in order as one
+//! transaction, and DescribeStatement is polled (back-off 50 ms → 1 s) until the batch finished,
+//! failed or was aborted. Each SQL string stays under the API's 100 KB limit (the stage inserts
+//! are split); a batch needing more than the API's 40 strings is committed as several
+//! transactions of fewer rows each, which is safe because every upsert is fenced by version.
+//!
+//! Errors: throttling, ActiveStatementsExceeded and server faults are `Unavailable` (nothing
+//! ran; retry); a submission without an answer is `Ambiguous` (it may run; retrying is safe); a
+//! FAILED batch is `Unavailable` when Redshift reports a serialization conflict and `Rejected`
+//! otherwise (bad SQL or values: it will fail again).
+
+use crate::aws::{classify, Failure};
+use crate::merge_sql::{create_tables, Dialect, MergeSql};
+use async_trait::async_trait;
+use aws_sdk_redshiftdata::types::StatusString;
+use aws_sdk_redshiftdata::Client;
+use proto::{Batch, CommitStats, Row, TableSchema, Warehouse, WarehouseError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The API's limit on one SQL string, less a margin.
+pub const MAX_STATEMENT_BYTES: usize = 100 * 1024 - 512;
+/// The API's limit on the SQL strings of one BatchExecuteStatement.
+pub const MAX_STATEMENTS: usize = 40;
+
+/// Where the statements run, and as whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A provisioned cluster.
+    Cluster { identifier: String },
+    /// A Redshift Serverless workgroup.
+    Workgroup { name: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct RedshiftDataConfig {
+    pub target: Target,
+    pub database: String,
+    /// Credentials from Secrets Manager…
+    pub secret_arn: Option<String>,
+    /// …or temporary credentials for this database user (clusters only).
+    pub db_user: Option<String>,
+    /// How long one batch may take before the commit is reported as failed.
+    pub timeout: Duration,
+}
+
+pub struct RedshiftDataWarehouse {
+    client: Client,
+    config: RedshiftDataConfig,
+    statements: Mutex<HashMap<String, Arc<MergeSql>>>,
+}
+
+fn api_error(f: Failure) -> WarehouseError {
+    if f.is_throttle() || f.is_server_fault() || f.code() == "ActiveSessionsExceededException" {
+        return WarehouseError::Unavailable(f.to_string());
+    }
+    match f {
+        Failure::NotSent(m) => WarehouseError::Unavailable(m),
+        Failure::NoAnswer(m) => WarehouseError::Ambiguous(m),
+        other => WarehouseError::Rejected(other.to_string()),
+    }
+}
+
+/// A FAILED batch: conflicts with concurrent transactions can pass on a retry, anything else
+/// will fail again.
+fn failed(error: &str) -> WarehouseError {
+    let transient = ["serializable isolation violation", "could not serialize", "deadlock", "connection"];
+    if transient.iter().any(|t| error.to_lowercase().contains(t)) {
+        WarehouseError::Unavailable(format!("batch failed: {error}"))
+    } else {
+        WarehouseError::Rejected(format!("batch failed: {error}"))
+    }
+}
+
+impl RedshiftDataWarehouse {
+    pub fn new(sdk: &aws_config::SdkConfig, config: RedshiftDataConfig) -> Self {
+        Self { client: Client::new(sdk), config, statements: Mutex::new(HashMap::new()) }
+    }
+
+    fn merge_sql(&self, table: &TableSchema) -> Result<Arc<MergeSql>, WarehouseError> {
+        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sql) = cache.get(&table.name) {
+            return Ok(sql.clone());
+        }
+        let sql =
+            Arc::new(MergeSql::new(table, Dialect::Redshift).map_err(|e| WarehouseError::Rejected(e.to_string()))?);
+        cache.insert(table.name.clone(), sql.clone());
+        Ok(sql)
+    }
+
+    /// BatchExecuteStatement: the statement id.
+    async fn submit(&self, sqls: Vec<String>) -> Result<String, WarehouseError> {
+        let mut call = self
+            .client
+            .batch_execute_statement()
+            .set_sqls(Some(sqls))
+            .database(&self.config.database)
+            .set_secret_arn(self.config.secret_arn.clone())
+            .set_db_user(self.config.db_user.clone());
+        call = match &self.config.target {
+            Target::Cluster { identifier } => call.cluster_identifier(identifier),
+            Target::Workgroup { name } => call.workgroup_name(name),
+        };
+        let out = call.send().await.map_err(|e| api_error(classify(&e)))?;
+        out.id().map(str::to_owned).ok_or_else(|| WarehouseError::Ambiguous("no statement id returned".into()))
+    }
+
+    /// Polls DescribeStatement until the batch ends; the rows each sub-statement touched.
+    async fn wait(&self, id: &str) -> Result<Vec<u64>, WarehouseError> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let out = match self.client.describe_statement().id(id).send().await {
+                Ok(out) => out,
+                Err(e) => match api_error(classify(&e)) {
+                    // A poll that failed says nothing about the batch: poll again.
+                    WarehouseError::Unavailable(_) | WarehouseError::Ambiguous(_) => {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    other => return Err(other),
+                },
+            };
+            match out.status() {
+                Some(StatusString::Finished) => {
+                    return Ok(out.sub_statements().iter().map(|s| s.result_rows().max(0) as u64).collect())
+                }
+                Some(StatusString::Failed) => return Err(failed(out.error().unwrap_or("no reason given"))),
+                Some(StatusString::Aborted) => {
+                    return Err(WarehouseError::Unavailable(format!("batch {id} was aborted")))
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                // Still running: it may yet commit.
+                return Err(WarehouseError::Ambiguous(format!(
+                    "batch {id} still running after {:?}",
+                    self.config.timeout
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One transaction for `rows`, or several when the statements would not fit one call.
+    async fn commit_rows(&self, sql: &MergeSql, rows: &[Row]) -> Result<CommitStats, WarehouseError> {
+        let statements =
+            sql.literal_statements(rows, MAX_STATEMENT_BYTES).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        if statements.len() > MAX_STATEMENTS && rows.len() > 1 {
+            let (a, b) = rows.split_at(rows.len() / 2);
+            let first = Box::pin(self.commit_rows(sql, a)).await?;
+            let second = Box::pin(self.commit_rows(sql, b)).await?;
+            return Ok(CommitStats {
+                upserted: first.upserted + second.upserted,
+                deleted: first.deleted + second.deleted,
+                fenced: first.fenced + second.fenced,
+            });
+        }
+        let n = statements.len();
+        let id = self.submit(statements).await?;
+        let counts = self.wait(&id).await?;
+        // The tail is fixed: … dedupe (1 or 2), fence ×2, delete ×2, insert upserts, insert
+        // tombstones, drop stage.
+        let at = |back: usize| counts.get(n.wrapping_sub(back)).copied().unwrap_or(0);
+        let fences = if sql.dedupe_ties.is_some() { 4 } else { 3 };
+        Ok(CommitStats { upserted: at(3), deleted: at(2), fenced: (6..6 + fences).map(at).sum() })
+    }
+}
+
+#[async_trait]
+impl Warehouse for RedshiftDataWarehouse {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
+        let ddl = create_tables(table, Dialect::Redshift).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        let id = self.submit(ddl).await?;
+        self.wait(&id).await.map(|_| ())
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+        if batch.rows.is_empty() {
+            return Ok(CommitStats::default());
+        }
+        if let Some(bad) = batch.rows.iter().find(|r| r.values.len() != batch.table.columns.len()) {
+            return Err(WarehouseError::Rejected(format!(
+                "a row has {} values for the {} columns of {}",
+                bad.values.len(),
+                batch.table.columns.len(),
+                batch.table.name
+            )));
+        }
+        let sql = self.merge_sql(&batch.table)?;
+        self.commit_rows(&sql, &batch.rows).await
+    }
+}

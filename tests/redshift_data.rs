@@ -1,0 +1,126 @@
+//! The Redshift Data API sink against the test endpoint (`tests/redshift_data_endpoint`), which
+//! runs the statements on a real PostgreSQL the way the API reference describes: asynchronous
+//! statuses, one transaction per batch, the 100 KB statement limit, throttling and
+//! ActiveStatementsExceeded. (The conformance property itself is in `warehouse_conformance.rs`.)
+
+use adapters::local_stack::sdk_config_for;
+use adapters::postgres::PostgresWarehouse;
+use adapters::postgres_server::postgres;
+use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
+use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
+use redshift_data_endpoint::Endpoint;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod redshift_data_endpoint;
+
+fn schema(name: &str) -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        name: name.into(),
+        columns: vec![
+            Column::new("id", SqlType::Text),
+            Column::new("note", SqlType::Text),
+            Column::new("n", SqlType::BigInt),
+        ],
+        key: vec![0],
+        version_column: "_version".into(),
+    })
+}
+
+fn row(id: usize, version: u64, note: &str) -> Row {
+    Row {
+        op: RowOp::Upsert,
+        version: Version::from_text(format!("{version:08}")),
+        values: vec![Value::Text(format!("k{id:05}")), Value::Text(note.to_owned()), Value::Int(id as i64)],
+    }
+}
+
+async fn setup(
+    database: &str,
+) -> (adapters::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    admin.query_text(&format!("DROP DATABASE IF EXISTS {database}")).await.unwrap();
+    admin.query_text(&format!("CREATE DATABASE {database}")).await.unwrap();
+    let url = format!("{} dbname={database}", pg.url.replace("dbname=postgres", ""));
+    let endpoint = Endpoint::start(&url).await;
+    let warehouse = RedshiftDataWarehouse::new(
+        &sdk_config_for(&endpoint.url),
+        RedshiftDataConfig {
+            target: Target::Workgroup { name: "analytics".into() },
+            database: "dev".into(),
+            secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
+            db_user: None,
+            timeout: Duration::from_secs(60),
+        },
+    );
+    let check = PostgresWarehouse::connect(&url).await.unwrap();
+    (pg, endpoint, warehouse, check)
+}
+
+async fn count(w: &PostgresWarehouse, sql: &str) -> String {
+    w.query_text(sql).await.unwrap()[0][0].clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_split_under_the_statement_limits() {
+    let (_pg, endpoint, w, check) = setup("rsd_large").await;
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    // 3,000 rows of ~1.3 KB: ~4 MB of literals, more than 40 statements of 100 KB (the endpoint
+    // refuses a longer statement or a longer batch).
+    let note = "x".repeat(1300);
+    let rows: Vec<Row> = (0..3000).map(|i| row(i, 1, &note)).collect();
+    let before = endpoint.calls("BatchExecuteStatement");
+    let stats = w.commit(&Batch { table: table.clone(), rows }).await.unwrap();
+    assert_eq!(stats.upserted, 3000);
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "3000");
+    assert!(endpoint.calls("BatchExecuteStatement") - before >= 2, "split into several transactions");
+    // Backslashes and quotes arrive intact.
+    let tricky = "ends in \\', quote; DROP TABLE events; --\\";
+    w.commit(&Batch { table: table.clone(), rows: vec![row(7, 2, tricky)] }).await.unwrap();
+    assert_eq!(count(&check, "SELECT note FROM events WHERE id = 'k00007'").await, tricky);
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "3000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_and_throttled_calls_are_retryable_and_polling_waits_for_the_end() {
+    let (_pg, endpoint, w, check) = setup("rsd_busy").await;
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    let batch = Batch { table: table.clone(), rows: (0..10).map(|i| row(i, 1, "a")).collect() };
+    endpoint.faults.busy_next.store(1, Ordering::SeqCst);
+    let e = w.commit(&batch).await.unwrap_err();
+    assert!(matches!(e, WarehouseError::Unavailable(_)) && e.is_retryable(), "{e:?}");
+    endpoint.faults.throttle_next.store(1, Ordering::SeqCst);
+    let e = w.commit(&batch).await.unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    endpoint.faults.delay_per_statement_ms.store(40, Ordering::SeqCst);
+    let before = endpoint.calls("DescribeStatement");
+    w.commit(&batch).await.unwrap();
+    assert!(endpoint.calls("DescribeStatement") - before >= 3, "polled until finished");
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_statement_rolls_the_whole_batch_back() {
+    let (_pg, endpoint, w, check) = setup("rsd_fail").await;
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    w.commit(&Batch { table: table.clone(), rows: (0..5).map(|i| row(i, 1, "first")).collect() }).await.unwrap();
+    // Fail the last step (dropping the stage): everything before it must be rolled back.
+    *endpoint.faults.fail_marker.lock().unwrap() = Some("DROP TABLE".into());
+    let e = w
+        .commit(&Batch { table: table.clone(), rows: (0..8).map(|i| row(i, 2, "second")).collect() })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, WarehouseError::Rejected(ref m) if m.contains("injected failure")), "{e:?}");
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "5");
+    assert_eq!(count(&check, "SELECT count(*) FROM events WHERE note = 'second'").await, "0");
+    *endpoint.faults.fail_marker.lock().unwrap() = None;
+    let stats =
+        w.commit(&Batch { table: table.clone(), rows: (0..8).map(|i| row(i, 2, "second")).collect() }).await.unwrap();
+    assert_eq!(stats.upserted, 8);
+    assert_eq!(count(&check, "SELECT count(*) FROM events WHERE note = 'second'").await, "8");
+}
