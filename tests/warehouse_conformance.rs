@@ -163,7 +163,7 @@ fn postgres_warehouse_conforms() {
     conformance(
         &rt,
         48,
-        || (SharedPg(w.clone()), schema(&fresh_name())),
+        || (Shared(w.clone()), schema(&fresh_name())),
         |w, t| {
             let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
             let rows = rt.block_on(w.0.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
@@ -214,25 +214,13 @@ fn redshift_data_api_warehouse_conforms() {
     conformance(
         &rt,
         24,
-        || (SharedDataApi(w.clone()), schema(&fresh_name())),
+        || (Shared(w.clone()), schema(&fresh_name())),
         |_, t| {
             let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
             let rows = rt.block_on(check.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
             rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
         },
     );
-}
-
-struct SharedDataApi(Arc<RedshiftDataWarehouse>);
-
-#[async_trait::async_trait]
-impl Warehouse for SharedDataApi {
-    async fn ensure_table(&self, table: &TableSchema) -> Result<(), proto::WarehouseError> {
-        self.0.ensure_table(table).await
-    }
-    async fn commit(&self, batch: &Batch) -> Result<proto::CommitStats, proto::WarehouseError> {
-        self.0.commit(batch).await
-    }
 }
 
 #[async_trait::async_trait]
@@ -262,11 +250,11 @@ impl Warehouse for RedshiftSqlOnPg {
     }
 }
 
-/// The same connection for every case.
-struct SharedPg(Arc<PostgresWarehouse>);
+/// The same warehouse (one connection, one endpoint) for every case.
+struct Shared<W>(Arc<W>);
 
 #[async_trait::async_trait]
-impl Warehouse for SharedPg {
+impl<W: Warehouse> Warehouse for Shared<W> {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), proto::WarehouseError> {
         self.0.ensure_table(table).await
     }
