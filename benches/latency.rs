@@ -1,0 +1,182 @@
+//! Put → visible latency of a cluster on the local stack: `tributary run` nodes (release build)
+//! consume an 8-shard kinesis-local stream into PostgreSQL while this program writes records at
+//! a steady rate; one record in 50 is a probe whose arrival in PostgreSQL is watched (polled
+//! every 20 ms), so the figure is what a reader of the warehouse sees, under the full load.
+//!
+//! `cargo bench --bench latency` (needs `deploy/local/stack.sh install`). Environment:
+//! `TRIBUTARY_LATENCY_RATE` (records/s, default 5000), `TRIBUTARY_LATENCY_SECS` (default 30),
+//! `TRIBUTARY_LATENCY_NODES` (default 2). The last line reads
+//! `latency: p50 N ms, p99 M ms, max X ms; R rec/s written, W rec/s landed`.
+
+use adapters::dynamodb_lease_table::DynamoLeaseTable;
+use adapters::kinesis::Kinesis;
+use adapters::local_stack::{emulator, Service};
+use adapters::postgres::PostgresWarehouse;
+use adapters::postgres_server::postgres;
+use proto::LeaseTable;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[path = "../tests/processes/mod.rs"]
+mod processes;
+
+const PIPELINE: &str = r#"
+format = "json"
+[[table]]
+name = "latency_events"
+key = ["id"]
+column = [
+    { name = "id", from = "id", type = "text" },
+    { name = "station", from = "station", type = "text" },
+    { name = "kwh", from = "kwh", type = "double" },
+    { name = "note", from = "note", type = "text" },
+]
+"#;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn record(id: &str) -> Vec<u8> {
+    format!(r#"{{"id":"{id}","station":"2-39-{}","kwh":12.5,"note":"{}"}}"#, id.len(), "x".repeat(200)).into_bytes()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (rate, secs, nodes) =
+        (env("TRIBUTARY_LATENCY_RATE", 5000), env("TRIBUTARY_LATENCY_SECS", 30), env("TRIBUTARY_LATENCY_NODES", 2));
+    let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    let url = processes::database(&admin, &pg.url, "latency").await;
+    let stream = format!("latency-{}", std::process::id());
+    let kinesis = Kinesis::new(&ks.sdk_config(), &stream);
+    kinesis.create_stream(8).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("tributary-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{PIPELINE}\n[node]\nfailover_time = \"10s\"\n[stream]\nname = \"{stream}\"\n[lease_table]\n\
+             name = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut running: Vec<processes::NodeProcess> =
+        (0..nodes).map(|i| processes::NodeProcess::spawn(&config, &format!("node-{i}"), &ks, &ds)).collect();
+    // Start measuring once every shard is owned.
+    let table = DynamoLeaseTable::new(&ds.sdk_config(), format!("{stream}-leases"));
+    for _ in 0..300 {
+        let leases = table.scan().await.unwrap_or_default();
+        if leases.len() == 8 && leases.iter().all(|l| l.owner.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{nodes} nodes own the 8 shards; writing {rate} records/s for {secs}s");
+
+    let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let producer = {
+        let kinesis = kinesis.clone();
+        tokio::spawn(async move {
+            let tick = Duration::from_millis(20);
+            let per_tick = (rate as usize * tick.as_millis() as usize / 1000).max(1);
+            let mut ticker = tokio::time::interval(tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+            let (start, mut n) = (Instant::now(), 0usize);
+            while start.elapsed() < Duration::from_secs(secs) {
+                ticker.tick().await;
+                let batch: Vec<(String, Vec<u8>)> = (n..n + per_tick)
+                    .map(|i| {
+                        let id = if i % 50 == 0 { format!("p-{i:09}") } else { format!("r-{i:09}") };
+                        (id.clone(), record(&id))
+                    })
+                    .collect();
+                // Several PutRecords in flight, as a producer fleet would have.
+                let permit = in_flight.clone().acquire_owned().await.unwrap();
+                let (kinesis, tx) = (kinesis.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let sent_at = Instant::now();
+                    for chunk in batch.chunks(500) {
+                        let mut pending = chunk.to_vec();
+                        while !pending.is_empty() {
+                            let refused = kinesis.put_records(&pending).await.unwrap();
+                            let keep: Vec<usize> = refused.iter().map(|r| r.index).collect();
+                            pending = pending
+                                .into_iter()
+                                .enumerate()
+                                .filter(|(i, _)| keep.contains(i))
+                                .map(|(_, r)| r)
+                                .collect();
+                        }
+                    }
+                    for (id, _) in batch.iter().filter(|(id, _)| id.starts_with("p-")) {
+                        let _ = tx.send((id.clone(), sent_at));
+                    }
+                    drop(permit);
+                });
+                n += per_tick;
+            }
+            let _ = in_flight.acquire_many(16).await;
+            (n, start.elapsed())
+        })
+    };
+    // Watch the probes.
+    let mut waiting: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let deadline_after_producer = Duration::from_secs(60);
+    let mut producer_done: Option<(usize, Duration, Instant)> = None;
+    let mut producer = Some(producer);
+    loop {
+        while let Ok((id, at)) = rx.try_recv() {
+            waiting.insert(id, at);
+        }
+        if !waiting.is_empty() {
+            let ids: Vec<String> = waiting.keys().take(200).map(|k| format!("'{k}'")).collect();
+            let sql = format!("SELECT id FROM latency_events WHERE id IN ({})", ids.join(", "));
+            if let Ok(rows) = warehouse.query_text(&sql).await {
+                let now = Instant::now();
+                for r in rows {
+                    if let Some(at) = r[0].as_ref().and_then(|id| waiting.remove(id)) {
+                        latencies.push(now - at);
+                    }
+                }
+            }
+        }
+        if producer_done.is_none() && producer.as_ref().is_some_and(|p| p.is_finished()) {
+            let (n, took) = producer.take().unwrap().await.unwrap();
+            producer_done = Some((n, took, Instant::now()));
+        }
+        if let Some((_, _, at)) = producer_done {
+            if (waiting.is_empty() && rx.is_empty()) || at.elapsed() > deadline_after_producer {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (written, took, _) = producer_done.unwrap();
+    let landed = processes::count(&warehouse, "SELECT count(*) FROM latency_events").await;
+    for n in &mut running {
+        n.terminate();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies.sort();
+    assert!(!latencies.is_empty(), "no probe landed");
+    println!("{} probes, {} never seen", latencies.len(), waiting.len());
+    println!(
+        "latency: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} rec/s written, {} of {written} landed",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        written as f64 / took.as_secs_f64(),
+        landed
+    );
+}
