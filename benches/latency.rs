@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench latency` (needs `deploy/local/stack.sh install`). Environment:
 //! `TRIBUTARY_LATENCY_RATE` (records/s, default 5000), `TRIBUTARY_LATENCY_SECS` (default 30),
-//! `TRIBUTARY_LATENCY_NODES` (default 2). The last line reads
+//! `TRIBUTARY_LATENCY_NODES` (default 2), and the nodes' `idle_read_interval` and
+//! `batch_latency` as `TRIBUTARY_LATENCY_IDLE_MS` / `TRIBUTARY_LATENCY_BATCH_MS` (default 500 each,
+//! the defaults of `tributary run`). The last line reads
 //! `latency: p50 N ms, p99 M ms, max X ms; R rec/s written, W rec/s landed`.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
@@ -57,14 +59,16 @@ async fn main() {
     let stream = format!("latency-{}", std::process::id());
     let kinesis = Kinesis::new(&ks.sdk_config(), &stream);
     kinesis.create_stream(8).await.unwrap();
+    let (idle, batch) = (env("TRIBUTARY_LATENCY_IDLE_MS", 500), env("TRIBUTARY_LATENCY_BATCH_MS", 500));
     let dir = std::env::temp_dir().join(format!("tributary-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
         format!(
-            "{PIPELINE}\n[node]\nfailover_time = \"10s\"\n[stream]\nname = \"{stream}\"\n[lease_table]\n\
-             name = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n"
+            "{PIPELINE}\n[node]\nfailover_time = \"10s\"\nidle_read_interval = \"{idle}ms\"\nbatch_latency = \"{batch}ms\"\n\
+             [stream]\nname = \"{stream}\"\n[lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\n\
+             url = \"{url}\"\n"
         ),
     )
     .unwrap();
@@ -163,7 +167,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (written, took, _) = producer_done.unwrap();
-    let landed = processes::count(&warehouse, "SELECT count(*) FROM latency_events").await;
+    // Records written after the last probe may still be on their way: wait for them (bounded).
+    let landed = processes::wait_count(&warehouse, "SELECT count(*) FROM latency_events", written).await;
     for n in &mut running {
         n.terminate();
     }

@@ -86,6 +86,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let mut node_config = NodeConfig::new(me.clone(), cluster);
     node_config.shutdown_deadline = config.node.shutdown_deadline;
     node_config.consumer.checkpoint_interval = config.node.checkpoint_interval;
+    node_config.consumer.read_delay = config.node.read_interval;
+    node_config.consumer.idle_delay = config.node.idle_read_interval;
+    node_config.sink.max_latency = config.node.batch_latency;
     let node = Node::start(node_config, ports, EventSink::none()).await?;
     info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
     eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);

@@ -44,6 +44,15 @@ pub struct NodeSection {
     /// longer interval costs only re-reading after a crash, never a duplicate effect).
     #[serde(default = "default_checkpoint", deserialize_with = "duration")]
     pub checkpoint_interval: Duration,
+    /// Pause between two reads of a shard that returned records (Kinesis allows 5 reads/s).
+    #[serde(default = "default_read_interval", deserialize_with = "duration")]
+    pub read_interval: Duration,
+    /// Pause after a read that returned nothing.
+    #[serde(default = "default_idle_interval", deserialize_with = "duration")]
+    pub idle_read_interval: Duration,
+    /// Longest a row waits in a sink's batch before the batch commits.
+    #[serde(default = "default_batch_latency", deserialize_with = "duration")]
+    pub batch_latency: Duration,
 }
 
 impl Default for NodeSection {
@@ -54,12 +63,27 @@ impl Default for NodeSection {
             initial_position: default_initial(),
             shutdown_deadline: default_shutdown(),
             checkpoint_interval: default_checkpoint(),
+            read_interval: default_read_interval(),
+            idle_read_interval: default_idle_interval(),
+            batch_latency: default_batch_latency(),
         }
     }
 }
 
 const fn default_failover() -> Duration {
     Duration::from_secs(10)
+}
+
+const fn default_read_interval() -> Duration {
+    Duration::from_millis(200)
+}
+
+const fn default_idle_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+const fn default_batch_latency() -> Duration {
+    Duration::from_millis(500)
 }
 
 const fn default_checkpoint() -> Duration {
@@ -163,6 +187,15 @@ impl RunConfig {
         }
         if self.node.failover_time < Duration::from_secs(1) {
             return Err(ConfigError::new("node.failover_time", "must be at least 1s"));
+        }
+        if self.node.read_interval < Duration::from_millis(200) {
+            return Err(ConfigError::new("node.read_interval", "must be at least 200ms (5 reads/s per shard)"));
+        }
+        if self.node.idle_read_interval < self.node.read_interval {
+            return Err(ConfigError::new("node.idle_read_interval", "must not be shorter than read_interval"));
+        }
+        if self.node.batch_latency.is_zero() {
+            return Err(ConfigError::new("node.batch_latency", "must be above zero"));
         }
         self.initial_position()?;
         if self.warehouse.url.contains("password") {
