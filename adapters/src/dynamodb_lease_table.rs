@@ -122,12 +122,15 @@ fn get_n<T: std::str::FromStr>(item: &Item, key: &str, name: &str) -> Result<Opt
     }
 }
 
+/// A string set, sorted: DynamoDB keeps no order in sets, and rows are compared after writes.
 fn get_ss(item: &Item, name: &str) -> Vec<ShardId> {
-    match item.get(name) {
+    let mut ids: Vec<ShardId> = match item.get(name) {
         Some(AttributeValue::Ss(v)) => v.iter().map(ShardId::new).collect(),
         Some(AttributeValue::S(v)) => vec![ShardId::new(v)],
         _ => Vec::new(),
-    }
+    };
+    ids.sort();
+    ids
 }
 
 /// A row as a lease; `None` for rows that are not leases or the leader lock.

@@ -10,10 +10,7 @@
 use crate::aws::{classify, Failure};
 use async_trait::async_trait;
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
-use aws_sdk_kinesis::types::{
-    PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType, StreamMode, StreamModeDetails,
-    StreamStatus,
-};
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamMode, StreamModeDetails, StreamStatus};
 use aws_sdk_kinesis::Client;
 use proto::{
     ChildShard, HashKeyRange, KinesisRecord, ReadBatch, ReadError, RetryPolicy, SequenceNumber, ShardId, ShardInfo,
@@ -87,7 +84,7 @@ impl Kinesis {
         self.stream.starts_with("arn:")
     }
 
-    /// ListShards, every page: all shards from the trim horizon on (open and closed).
+    /// ListShards, every page: every shard within retention (open and closed).
     async fn list_shards_once(&self) -> Result<Vec<ShardInfo>, ReadError> {
         let mut shards = Vec::new();
         let mut token: Option<String> = None;
@@ -96,12 +93,9 @@ impl Kinesis {
             call = match &token {
                 // A page token carries the stream and the filter; it must be sent alone.
                 Some(t) => call.next_token(t),
+                // No filter: every shard within retention, open and closed (AT_TRIM_HORIZON
+                // would leave out shards created after the trim horizon).
                 None => {
-                    let filter = ShardFilter::builder()
-                        .r#type(ShardFilterType::AtTrimHorizon)
-                        .build()
-                        .map_err(|e| ReadError::Fatal(e.to_string()))?;
-                    let call = call.shard_filter(filter);
                     if self.is_arn() {
                         call.stream_arn(&self.stream)
                     } else {

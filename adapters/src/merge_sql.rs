@@ -76,12 +76,8 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
         }
         proto::Value::Float(f) => return Err(SqlError::BadValue(format!("{f} is not a finite number"))),
         proto::Value::Timestamp(ms) => {
-            let _ = write!(
-                out,
-                "(TIMESTAMP 'epoch' + INTERVAL '{}.{:03} seconds')",
-                ms.div_euclid(1000),
-                ms.rem_euclid(1000)
-            );
+            let (sign, abs) = if *ms < 0 { ("-", ms.unsigned_abs()) } else { ("", ms.unsigned_abs()) };
+            let _ = write!(out, "(TIMESTAMP 'epoch' + INTERVAL '{sign}{}.{:03} seconds')", abs / 1000, abs % 1000);
         }
         proto::Value::Text(s) => {
             if s.contains('\0') {
@@ -455,6 +451,9 @@ mod tests {
             out,
             "(NULL, TRUE, -7, 0.1, 'it''s''; DROP TABLE t; --\\\\', (TIMESTAMP 'epoch' + INTERVAL '1.500 seconds')), (NULL)"
         );
+        let mut before_epoch = String::new();
+        sql_literal(&Value::Timestamp(-1_500), &mut before_epoch).unwrap();
+        assert_eq!(before_epoch, "(TIMESTAMP 'epoch' + INTERVAL '-1.500 seconds')");
         assert!(sql_literal(&Value::Text("a\0b".into()), &mut String::new()).is_err());
         assert!(sql_literal(&Value::Float(f64::NAN), &mut String::new()).is_err());
     }

@@ -117,12 +117,17 @@ impl RedshiftDataWarehouse {
             let out = match self.client.describe_statement().id(id).send().await {
                 Ok(out) => out,
                 Err(e) => match api_error(classify(&e)) {
-                    // A poll that failed says nothing about the batch: poll again.
-                    WarehouseError::Unavailable(_) | WarehouseError::Ambiguous(_) => {
+                    // A poll that failed says nothing about the batch: poll again, within the
+                    // deadline and backing off.
+                    WarehouseError::Unavailable(_) | WarehouseError::Ambiguous(_)
+                        if tokio::time::Instant::now() + pause <= deadline =>
+                    {
                         tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
                         continue;
                     }
-                    other => return Err(other),
+                    // The batch may still commit.
+                    other => return Err(WarehouseError::Ambiguous(format!("batch {id}: cannot poll: {other}"))),
                 },
             };
             match out.status() {
