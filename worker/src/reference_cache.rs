@@ -22,12 +22,16 @@ use tracing::{info, warn};
 
 #[derive(Default)]
 struct Snapshot {
-    base: Arc<HashMap<String, RefRow>>,
+    base: Arc<HashMap<Key, RefRow>>,
     /// `None` marks a removed key.
-    overlay: HashMap<String, Option<RefRow>>,
+    overlay: HashMap<Key, Option<RefRow>>,
     items: usize,
     bytes: usize,
 }
+
+/// Keys of up to 24 bytes are held inside the hash table's slot: a lookup compares them
+/// without following a pointer to the heap (one cache miss fewer per join).
+type Key = compact_str::CompactString;
 
 /// A reference item projected to the cache's attributes, in their order.
 pub type RefRow = Arc<[Json]>;
@@ -41,7 +45,8 @@ fn item_bytes(key: &str, row: &[Json]) -> usize {
         Json::Null | Json::Bool(_) | Json::Number(_) => 0,
         other => other.to_string().len() + 64,
     };
-    key.len() + 96 + row.len() * 32 + row.iter().map(heap).sum::<usize>()
+    let key_heap = if key.len() > 24 { key.len() } else { 0 };
+    key_heap + 96 + row.len() * 32 + row.iter().map(heap).sum::<usize>()
 }
 
 /// One reference table's cache.
@@ -96,7 +101,7 @@ impl ReferenceCache {
 
     /// Swaps in a full load.
     pub fn replace(&self, items: Vec<(String, Item)>) {
-        let base: HashMap<String, RefRow> = items.into_iter().map(|(k, i)| (k, self.project(&i))).collect();
+        let base: HashMap<Key, RefRow> = items.into_iter().map(|(k, i)| (Key::from(k), self.project(&i))).collect();
         let bytes = base.iter().map(|(k, r)| item_bytes(k, r)).sum();
         let items = base.len();
         self.snapshot.store(Arc::new(Snapshot { base: Arc::new(base), overlay: HashMap::default(), items, bytes }));
@@ -112,8 +117,8 @@ impl ReferenceCache {
         let (mut items, mut bytes) = (current.items as isize, current.bytes as isize);
         for change in changes {
             let (key, new) = match change {
-                ReferenceChange::Put { key, item } => (key, Some(self.project(&item))),
-                ReferenceChange::Remove { key } => (key, None),
+                ReferenceChange::Put { key, item } => (Key::from(key), Some(self.project(&item))),
+                ReferenceChange::Remove { key } => (Key::from(key), None),
             };
             let old = match overlay.get(&key) {
                 Some(entry) => entry.clone(),
