@@ -75,6 +75,7 @@ pub async fn write_reference_tables(sdk: &aws_config::SdkConfig, world: &TicketW
             let f = adapters::aws::classify(&e);
             anyhow::ensure!(f.code() == "ResourceInUseException", "create table {table}: {f}");
         }
+        wait_active(&client, table).await?;
         for row in rows.values() {
             let item = row.as_object().context("rows are objects")?.iter().map(|(k, v)| (k.clone(), dynamo_value(v)));
             client
@@ -88,6 +89,23 @@ pub async fn write_reference_tables(sdk: &aws_config::SdkConfig, world: &TicketW
         eprintln!("gen: {} rows in {table}", rows.len());
     }
     Ok(())
+}
+
+/// A new table takes writes only once ACTIVE (DynamoDB answers ResourceNotFound before).
+async fn wait_active(client: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("describe table {table}: {}", adapters::aws::classify(&e)))?;
+        if out.table().and_then(|t| t.table_status()) == Some(&aws_sdk_dynamodb::types::TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("table {table} not active after a minute")
 }
 
 /// Sends records, resending refused ones (bounded), and returns how many went out.

@@ -19,19 +19,16 @@ use worker::reference_cache::ReferenceSet;
 use worker::{Node, NodeConfig, NodePorts, Pipeline};
 
 /// A libpq-style `key=value` with the value quoted as libpq reads it.
-fn conn_param(key: &str, value: &str) -> String {
-    format!(" {key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
     Ok(match config.warehouse.kind {
         WarehouseKind::Postgres => {
-            let mut url = config.warehouse.url.clone();
-            if let Ok(password) = std::env::var("PGPASSWORD") {
-                url.push_str(&conn_param("password", &password));
+            // Validated at load: the string parses.
+            let mut pg: adapters::postgres::PostgresConfig = config.warehouse.url.parse().context("warehouse.url")?;
+            if let (Ok(password), None) = (std::env::var("PGPASSWORD"), pg.get_password()) {
+                pg.password(password);
             }
             Arc::new(
-                adapters::postgres::PostgresWarehouse::connect(&url)
+                adapters::postgres::PostgresWarehouse::connect_with(pg)
                     .await
                     .context("warehouse: cannot connect to postgresql")?,
             )
@@ -66,7 +63,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let started = tokio::time::Instant::now();
     let me = WorkerId::new(config.worker_id());
     let sdk = adapters::aws::load_config().await;
-    let table = DynamoLeaseTable::new(&sdk, &config.lease_table.name);
+    let table = DynamoLeaseTable::with_attempt_timeout(
+        &sdk,
+        &config.lease_table.name,
+        (config.node.failover_time / 3).max(Duration::from_millis(500)),
+    );
     table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     let reader = Kinesis::new(&sdk, &config.stream.name);
     let references =

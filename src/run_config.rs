@@ -206,6 +206,15 @@ impl RunConfig {
             WarehouseKind::Postgres | WarehouseKind::Sqlite if w.url.is_empty() => {
                 return Err(ConfigError::new("warehouse.url", "is required for postgres and sqlite"));
             }
+            WarehouseKind::Postgres => {
+                // The parser's message never quotes the string (it may hold a secret).
+                let parsed = w.url.parse::<adapters::postgres::PostgresConfig>().map_err(|e| {
+                    ConfigError::new("warehouse.url", &format!("not a postgresql connection string ({e})"))
+                })?;
+                if parsed.get_password().is_some() {
+                    return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
+                }
+            }
             WarehouseKind::Redshift => {
                 if w.cluster.is_some() == w.workgroup.is_some() {
                     return Err(ConfigError::new("warehouse.cluster", "set exactly one of cluster and workgroup"));
@@ -297,6 +306,10 @@ url = "host=127.0.0.1"
         assert!(e.starts_with("warehouse.secret_arn:"), "{e}");
         assert!(config(&format!("{redshift}database = \"dev\"\nsecret_arn = \"arn:s\"\n")).is_ok());
         let e = config(&BASE.replace("host=127.0.0.1", "host=x password=hunter2")).unwrap_err().to_string();
+        assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
+        let e = config(&BASE.replace("host=127.0.0.1", "postgres://etl:hunter2@db/analytics")).unwrap_err().to_string();
+        assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
+        let e = config(&BASE.replace("host=127.0.0.1", "host='unclosed hunter2")).unwrap_err().to_string();
         assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
     }
 }

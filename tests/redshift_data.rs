@@ -39,6 +39,13 @@ fn row(id: usize, version: u64, note: &str) -> Row {
 async fn setup(
     database: &str,
 ) -> (adapters::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
+    setup_with_timeout(database, Duration::from_secs(60)).await
+}
+
+async fn setup_with_timeout(
+    database: &str,
+    timeout: Duration,
+) -> (adapters::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
     let pg = postgres().unwrap();
     let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
     admin.query_text(&format!("DROP DATABASE IF EXISTS {database}")).await.unwrap();
@@ -52,7 +59,7 @@ async fn setup(
             database: "dev".into(),
             secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
             db_user: None,
-            timeout: Duration::from_secs(60),
+            timeout,
         },
     );
     let check = PostgresWarehouse::connect(&url).await.unwrap();
@@ -123,4 +130,28 @@ async fn a_failed_statement_rolls_the_whole_batch_back() {
         w.commit(&Batch { table: table.clone(), rows: (0..8).map(|i| row(i, 2, "second")).collect() }).await.unwrap();
     assert_eq!(stats.upserted, 8);
     assert_eq!(count(&check, "SELECT count(*) FROM events WHERE note = 'second'").await, "8");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_its_timeout_is_cancelled_and_reported_ambiguous() {
+    let (_pg, endpoint, w, check) = setup_with_timeout("rsd_timeout", Duration::from_millis(300)).await;
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    let batch = Batch { table: table.clone(), rows: (0..4).map(|i| row(i, 1, "slow")).collect() };
+    // ~13 statements at 100 ms each: far past the 300 ms timeout.
+    endpoint.faults.delay_per_statement_ms.store(100, Ordering::SeqCst);
+    let e = w.commit(&batch).await.unwrap_err();
+    assert!(matches!(e, WarehouseError::Ambiguous(_)) && e.is_retryable(), "{e:?}");
+    assert_eq!(endpoint.calls("CancelStatement"), 1);
+    for _ in 0..100 {
+        if endpoint.last_status() == Some("ABORTED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(endpoint.last_status(), Some("ABORTED"), "the batch stopped and rolled back");
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "0");
+    endpoint.faults.delay_per_statement_ms.store(0, Ordering::SeqCst);
+    assert_eq!(w.commit(&batch).await.unwrap().upserted, 4, "the retry lands");
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "4");
 }

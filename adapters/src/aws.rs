@@ -96,14 +96,28 @@ pub fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &Sdk
             }
         }
         SdkError::ConstructionFailure(_) => Failure::NotSent(describe(err)),
-        SdkError::DispatchFailure(d) if d.is_io() && describe(err).contains("onnect") => {
-            Failure::NotSent(describe(err))
-        }
+        SdkError::DispatchFailure(_) if refused(err) => Failure::NotSent(describe(err)),
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             Failure::NoAnswer(describe(err))
         }
         _ => Failure::NoAnswer(describe(err)),
     }
+}
+
+/// The connection was refused before a byte of the request left: the only dispatch failure that
+/// proves the service never saw the call. A reset or closed connection, a timeout or a DNS
+/// answer that changed are all "no answer" (the call may have been applied).
+fn refused(err: &dyn std::error::Error) -> bool {
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The error and its sources in one line.
@@ -116,4 +130,47 @@ fn describe(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    async fn kinesis_at(port: u16) -> aws_sdk_kinesis::Client {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("a", "b", None, None, "test"))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .load()
+            .await;
+        aws_sdk_kinesis::Client::new(&config)
+    }
+
+    /// A port nobody listens on refuses the connection: provably not sent.
+    #[tokio::test]
+    async fn a_refused_connection_is_not_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = kinesis_at(port).await.list_streams().send().await.unwrap_err();
+        let failure = classify(&err);
+        assert!(matches!(failure, Failure::NotSent(_)), "{failure}");
+    }
+
+    /// A server that reads the request and hangs up without answering: the call may have been
+    /// applied, so it is "no answer", never "not sent".
+    #[tokio::test]
+    async fn a_connection_closed_after_the_request_is_no_answer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = conn.read(&mut [0u8; 4096]);
+        });
+        let err = kinesis_at(port).await.list_streams().send().await.unwrap_err();
+        server.join().unwrap();
+        let failure = classify(&err);
+        assert!(matches!(failure, Failure::NoAnswer(_)), "{failure}");
+    }
 }

@@ -312,6 +312,24 @@ impl DynamoLeaseTable {
         }
     }
 
+    /// Bounds each call attempt by `attempt` (a node passes a third of its failover time): a
+    /// heartbeat or renewal that hangs for the SDK's general 20 s would outlive the lease it is
+    /// meant to keep; one that gives up early is retried, or settled by a re-read if it was a
+    /// write.
+    pub fn with_attempt_timeout(config: &aws_config::SdkConfig, table: impl Into<String>, attempt: Duration) -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(attempt.min(Duration::from_secs(3)))
+            .operation_attempt_timeout(attempt)
+            .build();
+        let client_config = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeouts).build();
+        Self {
+            client: Client::from_conf(client_config),
+            table: table.into(),
+            owner_index: AtomicBool::new(true),
+            calls: Calls::default(),
+        }
+    }
+
     pub fn call_counts(&self) -> CallCounts {
         CallCounts {
             reads: self.calls.reads.load(Ordering::Relaxed),

@@ -15,8 +15,11 @@ use tracing::warn;
 /// The protocol's limit on bound parameters per statement.
 const MAX_PARAMS: usize = 65_535;
 
+/// The connection settings `run` builds (parsed from the config, password from `PGPASSWORD`).
+pub use tokio_postgres::Config as PostgresConfig;
+
 pub struct PostgresWarehouse {
-    config: String,
+    config: tokio_postgres::Config,
     client: Mutex<Option<Client>>,
     sql: std::sync::Mutex<HashMap<String, Arc<MergeSql>>>,
 }
@@ -66,7 +69,16 @@ fn classify(e: tokio_postgres::Error, committing: bool) -> WarehouseError {
 impl PostgresWarehouse {
     /// `config` is a libpq-style string (`host=… port=… user=… dbname=…`) or a URL.
     pub async fn connect(config: &str) -> Result<Self, WarehouseError> {
-        let w = Self { config: config.to_owned(), client: Mutex::new(None), sql: Default::default() };
+        let config = config
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| WarehouseError::Rejected(format!("bad postgresql connection string: {e}")))?;
+        Self::connect_with(config).await
+    }
+
+    /// Connects with a parsed configuration (the password set apart from the string, so it
+    /// never sits in text that an error message could quote).
+    pub async fn connect_with(config: tokio_postgres::Config) -> Result<Self, WarehouseError> {
+        let w = Self { config, client: Mutex::new(None), sql: Default::default() };
         drop(w.client().await?);
         Ok(w)
     }
@@ -75,8 +87,7 @@ impl PostgresWarehouse {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, WarehouseError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) =
-                tokio_postgres::connect(&self.config, NoTls).await.map_err(|e| classify(e, false))?;
+            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| classify(e, false))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     warn!(error = %e, "postgresql connection closed");

@@ -65,10 +65,20 @@ fn api_error(f: Failure) -> WarehouseError {
     }
 }
 
-/// A FAILED batch: conflicts with concurrent transactions can pass on a retry, anything else
-/// will fail again.
+/// A FAILED batch: conflicts with concurrent transactions, a statement stopped by workload
+/// management or a timeout (under load), or a lost connection can pass on a retry; anything
+/// else (bad SQL, bad values) will fail again.
 fn failed(error: &str) -> WarehouseError {
-    let transient = ["serializable isolation violation", "could not serialize", "deadlock", "connection"];
+    let transient = [
+        "serializable isolation violation",
+        "could not serialize",
+        "deadlock",
+        "connection",
+        "cancelled",
+        "canceled",
+        "statement timeout",
+        "wlm",
+    ];
     if transient.iter().any(|t| error.to_lowercase().contains(t)) {
         WarehouseError::Unavailable(format!("batch failed: {error}"))
     } else {
@@ -141,7 +151,12 @@ impl RedshiftDataWarehouse {
                 _ => {}
             }
             if tokio::time::Instant::now() + pause > deadline {
-                // Still running: it may yet commit.
+                // Still running: ask Redshift to stop it (best effort — it may be committing
+                // this very moment), so an abandoned batch does not hold a slot or land late
+                // behind the retry. Either way the outcome is unknown.
+                if let Err(e) = self.client.cancel_statement().id(id).send().await {
+                    tracing::warn!(statement = id, error = %classify(&e), "cannot cancel a timed-out batch");
+                }
                 return Err(WarehouseError::Ambiguous(format!(
                     "batch {id} still running after {:?}",
                     self.config.timeout
@@ -199,5 +214,29 @@ impl Warehouse for RedshiftDataWarehouse {
         }
         let sql = self.merge_sql(&batch.table)?;
         self.commit_rows(&sql, &batch.rows).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_batches_are_retried_only_when_a_retry_can_pass() {
+        for transient in [
+            "ERROR: 1023 DETAIL: Serializable isolation violation on table - 123, transactions forming the cycle are: 1, 2",
+            "ERROR: Query (4242) cancelled by WLM abort action of Query Monitoring Rule \"long\"",
+            "ERROR: Query cancelled on user's request",
+            "ERROR: canceling statement due to statement timeout",
+        ] {
+            assert!(failed(transient).is_retryable(), "{transient}");
+        }
+        for permanent in [
+            "ERROR: relation \"events\" does not exist",
+            "ERROR: invalid input syntax for type bigint: \"x\"",
+            "ERROR: value too long for type character varying(256)",
+        ] {
+            assert!(matches!(failed(permanent), WarehouseError::Rejected(_)), "{permanent}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! PostgreSQL and behaves as the API reference says, so the Data API adapter can be tested
 //! without Redshift (no emulator executes SQL behind this API). Test-only; it is not Redshift.
 //!
-//! - awsJson1.1 on 127.0.0.1: BatchExecuteStatement, ExecuteStatement, DescribeStatement.
+//! - awsJson1.1 on 127.0.0.1: BatchExecuteStatement, ExecuteStatement, DescribeStatement,
+//!   CancelStatement (a running batch rolls back and ends ABORTED; an ended one cannot be
+//!   cancelled).
 //! - Asynchronous: a submission answers with an id at once; the statements run in the
 //!   background (SUBMITTED → STARTED → FINISHED | FAILED), sub-statements are `Id:N`.
 //! - A batch is one transaction: every statement or none (ROLLBACK on the first failure).
@@ -31,6 +33,7 @@ const MAX_SQLS: usize = 40;
 #[derive(Clone, Debug)]
 struct Statement {
     status: &'static str,
+    cancelled: bool,
     error: Option<String>,
     subs: Vec<(&'static str, i64)>,
 }
@@ -90,6 +93,12 @@ impl Endpoint {
     pub fn calls(&self, operation: &str) -> u64 {
         self.inner.calls.lock().unwrap().get(operation).copied().unwrap_or(0)
     }
+
+    /// The status of the latest submission.
+    pub fn last_status(&self) -> Option<&'static str> {
+        let statements = self.inner.statements.lock().unwrap();
+        statements.iter().max_by(|a, b| a.0.cmp(b.0)).map(|(_, s)| s.status)
+    }
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -118,6 +127,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     match operation.as_str() {
         "BatchExecuteStatement" | "ExecuteStatement" => submit(&inner, &operation, &request),
         "DescribeStatement" => describe(&inner, &request),
+        "CancelStatement" => cancel(&inner, &request),
         other => error(StatusCode::BAD_REQUEST, "UnknownOperationException", other),
     }
 }
@@ -154,13 +164,31 @@ fn submit(inner: &Arc<Inner>, operation: &str, request: &Json) -> Response {
         return error(StatusCode::BAD_REQUEST, "ActiveStatementsExceededException", "too many active statements");
     }
     let id = format!("stmt-{:08}", inner.next_id.fetch_add(1, Ordering::SeqCst));
-    inner
-        .statements
-        .lock()
-        .unwrap()
-        .insert(id.clone(), Statement { status: "SUBMITTED", error: None, subs: vec![("SUBMITTED", 0); sqls.len()] });
+    inner.statements.lock().unwrap().insert(
+        id.clone(),
+        Statement { status: "SUBMITTED", cancelled: false, error: None, subs: vec![("SUBMITTED", 0); sqls.len()] },
+    );
     tokio::spawn(run(inner.clone(), id.clone(), sqls));
     ok(json!({"Id": id, "Database": request["Database"], "CreatedAt": 0.0}))
+}
+
+const CANCELLED: &str = "cancelled";
+
+fn cancel(inner: &Arc<Inner>, request: &Json) -> Response {
+    let id = request["Id"].as_str().unwrap_or_default();
+    let mut statements = inner.statements.lock().unwrap();
+    let Some(s) = statements.get_mut(id) else {
+        return error(StatusCode::BAD_REQUEST, "ResourceNotFoundException", &format!("no statement {id}"));
+    };
+    if matches!(s.status, "FINISHED" | "FAILED" | "ABORTED") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            &format!("could not cancel a query that is already in {} state", s.status),
+        );
+    }
+    s.cancelled = true;
+    ok(json!({"Status": true}))
 }
 
 /// Runs a batch as one transaction and records its outcome.
@@ -171,6 +199,7 @@ async fn run(inner: Arc<Inner>, id: String, sqls: Vec<String>) {
         }
     };
     set(&|s| s.status = "STARTED");
+    let cancelled = || inner.statements.lock().unwrap().get(&id).is_some_and(|s| s.cancelled);
     let outcome = async {
         let (client, connection) =
             tokio_postgres::connect(&inner.pg, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
@@ -180,6 +209,10 @@ async fn run(inner: Arc<Inner>, id: String, sqls: Vec<String>) {
         for (i, sql) in sqls.iter().enumerate() {
             let delay = inner.faults.delay_per_statement_ms.load(Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(delay)).await;
+            if cancelled() {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(CANCELLED.to_owned());
+            }
             let result = if marker.as_ref().is_some_and(|m| sql.contains(m.as_str())) {
                 Err("ERROR: injected failure".to_owned())
             } else {
@@ -202,6 +235,12 @@ async fn run(inner: Arc<Inner>, id: String, sqls: Vec<String>) {
     .await;
     match outcome {
         Ok(()) => set(&|s| s.status = "FINISHED"),
+        Err(e) if e == CANCELLED => set(&|s| {
+            s.status = "ABORTED";
+            for sub in s.subs.iter_mut().filter(|sub| sub.0 != "FINISHED") {
+                *sub = ("ABORTED", 0);
+            }
+        }),
         Err(e) => {
             let error = e.clone();
             set(&move |s| {
