@@ -209,7 +209,7 @@ impl RunConfig {
             WarehouseKind::Postgres => {
                 // The parser's message never quotes the string (it may hold a secret).
                 let parsed = w.url.parse::<adapters::postgres::PostgresConfig>().map_err(|e| {
-                    ConfigError::new("warehouse.url", &format!("not a postgresql connection string ({e})"))
+                    ConfigError::new("warehouse.url", format!("not a postgresql connection string ({e})"))
                 })?;
                 if parsed.get_password().is_some() {
                     return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
