@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{
     StreamSpecification, StreamViewType,
 };
 use proto::memory::MemoryReferenceSource;
-use proto::{Item, ReferenceChange, ReferenceSource};
+use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource};
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -61,9 +61,17 @@ static TABLES: AtomicU32 = AtomicU32::new(0);
 
 impl Dynamo {
     async fn create(stack: &Emulator, feed: bool) -> Self {
+        Self::create_named(
+            stack,
+            feed,
+            format!("countries-{}-{}", std::process::id(), TABLES.fetch_add(1, Ordering::Relaxed)),
+        )
+        .await
+    }
+
+    async fn create_named(stack: &Emulator, feed: bool, table: String) -> Self {
         let config = stack.sdk_config();
         let client = aws_sdk_dynamodb::Client::new(&config);
-        let table = format!("countries-{}-{}", std::process::id(), TABLES.fetch_add(1, Ordering::Relaxed));
         let mut create = client
             .create_table()
             .table_name(&table)
@@ -222,4 +230,33 @@ async fn the_cache_follows_a_dynamodb_table_without_restart() {
         }
         assert!(followed, "feed={feed}: the cache did not follow the table");
     }
+}
+
+/// A stream turned off, or replaced by a new one (here: the table dropped and created again),
+/// ends the cursor: the cache reloads instead of following a stream that will never carry
+/// another change.
+#[tokio::test]
+async fn a_replaced_stream_ends_the_cursor() {
+    let stack = emulator(Service::Dynamo).unwrap();
+    let source = DynamoReferenceSource::new(&stack.sdk_config()).with_stream_check_interval(Duration::ZERO);
+    let t = Dynamo::create(&stack, true).await;
+    t.put("FR", "France", 68).await;
+    let cursor = source.load(&t.table, "code").await.unwrap().cursor.expect("a stream");
+    let (_, cursor) = source.changes(&t.table, "code", &cursor).await.unwrap().expect("still followed");
+    let disabled = StreamSpecification::builder().stream_enabled(false).build().unwrap();
+    t.client.update_table().table_name(&t.table).stream_specification(disabled).send().await.unwrap();
+    let e = source.changes(&t.table, "code", &cursor).await.unwrap_err();
+    assert!(matches!(e, ReferenceError::CursorExpired), "disabled: {e:?}");
+
+    let t = Dynamo::create(&stack, true).await;
+    let cursor = source.load(&t.table, "code").await.unwrap().cursor.expect("a stream");
+    t.client.delete_table().table_name(&t.table).send().await.unwrap();
+    let t = Dynamo::create_named(&stack, true, t.table.clone()).await;
+    let e = source.changes(&t.table, "code", &cursor).await.unwrap_err();
+    assert!(matches!(e, ReferenceError::CursorExpired), "replaced: {e:?}");
+    // A fresh load follows the new stream.
+    let cursor = source.load(&t.table, "code").await.unwrap().cursor.expect("the new stream");
+    t.put("DE", "Germany", 84).await;
+    let (changes, _) = source.changes(&t.table, "code", &cursor).await.unwrap().unwrap();
+    assert!(changes.iter().any(|c| matches!(c, ReferenceChange::Put { key, .. } if key == "DE")), "{changes:?}");
 }

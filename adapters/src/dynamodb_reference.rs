@@ -7,7 +7,11 @@
 //! shard's LATEST iterator is taken *before* the scan, so a change made during the scan is
 //! applied again afterwards: changes of a key come in order, so the cache ends at the last one.
 //! A closed shard's children are found with DescribeStream and read from their start; an expired
-//! iterator (after 15 minutes without a poll) is `CursorExpired`, and the cache reloads.
+//! iterator (after 15 minutes without a poll) is `CursorExpired`, and the cache reloads. A
+//! child is read only once its parent is read to its end (a parent that is listed but not yet
+//! in the cursor is added first); closed shards the stream no longer lists (past its 24-hour
+//! retention) leave the cursor. Once a minute the table is asked for its current stream: a
+//! stream disabled, or replaced by a new one, ends the cursor (`CursorExpired`, full reload).
 
 use crate::aws::{classify, Failure};
 use async_trait::async_trait;
@@ -23,10 +27,14 @@ use std::collections::BTreeMap;
 /// Pages read per shard in one `changes` call (each up to 1,000 records).
 const PAGES_PER_POLL: usize = 4;
 
+/// How often `changes` checks that the table's stream is still the cursor's.
+const STREAM_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One source: tables are named in each call.
 pub struct DynamoReferenceSource {
     dynamo: Client,
     streams: StreamsClient,
+    stream_check_interval: std::time::Duration,
 }
 
 /// Where the feed of one table stands.
@@ -35,6 +43,13 @@ struct Cursor {
     stream_arn: String,
     /// Shard id → the iterator to read next; `None` once the shard is closed and read.
     shards: BTreeMap<String, Option<String>>,
+    /// When the table's stream was last checked (ms since the epoch).
+    #[serde(default)]
+    checked_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn reference_error(table: &str, f: Failure) -> ReferenceError {
@@ -90,7 +105,17 @@ fn key_of(item: &Item, key_attribute: &str) -> Option<String> {
 
 impl DynamoReferenceSource {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Self { dynamo: Client::new(config), streams: StreamsClient::new(config) }
+        Self {
+            dynamo: Client::new(config),
+            streams: StreamsClient::new(config),
+            stream_check_interval: STREAM_CHECK_INTERVAL,
+        }
+    }
+
+    /// Checks the table's stream at another pace than once a minute (tests use zero).
+    pub fn with_stream_check_interval(mut self, every: std::time::Duration) -> Self {
+        self.stream_check_interval = every;
+        self
     }
 
     /// The table's stream, if it has one that carries new images.
@@ -234,12 +259,33 @@ impl DynamoReferenceSource {
     }
 }
 
+/// After a shard ended: drops from `followed` the shards read to their end that the stream no
+/// longer lists (trimmed for good), and answers the listed shards to start reading now — those
+/// not followed yet whose parent is read to its end or trimmed away. A parent that is listed but
+/// not followed yet is started first; its children wait for its end.
+fn next_shards(
+    followed: &mut BTreeMap<String, Option<String>>,
+    listed: &[(String, Option<String>, bool)],
+) -> Vec<String> {
+    let known: std::collections::BTreeSet<&str> = listed.iter().map(|(id, _, _)| id.as_str()).collect();
+    followed.retain(|id, it| it.is_some() || known.contains(id.as_str()));
+    let parent_done = |p: &str| match followed.get(p) {
+        Some(it) => it.is_none(),
+        None => !known.contains(p),
+    };
+    listed
+        .iter()
+        .filter(|(id, parent, _)| !followed.contains_key(id) && parent.as_deref().is_none_or(parent_done))
+        .map(|(id, _, _)| id.clone())
+        .collect()
+}
+
 #[async_trait]
 impl ReferenceSource for DynamoReferenceSource {
     async fn load(&self, table: &str, key_attribute: &str) -> Result<Snapshot, ReferenceError> {
         let cursor = match self.stream_of(table).await? {
             Some(arn) => {
-                let mut cursor = Cursor { stream_arn: arn.clone(), shards: BTreeMap::new() };
+                let mut cursor = Cursor { stream_arn: arn.clone(), shards: BTreeMap::new(), checked_ms: now_ms() };
                 for (shard, _, open) in self.shards(table, &arn).await? {
                     if open {
                         let it = self.iterator(table, &arn, &shard, ShardIteratorType::Latest).await?;
@@ -262,6 +308,13 @@ impl ReferenceSource for DynamoReferenceSource {
         cursor: &str,
     ) -> Result<Option<(Vec<ReferenceChange>, String)>, ReferenceError> {
         let Ok(mut cursor) = serde_json::from_str::<Cursor>(cursor) else { return Err(ReferenceError::CursorExpired) };
+        if now_ms().saturating_sub(cursor.checked_ms) >= self.stream_check_interval.as_millis() as u64 {
+            // Disabled, or replaced by a new stream: this cursor will never see another change.
+            if self.stream_of(table).await?.as_deref() != Some(cursor.stream_arn.as_str()) {
+                return Err(ReferenceError::CursorExpired);
+            }
+            cursor.checked_ms = now_ms();
+        }
         let mut changes = Vec::new();
         let mut ended = false;
         // Parents before children: a child is only added once its parent is read to its end.
@@ -276,19 +329,47 @@ impl ReferenceSource for DynamoReferenceSource {
                 break;
             }
             ended = false;
+            let listed = self.shards(table, &cursor.stream_arn).await?;
             let mut added = false;
-            for (shard, parent, _) in self.shards(table, &cursor.stream_arn).await? {
-                let parent_done = parent.as_ref().is_none_or(|p| cursor.shards.get(p).is_none_or(Option::is_none));
-                if !cursor.shards.contains_key(&shard) && parent_done {
-                    let it = self.iterator(table, &cursor.stream_arn, &shard, ShardIteratorType::TrimHorizon).await?;
-                    cursor.shards.insert(shard, it);
-                    added = true;
-                }
+            for shard in next_shards(&mut cursor.shards, &listed) {
+                let it = self.iterator(table, &cursor.stream_arn, &shard, ShardIteratorType::TrimHorizon).await?;
+                cursor.shards.insert(shard, it);
+                added = true;
             }
             if !added {
                 break;
             }
         }
         Ok(Some((changes, serde_json::to_string(&cursor).expect("a cursor serializes"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(shards: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>, bool)> {
+        shards.iter().map(|(id, p)| (id.to_string(), p.map(str::to_owned), true)).collect()
+    }
+
+    #[test]
+    fn children_wait_for_their_parent_and_trimmed_shards_leave() {
+        // a ended and was read; b is still being read; c is a's child, d is b's child; e is a
+        // listed parent nobody follows yet, f its child; g's parent was trimmed away.
+        let mut followed: BTreeMap<String, Option<String>> =
+            [("a".into(), None), ("b".into(), Some("it-b".into())), ("old".into(), None)].into();
+        let shards = listed(&[
+            ("a", None),
+            ("b", None),
+            ("c", Some("a")),
+            ("d", Some("b")),
+            ("f", Some("e")),
+            ("e", None),
+            ("g", Some("gone")),
+        ]);
+        let next = next_shards(&mut followed, &shards);
+        assert_eq!(next, ["c", "e", "g"]);
+        assert!(!followed.contains_key("old"), "a read shard no longer listed leaves the cursor");
+        assert!(followed.contains_key("a"), "a read shard still listed stays (its children check it)");
     }
 }

@@ -43,6 +43,9 @@ fn read_error(f: Failure) -> ReadError {
         _ if f.is_throttle() => ReadError::Throttled,
         _ if f.is_server_fault() => ReadError::Unavailable(f.to_string()),
         "ResourceInUseException" => ReadError::Unavailable(f.to_string()),
+        // A ListShards page token lives 5 minutes: the listing starts over (the retry calls
+        // `list_shards_once` again, from the first page).
+        "ExpiredNextTokenException" => ReadError::Unavailable(f.to_string()),
         _ => match f {
             // Reads are idempotent: an unanswered one can simply be sent again.
             Failure::NoAnswer(m) | Failure::NotSent(m) => ReadError::Unavailable(m),
@@ -333,5 +336,25 @@ impl ShardReader for Kinesis {
     /// retry here would hold its actor).
     async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
         self.get_records(iterator, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(code: &str, status: u16) -> Failure {
+        Failure::Service { code: code.into(), message: "m".into(), status }
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert!(matches!(read_error(service("ExpiredIteratorException", 400)), ReadError::ExpiredIterator));
+        assert!(read_error(service("ExpiredNextTokenException", 400)).is_retryable(), "the listing starts over");
+        assert!(read_error(service("ProvisionedThroughputExceededException", 400)).is_retryable());
+        assert!(read_error(service("InternalFailure", 500)).is_retryable());
+        assert!(read_error(Failure::NoAnswer("reset".into())).is_retryable());
+        assert!(!read_error(service("AccessDeniedException", 400)).is_retryable());
+        assert!(!read_error(service("InvalidArgumentException", 400)).is_retryable());
     }
 }
