@@ -3,8 +3,12 @@
 //! progresses) and `tickets` (AWS DMS change records of `ticket_activity`: a full load, then
 //! inserts, updates and deletes; with `--reference-tables` the dimension tables `sport_event`,
 //! `ticket` and `customer` are written to DynamoDB first, with streams, for the joins).
+//! With `--template FILE` each record is the file's text with its `{{…}}` placeholders drawn
+//! afresh (see `template.rs`), the partition key from `--partition-key` (a template too; a
+//! random UUID by default).
 //! Records go out in PutRecords calls of up to 500; refused records are sent again.
 
+use crate::template::Template;
 use crate::tickets::TicketWorld;
 use adapters::kinesis::Kinesis;
 use anyhow::Context;
@@ -34,6 +38,8 @@ pub struct GenOptions {
     /// Create the stream with this many shards first.
     pub create_shards: Option<u32>,
     pub reference_tables: bool,
+    /// Records from this template instead of the preset, and their partition keys.
+    pub template: Option<(Template, Template)>,
 }
 
 fn dynamo_value(v: &Json) -> AttributeValue {
@@ -125,7 +131,7 @@ async fn send(kinesis: &Kinesis, mut batch: Vec<(String, Vec<u8>)>) -> anyhow::R
     anyhow::bail!("{} records still refused after 20 attempts", batch.len())
 }
 
-pub async fn run(opts: GenOptions) -> anyhow::Result<()> {
+pub async fn run(mut opts: GenOptions) -> anyhow::Result<()> {
     let sdk = adapters::aws::load_config().await;
     let kinesis = Kinesis::new(&sdk, &opts.stream);
     if let Some(shards) = opts.create_shards {
@@ -136,7 +142,7 @@ pub async fn run(opts: GenOptions) -> anyhow::Result<()> {
     let mut ev = crate::ev::Generator::new(now_ms);
     let mut tickets = TicketWorld::new(&mut rng, 20, 50, 500, now_ms);
     let mut backlog: Vec<(String, Vec<u8>)> = Vec::new();
-    if opts.preset == Preset::Tickets {
+    if opts.preset == Preset::Tickets && opts.template.is_none() {
         if opts.reference_tables {
             write_reference_tables(&sdk, &tickets).await?;
         }
@@ -154,13 +160,17 @@ pub async fn run(opts: GenOptions) -> anyhow::Result<()> {
         owed += per_tick;
         let n = owed.floor() as usize;
         owed -= n as f64;
+        let clock_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
         let batch: Vec<(String, Vec<u8>)> = (0..n)
-            .map(|_| match opts.preset {
-                Preset::Ev => {
+            .map(|_| match (&mut opts.template, opts.preset) {
+                (Some((record, key)), _) => {
+                    (key.render(&mut rng, clock_ms), record.render(&mut rng, clock_ms).into_bytes())
+                }
+                (None, Preset::Ev) => {
                     let (key, data, _) = ev.next(&mut rng);
                     (key, data)
                 }
-                Preset::Tickets => backlog.pop().unwrap_or_else(|| tickets.change(&mut rng)),
+                (None, Preset::Tickets) => backlog.pop().unwrap_or_else(|| tickets.change(&mut rng)),
             })
             .collect();
         for chunk in batch.chunks(500) {

@@ -5,7 +5,8 @@
 //! | `main.rs` | the CLI (`demo`, `run`, `gen`, `leases`) |
 //! | `run_config.rs` | `RunConfig`: the TOML of `tributary run` (node, stream, lease table, warehouse, pipeline) |
 //! | `run.rs` | `tributary run`: one node on the real services until SIGTERM |
-//! | `gen.rs` | `tributary gen`: EV or ticket-activity records into a stream at a steady rate |
+//! | `gen.rs` | `tributary gen`: EV, ticket-activity or templated records into a stream at a steady rate |
+//! | `template.rs` | `gen --template`: record templates with random placeholders |
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
 //! | `cluster.rs` | `LocalCluster`: several nodes in one process (demo, simulation tests) |
 //! | `timeline.rs` | cluster events and the failover / handoff / child-start figures |
@@ -20,5 +21,6 @@ pub mod gen;
 pub mod leases;
 pub mod run;
 pub mod run_config;
+pub mod template;
 pub mod tickets;
 pub mod timeline;

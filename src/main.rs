@@ -1,5 +1,6 @@
 //! The `tributary` command line.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,13 @@ enum Command {
         /// tickets: write the sport_event, ticket and customer tables to DynamoDB first.
         #[arg(long)]
         reference_tables: bool,
+        /// Records from a template file with `{{random.number(1, 9)}}`-style placeholders
+        /// (instead of the preset).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "reference_tables"])]
+        template: Option<PathBuf>,
+        /// With --template: the partition key, itself a template.
+        #[arg(long, value_name = "TEMPLATE", default_value = "{{random.uuid}}", requires = "template")]
+        partition_key: String,
     },
     /// Show the lease table: owner, checkpoint, lag, parents and children of every shard.
     Leases {
@@ -122,8 +130,29 @@ fn main() -> ExitCode {
                 let config = load_config(&config)?;
                 tributary::run::run(config, tributary::run::signals()).await.map(|()| true)
             }
-            Command::Gen { stream, preset, rate, duration, seed, create, reference_tables } => {
+            Command::Gen {
+                stream,
+                preset,
+                rate,
+                duration,
+                seed,
+                create,
+                reference_tables,
+                template,
+                partition_key,
+            } => {
                 anyhow::ensure!(rate > 0, "--rate must be at least 1");
+                let template = match template {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path)
+                            .with_context(|| format!("--template: cannot read {}", path.display()))?;
+                        let record = tributary::template::Template::parse(&text)
+                            .with_context(|| format!("--template {}", path.display()))?;
+                        let key = tributary::template::Template::parse(&partition_key).context("--partition-key")?;
+                        Some((record, key))
+                    }
+                    None => None,
+                };
                 let opts = tributary::gen::GenOptions {
                     stream,
                     preset,
@@ -132,6 +161,7 @@ fn main() -> ExitCode {
                     seed,
                     create_shards: create,
                     reference_tables,
+                    template,
                 };
                 tributary::gen::run(opts).await.map(|()| true)
             }

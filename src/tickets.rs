@@ -79,7 +79,7 @@ pub struct TicketWorld {
     record_id: u64,
 }
 
-fn iso(ms: i64) -> String {
+pub fn iso(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let s = crate::ev::rfc3339(secs);
     format!("{}.{:03}Z", s.trim_end_matches('Z'), ms.rem_euclid(1000))
