@@ -1,6 +1,11 @@
 //! PostgreSQL (15+) behind the `Warehouse` port, over tokio-postgres: one transaction per batch,
 //! the batch staged by multi-row parameterized INSERTs into a temporary table, then the shared
 //! upsert SQL of `merge_sql.rs` (the same statements Redshift runs).
+//!
+//! TLS: `sslmode=require` in the connection string turns it on, and then the server's
+//! certificate chain and host name are always verified (libpq's `verify-full`), against the
+//! system's roots plus the PEM file named by `PGSSLROOTCERT` (RDS and private CAs). Without it
+//! the connection is plain TCP (`prefer` does not fall back silently to an unverified TLS).
 
 use crate::merge_sql::{create_tables, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
 use async_trait::async_trait;
@@ -8,8 +13,10 @@ use proto::{Batch, CommitStats, RowOp, TableSchema, Value, Warehouse, WarehouseE
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::warn;
 
 /// The protocol's limit on bound parameters per statement.
@@ -20,6 +27,8 @@ pub use tokio_postgres::Config as PostgresConfig;
 
 pub struct PostgresWarehouse {
     config: tokio_postgres::Config,
+    /// Set when the configuration asks for TLS.
+    tls: Option<MakeRustlsConnect>,
     client: Mutex<Option<Client>>,
     sql: std::sync::Mutex<HashMap<String, Arc<MergeSql>>>,
 }
@@ -59,11 +68,63 @@ fn classify(e: tokio_postgres::Error, committing: bool) -> WarehouseError {
         }
         return WarehouseError::Rejected(format!("{}: {}", db.code().code(), db.message()).to_lowercase());
     }
-    if committing && e.is_closed() {
-        WarehouseError::Ambiguous(e.to_string().to_lowercase())
-    } else {
-        WarehouseError::Unavailable(e.to_string().to_lowercase())
+    // The causes too: "error performing tls handshake: invalid peer certificate: UnknownIssuer".
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
     }
+    if committing && e.is_closed() {
+        WarehouseError::Ambiguous(text.to_lowercase())
+    } else {
+        WarehouseError::Unavailable(text.to_lowercase())
+    }
+}
+
+/// A verifying TLS connector: the system's root certificates plus those of `extra_roots` (PEM).
+pub fn tls_connector(extra_roots: Option<&std::path::Path>) -> Result<MakeRustlsConnect, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_roots {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("PGSSLROOTCERT {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("PGSSLROOTCERT {}: no certificate in the file", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("PGSSLROOTCERT {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("sslmode=require but no root certificate to verify the server with (set PGSSLROOTCERT)".into());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Connects and drives the connection on its own task.
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "postgresql connection closed");
+        }
+    });
+    Ok(client)
 }
 
 impl PostgresWarehouse {
@@ -78,7 +139,22 @@ impl PostgresWarehouse {
     /// Connects with a parsed configuration (the password set apart from the string, so it
     /// never sits in text that an error message could quote).
     pub async fn connect_with(config: tokio_postgres::Config) -> Result<Self, WarehouseError> {
-        let w = Self { config, client: Mutex::new(None), sql: Default::default() };
+        let roots = std::env::var_os("PGSSLROOTCERT").map(std::path::PathBuf::from);
+        Self::connect_with_roots(config, roots.as_deref()).await
+    }
+
+    /// `connect_with`, the extra root certificates named here instead of by `PGSSLROOTCERT`.
+    pub async fn connect_with_roots(
+        config: tokio_postgres::Config,
+        extra_roots: Option<&std::path::Path>,
+    ) -> Result<Self, WarehouseError> {
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                Some(tls_connector(extra_roots).map_err(WarehouseError::Rejected)?)
+            }
+            _ => None,
+        };
+        let w = Self { config, tls, client: Mutex::new(None), sql: Default::default() };
         drop(w.client().await?);
         Ok(w)
     }
@@ -87,13 +163,11 @@ impl PostgresWarehouse {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, WarehouseError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| classify(e, false))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    warn!(error = %e, "postgresql connection closed");
-                }
-            });
-            *guard = Some(client);
+            let client = match &self.tls {
+                Some(tls) => open(&self.config, tls.clone()).await,
+                None => open(&self.config, NoTls).await,
+            };
+            *guard = Some(client.map_err(|e| classify(e, false))?);
         }
         Ok(guard)
     }

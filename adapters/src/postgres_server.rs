@@ -50,7 +50,7 @@ pub fn postgres() -> Result<PgHandle, ServerError> {
     }
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if shared.1.is_none() {
-        shared.1 = Some(Server::start()?);
+        shared.1 = Some(Server::start(None)?);
     }
     shared.0 += 1;
     Ok(PgHandle { url: shared.1.as_ref().expect("started").url.clone(), owned: true })
@@ -88,7 +88,7 @@ impl Server {
         Ok(())
     }
 
-    fn start() -> Result<Self, ServerError> {
+    fn start(tls: Option<(&str, &str)>) -> Result<Self, ServerError> {
         let bin = find_bin()?;
         let as_postgres = running_as_root();
         let dir = std::env::temp_dir().join(format!("tributary-pg-{}-{}", std::process::id(), free_port()?));
@@ -106,10 +106,32 @@ impl Server {
         let data = data.to_str().ok_or_else(|| ServerError("non-utf-8 temp dir".into()))?;
         server.run("initdb", &["-D", data, "-U", "test", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])?;
         let log = server.dir.join("log");
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             server.dir.display()
         );
+        if let Some((cert, key)) = tls {
+            let data = Path::new(data);
+            let write = |name: &str, text: &str| -> Result<(), ServerError> {
+                use std::os::unix::fs::PermissionsExt;
+                let path = data.join(name);
+                std::fs::write(&path, text).map_err(|e| ServerError(format!("{name}: {e}")))?;
+                // The server refuses a key others can read.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| ServerError(format!("{name}: {e}")))?;
+                if server.as_postgres {
+                    let _ = Command::new("chown").arg("postgres:postgres").arg(&path).status();
+                }
+                Ok(())
+            };
+            write("server.crt", cert)?;
+            write("server.key", key)?;
+            write(
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )?;
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         server.run("pg_ctl", &["-D", data, "-l", log.to_str().unwrap_or("log"), "-w", "-o", &options, "start"])?;
         Ok(server)
     }
@@ -119,6 +141,26 @@ impl Server {
         let _ = self.run("pg_ctl", &["-D", data.to_str().unwrap_or(""), "-m", "immediate", "-w", "stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A server of its own that accepts only TLS connections (`hostssl`; plain ones are rejected),
+/// with this certificate and key (PEM); stopped when dropped.
+pub struct TlsServer {
+    pub url: String,
+    server: Option<Server>,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+}
+
+pub fn postgres_tls(cert_pem: &str, key_pem: &str) -> Result<TlsServer, ServerError> {
+    let server = Server::start(Some((cert_pem, key_pem)))?;
+    Ok(TlsServer { url: server.url.clone(), server: Some(server) })
 }
 
 /// Whether this process runs as root (initdb then has to run as `postgres`).
