@@ -173,6 +173,9 @@ pub async fn run(mut opts: GenOptions) -> anyhow::Result<()> {
                 (None, Preset::Tickets) => backlog.pop().unwrap_or_else(|| tickets.change(&mut rng)),
             })
             .collect();
+        if let Some((key, _)) = batch.iter().find(|(key, _)| key.is_empty() || key.chars().count() > 256) {
+            anyhow::bail!("--partition-key rendered {:?}: Kinesis takes 1 to 256 characters", key);
+        }
         for chunk in batch.chunks(500) {
             sent += send(&kinesis, chunk.to_vec()).await?;
         }

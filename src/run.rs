@@ -27,6 +27,23 @@ async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::R
             if let (Ok(password), None) = (std::env::var("PGPASSWORD"), pg.get_password()) {
                 pg.password(password);
             }
+            // libpq's variable, when the string does not say: every mode that asks for TLS
+            // gets it verified (verify-full); the others are plain.
+            if let (Ok(mode), false) = (std::env::var("PGSSLMODE"), config.warehouse.url.contains("sslmode")) {
+                use adapters::postgres::SslMode;
+                pg.ssl_mode(match mode.as_str() {
+                    "require" | "verify-ca" | "verify-full" => SslMode::Require,
+                    "disable" | "allow" | "prefer" => SslMode::Disable,
+                    other => anyhow::bail!("PGSSLMODE: unknown mode {other:?}"),
+                });
+            }
+            let local = pg.get_hosts().iter().all(|h| match h {
+                adapters::postgres::Host::Tcp(name) => name == "localhost" || name.starts_with("127.") || name == "::1",
+                _ => true,
+            });
+            if !local && pg.get_ssl_mode() != adapters::postgres::SslMode::Require {
+                tracing::warn!("the warehouse connection is not encrypted (set sslmode=require)");
+            }
             Arc::new(
                 adapters::postgres::PostgresWarehouse::connect_with(pg)
                     .await
@@ -63,10 +80,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let started = tokio::time::Instant::now();
     let me = WorkerId::new(config.worker_id());
     let sdk = adapters::aws::load_config().await;
+    // Resolved once now (cached by the SDK afterwards): no credentials fails at start with the
+    // chain's reason, and the first lease-table call does not spend its short attempt on it.
+    adapters::aws::check_credentials(&sdk).await.map_err(|e| anyhow::anyhow!("aws credentials: {e}"))?;
     let table = DynamoLeaseTable::with_attempt_timeout(
         &sdk,
         &config.lease_table.name,
-        (config.node.failover_time / 3).max(Duration::from_millis(500)),
+        (config.node.failover_time / 3).max(Duration::from_secs(1)),
     );
     table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     let reader = Kinesis::new(&sdk, &config.stream.name);

@@ -92,9 +92,8 @@ fn field(name: &str, args: &[Json]) -> Result<Field, String> {
     })
     .and_then(|f| match f {
         Field::Int { min, max } if min > max => Err("min is above max".into()),
-        Field::Float { min, max, .. } if min > max || !min.is_finite() || !max.is_finite() => {
-            Err("min is above max".into())
-        }
+        Field::Float { min, max, .. } if min > max => Err("min is above max".into()),
+        Field::Float { min, max, .. } if !(max - min).is_finite() => Err("the range is too wide for a double".into()),
         f => Ok(f),
     })
 }
@@ -221,6 +220,7 @@ mod tests {
         assert_eq!(e.to_string(), "template line 2: {{random.nmber(3)}}: unknown placeholder");
         assert!(Template::parse("{{random.number(9, 1)}}").unwrap_err().reason.contains("above"));
         assert!(Template::parse("{{random.arrayElement([])}}").is_err());
+        assert!(Template::parse("{{random.float(-1e308, 1e308)}}").unwrap_err().reason.contains("too wide"));
         assert!(Template::parse("{{random.number(x)}}").unwrap_err().reason.contains("json"));
         assert!(Template::parse("text {{seq").unwrap_err().reason.contains("closing"));
         assert_eq!(

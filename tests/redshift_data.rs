@@ -155,3 +155,74 @@ async fn a_batch_past_its_timeout_is_cancelled_and_reported_ambiguous() {
     assert_eq!(w.commit(&batch).await.unwrap().upserted, 4, "the retry lands");
     assert_eq!(count(&check, "SELECT count(*) FROM events").await, "4");
 }
+
+/// Timestamps far from 1970 (before 1901, after 2038, the ends of years 1 and 9999) land exactly,
+/// both as Data API literals and as PostgreSQL bind parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_far_from_the_epoch_land_exactly() {
+    let (_pg, _endpoint, w, check) = setup("rsd_time").await;
+    let table = Arc::new(TableSchema {
+        name: "times".into(),
+        columns: vec![Column::new("id", SqlType::Text), Column::new("at", SqlType::Timestamp)],
+        key: vec![0],
+        version_column: "_version".into(),
+    });
+    let cases = [
+        (*proto::TIMESTAMP_RANGE.start(), "0001-01-01 00:00:00.000"),
+        (-2_500_000_000_000, "1890-10-11 19:33:20.000"),
+        (-1_500, "1969-12-31 23:59:58.500"),
+        (2_147_483_648_000, "2038-01-19 03:14:08.000"),
+        (253_402_214_400_000, "9999-12-31 00:00:00.000"),
+        (*proto::TIMESTAMP_RANGE.end(), "9999-12-31 23:59:59.999"),
+    ];
+    let rows = |prefix: &str| -> Vec<Row> {
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, (ms, _))| Row {
+                op: RowOp::Upsert,
+                version: Version::from_text(format!("{:08}", 1)),
+                values: vec![Value::Text(format!("{prefix}{i}")), Value::Timestamp(*ms)],
+            })
+            .collect()
+    };
+    w.ensure_table(&table).await.unwrap();
+    w.commit(&Batch { table: table.clone(), rows: rows("literal-") }).await.unwrap();
+    check.commit(&Batch { table: table.clone(), rows: rows("bound-") }).await.unwrap();
+    for prefix in ["literal-", "bound-"] {
+        for (i, (_, text)) in cases.iter().enumerate() {
+            let sql = format!("SELECT to_char(at, 'YYYY-MM-DD HH24:MI:SS.MS') FROM times WHERE id = '{prefix}{i}'");
+            assert_eq!(count(&check, &sql).await, *text, "{prefix}{i}");
+        }
+    }
+}
+
+/// Doubles at the edges (subnormal, largest, tiny, huge, negative zero) read back bit for bit
+/// from the Data API's literals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doubles_at_the_edges_land_exactly() {
+    let (_pg, _endpoint, w, check) = setup("rsd_float").await;
+    let table = Arc::new(TableSchema {
+        name: "numbers".into(),
+        columns: vec![Column::new("id", SqlType::Text), Column::new("x", SqlType::Double)],
+        key: vec![0],
+        version_column: "_version".into(),
+    });
+    let cases = [5e-324, 1e-40, 0.1, -0.0, 1e16, 123_456_789.123_456_7, f64::MAX, -f64::MAX];
+    let rows: Vec<Row> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Row {
+            op: RowOp::Upsert,
+            version: Version::from_text("00000001"),
+            values: vec![Value::Text(format!("n{i}")), Value::Float(*x)],
+        })
+        .collect();
+    w.ensure_table(&table).await.unwrap();
+    w.commit(&Batch { table, rows }).await.unwrap();
+    for (i, x) in cases.iter().enumerate() {
+        let text = count(&check, &format!("SELECT x::text FROM numbers WHERE id = 'n{i}'")).await;
+        let back: f64 = text.replace("Infinity", "inf").parse().unwrap();
+        assert_eq!(back.to_bits(), x.to_bits(), "{x:e} came back as {text}");
+    }
+}

@@ -31,6 +31,14 @@ pub async fn load_config() -> SdkConfig {
         .await
 }
 
+/// Resolves credentials through the configured chain once (the SDK caches them): `Err` says why
+/// none could be found. The credentials themselves are never shown.
+pub async fn check_credentials(config: &SdkConfig) -> Result<(), String> {
+    use aws_sdk_kinesis::config::ProvideCredentials;
+    let provider = config.credentials_provider().ok_or("no credentials provider configured")?;
+    provider.provide_credentials().await.map(|_| ()).map_err(|e| describe(&e))
+}
+
 /// How an SDK call failed, before each port maps it to its own error type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {

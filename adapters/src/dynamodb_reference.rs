@@ -6,7 +6,8 @@
 //! The cursor is the feed's state, as JSON: per stream shard, the iterator to read next. Each
 //! shard's LATEST iterator is taken *before* the scan, so a change made during the scan is
 //! applied again afterwards: changes of a key come in order, so the cache ends at the last one.
-//! A closed shard's children are found with DescribeStream and read from their start; an expired
+//! A closed shard's children are found with DescribeStream (again on every poll while no
+//! followed shard is open) and read from their start; an expired
 //! iterator (after 15 minutes without a poll) is `CursorExpired`, and the cache reloads. A
 //! child is read only once its parent is read to its end (a parent that is listed but not yet
 //! in the cursor is added first); closed shards the stream no longer lists (past its 24-hour
@@ -325,7 +326,9 @@ impl ReferenceSource for DynamoReferenceSource {
                     ended |= iterator.is_none();
                 }
             }
-            if !ended {
+            // Look for new shards when one ended, and on every call while none is open: a child
+            // can be listed a little after its parent ends, and nothing else would look again.
+            if !ended && cursor.shards.values().any(Option::is_some) {
                 break;
             }
             ended = false;

@@ -63,27 +63,48 @@ pub fn quote_ident(name: &str) -> Result<String, SqlError> {
 /// (as PostgreSQL does with `standard_conforming_strings = off`), so an undoubled one could
 /// swallow the closing quote; doubled, the text reads back exactly. NUL, which neither engine
 /// can store, is refused.
+/// The civil date (proleptic Gregorian) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlError> {
+    use std::fmt::Write;
     match value {
         proto::Value::Null => out.push_str("NULL"),
         proto::Value::Bool(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
         proto::Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
-        // Shortest text that reads back as the same double (`1e-7`, `12.0`): valid SQL numerics.
-        proto::Value::Float(f) if f.is_finite() => out.push_str(ryu::Buffer::new().format_finite(*f)),
+        // The shortest text that reads back as the same double. A bare literal is read as
+        // NUMERIC first, which has no -0 and, on Redshift, only 38 digits: exponents and -0 go
+        // through a cast from text, which reads them as a double directly.
+        proto::Value::Float(f) if f.is_finite() => {
+            let mut buffer = ryu::Buffer::new();
+            let text = buffer.format_finite(*f);
+            if text.contains('e') || text == "-0.0" {
+                let _ = write!(out, "CAST('{text}' AS DOUBLE PRECISION)");
+            } else {
+                out.push_str(text);
+            }
+        }
         proto::Value::Float(f) => return Err(SqlError::BadValue(format!("{f} is not a finite number"))),
         proto::Value::Timestamp(ms) => {
-            let abs = ms.unsigned_abs();
-            out.push_str("(TIMESTAMP 'epoch' + INTERVAL '");
-            if *ms < 0 {
-                out.push('-');
+            // An absolute literal: an interval of whole seconds overflows 32 bits past 2038
+            // on Redshift and on PostgreSQL before 15.
+            if !proto::TIMESTAMP_RANGE.contains(ms) {
+                return Err(SqlError::BadValue(format!("timestamp {ms} ms is outside years 1 to 9999")));
             }
-            out.push_str(itoa::Buffer::new().format(abs / 1000));
-            let frac = (abs % 1000) as u32;
-            out.extend(
-                [b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]
-                    .map(char::from),
-            );
-            out.push_str(" seconds')");
+            let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+            let (y, m, d) = civil_from_days(days);
+            let (h, mi, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+            let _ = write!(out, "TIMESTAMP '{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{milli:03}'");
         }
         proto::Value::Text(s) => {
             out.reserve(s.len() + 2);
@@ -456,16 +477,27 @@ mod tests {
         values_text([&row[..], &row[..1]], &mut out).unwrap();
         assert_eq!(
             out,
-            "(NULL, TRUE, -7, 0.1, 'it''s''; DROP TABLE t; --\\\\', (TIMESTAMP 'epoch' + INTERVAL '1.500 seconds')), (NULL)"
+            "(NULL, TRUE, -7, 0.1, 'it''s''; DROP TABLE t; --\\\\', TIMESTAMP '1970-01-01 00:00:01.500'), (NULL)"
         );
         let mut before_epoch = String::new();
         sql_literal(&Value::Timestamp(-1_500), &mut before_epoch).unwrap();
-        assert_eq!(before_epoch, "(TIMESTAMP 'epoch' + INTERVAL '-1.500 seconds')");
+        assert_eq!(before_epoch, "TIMESTAMP '1969-12-31 23:59:58.500'");
+        for (ms, text) in [
+            (2_147_483_648_000, "TIMESTAMP '2038-01-19 03:14:08.000'"),
+            (951_782_401_123, "TIMESTAMP '2000-02-29 00:00:01.123'"),
+            (*proto::TIMESTAMP_RANGE.start(), "TIMESTAMP '0001-01-01 00:00:00.000'"),
+            (*proto::TIMESTAMP_RANGE.end(), "TIMESTAMP '9999-12-31 23:59:59.999'"),
+        ] {
+            let mut out = String::new();
+            sql_literal(&Value::Timestamp(ms), &mut out).unwrap();
+            assert_eq!(out, text);
+        }
+        assert!(sql_literal(&Value::Timestamp(proto::TIMESTAMP_RANGE.end() + 1), &mut String::new()).is_err());
         assert!(sql_literal(&Value::Text("a\0b".into()), &mut String::new()).is_err());
         assert!(sql_literal(&Value::Float(f64::NAN), &mut String::new()).is_err());
         let mut small = String::new();
         sql_literal(&Value::Float(1e-7), &mut small).unwrap();
-        assert_eq!(small, "1e-7");
+        assert_eq!(small, "CAST('1e-7' AS DOUBLE PRECISION)");
     }
 
     proptest::proptest! {
@@ -481,14 +513,21 @@ mod tests {
             proptest::prop_assert_eq!(inner.matches('\'').count() % 2, 0);
             out.clear();
             sql_literal(&Value::Float(f), &mut out).unwrap();
-            proptest::prop_assert_eq!(out.parse::<f64>().unwrap(), f);
+            let number = out.trim_start_matches("CAST('").trim_end_matches("' AS DOUBLE PRECISION)");
+            proptest::prop_assert_eq!(number.parse::<f64>().unwrap(), f);
             out.clear();
-            let ms = ms / 4; // keep the seconds within i64 after the sign
+            let ms = ms.rem_euclid(proto::TIMESTAMP_RANGE.end() - proto::TIMESTAMP_RANGE.start()) + proto::TIMESTAMP_RANGE.start();
             sql_literal(&Value::Timestamp(ms), &mut out).unwrap();
-            let seconds = out.trim_start_matches("(TIMESTAMP 'epoch' + INTERVAL '").trim_end_matches(" seconds')");
-            let (whole, frac) = seconds.split_once('.').unwrap();
-            let back = whole.trim_start_matches('-').parse::<i64>().unwrap() * 1000 + frac.parse::<i64>().unwrap();
-            proptest::prop_assert_eq!(if whole.starts_with('-') { -back } else { back }, ms);
+            // Read back with the inverse of civil_from_days (days from a civil date).
+            let t = out.trim_start_matches("TIMESTAMP '").trim_end_matches('\'');
+            let num = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
+            let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+            let y = if m <= 2 { y - 1 } else { y };
+            let (era, yoe) = (y.div_euclid(400), y.rem_euclid(400));
+            let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+            let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+            let back = days * 86_400_000 + num(11..13) * 3_600_000 + num(14..16) * 60_000 + num(17..19) * 1000 + num(20..23);
+            proptest::prop_assert_eq!(back, ms);
         }
     }
 

@@ -23,6 +23,7 @@ use tracing::warn;
 const MAX_PARAMS: usize = 65_535;
 
 /// The connection settings `run` builds (parsed from the config, password from `PGPASSWORD`).
+pub use tokio_postgres::config::{Host, SslMode};
 pub use tokio_postgres::Config as PostgresConfig;
 
 pub struct PostgresWarehouse {
@@ -45,7 +46,8 @@ impl ToSql for Param<'_> {
             Value::Float(f) => f.to_sql(ty, out),
             Value::Text(s) => s.as_str().to_sql(ty, out),
             Value::Timestamp(ms) => {
-                let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((*ms).max(0) as u64);
+                let offset = std::time::Duration::from_millis(ms.unsigned_abs());
+                let t = if *ms >= 0 { std::time::UNIX_EPOCH + offset } else { std::time::UNIX_EPOCH - offset };
                 t.to_sql(ty, out)
             }
         }

@@ -65,21 +65,35 @@ fn api_error(f: Failure) -> WarehouseError {
     }
 }
 
-/// A FAILED batch: conflicts with concurrent transactions, a statement stopped by workload
-/// management or a timeout (under load), or a lost connection can pass on a retry; anything
-/// else (bad SQL, bad values) will fail again.
+/// A FAILED batch: conflicts with concurrent transactions, a statement cancelled by request (a
+/// CancelStatement, an operator) or by a timeout under load, or a lost connection can pass on
+/// a retry; anything else (bad SQL or values, a WLM rule that aborts the query) will fail again.
+/// Quoted parts of the message (values, names) are ignored: `relation "connections" does not
+/// exist` is not a connection problem.
 fn failed(error: &str) -> WarehouseError {
-    let transient = [
+    const TRANSIENT: &[&str] = &[
         "serializable isolation violation",
-        "could not serialize",
-        "deadlock",
-        "connection",
-        "cancelled",
-        "canceled",
-        "statement timeout",
-        "wlm",
+        "could not serialize access",
+        "deadlock detected",
+        "server closed the connection",
+        "connection reset",
+        "terminating connection",
+        "query cancelled on user's request",
+        "canceling statement due to user request",
+        "canceling statement due to statement timeout",
     ];
-    if transient.iter().any(|t| error.to_lowercase().contains(t)) {
+    let mut plain = String::with_capacity(error.len());
+    let mut quote: Option<char> = None;
+    for c in error.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            // An apostrophe inside a word ("user's") opens no quote.
+            None if c == '"' || (c == '\'' && !plain.ends_with(|p: char| p.is_alphanumeric())) => quote = Some(c),
+            None => plain.extend(c.to_lowercase()),
+        }
+    }
+    if TRANSIENT.iter().any(|t| plain.contains(t)) {
         WarehouseError::Unavailable(format!("batch failed: {error}"))
     } else {
         WarehouseError::Rejected(format!("batch failed: {error}"))
@@ -225,9 +239,9 @@ mod tests {
     fn failed_batches_are_retried_only_when_a_retry_can_pass() {
         for transient in [
             "ERROR: 1023 DETAIL: Serializable isolation violation on table - 123, transactions forming the cycle are: 1, 2",
-            "ERROR: Query (4242) cancelled by WLM abort action of Query Monitoring Rule \"long\"",
             "ERROR: Query cancelled on user's request",
             "ERROR: canceling statement due to statement timeout",
+            "FATAL: terminating connection due to administrator command",
         ] {
             assert!(failed(transient).is_retryable(), "{transient}");
         }
@@ -235,6 +249,9 @@ mod tests {
             "ERROR: relation \"events\" does not exist",
             "ERROR: invalid input syntax for type bigint: \"x\"",
             "ERROR: value too long for type character varying(256)",
+            "ERROR: relation \"server closed the connection\" does not exist",
+            "ERROR: invalid input syntax for type boolean: 'deadlock detected'",
+            "ERROR: Query (4242) cancelled by WLM abort action of Query Monitoring Rule \"long\"",
         ] {
             assert!(matches!(failed(permanent), WarehouseError::Rejected(_)), "{permanent}");
         }

@@ -15,6 +15,10 @@ pub enum SqlType {
     Timestamp,
 }
 
+/// The timestamps a row can hold, in milliseconds: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999Z, what every warehouse's TIMESTAMP holds and a literal can spell.
+pub const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     Null,

@@ -239,11 +239,17 @@ enum Found<'r> {
 
 impl Found<'_> {
     fn typed(self, ty: SqlType) -> Result<Value, String> {
-        match self {
+        let value = match self {
             Found::Missing => Ok(Value::Null),
             Found::Raw(raw) => typed_raw(Some(raw), ty),
             Found::Json(json) => typed(Some(json), ty),
             Found::Value(v) => coerce(v, ty),
+        }?;
+        match value {
+            Value::Timestamp(ms) if !proto::TIMESTAMP_RANGE.contains(&ms) => {
+                Err(format!("timestamp {ms} ms is outside years 1 to 9999"))
+            }
+            v => Ok(v),
         }
     }
 
@@ -266,7 +272,8 @@ fn coerce(v: Value, ty: SqlType) -> Result<Value, String> {
         (Value::Null, _) => Value::Null,
         (v @ Value::Text(_), SqlType::Text) | (v @ Value::Int(_), SqlType::BigInt) => v,
         (v @ Value::Timestamp(_), SqlType::Timestamp) => v,
-        (Value::Int(i), SqlType::Timestamp) | (Value::Timestamp(i), SqlType::BigInt) => Value::Int(i),
+        (Value::Int(i), SqlType::Timestamp) => Value::Timestamp(i),
+        (Value::Timestamp(i), SqlType::BigInt) => Value::Int(i),
         (Value::Int(i) | Value::Timestamp(i), SqlType::Text) => Value::Text(i.to_string()),
         (Value::Text(s), SqlType::BigInt) => {
             s.parse().map(Value::Int).map_err(|_| format!("{s:?} is not an integer"))?
@@ -664,6 +671,29 @@ mod tests {
         p.map(&shard, &record(r#"{"id": 2, "buyer": 99}"#), false, &mut out);
         assert_eq!(out[0].0, 1, "dead-letter table");
         assert_eq!(out[0].1.values[5], Value::Text("table t: no customer row for key 99".into()));
+    }
+
+    #[test]
+    fn timestamps_outside_years_1_to_9999_are_dead_letters() {
+        let config = PipelineConfig::from_toml(
+            r#"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            column = [
+                { name = "id", from = "id", type = "bigint" },
+                { name = "at", from = "at", type = "timestamp" },
+            ]
+            "#,
+        )
+        .unwrap();
+        let p = Pipeline::without_references(&config).unwrap();
+        let mut out = Vec::new();
+        for (at, dead) in [("253402300799999", false), ("253402300800000", true), ("\"0000-06-01T00:00:00Z\"", true)] {
+            out.clear();
+            p.map(&ShardId::numbered(0), &record(&format!(r#"{{"id": 1, "at": {at}}}"#)), false, &mut out);
+            assert_eq!(out[0].0 == 1, dead, "{at}: {:?}", out[0].1.values);
+        }
     }
 
     #[test]
