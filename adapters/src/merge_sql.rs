@@ -58,24 +58,12 @@ pub fn quote_ident(name: &str) -> Result<String, SqlError> {
 }
 
 /// The one function that puts a value into SQL text (for the Redshift Data API's batches, which
-/// take no parameters): NULL, TRUE/FALSE, integers, finite floats, and strings single-quoted with
-/// quotes and backslashes doubled. Redshift reads a backslash in a string literal as an escape
-/// (as PostgreSQL does with `standard_conforming_strings = off`), so an undoubled one could
-/// swallow the closing quote; doubled, the text reads back exactly. NUL, which neither engine
-/// can store, is refused.
-/// The civil date (proleptic Gregorian) of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
+/// take no parameters): NULL, TRUE/FALSE, integers, finite floats, timestamps of years 1–9999
+/// as absolute `TIMESTAMP '…'` literals, and strings single-quoted with quotes and backslashes
+/// doubled. Redshift reads a backslash in a string literal as an escape (as PostgreSQL does with
+/// `standard_conforming_strings = off`), so an undoubled one could swallow the closing quote;
+/// doubled, the text reads back exactly. NUL, which neither engine can store, is refused. On
+/// `Err`, `out` may hold part of the literal: the caller discards it.
 pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlError> {
     use std::fmt::Write;
     match value {
@@ -102,7 +90,7 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
                 return Err(SqlError::BadValue(format!("timestamp {ms} ms is outside years 1 to 9999")));
             }
             let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-            let (y, m, d) = civil_from_days(days);
+            let (y, m, d) = proto::civil::civil_from_days(days);
             let (h, mi, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
             let _ = write!(out, "TIMESTAMP '{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{milli:03}'");
         }
@@ -518,14 +506,9 @@ mod tests {
             out.clear();
             let ms = ms.rem_euclid(proto::TIMESTAMP_RANGE.end() - proto::TIMESTAMP_RANGE.start()) + proto::TIMESTAMP_RANGE.start();
             sql_literal(&Value::Timestamp(ms), &mut out).unwrap();
-            // Read back with the inverse of civil_from_days (days from a civil date).
             let t = out.trim_start_matches("TIMESTAMP '").trim_end_matches('\'');
             let num = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
-            let (y, m, d) = (num(0..4), num(5..7), num(8..10));
-            let y = if m <= 2 { y - 1 } else { y };
-            let (era, yoe) = (y.div_euclid(400), y.rem_euclid(400));
-            let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-            let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+            let days = proto::civil::days_from_civil(num(0..4), num(5..7), num(8..10));
             let back = days * 86_400_000 + num(11..13) * 3_600_000 + num(14..16) * 60_000 + num(17..19) * 1000 + num(20..23);
             proptest::prop_assert_eq!(back, ms);
         }

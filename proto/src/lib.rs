@@ -14,10 +14,12 @@
 //! | `warehouse.rs` | the `Warehouse` port |
 //! | `reference_source.rs` | the `ReferenceSource` port |
 //! | `retry.rs` | the one retry policy |
+//! | `civil.rs` | civil dates ⇄ days since 1970 (timestamp parsing, SQL literals, ISO text) |
 //! | `clock.rs` | wall-clock milliseconds that follow tokio's (paused) clock |
 //! | `memory/` | in-memory implementations of the four ports, and fault injection around them |
 
 pub mod checkpoint;
+pub mod civil;
 pub mod clock;
 pub mod ids;
 pub mod lease;

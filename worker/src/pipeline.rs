@@ -140,16 +140,6 @@ fn compile_path(path: &str, aliases: &[String], caches: &[Arc<ReferenceCache>], 
     }
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `YYYY-MM-DD[T ]HH:MM:SS[.fff…][Z]` (UTC) → milliseconds since the epoch.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     let t = text.trim().trim_end_matches('Z');
@@ -175,7 +165,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + s * 1000 + millis)
+    Some(((proto::civil::days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + s * 1000 + millis)
 }
 
 /// A JSON value as a column of type `ty`; `Err` names what was found instead.
