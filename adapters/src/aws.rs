@@ -36,7 +36,7 @@ pub async fn load_config() -> SdkConfig {
 pub async fn check_credentials(config: &SdkConfig) -> Result<(), String> {
     use aws_sdk_kinesis::config::ProvideCredentials;
     let provider = config.credentials_provider().ok_or("no credentials provider configured")?;
-    provider.provide_credentials().await.map(|_| ()).map_err(|e| describe(&e))
+    provider.provide_credentials().await.map(|_| ()).map_err(|e| crate::error_chain(&e))
 }
 
 /// How an SDK call failed, before each port maps it to its own error type.
@@ -103,12 +103,12 @@ pub fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &Sdk
                 status: e.raw().status().as_u16(),
             }
         }
-        SdkError::ConstructionFailure(_) => Failure::NotSent(describe(err)),
-        SdkError::DispatchFailure(_) if refused(err) => Failure::NotSent(describe(err)),
+        SdkError::ConstructionFailure(_) => Failure::NotSent(crate::error_chain(err)),
+        SdkError::DispatchFailure(_) if refused(err) => Failure::NotSent(crate::error_chain(err)),
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            Failure::NoAnswer(describe(err))
+            Failure::NoAnswer(crate::error_chain(err))
         }
-        _ => Failure::NoAnswer(describe(err)),
+        _ => Failure::NoAnswer(crate::error_chain(err)),
     }
 }
 
@@ -116,28 +116,11 @@ pub fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &Sdk
 /// proves the service never saw the call. A reset or closed connection, a timeout or a DNS
 /// answer that changed are all "no answer" (the call may have been applied).
 fn refused(err: &dyn std::error::Error) -> bool {
-    let mut source = err.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable) {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The error and its sources in one line.
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    std::iter::successors(err.source(), |s| s.source()).any(|s| {
+        s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable)
+        })
+    })
 }
 
 #[cfg(test)]

@@ -23,3 +23,16 @@ pub mod postgres;
 pub mod postgres_server;
 pub mod redshift_data;
 pub mod sqlite;
+
+/// An error and its sources in one line (`error performing tls handshake: invalid peer
+/// certificate: UnknownIssuer`): what the adapters report when a call fails below the service.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -70,14 +70,7 @@ fn classify(e: tokio_postgres::Error, committing: bool) -> WarehouseError {
         }
         return WarehouseError::Rejected(format!("{}: {}", db.code().code(), db.message()).to_lowercase());
     }
-    // The causes too: "error performing tls handshake: invalid peer certificate: UnknownIssuer".
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
+    let text = crate::error_chain(&e);
     if committing && e.is_closed() {
         WarehouseError::Ambiguous(text.to_lowercase())
     } else {
