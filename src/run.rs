@@ -7,45 +7,51 @@ use crate::run_config::{RunConfig, WarehouseKind};
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
+use adapters::postgres::{Host, PostgresConfig, SslMode};
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use anyhow::Context;
 use coordinator::{ClusterSettings, EventSink};
 use proto::{Warehouse, WorkerId};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 use worker::reference_cache::ReferenceSet;
 use worker::{Node, NodeConfig, NodePorts, Pipeline};
 
-/// A libpq-style `key=value` with the value quoted as libpq reads it.
+/// The PostgreSQL settings: the config's connection string, completed from libpq's variables
+/// where it is silent — `PGPASSWORD`, `PGSSLMODE` (every mode that asks for TLS gets it verified,
+/// as verify-full; the others are plain) — and the extra root certificates of `PGSSLROOTCERT`.
+fn postgres_config(url: &str) -> anyhow::Result<(PostgresConfig, Option<PathBuf>)> {
+    // Validated at load: the string parses.
+    let mut pg: PostgresConfig = url.parse().context("warehouse.url")?;
+    if let (Ok(password), None) = (std::env::var("PGPASSWORD"), pg.get_password()) {
+        pg.password(password);
+    }
+    if let (Ok(mode), false) = (std::env::var("PGSSLMODE"), url.contains("sslmode")) {
+        pg.ssl_mode(match mode.as_str() {
+            "require" | "verify-ca" | "verify-full" => SslMode::Require,
+            "disable" | "allow" | "prefer" => SslMode::Disable,
+            other => anyhow::bail!("PGSSLMODE: unknown mode {other:?}"),
+        });
+    }
+    let local = pg.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => name == "localhost" || name.starts_with("127.") || name == "::1",
+        _ => true,
+    });
+    if !local && pg.get_ssl_mode() != SslMode::Require {
+        tracing::warn!("the warehouse connection is not encrypted (set sslmode=require)");
+    }
+    Ok((pg, std::env::var_os("PGSSLROOTCERT").map(PathBuf::from)))
+}
+
 async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
     Ok(match config.warehouse.kind {
         WarehouseKind::Postgres => {
-            // Validated at load: the string parses.
-            let mut pg: adapters::postgres::PostgresConfig = config.warehouse.url.parse().context("warehouse.url")?;
-            if let (Ok(password), None) = (std::env::var("PGPASSWORD"), pg.get_password()) {
-                pg.password(password);
-            }
-            // libpq's variable, when the string does not say: every mode that asks for TLS
-            // gets it verified (verify-full); the others are plain.
-            if let (Ok(mode), false) = (std::env::var("PGSSLMODE"), config.warehouse.url.contains("sslmode")) {
-                use adapters::postgres::SslMode;
-                pg.ssl_mode(match mode.as_str() {
-                    "require" | "verify-ca" | "verify-full" => SslMode::Require,
-                    "disable" | "allow" | "prefer" => SslMode::Disable,
-                    other => anyhow::bail!("PGSSLMODE: unknown mode {other:?}"),
-                });
-            }
-            let local = pg.get_hosts().iter().all(|h| match h {
-                adapters::postgres::Host::Tcp(name) => name == "localhost" || name.starts_with("127.") || name == "::1",
-                _ => true,
-            });
-            if !local && pg.get_ssl_mode() != adapters::postgres::SslMode::Require {
-                tracing::warn!("the warehouse connection is not encrypted (set sslmode=require)");
-            }
+            let (pg, roots) = postgres_config(&config.warehouse.url)?;
             Arc::new(
-                adapters::postgres::PostgresWarehouse::connect_with(pg)
+                adapters::postgres::PostgresWarehouse::connect_with(pg, roots.as_deref())
                     .await
                     .context("warehouse: cannot connect to postgresql")?,
             )

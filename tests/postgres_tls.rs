@@ -30,9 +30,8 @@ async fn tls_is_required_verified_and_used() {
     std::fs::write(&ca_file, ca).unwrap();
 
     let config = |extra: &str| format!("{} {extra}", server.url).parse::<PostgresConfig>().unwrap();
-    let w = PostgresWarehouse::connect_with_roots(config("sslmode=require"), Some(&ca_file))
-        .await
-        .expect("tls with the test CA");
+    let w =
+        PostgresWarehouse::connect_with(config("sslmode=require"), Some(&ca_file)).await.expect("tls with the test CA");
     let used = w.query_text("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await.unwrap();
     assert_eq!(used[0][0].as_deref(), Some("true"), "the session is encrypted");
     let table = Arc::new(TableSchema {
@@ -50,15 +49,15 @@ async fn tls_is_required_verified_and_used() {
     assert_eq!(w.commit(&Batch { table, rows: vec![row] }).await.unwrap().upserted, 1);
 
     // The system's roots alone do not know the test CA: the certificate is refused.
-    let e = PostgresWarehouse::connect_with_roots(config("sslmode=require"), None).await.err().expect("refused");
+    let e = PostgresWarehouse::connect_with(config("sslmode=require"), None).await.err().expect("refused");
     assert!(e.to_string().contains("certificate"), "{e}");
     // Plain TCP (no sslmode=require): the server accepts only TLS.
-    let e = PostgresWarehouse::connect_with_roots(config(""), Some(&ca_file)).await.err().expect("rejected");
+    let e = PostgresWarehouse::connect_with(config(""), Some(&ca_file)).await.err().expect("rejected");
     assert!(e.to_string().contains("no encryption") || e.to_string().contains("pg_hba"), "{e}");
     // A root file that holds no certificate fails at start with its name.
     let empty = dir.join("empty.pem");
     std::fs::write(&empty, "").unwrap();
-    let e = PostgresWarehouse::connect_with_roots(config("sslmode=require"), Some(&empty)).await.err().unwrap();
+    let e = PostgresWarehouse::connect_with(config("sslmode=require"), Some(&empty)).await.err().unwrap();
     assert!(e.to_string().contains("empty.pem"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -304,12 +304,11 @@ impl Expr {
 
 impl DynamoLeaseTable {
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
-        Self {
-            client: Client::new(config),
-            table: table.into(),
-            owner_index: AtomicBool::new(true),
-            calls: Calls::default(),
-        }
+        Self::with_client(Client::new(config), table.into())
+    }
+
+    fn with_client(client: Client, table: String) -> Self {
+        Self { client, table, owner_index: AtomicBool::new(true), calls: Calls::default() }
     }
 
     /// Bounds each call attempt by `attempt` (a node passes a third of its failover time): a
@@ -322,12 +321,7 @@ impl DynamoLeaseTable {
             .operation_attempt_timeout(attempt)
             .build();
         let client_config = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeouts).build();
-        Self {
-            client: Client::from_conf(client_config),
-            table: table.into(),
-            owner_index: AtomicBool::new(true),
-            calls: Calls::default(),
-        }
+        Self::with_client(Client::from_conf(client_config), table.into())
     }
 
     pub fn call_counts(&self) -> CallCounts {

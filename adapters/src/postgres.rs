@@ -4,7 +4,8 @@
 //!
 //! TLS: `sslmode=require` in the connection string turns it on, and then the server's
 //! certificate chain and host name are always verified (libpq's `verify-full`), against the
-//! system's roots plus the PEM file named by `PGSSLROOTCERT` (RDS and private CAs). Without it
+//! system's roots plus an extra PEM file (`run` takes it from `PGSSLROOTCERT`: RDS and private
+//! CAs). Without it
 //! the connection is plain TCP (`prefer` does not fall back silently to an unverified TLS).
 
 use crate::merge_sql::{create_tables, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
@@ -128,18 +129,13 @@ impl PostgresWarehouse {
         let config = config
             .parse::<tokio_postgres::Config>()
             .map_err(|e| WarehouseError::Rejected(format!("bad postgresql connection string: {e}")))?;
-        Self::connect_with(config).await
+        Self::connect_with(config, None).await
     }
 
     /// Connects with a parsed configuration (the password set apart from the string, so it
-    /// never sits in text that an error message could quote).
-    pub async fn connect_with(config: tokio_postgres::Config) -> Result<Self, WarehouseError> {
-        let roots = std::env::var_os("PGSSLROOTCERT").map(std::path::PathBuf::from);
-        Self::connect_with_roots(config, roots.as_deref()).await
-    }
-
-    /// `connect_with`, the extra root certificates named here instead of by `PGSSLROOTCERT`.
-    pub async fn connect_with_roots(
+    /// never sits in text that an error message could quote); with TLS, the server is verified
+    /// against the system's roots plus those in `extra_roots` (PEM).
+    pub async fn connect_with(
         config: tokio_postgres::Config,
         extra_roots: Option<&std::path::Path>,
     ) -> Result<Self, WarehouseError> {
