@@ -28,6 +28,20 @@ fn schema(name: &str) -> Arc<TableSchema> {
     })
 }
 
+/// A table of an `id` key and one more column, and its rows at version 1.
+fn id_and(name: &str, column: Column) -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        name: name.into(),
+        columns: vec![Column::new("id", SqlType::Text), column],
+        key: vec![0],
+        version_column: "_version".into(),
+    })
+}
+
+fn id_and_row(id: String, value: Value) -> Row {
+    Row { op: RowOp::Upsert, version: Version::from_text("00000001"), values: vec![Value::Text(id), value] }
+}
+
 fn row(id: usize, version: u64, note: &str) -> Row {
     Row {
         op: RowOp::Upsert,
@@ -161,12 +175,7 @@ async fn a_batch_past_its_timeout_is_cancelled_and_reported_ambiguous() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timestamps_far_from_the_epoch_land_exactly() {
     let (_pg, _endpoint, w, check) = setup("rsd_time").await;
-    let table = Arc::new(TableSchema {
-        name: "times".into(),
-        columns: vec![Column::new("id", SqlType::Text), Column::new("at", SqlType::Timestamp)],
-        key: vec![0],
-        version_column: "_version".into(),
-    });
+    let table = id_and("times", Column::new("at", SqlType::Timestamp));
     let cases = [
         (*proto::TIMESTAMP_RANGE.start(), "0001-01-01 00:00:00.000"),
         (-2_500_000_000_000, "1890-10-11 19:33:20.000"),
@@ -176,15 +185,7 @@ async fn timestamps_far_from_the_epoch_land_exactly() {
         (*proto::TIMESTAMP_RANGE.end(), "9999-12-31 23:59:59.999"),
     ];
     let rows = |prefix: &str| -> Vec<Row> {
-        cases
-            .iter()
-            .enumerate()
-            .map(|(i, (ms, _))| Row {
-                op: RowOp::Upsert,
-                version: Version::from_text(format!("{:08}", 1)),
-                values: vec![Value::Text(format!("{prefix}{i}")), Value::Timestamp(*ms)],
-            })
-            .collect()
+        cases.iter().enumerate().map(|(i, (ms, _))| id_and_row(format!("{prefix}{i}"), Value::Timestamp(*ms))).collect()
     };
     w.ensure_table(&table).await.unwrap();
     w.commit(&Batch { table: table.clone(), rows: rows("literal-") }).await.unwrap();
@@ -202,22 +203,9 @@ async fn timestamps_far_from_the_epoch_land_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doubles_at_the_edges_land_exactly() {
     let (_pg, _endpoint, w, check) = setup("rsd_float").await;
-    let table = Arc::new(TableSchema {
-        name: "numbers".into(),
-        columns: vec![Column::new("id", SqlType::Text), Column::new("x", SqlType::Double)],
-        key: vec![0],
-        version_column: "_version".into(),
-    });
+    let table = id_and("numbers", Column::new("x", SqlType::Double));
     let cases = [5e-324, 1e-40, 0.1, -0.0, 1e16, 123_456_789.123_456_7, f64::MAX, -f64::MAX];
-    let rows: Vec<Row> = cases
-        .iter()
-        .enumerate()
-        .map(|(i, x)| Row {
-            op: RowOp::Upsert,
-            version: Version::from_text("00000001"),
-            values: vec![Value::Text(format!("n{i}")), Value::Float(*x)],
-        })
-        .collect();
+    let rows: Vec<Row> = cases.iter().enumerate().map(|(i, x)| id_and_row(format!("n{i}"), Value::Float(*x))).collect();
     w.ensure_table(&table).await.unwrap();
     w.commit(&Batch { table, rows }).await.unwrap();
     for (i, x) in cases.iter().enumerate() {
