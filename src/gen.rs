@@ -138,7 +138,7 @@ pub async fn run(mut opts: GenOptions) -> anyhow::Result<()> {
         kinesis.create_stream(shards).await.map_err(|e| anyhow::anyhow!("create stream {}: {e}", opts.stream))?;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now_ms = proto::clock::system_ms();
     let mut ev = crate::ev::Generator::new(now_ms);
     let mut tickets = TicketWorld::new(&mut rng, 20, 50, 500, now_ms);
     let mut backlog: Vec<(String, Vec<u8>)> = Vec::new();
@@ -160,7 +160,7 @@ pub async fn run(mut opts: GenOptions) -> anyhow::Result<()> {
         owed += per_tick;
         let n = owed.floor() as usize;
         owed -= n as f64;
-        let clock_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        let clock_ms = proto::clock::system_ms();
         let batch: Vec<(String, Vec<u8>)> = (0..n)
             .map(|_| match (&mut opts.template, opts.preset) {
                 (Some((record, key)), _) => {

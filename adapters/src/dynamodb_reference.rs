@@ -46,11 +46,7 @@ struct Cursor {
     shards: BTreeMap<String, Option<String>>,
     /// When the table's stream was last checked (ms since the epoch).
     #[serde(default)]
-    checked_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    checked_ms: i64,
 }
 
 fn reference_error(table: &str, f: Failure) -> ReferenceError {
@@ -286,7 +282,8 @@ impl ReferenceSource for DynamoReferenceSource {
     async fn load(&self, table: &str, key_attribute: &str) -> Result<Snapshot, ReferenceError> {
         let cursor = match self.stream_of(table).await? {
             Some(arn) => {
-                let mut cursor = Cursor { stream_arn: arn.clone(), shards: BTreeMap::new(), checked_ms: now_ms() };
+                let mut cursor =
+                    Cursor { stream_arn: arn.clone(), shards: BTreeMap::new(), checked_ms: proto::clock::system_ms() };
                 for (shard, _, open) in self.shards(table, &arn).await? {
                     if open {
                         let it = self.iterator(table, &arn, &shard, ShardIteratorType::Latest).await?;
@@ -309,12 +306,13 @@ impl ReferenceSource for DynamoReferenceSource {
         cursor: &str,
     ) -> Result<Option<(Vec<ReferenceChange>, String)>, ReferenceError> {
         let Ok(mut cursor) = serde_json::from_str::<Cursor>(cursor) else { return Err(ReferenceError::CursorExpired) };
-        if now_ms().saturating_sub(cursor.checked_ms) >= self.stream_check_interval.as_millis() as u64 {
+        if proto::clock::system_ms().saturating_sub(cursor.checked_ms) >= self.stream_check_interval.as_millis() as i64
+        {
             // Disabled, or replaced by a new stream: this cursor will never see another change.
             if self.stream_of(table).await?.as_deref() != Some(cursor.stream_arn.as_str()) {
                 return Err(ReferenceError::CursorExpired);
             }
-            cursor.checked_ms = now_ms();
+            cursor.checked_ms = proto::clock::system_ms();
         }
         let mut changes = Vec::new();
         let mut ended = false;

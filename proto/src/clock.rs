@@ -4,6 +4,11 @@
 
 use tokio::time::Instant;
 
+/// The system's wall clock in milliseconds since the epoch (0 before it).
+pub fn system_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 #[derive(Clone, Debug)]
 pub struct Clock {
     start: Instant,
@@ -13,11 +18,7 @@ pub struct Clock {
 impl Clock {
     /// Starts at the system's current time.
     pub fn system() -> Self {
-        let base_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Self::starting_at(base_ms)
+        Self::starting_at(system_ms())
     }
 
     /// Starts at a given time (repeatable runs).
