@@ -89,10 +89,9 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
             if !proto::TIMESTAMP_RANGE.contains(ms) {
                 return Err(SqlError::BadValue(format!("timestamp {ms} ms is outside years 1 to 9999")));
             }
-            let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-            let (y, m, d) = proto::civil::civil_from_days(days);
-            let (h, mi, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
-            let _ = write!(out, "TIMESTAMP '{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{milli:03}'");
+            out.push_str("TIMESTAMP '");
+            proto::civil::push_datetime_ms(*ms, out);
+            out.push('\'');
         }
         proto::Value::Text(s) => {
             out.reserve(s.len() + 2);

@@ -24,6 +24,29 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Appends `YYYY-MM-DD HH:MM:SS.mmm` (UTC) of a time in milliseconds since the epoch; the
+/// year must be within 0–9999 (`crate::TIMESTAMP_RANGE` is). Digit by digit rather than through
+/// `fmt`: SQL literals call it once per timestamp value.
+pub fn push_datetime_ms(ms: i64, out: &mut String) {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    let mut text = *b"0000-00-00 00:00:00.000";
+    let mut put = |end: usize, width: usize, mut n: i64| {
+        for digit in text[end - width..end].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(4, 4, y);
+    put(7, 2, m);
+    put(10, 2, d);
+    put(13, 2, in_day / 3_600_000);
+    put(16, 2, in_day / 60_000 % 60);
+    put(19, 2, in_day / 1000 % 60);
+    put(23, 3, in_day % 1000);
+    out.push_str(std::str::from_utf8(&text).expect("ascii digits"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +65,16 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             proptest::prop_assert!((1..=12).contains(&m) && (1..=31).contains(&d));
             proptest::prop_assert_eq!(days_from_civil(y, m, d), days);
+        }
+
+        #[test]
+        fn datetime_text_matches_formatting(ms in crate::TIMESTAMP_RANGE) {
+            let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+            let (y, m, d) = civil_from_days(days);
+            let (h, mi, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+            let mut text = String::new();
+            push_datetime_ms(ms, &mut text);
+            proptest::prop_assert_eq!(text, format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{milli:03}"));
         }
     }
 }

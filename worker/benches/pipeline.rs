@@ -130,9 +130,7 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
     let mut n = 0;
     for chunk in records.chunks(5_000) {
         rows.clear();
-        for r in chunk {
-            p.map(shard, r, false, &mut rows);
-        }
+        p.map_run(shard, chunk, false, &mut rows);
         text.clear();
         adapters::merge_sql::values_text(rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
         n += black_box(text.len());
@@ -145,7 +143,7 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
 /// (the same cache), compute the HMAC token, copy the record's bytes to the output. No decoder,
 /// pipeline or encoder can beat it; it bounds the ratio reachable against the baseline.
 fn floor_run(refs: &ReferenceSet, records: &[UserRecord], keys: &[(String, String, String)], key: &TokenKey) -> usize {
-    let (stations, users) = (refs.get("station").unwrap(), refs.get("user").unwrap());
+    let (stations, users) = (refs.get("station").unwrap().snapshot(), refs.get("user").unwrap().snapshot());
     let mut text = String::with_capacity(2 << 20);
     let mut n = 0;
     for (r, (station, user, email)) in records.iter().zip(keys) {

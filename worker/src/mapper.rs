@@ -22,6 +22,25 @@ pub trait RecordMapper: Send + Sync + 'static {
     fn tables(&self) -> Vec<Arc<TableSchema>>;
     /// Appends `(table index, row)` pairs for one record: all of its rows, or one dead letter.
     fn map(&self, shard: &ShardId, record: &UserRecord, give_up: bool, out: &mut Vec<(usize, Row)>) -> MapOutcome;
+
+    /// Maps records in order until one must wait: how many were mapped, and that record's
+    /// `Wait` (or `Done` when all were). `give_up_first` is `map`'s `give_up` for the first
+    /// record. A mapper overrides it to take what records share (reference snapshots) once
+    /// per run rather than once per record.
+    fn map_run(
+        &self,
+        shard: &ShardId,
+        records: &[UserRecord],
+        give_up_first: bool,
+        out: &mut Vec<(usize, Row)>,
+    ) -> (usize, MapOutcome) {
+        for (i, record) in records.iter().enumerate() {
+            if let MapOutcome::Wait(d) = self.map(shard, record, give_up_first && i == 0, out) {
+                return (i, MapOutcome::Wait(d));
+            }
+        }
+        (records.len(), MapOutcome::Done)
+    }
 }
 
 /// The name of the dead-letter table.

@@ -7,12 +7,12 @@ use crate::doc::{raw_key, typed_raw, Doc};
 use crate::kpl::UserRecord;
 use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
-use crate::reference_cache::{RefRow, ReferenceCache, ReferenceSet};
+use crate::reference_cache::{RefSnapshot, RefValue, ReferenceCache, ReferenceSet};
 use crate::transform::{mask_owned, TokenKey, TokenKeyError};
 use base64::Engine;
 use proto::{Column, Row, RowOp, ShardId, SqlType, TableSchema, Value};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value as Json};
+use serde_json::{Map, Number, Value as Json};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,8 @@ enum Meta {
 
 struct CompiledJoin {
     cache: Arc<ReferenceCache>,
+    /// Where this join's snapshot sits in a run's snapshots.
+    snapshot: usize,
     key: Source,
     on_missing: OnMissing,
     max_wait: Duration,
@@ -78,6 +80,8 @@ pub struct Pipeline {
     token_key: Option<TokenKey>,
     fields: Fields,
     max_joins: usize,
+    /// Every join's cache, in `CompiledJoin::snapshot` order.
+    caches: Vec<Arc<ReferenceCache>>,
     _references: Arc<ReferenceSet>,
 }
 
@@ -168,43 +172,78 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     Some(((proto::civil::days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + s * 1000 + millis)
 }
 
+/// A JSON value as typing sees it, borrowed from a document, a constant or a cached row.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Number(&'a Number),
+    Str(&'a str),
+    Array,
+    Object,
+}
+
+impl<'a> From<&'a Json> for Scalar<'a> {
+    fn from(v: &'a Json) -> Self {
+        match v {
+            Json::Null => Scalar::Null,
+            Json::Bool(b) => Scalar::Bool(*b),
+            Json::Number(n) => Scalar::Number(n),
+            Json::String(s) => Scalar::Str(s),
+            Json::Array(_) => Scalar::Array,
+            Json::Object(_) => Scalar::Object,
+        }
+    }
+}
+
+impl<'a> From<&'a RefValue> for Scalar<'a> {
+    fn from(v: &'a RefValue) -> Self {
+        match v {
+            RefValue::Null => Scalar::Null,
+            RefValue::Bool(b) => Scalar::Bool(*b),
+            RefValue::Number(n) => Scalar::Number(n),
+            RefValue::Text(s) => Scalar::Str(s),
+            RefValue::Nested(v) => Scalar::from(&**v),
+        }
+    }
+}
+
 /// A JSON value as a column of type `ty`; `Err` names what was found instead.
-fn typed(value: Option<&Json>, ty: SqlType) -> Result<Value, String> {
-    let Some(value) = value else { return Ok(Value::Null) };
+fn typed(value: Scalar<'_>, ty: SqlType) -> Result<Value, String> {
     let found = |what: &str| Err(format!("expected {}, found {what}", format!("{ty:?}").to_lowercase()));
     Ok(match (ty, value) {
-        (_, Json::Null) => Value::Null,
-        (SqlType::Text, Json::String(s)) => Value::Text(s.clone()),
-        (SqlType::Text, Json::Number(n)) => Value::Text(n.to_string()),
-        (SqlType::Text, Json::Bool(b)) => Value::Text(b.to_string()),
-        (SqlType::Boolean, Json::Bool(b)) => Value::Bool(*b),
-        (SqlType::Boolean, Json::String(s)) if s == "true" || s == "false" => Value::Bool(s == "true"),
-        (SqlType::BigInt, Json::Number(n)) => match n.as_i64() {
+        (_, Scalar::Null) => Value::Null,
+        (SqlType::Text, Scalar::Str(s)) => Value::Text(s.to_owned()),
+        (SqlType::Text, Scalar::Number(n)) => Value::Text(n.to_string()),
+        (SqlType::Text, Scalar::Bool(b)) => Value::Text(b.to_string()),
+        (SqlType::Boolean, Scalar::Bool(b)) => Value::Bool(b),
+        (SqlType::Boolean, Scalar::Str(s)) if s == "true" || s == "false" => Value::Bool(s == "true"),
+        (SqlType::BigInt, Scalar::Number(n)) => match n.as_i64() {
             Some(i) => Value::Int(i),
             None => return found("a non-integer number"),
         },
-        (SqlType::BigInt, Json::String(s)) => match s.trim().parse::<i64>() {
+        (SqlType::BigInt, Scalar::Str(s)) => match s.trim().parse::<i64>() {
             Ok(i) => Value::Int(i),
             Err(_) => return found("a non-integer string"),
         },
-        (SqlType::Double, Json::Number(n)) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        (SqlType::Double, Json::String(s)) => match s.trim().parse::<f64>() {
+        (SqlType::Double, Scalar::Number(n)) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        (SqlType::Double, Scalar::Str(s)) => match s.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => Value::Float(f),
             _ => return found("a non-numeric string"),
         },
-        (SqlType::Timestamp, Json::Number(n)) => match n.as_i64() {
+        (SqlType::Timestamp, Scalar::Number(n)) => match n.as_i64() {
             Some(ms) => Value::Timestamp(ms),
             None => return found("a non-integer number"),
         },
-        (SqlType::Timestamp, Json::String(s)) => match parse_timestamp(s) {
+        (SqlType::Timestamp, Scalar::Str(s)) => match parse_timestamp(s) {
             Some(ms) => Value::Timestamp(ms),
             None => return found("a string that is not a timestamp"),
         },
-        (_, Json::String(_)) => return found("a string"),
-        (_, Json::Number(_)) => return found("a number"),
-        (_, Json::Bool(_)) => return found("a boolean"),
-        (_, Json::Array(_)) => return found("an array"),
-        (_, Json::Object(_)) => return found("an object"),
+        (_, Scalar::Str(_)) => return found("a string"),
+        (_, Scalar::Number(_)) => return found("a number"),
+        (_, Scalar::Bool(_)) => return found("a boolean"),
+        (_, Scalar::Array) => return found("an array"),
+        (_, Scalar::Object) => return found("an object"),
     })
 }
 
@@ -216,14 +255,16 @@ struct Context<'r, 'a> {
     data: &'r Doc<'a>,
     /// `data`'s fields by slot.
     slots: Vec<Option<&'a RawValue>>,
-    joined: Vec<Option<RefRow>>,
+    /// The reference snapshots of this run, one per join (`CompiledJoin::snapshot`).
+    snapshots: &'r [RefSnapshot],
+    joined: Vec<Option<&'r [RefValue]>>,
 }
 
 /// A value found for a column or a join key, before typing.
 enum Found<'r> {
     Missing,
     Raw(&'r RawValue),
-    Json(&'r Json),
+    Scalar(Scalar<'r>),
     Value(Value),
 }
 
@@ -232,7 +273,7 @@ impl Found<'_> {
         let value = match self {
             Found::Missing => Ok(Value::Null),
             Found::Raw(raw) => typed_raw(Some(raw), ty),
-            Found::Json(json) => typed(Some(json), ty),
+            Found::Scalar(v) => typed(v, ty),
             Found::Value(v) => coerce(v, ty),
         }?;
         match value {
@@ -248,7 +289,7 @@ impl Found<'_> {
         match self {
             Found::Missing => None,
             Found::Raw(raw) => raw_key(raw),
-            Found::Json(json) => key_text(json).map(Cow::Owned),
+            Found::Scalar(v) => key_text(*v),
             Found::Value(Value::Text(s)) => Some(Cow::Borrowed(s)),
             Found::Value(Value::Int(i)) => Some(Cow::Owned(i.to_string())),
             Found::Value(_) => None,
@@ -294,14 +335,17 @@ impl<'r> Context<'r, '_> {
                 at.map(Found::Raw).unwrap_or(Found::Missing)
             }
             Source::Joined(j, attribute, path) => {
-                let value = self.joined[*j].as_deref().and_then(|row| row.get(*attribute));
+                let value = self.joined[*j].and_then(|row| row.get(*attribute));
                 let value = match (value, path.is_empty()) {
-                    (Some(v), false) => v.as_object().and_then(|item| walk_json(item, path)),
-                    (v, _) => v,
+                    (Some(RefValue::Nested(v)), false) => {
+                        v.as_object().and_then(|item| walk_json(item, path)).map(Scalar::from)
+                    }
+                    (_, false) => None,
+                    (v, true) => v.map(Scalar::from),
                 };
-                value.map(Found::Json).unwrap_or(Found::Missing)
+                value.map(Found::Scalar).unwrap_or(Found::Missing)
             }
-            Source::Constant(v) => Found::Json(v),
+            Source::Constant(v) => Found::Scalar(Scalar::from(v)),
             Source::Meta(m) => Found::Value(match m {
                 Meta::ShardId => Value::Text(self.shard.as_str().to_owned()),
                 Meta::SequenceNumber => Value::Text(self.record.position.sequence.as_str().to_owned()),
@@ -319,11 +363,11 @@ impl<'r> Context<'r, '_> {
 }
 
 /// The lookup key text of a JSON value (strings as they are, numbers in their JSON form).
-fn key_text(v: &Json) -> Option<String> {
+fn key_text(v: Scalar<'_>) -> Option<Cow<'_, str>> {
     match v {
-        Json::String(s) => Some(s.clone()),
-        Json::Number(n) => Some(n.to_string()),
-        Json::Bool(b) => Some(b.to_string()),
+        Scalar::Str(s) => Some(Cow::Borrowed(s)),
+        Scalar::Number(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
         _ => None,
     }
 }
@@ -344,6 +388,7 @@ impl Pipeline {
         let token_key = if config.tokenizes() { Some(TokenKey::from_env(&config.tokenize_key_env)?) } else { None };
         let mut tables = Vec::new();
         let mut fields = Fields::default();
+        let mut all_caches = Vec::new();
         for t in &config.tables {
             let mut aliases = Vec::new();
             let mut caches: Vec<Arc<ReferenceCache>> = Vec::new();
@@ -351,7 +396,9 @@ impl Pipeline {
             for j in &t.joins {
                 let cache =
                     references.get(&j.reference).ok_or_else(|| PipelineError::MissingReference(j.reference.clone()))?;
+                all_caches.push(cache.clone());
                 joins.push(CompiledJoin {
+                    snapshot: all_caches.len() - 1,
                     cache: cache.clone(),
                     key: compile_path(&j.key, &aliases, &caches, &mut fields),
                     on_missing: j.on_missing,
@@ -395,6 +442,7 @@ impl Pipeline {
             max_joins: tables.iter().map(|t| t.joins.len()).max().unwrap_or(0),
             tables,
             fields,
+            caches: all_caches,
             _references: references,
         })
     }
@@ -419,26 +467,26 @@ impl Pipeline {
         let deleting = op == ChangeOp::Delete;
         if !deleting {
             ctx.joined.clear();
+            let snapshots = ctx.snapshots;
             for join in &table.joins {
-                let (key, found) = {
+                // The key is copied only for a miss's message.
+                let found = {
                     let key = ctx.resolve(&join.key);
                     let key = key.key();
-                    let found = key.as_deref().and_then(|k| join.cache.get(k));
-                    (key.map(Cow::into_owned), found)
+                    key.as_deref().and_then(|k| snapshots[join.snapshot].get(k)).ok_or_else(|| key.map(Cow::into_owned))
                 };
-                if found.is_none() {
-                    match join.on_missing {
-                        OnMissing::Null => {}
-                        OnMissing::Wait if !give_up => return Built::Wait(join.max_wait),
-                        OnMissing::DeadLetter | OnMissing::Wait => {
-                            return Built::Dead(format!(
-                                "no {} row for key {}",
-                                join.cache.name,
-                                key.as_deref().unwrap_or("null")
-                            ))
-                        }
+                let found = match (found, join.on_missing) {
+                    (Ok(row), _) => Some(row),
+                    (Err(_), OnMissing::Null) => None,
+                    (Err(_), OnMissing::Wait) if !give_up => return Built::Wait(join.max_wait),
+                    (Err(key), OnMissing::DeadLetter | OnMissing::Wait) => {
+                        return Built::Dead(format!(
+                            "no {} row for key {}",
+                            join.cache.name,
+                            key.as_deref().unwrap_or("null")
+                        ))
                     }
-                }
+                };
                 ctx.joined.push(found);
             }
         }
@@ -517,6 +565,40 @@ impl RecordMapper for Pipeline {
     }
 
     fn map(&self, shard: &ShardId, record: &UserRecord, give_up: bool, out: &mut Vec<(usize, Row)>) -> MapOutcome {
+        self.map_with(&self.snapshots(), shard, record, give_up, out)
+    }
+
+    fn map_run(
+        &self,
+        shard: &ShardId,
+        records: &[UserRecord],
+        give_up_first: bool,
+        out: &mut Vec<(usize, Row)>,
+    ) -> (usize, MapOutcome) {
+        let snapshots = self.snapshots();
+        for (i, record) in records.iter().enumerate() {
+            if let MapOutcome::Wait(d) = self.map_with(&snapshots, shard, record, give_up_first && i == 0, out) {
+                return (i, MapOutcome::Wait(d));
+            }
+        }
+        (records.len(), MapOutcome::Done)
+    }
+}
+
+impl Pipeline {
+    /// The reference snapshots a run of records joins against, one per join.
+    fn snapshots(&self) -> Vec<RefSnapshot> {
+        self.caches.iter().map(|c| c.snapshot()).collect()
+    }
+
+    fn map_with(
+        &self,
+        snapshots: &[RefSnapshot],
+        shard: &ShardId,
+        record: &UserRecord,
+        give_up: bool,
+        out: &mut Vec<(usize, Row)>,
+    ) -> MapOutcome {
         let dead = self.tables.len();
         let reject = |out: &mut Vec<(usize, Row)>, start: usize, reason: String| {
             out.truncate(start);
@@ -547,6 +629,7 @@ impl RecordMapper for Pipeline {
             change: &change,
             data: &change.data,
             slots: Vec::with_capacity(self.fields.index.len()),
+            snapshots,
             joined: Vec::with_capacity(self.max_joins),
         };
         self.fields.fill(&change.data, &mut ctx.slots);
@@ -592,11 +675,19 @@ mod tests {
 
     #[test]
     fn lenient_but_checked_types() {
-        assert_eq!(typed(Some(&Json::from("12.5")), SqlType::Double), Ok(Value::Float(12.5)));
-        assert_eq!(typed(Some(&Json::from(7)), SqlType::Text), Ok(Value::Text("7".into())));
-        assert!(typed(Some(&Json::from("x")), SqlType::BigInt).unwrap_err().contains("non-integer string"));
-        assert!(typed(Some(&Json::from(1.5)), SqlType::BigInt).unwrap_err().contains("non-integer number"));
-        assert_eq!(typed(None, SqlType::Text), Ok(Value::Null));
+        let json = |v: Json, ty| typed(Scalar::from(&v), ty);
+        assert_eq!(json(Json::from("12.5"), SqlType::Double), Ok(Value::Float(12.5)));
+        assert_eq!(json(Json::from(7), SqlType::Text), Ok(Value::Text("7".into())));
+        assert!(json(Json::from("x"), SqlType::BigInt).unwrap_err().contains("non-integer string"));
+        assert!(json(Json::from(1.5), SqlType::BigInt).unwrap_err().contains("non-integer number"));
+        assert!(json(serde_json::json!({"a": 1}), SqlType::Text).unwrap_err().contains("an object"));
+        assert_eq!(typed(Scalar::Null, SqlType::Text), Ok(Value::Null));
+        // Cached reference values type as the JSON they were loaded from.
+        let cached = |v: Json, ty| typed(Scalar::from(&RefValue::from(&v)), ty);
+        assert_eq!(cached(Json::from("42"), SqlType::BigInt), Ok(Value::Int(42)));
+        assert_eq!(cached(Json::from(2.5), SqlType::Double), Ok(Value::Float(2.5)));
+        assert_eq!(cached(Json::from(true), SqlType::Text), Ok(Value::Text("true".into())));
+        assert!(cached(serde_json::json!([1]), SqlType::Text).unwrap_err().contains("an array"));
     }
 
     fn record(data: &str) -> UserRecord {

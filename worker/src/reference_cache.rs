@@ -1,12 +1,16 @@
 //! Reference data in memory, for joins on the hot path.
 //!
-//! Items are projected on load to the attributes the pipeline reads, kept as a flat array in
-//! a fixed attribute order, so a join reads an attribute by index.
+//! Items are projected on load to the attributes the pipeline reads, kept in a fixed attribute
+//! order with scalars and short text inline, and up to two attributes inside the hash table's
+//! slot: a join reads an attribute by index and, for the usual narrow dimension row, touches
+//! nothing but the slot.
 //!
 //! Each reference table is a snapshot behind an atomic pointer: a base map plus a small overlay
-//! of recent changes. Lookups load the pointer and read, never waiting on a writer. A full load
-//! swaps in a new base; a change feed's changes go into a new overlay (copying only the overlay),
-//! and the overlay is folded into the base once it grows past an eighth of it.
+//! of recent changes. Readers take the snapshot (`ReferenceCache::snapshot`) and look up in it,
+//! never waiting on a writer; the pipeline takes it once per run of records, so a lookup costs
+//! no atomic operation. A full load swaps in a new base; a change feed's changes go into a new
+//! overlay (copying only the overlay), and the overlay is folded into the base once it grows
+//! past an eighth of it.
 
 use arc_swap::ArcSwap;
 use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource};
@@ -22,9 +26,9 @@ use tracing::{info, warn};
 
 #[derive(Default)]
 struct Snapshot {
-    base: Arc<HashMap<Key, RefRow>>,
+    base: Arc<HashMap<Key, StoredRow>>,
     /// `None` marks a removed key.
-    overlay: HashMap<Key, Option<RefRow>>,
+    overlay: HashMap<Key, Option<StoredRow>>,
     items: usize,
     bytes: usize,
 }
@@ -33,20 +37,82 @@ struct Snapshot {
 /// without following a pointer to the heap (one cache miss fewer per join).
 type Key = compact_str::CompactString;
 
-/// A reference item projected to the cache's attributes, in their order.
-pub type RefRow = Arc<[Json]>;
+/// A reference item projected to the cache's attributes, in their order; up to two of them
+/// are held in the hash slot itself (one cache miss per join instead of two).
+type StoredRow = smallvec::SmallVec<[RefValue; 2]>;
+
+/// One attribute of a cached item. Text of up to 24 bytes is held inline, so reading a joined
+/// column does not follow a pointer out of the row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RefValue {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    Text(compact_str::CompactString),
+    /// Arrays and objects, kept as JSON for paths into them.
+    Nested(Box<Json>),
+}
+
+impl From<&Json> for RefValue {
+    fn from(v: &Json) -> Self {
+        match v {
+            Json::Null => RefValue::Null,
+            Json::Bool(b) => RefValue::Bool(*b),
+            Json::Number(n) => RefValue::Number(n.clone()),
+            Json::String(s) => RefValue::Text(s.as_str().into()),
+            nested => RefValue::Nested(Box::new(nested.clone())),
+        }
+    }
+}
+
+impl RefValue {
+    pub fn to_json(&self) -> Json {
+        match self {
+            RefValue::Null => Json::Null,
+            RefValue::Bool(b) => Json::Bool(*b),
+            RefValue::Number(n) => Json::Number(n.clone()),
+            RefValue::Text(s) => Json::String(s.to_string()),
+            RefValue::Nested(v) => (**v).clone(),
+        }
+    }
+}
 
 /// What one item costs in memory, estimated: the hash-table entry, the key, the shared array
 /// (one value per attribute) and each value's heap text. Checked against resident memory in
 /// `cargo bench -p worker --bench pipeline`.
-fn item_bytes(key: &str, row: &[Json]) -> usize {
-    let heap = |v: &Json| match v {
-        Json::String(s) => s.len(),
-        Json::Null | Json::Bool(_) | Json::Number(_) => 0,
-        other => other.to_string().len() + 64,
+/// A slot and its control byte, at the table's load factor of at most 7/8.
+const SLOT_BYTES: usize = (std::mem::size_of::<(Key, StoredRow)>() + 1) * 8 / 7;
+
+fn item_bytes(key: &str, row: &StoredRow) -> usize {
+    let heap = |v: &RefValue| match v {
+        RefValue::Text(s) if s.is_heap_allocated() => s.len(),
+        RefValue::Null | RefValue::Bool(_) | RefValue::Number(_) | RefValue::Text(_) => 0,
+        RefValue::Nested(v) => v.to_string().len() + 64,
     };
     let key_heap = if key.len() > 24 { key.len() } else { 0 };
-    key_heap + 96 + row.len() * 32 + row.iter().map(heap).sum::<usize>()
+    let spilled = if row.spilled() { row.len() * std::mem::size_of::<RefValue>() } else { 0 };
+    key_heap + SLOT_BYTES + spilled + row.iter().map(heap).sum::<usize>()
+}
+
+impl Snapshot {
+    fn get(&self, key: &str) -> Option<&[RefValue]> {
+        if !self.overlay.is_empty() {
+            if let Some(entry) = self.overlay.get(key) {
+                return entry.as_deref();
+            }
+        }
+        self.base.get(key).map(|row| &row[..])
+    }
+}
+
+/// A reference table's contents at one moment.
+pub struct RefSnapshot(Arc<Snapshot>);
+
+impl RefSnapshot {
+    /// The item under `key`, its attributes in the cache's order.
+    pub fn get(&self, key: &str) -> Option<&[RefValue]> {
+        self.0.get(key)
+    }
 }
 
 /// One reference table's cache.
@@ -67,23 +133,23 @@ impl ReferenceCache {
         self.attributes.iter().position(|a| a == name)
     }
 
-    fn project(&self, item: &Item) -> RefRow {
-        self.attributes.iter().map(|a| item.get(a).cloned().unwrap_or(Json::Null)).collect()
+    fn project(&self, item: &Item) -> StoredRow {
+        self.attributes.iter().map(|a| item.get(a).map(RefValue::from).unwrap_or(RefValue::Null)).collect()
     }
 
     /// One attribute of one item (tests, diagnostics).
     pub fn get_attr(&self, key: &str, attribute: &str) -> Option<Json> {
-        Some(self.get(key)?[self.attribute(attribute)?].clone())
+        Some(self.get(key)?[self.attribute(attribute)?].to_json())
     }
 
-    pub fn get(&self, key: &str) -> Option<RefRow> {
-        let snap = self.snapshot.load();
-        if !snap.overlay.is_empty() {
-            if let Some(entry) = snap.overlay.get(key) {
-                return entry.clone();
-            }
-        }
-        snap.base.get(key).cloned()
+    /// One item, from the current snapshot (tests, diagnostics; joins use `snapshot`).
+    pub fn get(&self, key: &str) -> Option<Vec<RefValue>> {
+        self.snapshot.load().get(key).map(<[RefValue]>::to_vec)
+    }
+
+    /// The current contents, for any number of lookups: later changes do not show in it.
+    pub fn snapshot(&self) -> RefSnapshot {
+        RefSnapshot(self.snapshot.load_full())
     }
 
     pub fn len(&self) -> usize {
@@ -101,8 +167,10 @@ impl ReferenceCache {
 
     /// Swaps in a full load.
     pub fn replace(&self, items: Vec<(String, Item)>) {
-        let base: HashMap<Key, RefRow> = items.into_iter().map(|(k, i)| (Key::from(k), self.project(&i))).collect();
-        let bytes = base.iter().map(|(k, r)| item_bytes(k, r)).sum();
+        let base: HashMap<Key, StoredRow> = items.into_iter().map(|(k, i)| (Key::from(k), self.project(&i))).collect();
+        // Slots are allocated by powers of two: count the table's own, not the average.
+        let slots = (base.capacity() * 8 / 7).next_power_of_two() * (std::mem::size_of::<(Key, StoredRow)>() + 1);
+        let bytes = slots + base.iter().map(|(k, r)| item_bytes(k, r) - SLOT_BYTES).sum::<usize>();
         let items = base.len();
         self.snapshot.store(Arc::new(Snapshot { base: Arc::new(base), overlay: HashMap::default(), items, bytes }));
     }
@@ -284,24 +352,27 @@ mod tests {
 
     #[test]
     fn overlay_changes_and_compaction_keep_lookups_right() {
+        // Longer than the 24 bytes held inline: the estimate grows by its text.
+        const LONG: &str = "changed to a name of more than 24 bytes";
         let cache = ReferenceCache::new("c", vec!["name".into()]);
         cache.replace((0..100).map(|i| (format!("k{i}"), item(&format!("v{i}")))).collect());
         assert_eq!(cache.len(), 100);
         let before = cache.bytes();
         cache.apply(vec![
-            ReferenceChange::Put { key: "k1".into(), item: item("changed") },
+            ReferenceChange::Put { key: "k1".into(), item: item(LONG) },
             ReferenceChange::Remove { key: "k2".into() },
             ReferenceChange::Put { key: "new".into(), item: item("n") },
         ]);
-        assert_eq!(cache.get_attr("k1", "name").unwrap(), "changed");
+        assert_eq!(cache.get_attr("k1", "name").unwrap(), LONG);
         assert!(cache.get("k2").is_none());
         assert_eq!(cache.get_attr("new", "name").unwrap(), "n");
         assert_eq!(cache.len(), 100);
-        assert!(cache.bytes() > 0 && cache.bytes() != before);
+        // One row removed and one added, both with inline text; one row's text now on the heap.
+        assert_eq!(cache.bytes(), before + LONG.len());
         // Enough changes to fold the overlay into the base.
         cache.apply((0..2000).map(|i| ReferenceChange::Put { key: format!("x{i}"), item: item("x") }).collect());
         assert_eq!(cache.len(), 2100);
-        assert_eq!(cache.get_attr("k1", "name").unwrap(), "changed");
+        assert_eq!(cache.get_attr("k1", "name").unwrap(), LONG);
         assert!(cache.get("k2").is_none());
         assert_eq!(cache.get_attr("x1999", "name").unwrap(), "x");
     }

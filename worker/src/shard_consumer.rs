@@ -268,28 +268,34 @@ impl ConsumerState {
     /// sinks as one chunk.
     fn hand_on(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
         let mut out: Vec<(usize, Row)> = Vec::new();
-        let mut last = None;
         let skip_upto = self.done_upto().cloned();
-        while let Some(record) = self.pending.front() {
-            if skip_upto.as_ref().is_some_and(|done| &record.position <= done) {
-                self.pending.pop_front();
-                continue;
-            }
+        while self.pending.front().is_some_and(|r| skip_upto.as_ref().is_some_and(|done| &r.position <= done)) {
+            self.pending.pop_front();
+        }
+        let records = self.pending.make_contiguous();
+        let mut mapped = 0;
+        while mapped < records.len() {
             let waited = self.waiting_since.map(|t| t.elapsed());
-            match self.ctx.mapper.map(&self.shard, record, false, &mut out) {
+            let (n, outcome) = self.ctx.mapper.map_run(&self.shard, &records[mapped..], false, &mut out);
+            if n > 0 {
+                self.waiting_since = None;
+                mapped += n;
+            }
+            match outcome {
                 MapOutcome::Done => {}
-                MapOutcome::Wait(max_wait) if waited.is_some_and(|w| w >= max_wait) => {
-                    self.ctx.mapper.map(&self.shard, record, true, &mut out);
+                // The first record has waited long enough: it is dead-lettered, the run goes on.
+                MapOutcome::Wait(max_wait) if n == 0 && waited.is_some_and(|w| w >= max_wait) => {
+                    self.ctx.mapper.map_run(&self.shard, &records[mapped..=mapped], true, &mut out);
+                    self.waiting_since = None;
+                    mapped += 1;
                 }
                 MapOutcome::Wait(_) => {
                     self.waiting_since.get_or_insert_with(Instant::now);
                     break;
                 }
             }
-            self.waiting_since = None;
-            last = self.pending.pop_front().map(|r| r.position);
         }
-        let Some(last) = last else { return Ok(()) };
+        let Some(last) = self.pending.drain(..mapped).next_back().map(|r| r.position) else { return Ok(()) };
         self.read_upto = Some(last.clone());
         let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
         let rows = out.len();
