@@ -8,7 +8,7 @@
 //!   the record's position. An update that changed the primary key (seen in the before-image)
 //!   also deletes the old key.
 
-use crate::doc::Doc;
+use crate::doc::{Doc, FieldSlots, Slots};
 use proto::{Position, Version};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -33,25 +33,31 @@ pub struct Change<'a> {
     pub op: ChangeOp,
     /// `schema.table` for DMS records; `None` for plain JSON.
     pub source_table: Option<String>,
-    pub data: Doc<'a>,
+    /// The row's wanted fields, by slot.
+    pub data: Slots<'a>,
     /// The row before an update (DMS before-image), when present.
-    pub before: Option<Doc<'a>>,
+    pub before: Option<Slots<'a>>,
     /// The source's order for this change.
     pub version: Version,
 }
 
-/// Parses a user record. `Ok(None)` for records that carry no row (DMS control records).
-pub fn decode<'a>(format: Format, text: &'a str, position: &Position) -> Result<Option<Change<'a>>, String> {
-    let doc = Doc::parse(text)?;
+/// Parses a user record into the `wanted` fields of its row. `Ok(None)` for records that carry
+/// no row (DMS control records).
+pub fn decode<'a>(
+    format: Format,
+    text: &'a str,
+    position: &Position,
+    wanted: &FieldSlots,
+) -> Result<Option<Change<'a>>, String> {
     match format {
         Format::Json => Ok(Some(Change {
             op: ChangeOp::Upsert,
             source_table: None,
-            data: doc,
+            data: wanted.parse(text)?,
             before: None,
             version: position.version(),
         })),
-        Format::Dms => dms(&doc, position),
+        Format::Dms => dms(&Doc::parse(text)?, position, wanted),
     }
 }
 
@@ -79,11 +85,11 @@ struct Metadata<'a> {
     transaction_record_id: Option<u64>,
 }
 
-fn object<'a>(raw: &'a RawValue, what: &str) -> Result<Doc<'a>, String> {
-    serde_json::from_str(raw.get()).map_err(|_| format!("dms {what} is not an object"))
+fn object<'a>(raw: &'a RawValue, what: &str, wanted: &FieldSlots) -> Result<Slots<'a>, String> {
+    wanted.parse(raw.get()).map_err(|_| format!("dms {what} is not an object"))
 }
 
-fn dms<'a>(doc: &Doc<'a>, position: &Position) -> Result<Option<Change<'a>>, String> {
+fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Option<Change<'a>>, String> {
     let meta = doc.get("metadata").ok_or("dms record has no metadata")?;
     let meta: Metadata<'_> = serde_json::from_str(meta.get()).map_err(|e| format!("dms metadata: {e}"))?;
     match meta.record_type.as_deref() {
@@ -102,9 +108,9 @@ fn dms<'a>(doc: &Doc<'a>, position: &Position) -> Result<Option<Change<'a>>, Str
         (_, Some(t)) => Some(t.to_owned()),
         _ => return Err("dms record has no table-name".into()),
     };
-    let data = object(doc.get("data").ok_or("dms data record has no data object")?, "data")?;
+    let data = object(doc.get("data").ok_or("dms data record has no data object")?, "data", wanted)?;
     let before = match doc.get("before-image") {
-        Some(raw) if raw.get().starts_with('{') => Some(object(raw, "before-image")?),
+        Some(raw) if raw.get().starts_with('{') => Some(object(raw, "before-image", wanted)?),
         _ => None,
     };
     let here = position.version();
@@ -143,24 +149,27 @@ mod tests {
 
     #[test]
     fn dms_operations_map_to_upserts_and_deletes() {
+        let mut wanted = FieldSlots::default();
+        let ticket = wanted.slot("ticket_id");
         let text = dms_record("insert", None, 0);
-        let c = decode(Format::Dms, &text, &at(5)).unwrap().unwrap();
+        let c = decode(Format::Dms, &text, &at(5), &wanted).unwrap().unwrap();
         assert_eq!((c.op, c.source_table.as_deref()), (ChangeOp::Upsert, Some("sales.ticket_activity")));
-        assert_eq!(c.data.get("ticket_id").unwrap().get(), "7");
+        assert_eq!(c.data[ticket].unwrap().get(), "7");
         let text = dms_record("delete", None, 0);
-        assert_eq!(decode(Format::Dms, &text, &at(6)).unwrap().unwrap().op, ChangeOp::Delete);
+        assert_eq!(decode(Format::Dms, &text, &at(6), &wanted).unwrap().unwrap().op, ChangeOp::Delete);
         let control = r#"{"data":{},"metadata":{"record-type":"control","operation":"create-table","table-name":"t"}}"#;
-        assert!(decode(Format::Dms, control, &at(7)).unwrap().is_none());
-        assert!(decode(Format::Dms, r#"{"data":{}}"#, &at(8)).unwrap_err().contains("metadata"));
+        assert!(decode(Format::Dms, control, &at(7), &wanted).unwrap().is_none());
+        assert!(decode(Format::Dms, r#"{"data":{}}"#, &at(8), &wanted).unwrap_err().contains("metadata"));
         let bad_op = dms_record("truncate", None, 0);
-        assert!(decode(Format::Dms, &bad_op, &at(9)).unwrap_err().contains("truncate"));
+        assert!(decode(Format::Dms, &bad_op, &at(9), &wanted).unwrap_err().contains("truncate"));
     }
 
     #[test]
     fn dms_versions_order_loads_then_commits_then_positions() {
+        let wanted = FieldSlots::default();
         let v = |op, commit, id, seq| {
             let text = dms_record(op, commit, id);
-            decode(Format::Dms, &text, &at(seq)).unwrap().unwrap().version
+            decode(Format::Dms, &text, &at(seq), &wanted).unwrap().unwrap().version
         };
         // A full-load row read late is still older than any change.
         assert!(v("load", None, 0, 900) < v("update", Some("2020-01-01T00:00:00Z"), 0, 1));
@@ -173,9 +182,10 @@ mod tests {
 
     #[test]
     fn json_and_bad_payloads() {
-        let c = decode(Format::Json, r#"{"a":1}"#, &at(1)).unwrap().unwrap();
+        let wanted = FieldSlots::default();
+        let c = decode(Format::Json, r#"{"a":1}"#, &at(1), &wanted).unwrap().unwrap();
         assert_eq!((c.op, c.version), (ChangeOp::Upsert, at(1).version()));
-        assert!(decode(Format::Json, "[1]", &at(1)).unwrap_err().starts_with("payload is not a json object"));
-        assert!(decode(Format::Json, "{\"a\":", &at(1)).unwrap_err().starts_with("payload is not json"));
+        assert!(decode(Format::Json, "[1]", &at(1), &wanted).unwrap_err().starts_with("payload is not a json object"));
+        assert!(decode(Format::Json, "{\"a\":", &at(1), &wanted).unwrap_err().starts_with("payload is not json"));
     }
 }

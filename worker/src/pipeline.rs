@@ -3,7 +3,7 @@
 //! one dead-letter row instead, with the reason: all of its rows or none.
 
 use crate::decode::{decode, Change, ChangeOp, Format};
-use crate::doc::{raw_key, typed_raw, Doc};
+use crate::doc::{raw_key, typed_raw, walk, FieldSlots};
 use crate::kpl::UserRecord;
 use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
@@ -78,7 +78,8 @@ pub struct Pipeline {
     tables: Vec<CompiledTable>,
     dead_letters: Arc<TableSchema>,
     token_key: Option<TokenKey>,
-    fields: Fields,
+    /// The record fields any table reads.
+    fields: FieldSlots,
     max_joins: usize,
     /// Every join's cache, in `CompiledJoin::snapshot` order.
     caches: Vec<Arc<ReferenceCache>>,
@@ -95,31 +96,7 @@ fn sql_type(t: ColumnType) -> SqlType {
     }
 }
 
-/// The record's top-level fields the pipeline reads, each with a slot: a record is scanned once
-/// and every column then finds its field by index.
-#[derive(Default)]
-struct Fields {
-    index: ahash::AHashMap<String, usize>,
-}
-
-impl Fields {
-    fn slot(&mut self, name: &str) -> usize {
-        let next = self.index.len();
-        *self.index.entry(name.to_owned()).or_insert(next)
-    }
-
-    fn fill<'a>(&self, doc: &Doc<'a>, slots: &mut Vec<Option<&'a RawValue>>) {
-        slots.clear();
-        slots.resize(self.index.len(), None);
-        for (key, value) in doc.fields() {
-            if let Some(&i) = self.index.get(key) {
-                slots[i].get_or_insert(value);
-            }
-        }
-    }
-}
-
-fn compile_path(path: &str, aliases: &[String], caches: &[Arc<ReferenceCache>], fields: &mut Fields) -> Source {
+fn compile_path(path: &str, aliases: &[String], caches: &[Arc<ReferenceCache>], fields: &mut FieldSlots) -> Source {
     let meta = match path {
         "@shard_id" => Some(Meta::ShardId),
         "@sequence_number" => Some(Meta::SequenceNumber),
@@ -247,14 +224,19 @@ fn typed(value: Scalar<'_>, ty: SqlType) -> Result<Value, String> {
     })
 }
 
+/// A record field: its top-level field's slot, then the rest of its path.
+fn record_field<'a>(slots: &[Option<&'a RawValue>], slot: usize, path: &[String]) -> Option<&'a RawValue> {
+    slots[slot].and_then(|raw| walk(raw, &path[1..]))
+}
+
 /// What a record resolves against.
 struct Context<'r, 'a> {
     shard: &'r ShardId,
     record: &'r UserRecord,
     change: &'r Change<'a>,
-    data: &'r Doc<'a>,
-    /// `data`'s fields by slot.
-    slots: Vec<Option<&'a RawValue>>,
+    /// The row's fields by slot: the change's data, or its before-image while the delete of
+    /// a changed key is built.
+    slots: &'r [Option<&'a RawValue>],
     /// The reference snapshots of this run, one per join (`CompiledJoin::snapshot`).
     snapshots: &'r [RefSnapshot],
     joined: Vec<Option<&'r [RefValue]>>,
@@ -328,11 +310,7 @@ impl<'r> Context<'r, '_> {
     fn resolve<'s>(&'s self, source: &'s Source) -> Found<'s> {
         match source {
             Source::Record(slot, path) => {
-                let mut at = self.slots[*slot];
-                for segment in &path[1..] {
-                    at = at.and_then(|raw| serde_json::from_str::<Doc<'_>>(raw.get()).ok()?.get(segment));
-                }
-                at.map(Found::Raw).unwrap_or(Found::Missing)
+                record_field(self.slots, *slot, path).map(Found::Raw).unwrap_or(Found::Missing)
             }
             Source::Joined(j, attribute, path) => {
                 let value = self.joined[*j].and_then(|row| row.get(*attribute));
@@ -379,6 +357,11 @@ enum Built {
 }
 
 impl Pipeline {
+    /// The top-level record fields the tables read (what decoding extracts).
+    pub fn record_fields(&self) -> &FieldSlots {
+        &self.fields
+    }
+
     /// A pipeline whose tables join nothing.
     pub fn without_references(config: &PipelineConfig) -> Result<Self, PipelineError> {
         Self::new(config, Arc::new(ReferenceSet::empty()))
@@ -387,7 +370,7 @@ impl Pipeline {
     pub fn new(config: &PipelineConfig, references: Arc<ReferenceSet>) -> Result<Self, PipelineError> {
         let token_key = if config.tokenizes() { Some(TokenKey::from_env(&config.tokenize_key_env)?) } else { None };
         let mut tables = Vec::new();
-        let mut fields = Fields::default();
+        let mut fields = FieldSlots::default();
         let mut all_caches = Vec::new();
         for t in &config.tables {
             let mut aliases = Vec::new();
@@ -533,18 +516,17 @@ impl Pipeline {
     ) -> Result<(), Built> {
         if let Some(before) = &ctx.change.before {
             let key_moved = table.schema.key.iter().any(|&i| match &table.columns[i].source {
-                Source::Record(_, path) => {
-                    before.walk(path).is_some_and(|b| Some(b.get()) != ctx.data.walk(path).map(|d| d.get()))
+                Source::Record(slot, path) => {
+                    let old = record_field(before, *slot, path).map(RawValue::get);
+                    old.is_some() && old != record_field(ctx.slots, *slot, path).map(RawValue::get)
                 }
                 _ => false,
             });
             if key_moved && ctx.change.op == ChangeOp::Upsert {
-                let data = ctx.data;
-                ctx.data = before;
-                self.fields.fill(before, &mut ctx.slots);
+                let data = ctx.slots;
+                ctx.slots = before;
                 let old = self.build(table, ctx, ChangeOp::Delete, give_up);
-                ctx.data = data;
-                self.fields.fill(data, &mut ctx.slots);
+                ctx.slots = data;
                 match old {
                     Built::Row(r) => out.push((index, r)),
                     other => return Err(other),
@@ -618,7 +600,7 @@ impl Pipeline {
             Ok(t) => t,
             Err(e) => return reject(out, start, format!("payload is not utf-8: {e}")),
         };
-        let change = match decode(self.format, text, &record.position) {
+        let change = match decode(self.format, text, &record.position, &self.fields) {
             Ok(Some(c)) => c,
             Ok(None) => return MapOutcome::Done,
             Err(e) => return reject(out, start, e),
@@ -627,12 +609,10 @@ impl Pipeline {
             shard,
             record,
             change: &change,
-            data: &change.data,
-            slots: Vec::with_capacity(self.fields.index.len()),
+            slots: &change.data,
             snapshots,
             joined: Vec::with_capacity(self.max_joins),
         };
-        self.fields.fill(&change.data, &mut ctx.slots);
         for (i, table) in self.tables.iter().enumerate() {
             if let (Some(want), Some(got)) = (&table.source_table, &change.source_table) {
                 if want != got
