@@ -55,12 +55,12 @@ impl TokenKey {
         let mut mac = self.0.clone();
         mac.update(value.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(64);
-        for b in digest {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+        let mut hex = [0u8; 64];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(digest) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
         }
-        out
+        std::str::from_utf8(&hex).expect("hex digits").to_owned()
     }
 }
 
