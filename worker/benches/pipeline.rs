@@ -130,7 +130,7 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
     let mut n = 0;
     for chunk in records.chunks(5_000) {
         rows.clear();
-        p.map_run(shard, chunk, false, &mut rows);
+        assert_eq!(p.map_run(shard, chunk, false, &mut rows), (chunk.len(), worker::MapOutcome::Done));
         text.clear();
         adapters::merge_sql::values_text(rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
         n += black_box(text.len());

@@ -17,6 +17,29 @@ pub struct Doc<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
+/// An object key, borrowed from the record unless it holds escapes (serde's own `Cow<str>`
+/// always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Doc<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
@@ -27,7 +50,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Doc<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Doc<'a>, M::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     fields.push((k, v));
                 }
                 Ok(Doc { fields })
@@ -100,7 +123,7 @@ impl FieldSlots {
                 f.write_str("a json object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     match self.wanted.find(&key) {
                         Some(i) => {
                             let value: &'de RawValue = map.next_value()?;
@@ -246,10 +269,13 @@ mod tests {
         let mut wanted = FieldSlots::default();
         let (b, a, z) = (wanted.slot("b"), wanted.slot("a"), wanted.slot("z"));
         assert_eq!(wanted.slot("a"), a, "a field has one slot");
-        let slots = wanted.parse(r#"{"a": "x\"y", "skip": {"deep": [1, {"n": null}]}, "b": 12, "a": 2}"#).unwrap();
+        let slots = wanted
+            .parse(r#"{"a": "x\"y", "skip": {"deep": [1, {"n": null}]}, "\u007a": 12, "b": 12, "a": 2}"#)
+            .unwrap();
         assert_eq!(slots[a].unwrap().get(), r#""x\"y""#, "the first of a repeated name");
         assert_eq!(slots[b].unwrap().get(), "12");
-        assert!(slots[z].is_none());
+        assert_eq!(slots[z].unwrap().get(), "12", "an escaped key is still its name");
+        assert!(FieldSlots::default().parse("{}").unwrap().is_empty());
         for (bad, why) in [
             ("[1]", "payload is not a json object"),
             ("\"text\"", "payload is not a json object"),

@@ -452,22 +452,19 @@ impl Pipeline {
             ctx.joined.clear();
             let snapshots = ctx.snapshots;
             for join in &table.joins {
-                // The key is copied only for a miss's message.
-                let found = {
-                    let key = ctx.resolve(&join.key);
-                    let key = key.key();
-                    key.as_deref().and_then(|k| snapshots[join.snapshot].get(k)).ok_or_else(|| key.map(Cow::into_owned))
-                };
+                let found = ctx.resolve(&join.key).key().and_then(|k| snapshots[join.snapshot].get(&k));
                 let found = match (found, join.on_missing) {
-                    (Ok(row), _) => Some(row),
-                    (Err(_), OnMissing::Null) => None,
-                    (Err(_), OnMissing::Wait) if !give_up => return Built::Wait(join.max_wait),
-                    (Err(key), OnMissing::DeadLetter | OnMissing::Wait) => {
+                    (Some(row), _) => Some(row),
+                    (None, OnMissing::Null) => None,
+                    (None, OnMissing::Wait) if !give_up => return Built::Wait(join.max_wait),
+                    (None, OnMissing::DeadLetter | OnMissing::Wait) => {
+                        let key = ctx.resolve(&join.key);
+                        let key = key.key();
                         return Built::Dead(format!(
                             "no {} row for key {}",
                             join.cache.name,
                             key.as_deref().unwrap_or("null")
-                        ))
+                        ));
                     }
                 };
                 ctx.joined.push(found);
@@ -732,6 +729,58 @@ mod tests {
         p.map(&shard, &record(r#"{"id": 2, "buyer": 99}"#), false, &mut out);
         assert_eq!(out[0].0, 1, "dead-letter table");
         assert_eq!(out[0].1.values[5], Value::Text("table t: no customer row for key 99".into()));
+    }
+
+    #[tokio::test]
+    async fn paths_reach_into_nested_record_fields_and_joined_objects() {
+        let source = proto::memory::MemoryReferenceSource::new();
+        source.create_table("station", false);
+        source.create_table("city", false);
+        let station = serde_json::json!({"id": "s1", "city": "PAS", "geo": {"lat": 34.1, "tags": {"kind": "dc"}}});
+        source.put("station", "s1", station.as_object().unwrap().clone());
+        source.put("city", "PAS", serde_json::json!({"code": "PAS", "name": "Pasadena"}).as_object().unwrap().clone());
+        let config = PipelineConfig::from_toml(
+            r#"
+            [[reference]]
+            name = "station"
+            key = "id"
+            [[reference]]
+            name = "city"
+            key = "code"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            join = [
+                { reference = "station", key = "meta.station", on_missing = "dead-letter" },
+                { reference = "city", key = "station.city", on_missing = "null" },
+            ]
+            column = [
+                { name = "id", from = "meta.id", type = "bigint" },
+                { name = "lat", from = "station.geo.lat", type = "double" },
+                { name = "kind", from = "station.geo.tags.kind", type = "text" },
+                { name = "absent", from = "station.geo.nothing", type = "text" },
+                { name = "city", from = "city.name", type = "text" },
+            ]
+            "#,
+        )
+        .unwrap();
+        let refs = Arc::new(ReferenceSet::start(Arc::new(source), &config.reference_specs()).await.unwrap());
+        let p = Pipeline::new(&config, refs).unwrap();
+        let mut out = Vec::new();
+        p.map(&ShardId::numbered(0), &record(r#"{"meta": {"id": 5, "station": "s1"}}"#), false, &mut out);
+        assert_eq!(
+            out[0].1.values,
+            vec![
+                Value::Int(5),
+                Value::Float(34.1),
+                Value::Text("dc".into()),
+                Value::Null,
+                Value::Text("Pasadena".into())
+            ]
+        );
+        out.clear();
+        p.map(&ShardId::numbered(0), &record(r#"{"meta": {"id": 6, "station": "s2"}}"#), false, &mut out);
+        assert_eq!(out[0].1.values[5], Value::Text("table t: no station row for key s2".into()));
     }
 
     #[test]

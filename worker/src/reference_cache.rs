@@ -27,9 +27,12 @@ use tracing::{info, warn};
 #[derive(Default)]
 struct Snapshot {
     base: Arc<HashMap<Key, StoredRow>>,
+    /// What `base` holds (`table_bytes`), counted when it was built.
+    base_bytes: usize,
     /// `None` marks a removed key.
     overlay: HashMap<Key, Option<StoredRow>>,
     items: usize,
+    /// `base_bytes` and what the overlay holds.
     bytes: usize,
 }
 
@@ -77,21 +80,25 @@ impl RefValue {
     }
 }
 
-/// What one item costs in memory, estimated: the hash-table entry, the key, the shared array
-/// (one value per attribute) and each value's heap text. Checked against resident memory in
-/// `cargo bench -p worker --bench pipeline`.
-/// A slot and its control byte, at the table's load factor of at most 7/8.
-const SLOT_BYTES: usize = (std::mem::size_of::<(Key, StoredRow)>() + 1) * 8 / 7;
-
-fn item_bytes(key: &str, row: &StoredRow) -> usize {
+/// What a row holds outside its slot: attributes beyond the two inline ones, text longer than
+/// 24 bytes, nested JSON (estimated from its text).
+fn row_heap(row: &StoredRow) -> usize {
     let heap = |v: &RefValue| match v {
         RefValue::Text(s) if s.is_heap_allocated() => s.len(),
         RefValue::Null | RefValue::Bool(_) | RefValue::Number(_) | RefValue::Text(_) => 0,
         RefValue::Nested(v) => v.to_string().len() + 64,
     };
-    let key_heap = if key.len() > 24 { key.len() } else { 0 };
-    let spilled = if row.spilled() { row.len() * std::mem::size_of::<RefValue>() } else { 0 };
-    key_heap + SLOT_BYTES + spilled + row.iter().map(heap).sum::<usize>()
+    let spilled = if row.spilled() { row.capacity() * std::mem::size_of::<RefValue>() } else { 0 };
+    spilled + row.iter().map(heap).sum::<usize>()
+}
+
+/// What a hash table of rows holds, estimated: its slots (a power-of-two count, each with a
+/// control byte) and each entry's heap. Checked against the heap the benchmark's allocator
+/// counts (`cargo bench -p worker --bench pipeline`).
+fn table_bytes<V>(table: &HashMap<Key, V>, heap: impl Fn(&V) -> usize) -> usize {
+    let slots = if table.capacity() == 0 { 0 } else { (table.capacity() * 8 / 7).next_power_of_two() };
+    let key_heap = |k: &Key| if k.is_heap_allocated() { k.len() } else { 0 };
+    slots * (std::mem::size_of::<(Key, V)>() + 1) + table.iter().map(|(k, v)| key_heap(k) + heap(v)).sum::<usize>()
 }
 
 impl Snapshot {
@@ -168,11 +175,14 @@ impl ReferenceCache {
     /// Swaps in a full load.
     pub fn replace(&self, items: Vec<(String, Item)>) {
         let base: HashMap<Key, StoredRow> = items.into_iter().map(|(k, i)| (Key::from(k), self.project(&i))).collect();
-        // Slots are allocated by powers of two: count the table's own, not the average.
-        let slots = (base.capacity() * 8 / 7).next_power_of_two() * (std::mem::size_of::<(Key, StoredRow)>() + 1);
-        let bytes = slots + base.iter().map(|(k, r)| item_bytes(k, r) - SLOT_BYTES).sum::<usize>();
-        let items = base.len();
-        self.snapshot.store(Arc::new(Snapshot { base: Arc::new(base), overlay: HashMap::default(), items, bytes }));
+        let (items, bytes) = (base.len(), table_bytes(&base, row_heap));
+        self.snapshot.store(Arc::new(Snapshot {
+            base: Arc::new(base),
+            base_bytes: bytes,
+            overlay: HashMap::default(),
+            items,
+            bytes,
+        }));
     }
 
     /// Applies changes from a change feed.
@@ -182,27 +192,19 @@ impl ReferenceCache {
         }
         let current = self.snapshot.load_full();
         let mut overlay = current.overlay.clone();
-        let (mut items, mut bytes) = (current.items as isize, current.bytes as isize);
+        let mut items = current.items;
         for change in changes {
             let (key, new) = match change {
                 ReferenceChange::Put { key, item } => (Key::from(key), Some(self.project(&item))),
                 ReferenceChange::Remove { key } => (Key::from(key), None),
             };
-            let old = match overlay.get(&key) {
-                Some(entry) => entry.clone(),
-                None => current.base.get(&key).cloned(),
+            let existed = match overlay.get(&key) {
+                Some(entry) => entry.is_some(),
+                None => current.base.contains_key(&key),
             };
-            if let Some(old) = &old {
-                items -= 1;
-                bytes -= item_bytes(&key, old) as isize;
-            }
-            if let Some(new) = &new {
-                items += 1;
-                bytes += item_bytes(&key, new) as isize;
-            }
+            items = items + usize::from(new.is_some()) - usize::from(existed);
             overlay.insert(key, new);
         }
-        let (items, bytes) = (items.max(0) as usize, bytes.max(0) as usize);
         let next = if overlay.len() > 1024.max(current.base.len() / 8) {
             let mut base = (*current.base).clone();
             for (key, entry) in overlay {
@@ -211,9 +213,11 @@ impl ReferenceCache {
                     None => base.remove(&key),
                 };
             }
-            Snapshot { base: Arc::new(base), overlay: HashMap::default(), items, bytes }
+            let bytes = table_bytes(&base, row_heap);
+            Snapshot { base: Arc::new(base), base_bytes: bytes, overlay: HashMap::default(), items, bytes }
         } else {
-            Snapshot { base: current.base.clone(), overlay, items, bytes }
+            let bytes = current.base_bytes + table_bytes(&overlay, |e| e.as_ref().map_or(0, row_heap));
+            Snapshot { base: current.base.clone(), base_bytes: current.base_bytes, overlay, items, bytes }
         };
         self.snapshot.store(Arc::new(next));
     }
@@ -367,14 +371,28 @@ mod tests {
         assert!(cache.get("k2").is_none());
         assert_eq!(cache.get_attr("new", "name").unwrap(), "n");
         assert_eq!(cache.len(), 100);
-        // One row removed and one added, both with inline text; one row's text now on the heap.
-        assert_eq!(cache.bytes(), before + LONG.len());
+        // The base is unchanged; the overlay adds its slots and the long text.
+        assert!(cache.bytes() >= before + LONG.len() + 3 * 80, "{before} → {}", cache.bytes());
         // Enough changes to fold the overlay into the base.
         cache.apply((0..2000).map(|i| ReferenceChange::Put { key: format!("x{i}"), item: item("x") }).collect());
         assert_eq!(cache.len(), 2100);
         assert_eq!(cache.get_attr("k1", "name").unwrap(), LONG);
         assert!(cache.get("k2").is_none());
         assert_eq!(cache.get_attr("x1999", "name").unwrap(), "x");
+        // Folded: the new base counted whole (2,100 rows in 4,096 slots, one long text).
+        assert_eq!(cache.bytes(), 4096 * (std::mem::size_of::<(Key, StoredRow)>() + 1) + LONG.len());
+    }
+
+    #[test]
+    fn memory_estimate_counts_slots_spilled_rows_and_long_text() {
+        let cache = ReferenceCache::new("c", vec!["a".into(), "b".into(), "c".into()]);
+        let long_key = "k".repeat(30);
+        let item = json!({"a": 1, "b": "x".repeat(40), "c": null}).as_object().unwrap().clone();
+        cache.replace(vec![(long_key, item)]);
+        // One entry in a 4-slot table; a 3-attribute row spills to the heap (capacity 4 or 3).
+        let slot = std::mem::size_of::<(Key, StoredRow)>() + 1;
+        let spilled = cache.snapshot.load().base.values().next().unwrap().capacity() * std::mem::size_of::<RefValue>();
+        assert_eq!(cache.bytes(), 4 * slot + 30 + spilled + 40);
     }
 
     #[tokio::test(start_paused = true)]

@@ -282,7 +282,7 @@ impl ConsumerState {
                 mapped += n;
             }
             match outcome {
-                MapOutcome::Done => {}
+                MapOutcome::Done => break,
                 // The first record has waited long enough: it is dead-lettered, the run goes on.
                 MapOutcome::Wait(max_wait) if n == 0 && waited.is_some_and(|w| w >= max_wait) => {
                     self.ctx.mapper.map_run(&self.shard, &records[mapped..=mapped], true, &mut out);
