@@ -8,10 +8,11 @@
 //! | `sink.rs` | one actor per table: batch by rows/bytes/latency, commit, ack positions |
 //! | `mapper.rs` | the `RecordMapper` seam between consumers and the pipeline; the dead-letter table |
 //! | `kpl.rs` | KPL aggregates → user records with sub-sequence numbers |
+//! | `doc.rs` | JSON without a value tree: records parsed straight into the slots of the fields the columns read, raw values typed on demand |
 //! | `decode.rs` | record formats (JSON, AWS DMS) → changes with their version |
 //! | `pipeline_config.rs` | `[[reference]]` / `[[table]]` configuration and its validation |
 //! | `pipeline.rs` | the configured pipeline: decode → join → transform → rows, dead letters |
-//! | `reference_cache.rs` | reference tables in memory: atomic snapshots, change feeds, refreshes |
+//! | `reference_cache.rs` | reference tables in memory: rows in the hash slots, snapshots, change feeds, refreshes |
 //! | `transform.rs` | `mask` and `tokenize` (HMAC-SHA256) |
 //! | `metrics.rs` | the node's counters |
 
