@@ -34,13 +34,22 @@ pub trait RecordMapper: Send + Sync + 'static {
         give_up_first: bool,
         out: &mut Vec<(usize, Row)>,
     ) -> (usize, MapOutcome) {
-        for (i, record) in records.iter().enumerate() {
-            if let MapOutcome::Wait(d) = self.map(shard, record, give_up_first && i == 0, out) {
-                return (i, MapOutcome::Wait(d));
-            }
-        }
-        (records.len(), MapOutcome::Done)
+        map_each(records, give_up_first, |record, give_up| self.map(shard, record, give_up, out))
     }
+}
+
+/// `map_run`'s loop: maps records in order with `map_one` until one must wait.
+pub fn map_each(
+    records: &[UserRecord],
+    give_up_first: bool,
+    mut map_one: impl FnMut(&UserRecord, bool) -> MapOutcome,
+) -> (usize, MapOutcome) {
+    for (i, record) in records.iter().enumerate() {
+        if let MapOutcome::Wait(d) = map_one(record, give_up_first && i == 0) {
+            return (i, MapOutcome::Wait(d));
+        }
+    }
+    (records.len(), MapOutcome::Done)
 }
 
 /// The name of the dead-letter table.

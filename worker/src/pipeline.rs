@@ -5,7 +5,7 @@
 use crate::decode::{decode, Change, ChangeOp, Format};
 use crate::doc::{raw_key, typed_raw, walk, FieldSlots};
 use crate::kpl::UserRecord;
-use crate::mapper::{dead_letter_schema, MapOutcome, RecordMapper};
+use crate::mapper::{dead_letter_schema, map_each, MapOutcome, RecordMapper};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
 use crate::reference_cache::{RefSnapshot, RefValue, ReferenceCache, ReferenceSet};
 use crate::transform::{mask_owned, TokenKey, TokenKeyError};
@@ -555,12 +555,7 @@ impl RecordMapper for Pipeline {
         out: &mut Vec<(usize, Row)>,
     ) -> (usize, MapOutcome) {
         let snapshots = self.snapshots();
-        for (i, record) in records.iter().enumerate() {
-            if let MapOutcome::Wait(d) = self.map_with(&snapshots, shard, record, give_up_first && i == 0, out) {
-                return (i, MapOutcome::Wait(d));
-            }
-        }
-        (records.len(), MapOutcome::Done)
+        map_each(records, give_up_first, |record, give_up| self.map_with(&snapshots, shard, record, give_up, out))
     }
 }
 
