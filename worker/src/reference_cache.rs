@@ -265,10 +265,22 @@ impl Drop for ReferenceSet {
     }
 }
 
+/// Runs a rebuild of the cache's tables (a full load, a batch of changes, a fold: whole seconds
+/// of CPU for millions of rows) on the blocking pool, so the runtime's workers keep serving
+/// consumers and heartbeats meanwhile.
+async fn rebuild(cache: &Arc<ReferenceCache>, work: impl FnOnce(&ReferenceCache) + Send + 'static) {
+    let cache = cache.clone();
+    match tokio::task::spawn_blocking(move || work(&cache)).await {
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        _ => {}
+    }
+}
+
 async fn load(
     source: &dyn ReferenceSource,
     spec: &ReferenceSpec,
-    cache: &ReferenceCache,
+    cache: &Arc<ReferenceCache>,
 ) -> Result<Option<String>, CacheError> {
     let snapshot = source
         .load(&spec.table, &spec.key)
@@ -277,7 +289,7 @@ async fn load(
     if snapshot.items.len() > spec.max_items {
         return Err(CacheError::TooLarge { name: spec.name.clone(), items: snapshot.items.len(), max: spec.max_items });
     }
-    cache.replace(snapshot.items);
+    rebuild(cache, move |cache| cache.replace(snapshot.items)).await;
     Ok(snapshot.cursor)
 }
 
@@ -293,7 +305,7 @@ async fn refresh(
         let outcome = match &cursor {
             Some(c) => match source.changes(&spec.table, &spec.key, c).await {
                 Ok(Some((changes, next))) => {
-                    cache.apply(changes);
+                    rebuild(&cache, move |cache| cache.apply(changes)).await;
                     Ok(Some(next))
                 }
                 Ok(None) | Err(ReferenceError::CursorExpired) => load(source.as_ref(), &spec, &cache).await,
