@@ -10,7 +10,7 @@
 //! never waiting on a writer; the pipeline takes it once per run of records, so a lookup costs
 //! no atomic operation. A full load swaps in a new base; a change feed's changes go into a new
 //! overlay (copying only the overlay), and the overlay is folded into the base once it grows
-//! past an eighth of it.
+//! past an eighth of it. Those rebuilds run on the runtime's blocking pool.
 
 use arc_swap::ArcSwap;
 use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource};
