@@ -155,11 +155,6 @@ impl<'a> Doc<'a> {
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
         self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
-
-    /// The fields in document order.
-    pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
-        self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
-    }
 }
 
 /// Follows a path of field names into nested objects.

@@ -42,7 +42,7 @@ enum Meta {
 
 struct CompiledJoin {
     cache: Arc<ReferenceCache>,
-    /// Where this join's snapshot sits in a run's snapshots.
+    /// Where this join's snapshot sits in a run's snapshots (joins of all tables, in order).
     snapshot: usize,
     key: Source,
     on_missing: OnMissing,
@@ -81,8 +81,6 @@ pub struct Pipeline {
     /// The record fields any table reads.
     fields: FieldSlots,
     max_joins: usize,
-    /// Every join's cache, in `CompiledJoin::snapshot` order.
-    caches: Vec<Arc<ReferenceCache>>,
     _references: Arc<ReferenceSet>,
 }
 
@@ -371,7 +369,7 @@ impl Pipeline {
         let token_key = if config.tokenizes() { Some(TokenKey::from_env(&config.tokenize_key_env)?) } else { None };
         let mut tables = Vec::new();
         let mut fields = FieldSlots::default();
-        let mut all_caches = Vec::new();
+        let mut joins_before = 0;
         for t in &config.tables {
             let mut aliases = Vec::new();
             let mut caches: Vec<Arc<ReferenceCache>> = Vec::new();
@@ -379,14 +377,14 @@ impl Pipeline {
             for j in &t.joins {
                 let cache =
                     references.get(&j.reference).ok_or_else(|| PipelineError::MissingReference(j.reference.clone()))?;
-                all_caches.push(cache.clone());
                 joins.push(CompiledJoin {
-                    snapshot: all_caches.len() - 1,
+                    snapshot: joins_before,
                     cache: cache.clone(),
                     key: compile_path(&j.key, &aliases, &caches, &mut fields),
                     on_missing: j.on_missing,
                     max_wait: j.max_wait,
                 });
+                joins_before += 1;
                 aliases.push(j.alias.clone().unwrap_or_else(|| j.reference.clone()));
                 caches.push(cache.clone());
             }
@@ -425,7 +423,6 @@ impl Pipeline {
             max_joins: tables.iter().map(|t| t.joins.len()).max().unwrap_or(0),
             tables,
             fields,
-            caches: all_caches,
             _references: references,
         })
     }
@@ -562,7 +559,7 @@ impl RecordMapper for Pipeline {
 impl Pipeline {
     /// The reference snapshots a run of records joins against, one per join.
     fn snapshots(&self) -> Vec<RefSnapshot> {
-        self.caches.iter().map(|c| c.snapshot()).collect()
+        self.tables.iter().flat_map(|t| &t.joins).map(|j| j.cache.snapshot()).collect()
     }
 
     fn map_with(
