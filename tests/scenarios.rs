@@ -4,6 +4,7 @@
 
 use adapters::postgres::PostgresWarehouse;
 use adapters::postgres_server::{postgres, PgHandle};
+use base64::Engine;
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryReferenceSource, MemoryStream};
 use proto::{Clock, WorkerId};
@@ -347,5 +348,67 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
     ] {
         let reason = by_key.get(key).unwrap_or_else(|| panic!("no dead letter for {key}: {by_key:?}"));
         assert!(reason.contains(expected), "{key}: {reason}");
+    }
+}
+
+/// What no warehouse column holds (text over 65,535 bytes, a NUL character) and dead letters too
+/// big for one row, at the default `max_record_bytes`: each such record is dead-lettered whole,
+/// PostgreSQL never refuses a batch for it, and the records behind it still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_no_column_holds_are_dead_lettered_whole_and_the_shard_moves_on() {
+    let mut s = setup(tributary::ev::mapper(), 1, "warehouse_limits").await;
+    let big_valid = format!(r#"{{"_id":"big","kWhDelivered":1.5,"note":"{}"}}"#, "n".repeat(100_000));
+    let big_broken = format!(r#"{{"_id":"broken","note":"{}"#, "b".repeat(150_000));
+    let nul = r#"{"_id":"nul","stationID":"a\u0000b","kWhDelivered":2.5}"#.to_owned();
+    let bad = [("big-valid", big_valid), ("big-broken", big_broken), ("nul", nul)];
+    for (key, data) in &bad {
+        s.stream.put(key, data.clone().into_bytes());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut generator = tributary::ev::Generator::new(1_700_000_000_000);
+    let (mut good, mut malformed) = (0, 0);
+    for _ in 0..100 {
+        let (key, payload, session) = generator.next(&mut rng);
+        s.stream.put(&key, payload);
+        match session {
+            Some(_) => good += 1,
+            None => malformed += 1,
+        }
+    }
+    let raw = format!("SELECT count(*) FROM \"{}\"", tributary::ev::RAW_TABLE);
+    assert_eq!(wait_for_count(&s.warehouse, &raw, good).await, good, "the records behind them landed");
+    let dead = bad.len() + malformed;
+    let records = "SELECT count(*) FROM tributary_dead_letters WHERE payload_part = 0";
+    assert_eq!(wait_for_count(&s.warehouse, records, dead).await, dead);
+    s.cluster.stop_all().await;
+
+    let rows = s
+        .warehouse
+        .query_text(
+            "SELECT partition_key, min(reason), count(*), min(payload_parts), \
+             string_agg(payload_base64, '' ORDER BY payload_part) \
+             FROM tributary_dead_letters GROUP BY shard_id, sequence_number, sub_sequence, partition_key",
+        )
+        .await
+        .unwrap();
+    let by_key: BTreeMap<String, Vec<String>> = rows
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r[1..].iter().map(|v| v.clone().unwrap()).collect()))
+        .collect();
+    let too_long = format!("column \"payload\": text of {} bytes is longer than a column's 65535", bad[0].1.len());
+    for ((key, data), (reason, parts)) in bad.iter().zip([
+        (too_long.as_str(), 3),
+        ("payload is not json", 4),
+        ("column \"stationID\": text holds a NUL character", 1),
+    ]) {
+        let got = by_key.get(*key).unwrap_or_else(|| panic!("no dead letter for {key}: {:?}", by_key.keys()));
+        assert!(got[0].contains(reason), "{key}: {}", got[0]);
+        assert_eq!(
+            (got[1].as_str(), got[2].as_str()),
+            (parts.to_string().as_str(), parts.to_string().as_str()),
+            "{key}"
+        );
+        let payload = base64::engine::general_purpose::STANDARD.decode(&got[3]).unwrap();
+        assert!(payload == data.as_bytes(), "{key}: the payload comes back whole from its parts");
     }
 }

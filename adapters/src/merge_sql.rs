@@ -146,6 +146,7 @@ impl Dialect {
             (Dialect::Postgres | Dialect::Redshift, SqlType::Boolean) => "BOOLEAN",
             (Dialect::Postgres | Dialect::Redshift, SqlType::BigInt) => "BIGINT",
             (Dialect::Postgres | Dialect::Redshift, SqlType::Double) => "DOUBLE PRECISION",
+            // `proto::MAX_TEXT_BYTES`: the pipeline dead-letters longer text.
             (Dialect::Postgres | Dialect::Redshift, SqlType::Text) => "VARCHAR(65535)",
             (Dialect::Postgres | Dialect::Redshift, SqlType::Timestamp) => "TIMESTAMP",
         }
@@ -434,6 +435,8 @@ mod tests {
     fn redshift_sql_has_no_collate_and_no_correlated_or() {
         let ddl = create_tables(&sample(), Dialect::Redshift).unwrap().join("; ");
         assert!(!ddl.contains("COLLATE") && ddl.contains("VARCHAR(256)"), "{ddl}");
+        // Text columns hold what the pipeline lets through (`proto::unstorable_text`).
+        assert!(ddl.contains(&format!("VARCHAR({})", proto::MAX_TEXT_BYTES)), "{ddl}");
         let sql = MergeSql::new(&sample(), Dialect::Redshift).unwrap();
         let rows = [proto::Row {
             op: proto::RowOp::Upsert,

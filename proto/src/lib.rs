@@ -43,7 +43,9 @@ pub use lease_table::{LeaseError, LeaseTable};
 pub use record::{ChildShard, KinesisRecord, ReadBatch, ShardInfo, ShardIterator, StartingPosition};
 pub use reference_source::{Item, ReferenceChange, ReferenceError, ReferenceSource, Snapshot};
 pub use retry::RetryPolicy;
-pub use row::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, TIMESTAMP_RANGE};
+pub use row::{
+    unstorable_text, Batch, Column, Row, RowOp, SqlType, TableSchema, Value, MAX_TEXT_BYTES, TIMESTAMP_RANGE,
+};
 pub use sequence::{Position, SequenceNumber, Version};
 pub use shard_reader::{ReadError, ShardReader};
 pub use warehouse::{CommitStats, Warehouse, WarehouseError};

@@ -19,6 +19,22 @@ pub enum SqlType {
 /// 9999-12-31T23:59:59.999Z, what every warehouse's TIMESTAMP holds and a literal can spell.
 pub const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
+/// The longest text a column holds, in bytes: the widest VARCHAR of Redshift, which counts
+/// bytes (PostgreSQL's `VARCHAR(65535)` counts characters, so bytes are the bound for both).
+pub const MAX_TEXT_BYTES: usize = 65_535;
+
+/// Why a text cannot be stored in any warehouse, if it cannot: longer than `MAX_TEXT_BYTES`,
+/// or holding a NUL character (PostgreSQL and Redshift refuse it in text).
+pub fn unstorable_text(text: &str) -> Option<String> {
+    if text.len() > MAX_TEXT_BYTES {
+        Some(format!("text of {} bytes is longer than a column's {MAX_TEXT_BYTES}", text.len()))
+    } else if text.as_bytes().contains(&0) {
+        Some("text holds a NUL character (U+0000), which warehouses do not store".to_owned())
+    } else {
+        None
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     Null,

@@ -67,16 +67,71 @@ pub fn record_origin_columns() -> Vec<Column> {
     ]
 }
 
-/// The dead-letter table: one row per record that could not be mapped, keyed by its position,
-/// with the reason and the payload in base64.
+/// The longest reason a dead letter keeps, in bytes (a reason quotes the record's key, which
+/// can be anything).
+pub const MAX_REASON_BYTES: usize = 4_096;
+
+/// `text` as any warehouse stores it: NUL characters replaced by U+FFFD, cut to at most `max`
+/// bytes on a character boundary (ending in `…` when cut). For the text of dead letters, which
+/// must land whatever the record held.
+pub fn storable(text: &str, max: usize) -> String {
+    let mut out = text.replace('\0', "\u{fffd}");
+    if out.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
+/// Raw payload bytes per dead-letter row. Their base64 (64,000 characters) fits a text column,
+/// and a multiple of 3 bytes encodes without padding, so the parts' `payload_base64` joined in
+/// `payload_part` order are the base64 of the whole payload.
+pub const DEAD_LETTER_PART_BYTES: usize = 48_000;
+
+/// The dead-letter table: each record that could not be mapped, keyed by its position, with
+/// the reason and the payload in base64. A payload too big for one text column is split over
+/// `payload_parts` rows (`payload_part` 0, 1, …), so nothing of it is lost.
 pub fn dead_letter_schema() -> TableSchema {
     let mut columns = record_origin_columns();
     columns.push(Column::new("reason", SqlType::Text));
     columns.push(Column::new("payload_base64", SqlType::Text));
+    columns.push(Column::new("payload_part", SqlType::BigInt));
+    columns.push(Column::new("payload_parts", SqlType::BigInt));
     TableSchema {
         name: DEAD_LETTER_TABLE.to_owned(),
         columns,
-        key: vec![0, 1, 2],
+        key: vec![0, 1, 2, 7],
         version_column: "_version".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn storable_replaces_nul_and_cuts_on_a_char_boundary() {
+        assert_eq!(storable("a\0b", 10), "a\u{fffd}b");
+        assert_eq!(storable("abcdef", 5), "ab…");
+        // 'é' is two bytes: a cut never splits it.
+        assert_eq!(storable("éééé", 6), "é…");
+        assert_eq!(storable("short", 5), "short");
+    }
+
+    proptest! {
+        #[test]
+        fn storable_text_is_always_storable(text in "\\PC{0,40}|[\\x00a-zé]{0,40}", max in 3usize..30) {
+            let out = storable(&text, max);
+            prop_assert!(out.len() <= max);
+            prop_assert!(!out.contains('\0'));
+            if !text.contains('\0') && text.len() <= max {
+                prop_assert_eq!(out, text);
+            }
+        }
     }
 }

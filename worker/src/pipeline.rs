@@ -5,11 +5,14 @@
 use crate::decode::{decode, Change, ChangeOp, Format};
 use crate::doc::{raw_key, typed_raw, walk, FieldSlots};
 use crate::kpl::UserRecord;
-use crate::mapper::{dead_letter_schema, map_each, MapOutcome, RecordMapper};
+use crate::mapper::{
+    dead_letter_schema, map_each, storable, MapOutcome, RecordMapper, DEAD_LETTER_PART_BYTES, MAX_REASON_BYTES,
+};
 use crate::pipeline_config::{ColumnType, OnMissing, PipelineConfig, Transform, VersionSource};
 use crate::reference_cache::{RefSnapshot, RefValue, ReferenceCache, ReferenceSet};
 use crate::transform::{mask_owned, TokenKey, TokenKeyError};
 use base64::Engine;
+use proto::MAX_TEXT_BYTES;
 use proto::{Column, Row, RowOp, ShardId, SqlType, TableSchema, Value};
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value as Json};
@@ -427,19 +430,27 @@ impl Pipeline {
         })
     }
 
-    fn dead_letter(&self, shard: &ShardId, record: &UserRecord, reason: String) -> Row {
-        Row {
-            op: RowOp::Upsert,
-            version: record.position.version(),
-            values: vec![
+    /// A record's dead-letter rows: one per `DEAD_LETTER_PART_BYTES` of its payload (at least
+    /// one), each with the reason, all of them storable whatever the record holds.
+    fn dead_letter(&self, shard: &ShardId, record: &UserRecord, reason: &str, out: &mut Vec<(usize, Row)>) {
+        let version = record.position.version();
+        let parts: Vec<&[u8]> =
+            if record.data.is_empty() { vec![&[]] } else { record.data.chunks(DEAD_LETTER_PART_BYTES).collect() };
+        let (reason, partition_key) =
+            (storable(reason, MAX_REASON_BYTES), storable(&record.partition_key, MAX_TEXT_BYTES));
+        for (i, part) in parts.iter().enumerate() {
+            let values = vec![
                 Value::Text(shard.to_string()),
                 Value::Text(record.position.sequence.to_string()),
                 Value::Int(record.position.sub_sequence as i64),
-                Value::Text(record.partition_key.clone()),
+                Value::Text(partition_key.clone()),
                 Value::Timestamp(record.arrival_ms),
-                Value::Text(reason),
-                Value::Text(base64::engine::general_purpose::STANDARD.encode(&record.data)),
-            ],
+                Value::Text(reason.clone()),
+                Value::Text(base64::engine::general_purpose::STANDARD.encode(part)),
+                Value::Int(i as i64),
+                Value::Int(parts.len() as i64),
+            ];
+            out.push((self.tables.len(), Row { op: RowOp::Upsert, version: version.clone(), values }));
         }
     }
 
@@ -487,6 +498,12 @@ impl Pipeline {
             };
             if is_key && value == Value::Null {
                 return Built::Dead(format!("key column {:?} is missing", column.name));
+            }
+            if let Some(why) = match &value {
+                Value::Text(s) => proto::unstorable_text(s),
+                _ => None,
+            } {
+                return Built::Dead(format!("column {:?}: {why}", column.name));
             }
             values.push(value);
         }
@@ -570,10 +587,9 @@ impl Pipeline {
         give_up: bool,
         out: &mut Vec<(usize, Row)>,
     ) -> MapOutcome {
-        let dead = self.tables.len();
         let reject = |out: &mut Vec<(usize, Row)>, start: usize, reason: String| {
             out.truncate(start);
-            out.push((dead, self.dead_letter(shard, record, reason)));
+            self.dead_letter(shard, record, &reason, out);
             MapOutcome::Done
         };
         let start = out.len();
@@ -773,6 +789,57 @@ mod tests {
         out.clear();
         p.map(&ShardId::numbered(0), &record(r#"{"meta": {"id": 6, "station": "s2"}}"#), false, &mut out);
         assert_eq!(out[0].1.values[5], Value::Text("table t: no station row for key s2".into()));
+    }
+
+    #[test]
+    fn unstorable_text_is_a_dead_letter_and_big_payloads_are_split_losslessly() {
+        let config = PipelineConfig::from_toml(
+            r#"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            column = [
+                { name = "id", from = "id", type = "text" },
+                { name = "raw", from = "@payload", type = "text" },
+            ]
+            "#,
+        )
+        .unwrap();
+        let p = Pipeline::without_references(&config).unwrap();
+        let dead = |data: &str| {
+            let mut out = Vec::new();
+            p.map(&ShardId::numbered(0), &record(data), false, &mut out);
+            assert!(out.iter().all(|(t, _)| *t == 1), "only dead letters: {out:?}");
+            out.into_iter().map(|(_, r)| r.values).collect::<Vec<_>>()
+        };
+        // A NUL inside a string: unescaped, it is a character no warehouse stores.
+        let rows = dead(r#"{"id": "a\u0000b"}"#);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0][5],
+            Value::Text(
+                "table t: column \"id\": text holds a NUL character (U+0000), which warehouses do not store".into()
+            )
+        );
+        // A valid record whose payload column would be longer than a column holds.
+        let big = format!(r#"{{"id": "big", "pad": "{}"}}"#, "x".repeat(MAX_TEXT_BYTES));
+        let rows = dead(&big);
+        let reason = format!("column \"raw\": text of {} bytes is longer than a column's 65535", big.len());
+        assert!(matches!(&rows[0][5], Value::Text(r) if r.contains(&reason)), "{:?}", rows[0][5]);
+        // Its payload spans two rows whose base64, joined in part order, is the whole payload.
+        assert_eq!(rows.len(), 2);
+        let mut joined = String::new();
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!((&row[7], &row[8]), (&Value::Int(i as i64), &Value::Int(2)));
+            let Value::Text(part) = &row[6] else { panic!("{row:?}") };
+            assert!(part.len() <= MAX_TEXT_BYTES);
+            joined.push_str(part);
+        }
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(joined).unwrap(), big.as_bytes());
+        // Within the limits the same columns land.
+        let mut out = Vec::new();
+        p.map(&ShardId::numbered(0), &record(r#"{"id": "ok"}"#), false, &mut out);
+        assert_eq!(out[0].0, 0);
     }
 
     #[test]
