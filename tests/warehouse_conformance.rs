@@ -172,6 +172,54 @@ fn postgres_warehouse_conforms() {
     );
 }
 
+/// Two nodes committing the same keys at once (a stale owner replaying after a failover, or one
+/// key written from two shards): every key still ends with one row, the highest version's.
+#[test]
+fn concurrent_postgres_commits_leave_one_row_per_key() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    let (a, b) = rt.block_on(async {
+        (PostgresWarehouse::connect(&pg.url).await.unwrap(), PostgresWarehouse::connect(&pg.url).await.unwrap())
+    });
+    let table = schema(&fresh_name());
+    rt.block_on(a.ensure_table(&table)).unwrap();
+    let batch = |version: u64| Batch {
+        table: table.clone(),
+        rows: (0..300)
+            .map(|k| Row {
+                op: RowOp::Upsert,
+                version: Version::from_text(format!("{version:08}")),
+                values: vec![
+                    Value::Text(format!("k{k}")),
+                    Value::Float(version as f64),
+                    Value::Int(k),
+                    Value::Bool(true),
+                    Value::Timestamp(0),
+                    Value::Null,
+                ],
+            })
+            .collect(),
+    };
+    let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+    for round in 0..8u64 {
+        // Round r: one connection replays version 2r+1, the other writes 2r+2 (or the same
+        // replay, every other round).
+        let newer = if round % 2 == 0 { 2 * round + 1 } else { 2 * round + 2 };
+        let (first, second) = (batch(2 * round + 1), batch(newer));
+        let (x, y) = rt.block_on(async { tokio::join!(a.commit(&first), b.commit(&second)) });
+        x.unwrap();
+        y.unwrap();
+        let held = rt
+            .block_on(a.query_text(&format!("SELECT \"id\", count(*), max(\"_version\") FROM {name} GROUP BY 1")))
+            .unwrap();
+        assert_eq!(held.len(), 300);
+        for r in held {
+            assert_eq!(r[1].as_deref(), Some("1"), "round {round}: key {:?} has several rows", r[0]);
+            assert_eq!(r[2], Some(format!("{newer:08}")), "round {round}");
+        }
+    }
+}
+
 /// The statements the Redshift Data API sink sends (Redshift dialect, literal values, stage
 /// inserts split at a small statement limit so every batch takes several), run on PostgreSQL
 /// in one transaction with backslashes read as escapes, as Redshift reads them.

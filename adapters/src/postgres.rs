@@ -251,6 +251,9 @@ impl Warehouse for PostgresWarehouse {
         if let Some(ties) = &sql.dedupe_ties {
             stats.fenced += tx.execute(ties.as_str(), &[]).await.map_err(run)?;
         }
+        if let Some(lock) = &sql.lock_target {
+            tx.batch_execute(lock).await.map_err(run)?;
+        }
         stats.fenced += tx.execute(sql.fence_by_target.as_str(), &[]).await.map_err(run)?;
         stats.fenced += tx.execute(sql.fence_by_tombstone.as_str(), &[]).await.map_err(run)?;
         tx.execute(sql.delete_replaced.as_str(), &[]).await.map_err(run)?;
