@@ -7,6 +7,7 @@
 //! | `run.rs` | `tributary run`: one node on the real services until SIGTERM |
 //! | `gen.rs` | `tributary gen`: EV, ticket-activity or templated records into a stream at a steady rate |
 //! | `template.rs` | `gen --template`: record templates with random placeholders |
+//! | `metrics_server.rs` | the node's Prometheus endpoint (`[metrics] listen`) |
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
 //! | `cluster.rs` | `LocalCluster`: several nodes in one process (demo, simulation tests) |
 //! | `timeline.rs` | cluster events and the failover / handoff / child-start figures |
@@ -19,6 +20,7 @@ pub mod demo_tickets;
 pub mod ev;
 pub mod gen;
 pub mod leases;
+pub mod metrics_server;
 pub mod run;
 pub mod run_config;
 pub mod template;

@@ -100,7 +100,15 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
         ReferenceSet::start(Arc::new(DynamoReferenceSource::new(&sdk)), &config.pipeline.reference_specs())
             .await
             .context("reference tables")?;
-    let mapper = Pipeline::new(&config.pipeline, Arc::new(references)).context("pipeline")?;
+    let references = Arc::new(references);
+    let mapper = Pipeline::new(&config.pipeline, references.clone()).context("pipeline")?;
+    // Bound before the node starts: a port in use fails the start, naming the field.
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.listen).await.with_context(|| format!("metrics.listen {}", m.listen))?,
+        ),
+        None => None,
+    };
     let table = Arc::new(table);
     let ports = NodePorts {
         table: table.clone(),
@@ -117,6 +125,14 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     node_config.consumer.idle_delay = config.node.idle_read_interval;
     node_config.sink.max_latency = config.node.batch_latency;
     let node = Node::start(node_config, ports, EventSink::none()).await?;
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|listener| {
+        info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics");
+        let stopped = async move {
+            let _ = metrics_stopped.await;
+        };
+        tokio::spawn(crate::metrics_server::serve(listener, node.metrics.clone(), references.clone(), stopped))
+    });
     info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
     eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);
     tokio::pin!(shutdown);
@@ -133,6 +149,10 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let stopping = tokio::time::Instant::now();
     eprintln!("tributary: stopping node {me}: flushing, checkpointing, releasing leases");
     node.shutdown().await;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     let calls = table.call_counts();
     eprintln!(
         "tributary: node {me} stopped in {:.2}s; lease table: {} reads, {} writes in {:.1}s",

@@ -16,6 +16,8 @@
 //! url = "host=127.0.0.1 port=5432 user=etl dbname=analytics"
 //! # kind = "redshift", workgroup = "analytics" (or cluster = "…"), database = "dev",
 //! # secret_arn = "arn:aws:secretsmanager:…" (or db_user = "etl" with a cluster)
+//! [metrics]
+//! listen = "0.0.0.0:9898"        # optional: Prometheus's GET /metrics
 //! [[table]]
 //! ...
 //! ```
@@ -145,12 +147,22 @@ pub struct WarehouseSection {
     pub db_user: Option<String>,
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where the node serves its Prometheus metrics (`GET /metrics`): `0.0.0.0:9898` in a pod,
+    /// `127.0.0.1:9898` on a shared host.
+    pub listen: std::net::SocketAddr,
+}
+
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub node: NodeSection,
     pub stream: StreamSection,
     pub lease_table: LeaseTableSection,
     pub warehouse: WarehouseSection,
+    /// No Prometheus endpoint without it.
+    pub metrics: Option<MetricsSection>,
     pub pipeline: PipelineConfig,
 }
 
@@ -172,8 +184,9 @@ impl RunConfig {
         let stream = required(section(&mut table, "stream")?, "stream")?;
         let lease_table = required(section(&mut table, "lease_table")?, "lease_table")?;
         let warehouse = required(section(&mut table, "warehouse")?, "warehouse")?;
+        let metrics = section(&mut table, "metrics")?;
         let pipeline = PipelineConfig::from_table(table)?;
-        let config = Self { node, stream, lease_table, warehouse, pipeline };
+        let config = Self { node, stream, lease_table, warehouse, metrics, pipeline };
         config.validate()?;
         Ok(config)
     }
@@ -311,5 +324,9 @@ url = "host=127.0.0.1"
         assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
         let e = config(&BASE.replace("host=127.0.0.1", "host='unclosed hunter2")).unwrap_err().to_string();
         assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
+        let e = config(&format!("{BASE}[metrics]\nlisten = \"9898\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("metrics:") && e.contains("socket address"), "{e}");
+        let c = config(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9898\"\n")).unwrap();
+        assert_eq!(c.metrics.unwrap().listen.port(), 9898);
     }
 }

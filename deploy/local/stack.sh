@@ -2,7 +2,7 @@
 # The local stack: real emulators of the AWS services tributary uses, on 127.0.0.1 only.
 #
 #   deploy/local/stack.sh install   install what is missing (npm kinesis-local, PyPI moto[server],
-#                                   Debian postgresql) under $TRIBUTARY_STACK_DIR
+#                                   Debian postgresql and prometheus's promtool)
 #   deploy/local/stack.sh up        start Kinesis and DynamoDB (+ Streams) in the background and
 #                                   print the environment that points the AWS SDK at them
 #   deploy/local/stack.sh down      stop what `up` started
@@ -29,6 +29,14 @@ install_postgres() {
   local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends postgresql
+}
+
+install_promtool() {
+  if command -v promtool >/dev/null; then return; fi
+  log "installing promtool (Debian prometheus; the server is not started)"
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus
 }
 
 install_kinesis() {
@@ -107,10 +115,10 @@ down() {
 }
 
 case "${1:-}" in
-  install) install_postgres; install_kinesis; install_moto; log "installed under $STACK" ;;
+  install) install_postgres; install_promtool; install_kinesis; install_moto; log "installed under $STACK" ;;
   up) up ;;
   down) down ;;
   env) env_lines ;;
-  test) install_postgres; install_kinesis; install_moto; cd "$ROOT" && TRIBUTARY_STACK_DIR="$STACK" cargo test --workspace ;;
+  test) install_postgres; install_promtool; install_kinesis; install_moto; cd "$ROOT" && TRIBUTARY_STACK_DIR="$STACK" cargo test --workspace ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,27 +1,94 @@
-//! Counters a node keeps about its own work (read by the demo's progress line; exported to
-//! Prometheus by the binary).
+//! What a node reports about its work, as Prometheus metrics in one registry per node (the
+//! binary serves it at `/metrics`; the demo's progress line reads the same counters).
+//!
+//! Reference tables are read when the registry is gathered (`NodeMetrics::gather`), so their
+//! gauges are never older than the scrape.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::reference_cache::ReferenceSet;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-#[derive(Debug, Default)]
 pub struct NodeMetrics {
-    pub records_read: AtomicU64,
-    pub rows_committed: AtomicU64,
-    pub rows_fenced: AtomicU64,
-    pub commits: AtomicU64,
-    pub commit_retries: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub checkpoints: AtomicU64,
+    pub registry: Registry,
+    pub records_read: IntCounter,
+    pub rows_committed: IntCounter,
+    pub rows_fenced: IntCounter,
+    pub commits: IntCounter,
+    pub commit_retries: IntCounter,
+    pub dead_letters: IntCounter,
+    pub checkpoints: IntCounter,
     /// `MillisBehindLatest` of the last read (any shard).
-    pub millis_behind: AtomicU64,
+    pub millis_behind: IntGauge,
+    reference_items: IntGaugeVec,
+    reference_bytes: IntGaugeVec,
+    reference_age: IntGaugeVec,
+    reference_failures: IntCounterVec,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics").field("records_read", &self.records_read.get()).finish_non_exhaustive()
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(format!("tributary_{name}"), help).expect("a valid metric name");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let by_reference = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(format!("tributary_{name}"), help), &["reference"]).expect("valid");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let millis_behind =
+            IntGauge::new("tributary_millis_behind_latest", "MillisBehindLatest of the node's last read (any shard)")
+                .expect("valid");
+        registry.register(Box::new(millis_behind.clone())).expect("registered once");
+        let reference_failures = IntCounterVec::new(
+            Opts::new(
+                "tributary_reference_refresh_failures_total",
+                "Reference refreshes that failed (the last snapshot is served)",
+            ),
+            &["reference"],
+        )
+        .expect("valid");
+        registry.register(Box::new(reference_failures.clone())).expect("registered once");
+        Self {
+            records_read: counter("records_read_total", "Kinesis records read"),
+            rows_committed: counter("rows_committed_total", "Rows upserted or deleted in the warehouse"),
+            rows_fenced: counter("rows_fenced_total", "Rows not applied because the warehouse held a newer version"),
+            commits: counter("commits_total", "Warehouse transactions committed"),
+            commit_retries: counter("commit_retries_total", "Warehouse commits retried after a retryable error"),
+            dead_letters: counter("dead_letters_total", "Records written to the dead-letter table"),
+            checkpoints: counter("checkpoints_total", "Checkpoints written to the lease table"),
+            millis_behind,
+            reference_items: by_reference("reference_items", "Items held by a reference table's cache"),
+            reference_bytes: by_reference("reference_bytes", "Approximate bytes held by a reference table's cache"),
+            reference_age: by_reference(
+                "reference_age_seconds",
+                "Seconds since a reference table's cache last refreshed successfully (full load or change feed)",
+            ),
+            reference_failures,
+            registry,
+        }
+    }
 }
 
 impl NodeMetrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// The node's metrics in Prometheus's text format, with the reference tables' gauges read
+    /// from `references` now.
+    pub fn gather(&self, references: &ReferenceSet) -> String {
+        for cache in references.caches() {
+            let name = [cache.name.as_str()];
+            self.reference_items.with_label_values(&name).set(cache.len() as i64);
+            self.reference_bytes.with_label_values(&name).set(cache.bytes() as i64);
+            self.reference_age.with_label_values(&name).set(cache.age().as_secs() as i64);
+            let failures = self.reference_failures.with_label_values(&name);
+            failures.inc_by(cache.refresh_failures().saturating_sub(failures.get()));
+        }
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).expect("text encoding cannot fail")
     }
 }

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 /// Keys come from the operator's own tables; ahash is fast and still seeded per process.
 type HashMap<K, V> = ahash::AHashMap<K, V>;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -127,12 +128,40 @@ pub struct ReferenceCache {
     pub name: String,
     attributes: Vec<String>,
     snapshot: ArcSwap<Snapshot>,
+    /// When the cache last refreshed successfully (a load, or a read of its change feed).
+    fresh_at: std::sync::Mutex<tokio::time::Instant>,
+    refresh_failures: AtomicU64,
 }
 
 impl ReferenceCache {
     /// A cache keeping `attributes` of each item.
     pub fn new(name: &str, attributes: Vec<String>) -> Self {
-        Self { name: name.to_owned(), attributes, snapshot: ArcSwap::from_pointee(Snapshot::default()) }
+        Self {
+            name: name.to_owned(),
+            attributes,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            fresh_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+            refresh_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Time since the cache last refreshed successfully: what `refresh_interval` (or the
+    /// change feed's poll interval) bounds while the source answers.
+    pub fn age(&self) -> Duration {
+        self.fresh_at.lock().expect("never poisoned").elapsed()
+    }
+
+    /// Refreshes that failed since start (each leaves the last snapshot in service).
+    pub fn refresh_failures(&self) -> u64 {
+        self.refresh_failures.load(Ordering::Relaxed)
+    }
+
+    fn refreshed(&self, ok: bool) {
+        if ok {
+            *self.fresh_at.lock().expect("never poisoned") = tokio::time::Instant::now();
+        } else {
+            self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Where an attribute sits in the rows `get` returns.
@@ -185,10 +214,11 @@ impl ReferenceCache {
         }));
     }
 
-    /// Applies changes from a change feed.
-    pub fn apply(&self, changes: Vec<ReferenceChange>) {
+    /// Applies changes from a change feed, unless they would make the table hold more than
+    /// `max_items` (then nothing is applied: a cache that dropped rows would join wrong values).
+    pub fn apply(&self, changes: Vec<ReferenceChange>, max_items: usize) -> Result<(), CacheError> {
         if changes.is_empty() {
-            return;
+            return Ok(());
         }
         let current = self.snapshot.load_full();
         let mut overlay = current.overlay.clone();
@@ -205,6 +235,9 @@ impl ReferenceCache {
             items = items + usize::from(new.is_some()) - usize::from(existed);
             overlay.insert(key, new);
         }
+        if items > max_items {
+            return Err(CacheError::TooLarge { name: self.name.clone(), items, max: max_items });
+        }
         let next = if overlay.len() > 1024.max(current.base.len() / 8) {
             let mut base = (*current.base).clone();
             for (key, entry) in overlay {
@@ -220,6 +253,7 @@ impl ReferenceCache {
             Snapshot { base: current.base.clone(), base_bytes: current.base_bytes, overlay, items, bytes }
         };
         self.snapshot.store(Arc::new(next));
+        Ok(())
     }
 }
 
@@ -268,12 +302,16 @@ impl Drop for ReferenceSet {
 /// Runs a rebuild of the cache's tables (a full load, a batch of changes, a fold: whole seconds
 /// of CPU for millions of rows) on the blocking pool, so the runtime's workers keep serving
 /// consumers and heartbeats meanwhile.
-async fn rebuild(cache: &Arc<ReferenceCache>, work: impl FnOnce(&ReferenceCache) + Send + 'static) {
+async fn rebuild<R: Send + 'static>(
+    cache: &Arc<ReferenceCache>,
+    work: impl FnOnce(&ReferenceCache) -> Result<(), R> + Send + 'static,
+) -> Result<(), R> {
     let cache = cache.clone();
     match tokio::task::spawn_blocking(move || work(&cache)).await {
+        Ok(outcome) => outcome,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Cancelled: the runtime is shutting down.
-        _ => {}
+        Err(_) => Ok(()),
     }
 }
 
@@ -289,7 +327,11 @@ async fn load(
     if snapshot.items.len() > spec.max_items {
         return Err(CacheError::TooLarge { name: spec.name.clone(), items: snapshot.items.len(), max: spec.max_items });
     }
-    rebuild(cache, move |cache| cache.replace(snapshot.items)).await;
+    rebuild(cache, move |cache| {
+        cache.replace(snapshot.items);
+        Ok::<_, CacheError>(())
+    })
+    .await?;
     Ok(snapshot.cursor)
 }
 
@@ -305,14 +347,15 @@ async fn refresh(
         let outcome = match &cursor {
             Some(c) => match source.changes(&spec.table, &spec.key, c).await {
                 Ok(Some((changes, next))) => {
-                    rebuild(&cache, move |cache| cache.apply(changes)).await;
-                    Ok(Some(next))
+                    let max = spec.max_items;
+                    rebuild(&cache, move |cache| cache.apply(changes, max)).await.map(|()| Some(next))
                 }
                 Ok(None) | Err(ReferenceError::CursorExpired) => load(source.as_ref(), &spec, &cache).await,
                 Err(e) => Err(CacheError::Source { name: spec.name.clone(), source: e }),
             },
             None => load(source.as_ref(), &spec, &cache).await,
         };
+        cache.refreshed(outcome.is_ok());
         match outcome {
             Ok(next) => cursor = next,
             Err(e) => warn!(error = %e, "reference refresh failed; serving the last snapshot"),
@@ -341,6 +384,11 @@ impl ReferenceSet {
 
     pub fn get(&self, name: &str) -> Option<&Arc<ReferenceCache>> {
         self.caches.get(name)
+    }
+
+    /// Every table's cache, by name.
+    pub fn caches(&self) -> impl Iterator<Item = &Arc<ReferenceCache>> {
+        self.caches.values()
     }
 }
 
@@ -374,11 +422,16 @@ mod tests {
         cache.replace((0..100).map(|i| (format!("k{i}"), item(&format!("v{i}")))).collect());
         assert_eq!(cache.len(), 100);
         let before = cache.bytes();
-        cache.apply(vec![
-            ReferenceChange::Put { key: "k1".into(), item: item(LONG) },
-            ReferenceChange::Remove { key: "k2".into() },
-            ReferenceChange::Put { key: "new".into(), item: item("n") },
-        ]);
+        cache
+            .apply(
+                vec![
+                    ReferenceChange::Put { key: "k1".into(), item: item(LONG) },
+                    ReferenceChange::Remove { key: "k2".into() },
+                    ReferenceChange::Put { key: "new".into(), item: item("n") },
+                ],
+                usize::MAX,
+            )
+            .unwrap();
         assert_eq!(cache.get_attr("k1", "name").unwrap(), LONG);
         assert!(cache.get("k2").is_none());
         assert_eq!(cache.get_attr("new", "name").unwrap(), "n");
@@ -386,7 +439,13 @@ mod tests {
         // The base is unchanged; the overlay adds its slots and the long text.
         assert!(cache.bytes() >= before + LONG.len() + 3 * 80, "{before} → {}", cache.bytes());
         // Enough changes to fold the overlay into the base.
-        cache.apply((0..2000).map(|i| ReferenceChange::Put { key: format!("x{i}"), item: item("x") }).collect());
+        let fold: Vec<ReferenceChange> =
+            (0..2000).map(|i| ReferenceChange::Put { key: format!("x{i}"), item: item("x") }).collect();
+        // Past max_items nothing is applied.
+        let err = cache.apply(fold.clone(), 2099).unwrap_err();
+        assert!(err.to_string().contains("2100 items, more than its max_items 2099"), "{err}");
+        assert_eq!(cache.len(), 100);
+        cache.apply(fold, 2100).unwrap();
         assert_eq!(cache.len(), 2100);
         assert_eq!(cache.get_attr("k1", "name").unwrap(), LONG);
         assert!(cache.get("k2").is_none());

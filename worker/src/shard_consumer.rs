@@ -217,9 +217,9 @@ impl ConsumerState {
             Err(e) => return Err(e.into()),
         };
         self.consecutive_errors = 0;
-        self.ctx.metrics.millis_behind.store(batch.millis_behind_latest, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.metrics.millis_behind.set(batch.millis_behind_latest.min(i64::MAX as u64) as i64);
         let got_records = !batch.records.is_empty();
-        NodeMetrics::add(&self.ctx.metrics.records_read, batch.records.len() as u64);
+        self.ctx.metrics.records_read.inc_by(batch.records.len() as u64);
         if let Some(last) = batch.records.last() {
             self.fetched_upto = Some(last.position());
         }
@@ -302,7 +302,7 @@ impl ConsumerState {
         let dead = self.ctx.sinks.len() - 1;
         for (i, row) in out {
             if i == dead {
-                NodeMetrics::add(&self.ctx.metrics.dead_letters, 1);
+                self.ctx.metrics.dead_letters.inc();
             }
             per_sink[i].push(row);
         }
@@ -343,7 +343,7 @@ impl ConsumerState {
             Ok(lease) => {
                 self.lease = lease;
                 self.last_checkpoint = Instant::now();
-                NodeMetrics::add(&self.ctx.metrics.checkpoints, 1);
+                self.ctx.metrics.checkpoints.inc();
             }
             Err(ProtocolError::Lost { .. }) => self.stop(myself, reason::LOST),
             Err(e) => warn!(shard = %self.shard, error = %e, "checkpoint failed; will retry"),

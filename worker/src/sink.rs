@@ -111,7 +111,7 @@ impl SinkState {
                 async move {
                     let r = warehouse.commit(batch).await;
                     if r.is_err() {
-                        NodeMetrics::add(&metrics.commit_retries, 1);
+                        metrics.commit_retries.inc();
                     }
                     r
                 }
@@ -119,9 +119,9 @@ impl SinkState {
             .await;
         match result {
             Ok(stats) => {
-                NodeMetrics::add(&self.args.metrics.commits, 1);
-                NodeMetrics::add(&self.args.metrics.rows_committed, stats.upserted + stats.deleted);
-                NodeMetrics::add(&self.args.metrics.rows_fenced, stats.fenced);
+                self.args.metrics.commits.inc();
+                self.args.metrics.rows_committed.inc_by(stats.upserted + stats.deleted);
+                self.args.metrics.rows_fenced.inc_by(stats.fenced);
                 for ack in acks {
                     let _ = ack.consumer.cast(ConsumerMsg::Acked(ack.chunk));
                 }

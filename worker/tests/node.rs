@@ -5,7 +5,6 @@ use async_trait::async_trait;
 use coordinator::{ClusterSettings, EventSink};
 use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
 use proto::{Batch, Checkpoint, Clock, CommitStats, LeaseTable, TableSchema, Warehouse, WarehouseError, WorkerId};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -66,7 +65,7 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     let node = Node::start(config, ports, EventSink::none()).await.unwrap();
 
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let read = worker::NodeMetrics::get(&node.metrics.records_read);
+    let read = node.metrics.records_read.get();
     assert!(read > 0, "the node started reading");
     assert!(read <= 150, "reading stops at the in-flight budget (+ one read): read {read}");
     let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
@@ -77,7 +76,7 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     assert_eq!(warehouse.rows("t").len(), 1_000);
     let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
     assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last.unwrap(), 0)));
-    assert!(node.metrics.checkpoints.load(Ordering::Relaxed) >= 1);
+    assert!(node.metrics.checkpoints.get() >= 1);
 
     node.shutdown().await;
     let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();

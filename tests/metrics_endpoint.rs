@@ -1,0 +1,110 @@
+//! The node's Prometheus endpoint, scraped over HTTP on 127.0.0.1 and checked by Prometheus's
+//! own `promtool check metrics` (Debian's `prometheus` package; `.ci/run` installs it): the
+//! counters, and the reference tables' size, freshness and refused refreshes.
+
+use proto::memory::MemoryReferenceSource;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use worker::reference_cache::{ReferenceSet, ReferenceSpec};
+use worker::NodeMetrics;
+
+async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head.to_lowercase(), body.to_owned())
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn promtool_accepts(body: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian: apt-get install prometheus; .ci/run installs it)");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the exposition: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refreshes() {
+    let source = MemoryReferenceSource::new();
+    source.create_table("country", true);
+    for (code, name) in [("NO", "Norway"), ("SE", "Sweden"), ("FI", "Finland")] {
+        let item = serde_json::json!({"code": code, "name": name});
+        source.put("country", code, item.as_object().unwrap().clone());
+    }
+    let spec = ReferenceSpec {
+        name: "country".into(),
+        table: "country".into(),
+        key: "code".into(),
+        attributes: vec!["name".into()],
+        refresh_interval: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(50),
+        max_items: 3,
+    };
+    let source = Arc::new(source);
+    let references = Arc::new(ReferenceSet::start(source.clone(), &[spec]).await.unwrap());
+    let node = Arc::new(NodeMetrics::default());
+    node.records_read.inc_by(42);
+    node.dead_letters.inc();
+    node.millis_behind.set(1_500);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tributary::metrics_server::serve(listener, node.clone(), references.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    let (head, body) = scrape(addr).await;
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    promtool_accepts(&body);
+    assert_eq!(sample(&body, "tributary_records_read_total"), Some(42.0), "{body}");
+    assert_eq!(sample(&body, "tributary_dead_letters_total"), Some(1.0));
+    assert_eq!(sample(&body, "tributary_millis_behind_latest"), Some(1_500.0));
+    assert_eq!(sample(&body, "tributary_reference_items{reference=\"country\"}"), Some(3.0));
+    let bytes = sample(&body, "tributary_reference_bytes{reference=\"country\"}").unwrap();
+    assert_eq!(bytes as usize, references.get("country").unwrap().bytes());
+    assert!(bytes > 0.0);
+    assert!(sample(&body, "tributary_reference_age_seconds{reference=\"country\"}").unwrap() < 60.0);
+    assert_eq!(sample(&body, "tributary_reference_refresh_failures_total{reference=\"country\"}"), Some(0.0));
+
+    // A fourth item would pass max_items: the change is refused, the three stay in service,
+    // and the refusals show.
+    let item = serde_json::json!({"code": "DK", "name": "Denmark"});
+    source.put("country", "DK", item.as_object().unwrap().clone());
+    let mut failures = 0.0;
+    for _ in 0..100 {
+        let (_, body) = scrape(addr).await;
+        failures = sample(&body, "tributary_reference_refresh_failures_total{reference=\"country\"}").unwrap();
+        if failures >= 1.0 {
+            assert_eq!(sample(&body, "tributary_reference_items{reference=\"country\"}"), Some(3.0));
+            promtool_accepts(&body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures >= 1.0, "the refused refresh was not counted");
+    assert!(references.get("country").unwrap().get("DK").is_none());
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
