@@ -446,6 +446,7 @@ mod tests {
         assert!(!ddl.contains("COLLATE") && ddl.contains("VARCHAR(256)"), "{ddl}");
         // Text columns hold what the pipeline lets through (`proto::unstorable_text`).
         assert!(ddl.contains(&format!("VARCHAR({})", proto::MAX_TEXT_BYTES)), "{ddl}");
+        assert!(ddl.contains(&format!("\"_version\" VARCHAR({})", proto::MAX_VERSION_BYTES)), "{ddl}");
         let sql = MergeSql::new(&sample(), Dialect::Redshift).unwrap();
         let rows = [proto::Row {
             op: proto::RowOp::Upsert,

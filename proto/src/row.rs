@@ -23,6 +23,9 @@ pub const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000..
 /// bytes (PostgreSQL's `VARCHAR(65535)` counts characters, so bytes are the bound for both).
 pub const MAX_TEXT_BYTES: usize = 65_535;
 
+/// The longest version a row carries, in bytes (the version column is a `VARCHAR(256)`).
+pub const MAX_VERSION_BYTES: usize = 256;
+
 /// Why a text cannot be stored in any warehouse, if it cannot: longer than `MAX_TEXT_BYTES`,
 /// or holding a NUL character (PostgreSQL and Redshift refuse it in text).
 pub fn unstorable_text(text: &str) -> Option<String> {

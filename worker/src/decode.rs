@@ -69,6 +69,31 @@ fn normalize_timestamp(ts: &str) -> String {
     format!("{whole}.{fraction:0<9}")
 }
 
+/// A DMS `stream-position` (the source log's position: a MySQL binlog file and offset, a
+/// PostgreSQL LSN, …) in a form whose text order is the log's order: each run of digits is
+/// written as its length (2 digits) then its digits without leading zeros, so `000009:99` <
+/// `000009:100` < `000010:5`. Ends with a space, below any character it holds, so a position
+/// that is a prefix of another sorts first and the fields after it never compare against it.
+fn ordered_stream_position(position: &str, out: &mut String) {
+    let mut rest = position;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_digit() {
+            let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest[..end].trim_start_matches('0');
+            let digits = if digits.is_empty() { "0" } else { digits };
+            let len = digits.len().min(99);
+            out.push(char::from(b'0' + (len / 10) as u8));
+            out.push(char::from(b'0' + (len % 10) as u8));
+            out.push_str(&digits[..len]);
+            rest = &rest[end..];
+        } else {
+            out.push(if c <= ' ' { '!' } else { c });
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out.push(' ');
+}
+
 #[derive(Deserialize)]
 struct Metadata<'a> {
     #[serde(rename = "record-type", borrow)]
@@ -81,6 +106,8 @@ struct Metadata<'a> {
     table_name: Option<Cow<'a, str>>,
     #[serde(rename = "commit-timestamp", borrow)]
     commit_timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "stream-position", borrow)]
+    stream_position: Option<Cow<'a, str>>,
     #[serde(rename = "transaction-record-id")]
     transaction_record_id: Option<u64>,
 }
@@ -117,8 +144,13 @@ fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Op
     let version = if operation == "load" {
         format!("0{}", here.as_str())
     } else if let Some(commit) = meta.commit_timestamp.as_deref() {
+        // The change order DMS gives: commit time, then the log position (which orders two
+        // transactions committed within the timestamp's precision, a whole second on MySQL),
+        // then the record's place in its transaction.
         let record_id = meta.transaction_record_id.unwrap_or(0);
-        format!("1{}{record_id:020}{}", normalize_timestamp(commit), here.as_str())
+        let mut version = format!("1{}", normalize_timestamp(commit));
+        ordered_stream_position(meta.stream_position.as_deref().unwrap_or(""), &mut version);
+        format!("{version}{record_id:020}{}", here.as_str())
     } else {
         format!("1{}", here.as_str())
     };
@@ -135,6 +167,10 @@ mod tests {
     }
 
     fn dms_record(op: &str, commit: Option<&str>, record_id: u64) -> String {
+        dms_record_at(op, commit, None, record_id)
+    }
+
+    fn dms_record_at(op: &str, commit: Option<&str>, stream_position: Option<&str>, record_id: u64) -> String {
         let mut meta = serde_json::json!({
             "timestamp": "2024-01-01T00:00:00.000000Z", "record-type": "data", "operation": op,
             "partition-key-type": "primary-key", "schema-name": "sales", "table-name": "ticket_activity",
@@ -143,6 +179,9 @@ mod tests {
         if let Some(c) = commit {
             meta["commit-timestamp"] = c.into();
             meta["transaction-record-id"] = record_id.into();
+        }
+        if let Some(p) = stream_position {
+            meta["stream-position"] = p.into();
         }
         serde_json::json!({"data": {"ticket_id": 7, "purchased_by": 3}, "metadata": meta}).to_string()
     }
@@ -178,6 +217,34 @@ mod tests {
         // Within one commit, the record id orders the changes.
         assert!(v("update", Some("2024-01-01T00:00:01Z"), 3, 1) > v("update", Some("2024-01-01T00:00:01Z"), 2, 2));
         assert!(v("update", None, 0, 10) > v("update", None, 0, 9));
+        // Two transactions committed within one second (MySQL's precision): the log position
+        // orders them, numerically, whatever their record ids and arrival order.
+        let at_position = |position, id, seq| {
+            let text = dms_record_at("update", Some("2024-01-01T00:00:01Z"), Some(position), id);
+            decode(Format::Dms, &text, &at(seq), &wanted).unwrap().unwrap().version
+        };
+        let log = [
+            "mysql-bin-changelog.000009:99:-1:100:7:mysql-bin-changelog.000009:80",
+            "mysql-bin-changelog.000009:1000:-1:1001:8:mysql-bin-changelog.000009:990",
+            "mysql-bin-changelog.000010:5:-1:6:9:mysql-bin-changelog.000010:4",
+        ];
+        let versions: Vec<Version> =
+            log.iter().enumerate().map(|(i, p)| at_position(p, 5 - i as u64, 100 - i as u128)).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        // A position that is a prefix of another sorts first; the record id breaks a tie.
+        assert!(at_position("lsn:12", 9, 2) < at_position("lsn:12:1", 0, 1));
+        assert!(at_position("lsn:12", 1, 2) < at_position("lsn:12", 2, 1));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stream_positions_order_like_their_numbers(a in proptest::collection::vec(0u64..100_000, 1..4), b in proptest::collection::vec(0u64..100_000, 1..4), pad in 0usize..4) {
+            let text = |v: &[u64]| v.iter().map(|n| format!("{n:0pad$}", pad = pad)).collect::<Vec<_>>().join(":");
+            let (mut x, mut y) = (String::new(), String::new());
+            ordered_stream_position(&text(&a), &mut x);
+            ordered_stream_position(&text(&b), &mut y);
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+        }
     }
 
     #[test]

@@ -513,6 +513,10 @@ impl Pipeline {
             VersionSource::Sequence if self.format == Format::Json => ctx.change.version.clone(),
             VersionSource::Sequence => ctx.record.position.version(),
         };
+        if version.as_str().len() > proto::MAX_VERSION_BYTES {
+            let len = version.as_str().len();
+            return Built::Dead(format!("its version is {len} bytes, more than {}", proto::MAX_VERSION_BYTES));
+        }
         Built::Row(Row { op: if deleting { RowOp::Delete } else { RowOp::Upsert }, version, values })
     }
 
@@ -840,6 +844,40 @@ mod tests {
         let mut out = Vec::new();
         p.map(&ShardId::numbered(0), &record(r#"{"id": "ok"}"#), false, &mut out);
         assert_eq!(out[0].0, 0);
+    }
+
+    #[test]
+    fn a_version_longer_than_its_column_is_a_dead_letter() {
+        let config = PipelineConfig::from_toml(
+            r#"
+            format = "dms"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            version = "source"
+            column = [{ name = "id", from = "id", type = "bigint" }]
+            "#,
+        )
+        .unwrap();
+        let p = Pipeline::without_references(&config).unwrap();
+        let change = |position: &str| {
+            let meta = serde_json::json!({"record-type": "data", "operation": "update", "table-name": "t",
+                "commit-timestamp": "2024-01-01T00:00:01Z", "stream-position": position, "transaction-record-id": 1});
+            let mut out = Vec::new();
+            p.map(
+                &ShardId::numbered(0),
+                &record(&serde_json::json!({"data": {"id": 1}, "metadata": meta}).to_string()),
+                false,
+                &mut out,
+            );
+            out
+        };
+        assert_eq!(change("binlog.000001:4")[0].0, 0);
+        let out = change(&"x".repeat(200));
+        assert_eq!(out[0].0, 1, "{out:?}");
+        assert!(
+            matches!(&out[0].1.values[5], Value::Text(r) if r.contains("its version is") && r.contains("more than 256"))
+        );
     }
 
     #[test]
