@@ -246,6 +246,8 @@ impl PipelineConfig {
                 return Err(err(format!("{at}.name"), format!("{:?} is empty or defined twice", table.name)));
             }
             let mut aliases: Vec<&str> = Vec::new();
+            let all_aliases: Vec<&str> =
+                table.joins.iter().map(|j| j.alias.as_deref().unwrap_or(&j.reference)).collect();
             for (j, join) in table.joins.iter().enumerate() {
                 let at = format!("{at}.join[{j}]");
                 if !refs.contains(join.reference.as_str()) {
@@ -255,7 +257,15 @@ impl PipelineConfig {
                 if aliases.contains(&alias) {
                     return Err(err(format!("{at}.as"), format!("{alias:?} is used by an earlier join")));
                 }
-                check_path(&join.key, &aliases).map_err(|p| err(format!("{at}.key"), p))?;
+                check_path(&join.key).map_err(|p| err(format!("{at}.key"), p))?;
+                // A key read from this join or a later one would silently read a record field.
+                let head = join.key.split('.').next().unwrap_or_default();
+                if join.key.contains('.') && all_aliases[j..].contains(&head) {
+                    return Err(err(
+                        format!("{at}.key"),
+                        format!("{:?} reads join {head:?}, which is not joined yet: a join key reads the record or earlier joins", join.key),
+                    ));
+                }
                 aliases.push(alias);
             }
             let mut columns = BTreeSet::new();
@@ -265,7 +275,7 @@ impl PipelineConfig {
                     return Err(err(format!("{at}.name"), format!("{:?} is empty or defined twice", column.name)));
                 }
                 match (&column.from, &column.value) {
-                    (Some(from), None) => check_path(from, &aliases).map_err(|p| err(format!("{at}.from"), p))?,
+                    (Some(from), None) => check_path(from).map_err(|p| err(format!("{at}.from"), p))?,
                     (None, Some(_)) => {}
                     _ => return Err(err(at, "give exactly one of `from` and `value`")),
                 }
@@ -340,7 +350,7 @@ impl PipelineConfig {
     }
 }
 
-fn check_path(path: &str, _aliases: &[&str]) -> Result<(), String> {
+fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("must not be empty".into());
     }
@@ -428,6 +438,10 @@ type = "text"
             ),
             (GOOD.replace("refresh_interval = \"30s\"", "refresh_interval = \"30 parsecs\""), "invalid duration"),
             (GOOD.replace("format = \"dms\"", "format = \"dms\"\nformatt = 1"), "unknown field `formatt`"),
+            (
+                GOOD.replace("key = \"purchased_by\"", "key = \"c.region\""),
+                "table[0].join[0].key: \"c.region\" reads join \"c\", which is not joined yet",
+            ),
         ];
         for (text, expected) in cases {
             let e = PipelineConfig::from_toml(&text).unwrap_err().to_string();
