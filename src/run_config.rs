@@ -55,6 +55,12 @@ pub struct NodeSection {
     /// Longest a row waits in a sink's batch before the batch commits.
     #[serde(default = "default_batch_latency", deserialize_with = "duration")]
     pub batch_latency: Duration,
+    /// A sink's batch commits once it holds this many rows…
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// …or this many bytes of values (whichever comes first, or `batch_latency`).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
 }
 
 impl Default for NodeSection {
@@ -68,6 +74,8 @@ impl Default for NodeSection {
             read_interval: default_read_interval(),
             idle_read_interval: default_idle_interval(),
             batch_latency: default_batch_latency(),
+            batch_rows: default_batch_rows(),
+            batch_bytes: default_batch_bytes(),
         }
     }
 }
@@ -86,6 +94,14 @@ const fn default_idle_interval() -> Duration {
 
 const fn default_batch_latency() -> Duration {
     Duration::from_millis(500)
+}
+
+const fn default_batch_rows() -> usize {
+    5_000
+}
+
+const fn default_batch_bytes() -> usize {
+    8 << 20
 }
 
 const fn default_checkpoint() -> Duration {
@@ -210,6 +226,12 @@ impl RunConfig {
         if self.node.batch_latency.is_zero() {
             return Err(ConfigError::new("node.batch_latency", "must be above zero"));
         }
+        if self.node.batch_rows == 0 {
+            return Err(ConfigError::new("node.batch_rows", "must be above zero"));
+        }
+        if self.node.batch_bytes == 0 {
+            return Err(ConfigError::new("node.batch_bytes", "must be above zero"));
+        }
         self.initial_position()?;
         if self.warehouse.url.contains("password") {
             return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
@@ -326,6 +348,8 @@ url = "host=127.0.0.1"
         assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
         let e = config(&format!("{BASE}[metrics]\nlisten = \"9898\"\n")).unwrap_err().to_string();
         assert!(e.starts_with("metrics:") && e.contains("socket address"), "{e}");
+        let e = config(&format!("[node]\nbatch_rows = 0\n{BASE}")).unwrap_err().to_string();
+        assert!(e.starts_with("node.batch_rows:"), "{e}");
         let c = config(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9898\"\n")).unwrap();
         assert_eq!(c.metrics.unwrap().listen.port(), 9898);
     }

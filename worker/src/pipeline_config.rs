@@ -245,6 +245,11 @@ impl PipelineConfig {
             if table.name.is_empty() || !names.insert(table.name.as_str()) {
                 return Err(err(format!("{at}.name"), format!("{:?} is empty or defined twice", table.name)));
             }
+            // PostgreSQL cuts names at 63 bytes, and the sink adds `__deleted` / `__stage`: a
+            // longer name would make those collide with each other or another table.
+            if table.name.len() > MAX_TABLE_NAME_BYTES {
+                return Err(err(format!("{at}.name"), format!("longer than {MAX_TABLE_NAME_BYTES} bytes")));
+            }
             let mut aliases: Vec<&str> = Vec::new();
             let all_aliases: Vec<&str> =
                 table.joins.iter().map(|j| j.alias.as_deref().unwrap_or(&j.reference)).collect();
@@ -273,6 +278,12 @@ impl PipelineConfig {
                 let at = format!("{at}.column[{c}]");
                 if column.name.is_empty() || !columns.insert(column.name.as_str()) {
                     return Err(err(format!("{at}.name"), format!("{:?} is empty or defined twice", column.name)));
+                }
+                if column.name.len() > MAX_NAME_BYTES {
+                    return Err(err(format!("{at}.name"), format!("longer than {MAX_NAME_BYTES} bytes")));
+                }
+                if RESERVED_COLUMNS.contains(&column.name.as_str()) {
+                    return Err(err(format!("{at}.name"), format!("{:?} is the sink's own column", column.name)));
                 }
                 match (&column.from, &column.value) {
                     (Some(from), None) => check_path(from).map_err(|p| err(format!("{at}.from"), p))?,
@@ -349,6 +360,13 @@ impl PipelineConfig {
         self.tables.iter().flat_map(|t| &t.columns).any(|c| c.transform == Some(Transform::Tokenize))
     }
 }
+
+/// The longest identifier PostgreSQL keeps whole (Redshift keeps 127).
+const MAX_NAME_BYTES: usize = 63;
+/// A target table's name leaves room for the `__deleted` the sink appends.
+const MAX_TABLE_NAME_BYTES: usize = MAX_NAME_BYTES - "__deleted".len();
+/// Columns the sink adds to a target table (the version) or its stage table.
+const RESERVED_COLUMNS: [&str; 3] = ["_version", "_op", "_ord"];
 
 fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
@@ -438,6 +456,14 @@ type = "text"
             ),
             (GOOD.replace("refresh_interval = \"30s\"", "refresh_interval = \"30 parsecs\""), "invalid duration"),
             (GOOD.replace("format = \"dms\"", "format = \"dms\"\nformatt = 1"), "unknown field `formatt`"),
+            (
+                GOOD.replace("name = \"activity\"", &format!("name = \"{}\"", "a".repeat(55))),
+                "table[0].name: longer than 54 bytes",
+            ),
+            (
+                GOOD.replace("name = \"shard\"", "name = \"_version\""),
+                "table[0].column[2].name: \"_version\" is the sink's own column",
+            ),
             (
                 GOOD.replace("key = \"purchased_by\"", "key = \"c.region\""),
                 "table[0].join[0].key: \"c.region\" reads join \"c\", which is not joined yet",

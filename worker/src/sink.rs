@@ -174,3 +174,105 @@ impl Actor for Sink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Column, CommitStats, RowOp, SqlType, Version};
+    use std::sync::Mutex;
+
+    /// Records the size of each committed batch.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<usize>>);
+
+    #[async_trait::async_trait]
+    impl Warehouse for Recorder {
+        async fn ensure_table(&self, _table: &TableSchema) -> Result<(), WarehouseError> {
+            Ok(())
+        }
+        async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+            self.0.lock().unwrap().push(batch.rows.len());
+            Ok(CommitStats { upserted: batch.rows.len() as u64, ..CommitStats::default() })
+        }
+    }
+
+    /// Stands in for the consumers the acks go to.
+    struct Consumer;
+
+    impl Actor for Consumer {
+        type Msg = ConsumerMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<ConsumerMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    fn rows(n: usize, text_bytes: usize) -> Vec<Row> {
+        (0..n)
+            .map(|i| Row {
+                op: RowOp::Upsert,
+                version: Version::from_text("v"),
+                values: vec![Value::Int(i as i64), Value::Text("x".repeat(text_bytes))],
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_cut_by_rows_bytes_and_latency() {
+        let warehouse = Arc::new(Recorder::default());
+        let table = Arc::new(TableSchema {
+            name: "t".into(),
+            columns: vec![Column::new("id", SqlType::BigInt), Column::new("note", SqlType::Text)],
+            key: vec![0],
+            version_column: "_version".into(),
+        });
+        let settings = SinkSettings {
+            max_rows: 10,
+            max_bytes: 3_000,
+            max_latency: Duration::from_secs(1),
+            ..SinkSettings::default()
+        };
+        let args = SinkArgs {
+            table,
+            warehouse: warehouse.clone(),
+            settings,
+            retry: RetryPolicy::default(),
+            metrics: Arc::new(NodeMetrics::default()),
+        };
+        let (sink, sink_task) = Actor::spawn(None, Sink, args).await.unwrap();
+        let (consumer, consumer_task) = Actor::spawn(None, Consumer, ()).await.unwrap();
+        let write = |rows: Vec<Row>, chunk| {
+            sink.cast(SinkMsg::Write { rows, ack: Ack { consumer: consumer.clone(), chunk } }).unwrap()
+        };
+        let committed = || warehouse.0.lock().unwrap().clone();
+        let settle = || tokio::time::sleep(Duration::from_millis(10));
+
+        // Rows: the write that reaches 10 rows commits them all at once.
+        write(rows(4, 1), 1);
+        write(rows(4, 1), 2);
+        settle().await;
+        assert_eq!(committed(), Vec::<usize>::new());
+        write(rows(4, 1), 3);
+        settle().await;
+        assert_eq!(committed(), vec![12]);
+        // Bytes: three rows of 1,000 bytes of text pass 3,000.
+        write(rows(2, 1_000), 4);
+        settle().await;
+        assert_eq!(committed(), vec![12]);
+        write(rows(1, 1_000), 5);
+        settle().await;
+        assert_eq!(committed(), vec![12, 3]);
+        // Latency: one row waits max_latency from the batch's first write, then commits alone.
+        write(rows(1, 1), 6);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(committed(), vec![12, 3]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(committed(), vec![12, 3, 1]);
+
+        sink.stop(None);
+        consumer.stop(None);
+        sink_task.await.unwrap();
+        consumer_task.await.unwrap();
+    }
+}
