@@ -172,6 +172,37 @@ fn postgres_warehouse_conforms() {
     );
 }
 
+/// A target table that exists without a column the sink writes (made by hand, or by a version
+/// of tributary before the column) fails `ensure_table`, naming the column: the node does not
+/// start, rather than having every batch refused.
+#[test]
+fn an_existing_table_missing_a_column_fails_at_start() {
+    let rt = runtime();
+    let pg = postgres().expect("a postgresql for the tests");
+    let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
+    let table = schema(&fresh_name());
+    let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+    rt.block_on(w.query_text(&format!("CREATE TABLE {name} (\"id\" TEXT, \"amount\" FLOAT, \"_version\" TEXT)")))
+        .unwrap();
+    let e = rt.block_on(w.ensure_table(&table)).unwrap_err().to_string();
+    assert!(e.contains("without column(s) \"n\", \"ok\", \"at\", \"note\""), "{e}");
+    // Once the columns are there, it starts.
+    rt.block_on(w.query_text(&format!(
+        "ALTER TABLE {name} ADD COLUMN \"n\" BIGINT, ADD COLUMN \"ok\" BOOLEAN, \
+         ADD COLUMN \"at\" TIMESTAMP, ADD COLUMN \"note\" TEXT"
+    )))
+    .unwrap();
+    rt.block_on(w.ensure_table(&table)).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("tributary-drift-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    rusqlite::Connection::open(&dir).unwrap().execute(&format!("CREATE TABLE {name} (\"id\" TEXT)"), []).unwrap();
+    let sqlite = SqliteWarehouse::open(&dir).unwrap();
+    let e = rt.block_on(sqlite.ensure_table(&table)).unwrap_err().to_string();
+    assert!(e.contains("without column(s) \"amount\""), "{e}");
+    let _ = std::fs::remove_file(&dir);
+}
+
 /// Two nodes committing the same keys at once (a stale owner replaying after a failover, or one
 /// key written from two shards): every key still ends with one row, the highest version's.
 #[test]

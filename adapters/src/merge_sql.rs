@@ -230,6 +230,33 @@ pub fn tombstone_table(table: &str) -> String {
     format!("{table}__deleted")
 }
 
+/// The tables `create_tables` makes, each with the columns the sink writes: a table that
+/// already existed must have them (`missing_columns`).
+pub fn expected_columns(schema: &TableSchema) -> Vec<(String, Vec<String>)> {
+    let mut target: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+    target.push(schema.version_column.clone());
+    let mut tombstones: Vec<String> = schema.key.iter().map(|&i| schema.columns[i].name.clone()).collect();
+    tombstones.push(schema.version_column.clone());
+    vec![(schema.name.clone(), target), (tombstone_table(&schema.name), tombstones)]
+}
+
+/// Checks an existing table's columns (`existing`, as the catalog names them) against those the
+/// sink writes: a table made by hand or by another version fails at start, naming what it
+/// lacks, instead of having every batch refused.
+pub fn missing_columns(table: &str, wanted: &[String], existing: &[String]) -> Result<(), SqlError> {
+    let missing: Vec<&String> = wanted.iter().filter(|c| !existing.contains(c)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(SqlError::BadSchema {
+        table: table.to_owned(),
+        reason: format!(
+            "the table exists without column(s) {} (made by hand or by another version): add them or drop the table",
+            missing.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
 /// DDL that creates the target and its tombstone table if absent (with a non-unique key index
 /// where the engine has indexes).
 pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<String>, SqlError> {

@@ -8,7 +8,7 @@
 //! CAs). Without it
 //! the connection is plain TCP (`prefer` does not fall back silently to an unverified TLS).
 
-use crate::merge_sql::{create_tables, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
+use crate::merge_sql::{create_tables, expected_columns, missing_columns, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
 use async_trait::async_trait;
 use proto::{Batch, CommitStats, RowOp, TableSchema, Value, Warehouse, WarehouseError};
 use std::collections::HashMap;
@@ -209,6 +209,18 @@ impl Warehouse for PostgresWarehouse {
             .map_err(|e| classify(e, false))?;
         for statement in ddl {
             tx.batch_execute(&statement).await.map_err(|e| classify(e, false))?;
+        }
+        for (name, wanted) in expected_columns(table) {
+            let rows = tx
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| classify(e, false))?;
+            let existing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            missing_columns(&name, &wanted, &existing).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
         }
         tx.commit().await.map_err(|e| classify(e, false))?;
         Ok(())

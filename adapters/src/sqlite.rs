@@ -1,7 +1,10 @@
 //! The embedded warehouse: SQLite (bundled) behind the `Warehouse` port. Each batch commits in
 //! one `BEGIN IMMEDIATE` transaction running the shared upsert SQL of `merge_sql.rs`.
 
-use crate::merge_sql::{create_tables, quote_ident, tombstone_table, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
+use crate::merge_sql::{
+    create_tables, expected_columns, missing_columns, quote_ident, tombstone_table, Dialect, MergeSql, OP_DELETE,
+    OP_UPSERT,
+};
 use async_trait::async_trait;
 use proto::memory::{MemoryWarehouse, StoredRow};
 use proto::{Batch, CommitStats, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
@@ -257,11 +260,17 @@ fn check_batch(batch: &Batch) -> Result<(), WarehouseError> {
 impl Warehouse for SqliteWarehouse {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
         let ddl = create_tables(table, Dialect::Sqlite).map_err(rejected)?;
-        let conn = self.conn.clone();
+        let (conn, table) = (self.conn.clone(), table.clone());
         tokio::task::spawn_blocking(move || {
             let conn = lock(&conn);
             for statement in ddl {
                 conn.execute(&statement, []).map_err(classify)?;
+            }
+            for (name, wanted) in expected_columns(&table) {
+                let mut columns = conn.prepare("SELECT name FROM pragma_table_info(?1)").map_err(classify)?;
+                let existing: Vec<String> =
+                    columns.query_map([&name], |r| r.get(0)).and_then(Iterator::collect).map_err(classify)?;
+                missing_columns(&name, &wanted, &existing).map_err(rejected)?;
             }
             Ok(())
         })
