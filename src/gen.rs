@@ -61,39 +61,52 @@ pub async fn write_reference_tables(sdk: &aws_config::SdkConfig, world: &TicketW
         ("ticket", "ticket_id", &world.tickets),
         ("customer", "customer_id", &world.customers),
     ] {
-        let created = client
-            .create_table()
-            .table_name(table)
-            .attribute_definitions(
-                AttributeDefinition::builder().attribute_name(key).attribute_type(ScalarAttributeType::N).build()?,
-            )
-            .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build()?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .stream_specification(
-                StreamSpecification::builder()
-                    .stream_enabled(true)
-                    .stream_view_type(StreamViewType::NewImage)
-                    .build()?,
-            )
-            .send()
-            .await;
-        if let Err(e) = created {
-            let f = adapters::aws::classify(&e);
-            anyhow::ensure!(f.code() == "ResourceInUseException", "create table {table}: {f}");
-        }
-        wait_active(&client, table).await?;
+        create_reference_table(&client, table, key, ScalarAttributeType::N, true).await?;
         for row in rows.values() {
-            let item = row.as_object().context("rows are objects")?.iter().map(|(k, v)| (k.clone(), dynamo_value(v)));
-            client
-                .put_item()
-                .table_name(table)
-                .set_item(Some(item.collect()))
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("put into {table}: {}", adapters::aws::classify(&e)))?;
+            put_reference_item(&client, table, row).await?;
         }
         eprintln!("gen: {} rows in {table}", rows.len());
     }
+    Ok(())
+}
+
+/// Creates a reference table keyed by `key` (on-demand; with a NEW_IMAGE stream when
+/// `stream`) unless it exists, and waits until it takes writes.
+pub async fn create_reference_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+    key_type: ScalarAttributeType,
+    stream: bool,
+) -> anyhow::Result<()> {
+    let mut create = client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(AttributeDefinition::builder().attribute_name(key).attribute_type(key_type).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build()?)
+        .billing_mode(BillingMode::PayPerRequest);
+    if stream {
+        create = create.stream_specification(
+            StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::NewImage).build()?,
+        );
+    }
+    if let Err(e) = create.send().await {
+        let f = adapters::aws::classify(&e);
+        anyhow::ensure!(f.code() == "ResourceInUseException", "create table {table}: {f}");
+    }
+    wait_active(client, table).await
+}
+
+/// Writes one item (a JSON object) into a reference table.
+pub async fn put_reference_item(client: &aws_sdk_dynamodb::Client, table: &str, row: &Json) -> anyhow::Result<()> {
+    let item = row.as_object().context("rows are objects")?.iter().map(|(k, v)| (k.clone(), dynamo_value(v)));
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item.collect()))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("put into {table}: {}", adapters::aws::classify(&e)))?;
     Ok(())
 }
 

@@ -2,7 +2,10 @@
 //! harness): a 3-node cluster over an in-memory stream and lease table, real time, a node killed
 //! mid-run so that replays happen, and the warehouse compared with the generator's oracle.
 
+use adapters::dynamodb_reference::DynamoReferenceSource;
+use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
+use aws_sdk_dynamodb::types::ScalarAttributeType;
 use adapters::postgres_server::{postgres, PgHandle};
 use base64::Engine;
 use coordinator::ClusterSettings;
@@ -177,44 +180,55 @@ fn put_json(stream: &MemoryStream, key: &str, doc: Json) {
     stream.put(key, doc.to_string().into_bytes());
 }
 
+/// Reference tables in DynamoDB (moto): one followed through its DynamoDB Stream, one reloaded
+/// every `refresh_interval`. A country renamed while the cluster runs reaches the rows
+/// processed after the change, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_changes_are_followed_without_restart() {
-    // The same country table twice: one with a change feed, one refreshed by full loads.
-    let refs = MemoryReferenceSource::new();
-    for (table, feed) in [("country_feed", true), ("country_scan", false)] {
-        refs.create_table(table, feed);
+    let dynamo = emulator(Service::Dynamo).expect("moto (deploy/local/stack.sh install)");
+    let client = aws_sdk_dynamodb::Client::new(&dynamo.sdk_config());
+    let tag = std::process::id();
+    let (feed_table, scan_table) = (format!("country-feed-{tag}"), format!("country-scan-{tag}"));
+    let country = |code: &str, name: &str| serde_json::json!({"code": code, "name": name});
+    for (table, stream) in [(&feed_table, true), (&scan_table, false)] {
+        tributary::gen::create_reference_table(&client, table, "code", ScalarAttributeType::S, stream).await.unwrap();
         for (code, name) in [("FR", "France"), ("DE", "Germany"), ("JP", "Japan")] {
-            refs.put(table, code, serde_json::json!({"code": code, "name": name}).as_object().unwrap().clone());
+            tributary::gen::put_reference_item(&client, table, &country(code, name)).await.unwrap();
         }
     }
-    let config = PipelineConfig::from_toml(
+    // The followed table's refresh_interval is an hour: only its stream can bring the change.
+    let config = PipelineConfig::from_toml(&format!(
         r#"
         [[reference]]
         name = "country_feed"
+        table = "{feed_table}"
         key = "code"
         poll_interval = "200ms"
+        refresh_interval = "1h"
         [[reference]]
         name = "country_scan"
+        table = "{scan_table}"
         key = "code"
         refresh_interval = "1s"
         [[table]]
         name = "visits"
         key = ["id"]
         join = [
-            { reference = "country_feed", as = "f", key = "country", on_missing = "null" },
-            { reference = "country_scan", as = "s", key = "country", on_missing = "null" },
+            {{ reference = "country_feed", as = "f", key = "country", on_missing = "null" }},
+            {{ reference = "country_scan", as = "s", key = "country", on_missing = "null" }},
         ]
         column = [
-            { name = "id", from = "id", type = "bigint" },
-            { name = "country", from = "country", type = "text" },
-            { name = "name_by_feed", from = "f.name", type = "text" },
-            { name = "name_by_refresh", from = "s.name", type = "text" },
+            {{ name = "id", from = "id", type = "bigint" }},
+            {{ name = "country", from = "country", type = "text" }},
+            {{ name = "name_by_feed", from = "f.name", type = "text" }},
+            {{ name = "name_by_refresh", from = "s.name", type = "text" }},
         ]
-        "#,
-    )
+        "#
+    ))
     .unwrap();
-    let set = Arc::new(ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap());
-    let mut s = setup(Pipeline::new(&config, set).unwrap(), 2, "reference_changes").await;
+    let source = Arc::new(DynamoReferenceSource::new(&dynamo.sdk_config()));
+    let set = Arc::new(ReferenceSet::start(source, &config.reference_specs()).await.unwrap());
+    let mut s = setup(Pipeline::new(&config, set.clone()).unwrap(), 2, "reference_changes").await;
     let codes = ["FR", "DE", "JP"];
     for id in 0..300 {
         put_json(&s.stream, &id.to_string(), serde_json::json!({"id": id, "country": codes[id % 3]}));
@@ -222,15 +236,22 @@ async fn reference_changes_are_followed_without_restart() {
     let count = "SELECT count(*) FROM visits";
     assert_eq!(wait_for_count(&s.warehouse, count, 300).await, 300);
 
-    // The source renames a country while the cluster runs.
-    for table in ["country_feed", "country_scan"] {
-        refs.put(
-            table,
-            "FR",
-            serde_json::json!({"code": "FR", "name": "République française"}).as_object().unwrap().clone(),
-        );
+    // The source renames a country while the cluster runs; each cache takes it up (bounded wait).
+    let renamed_at = std::time::Instant::now();
+    for table in [&feed_table, &scan_table] {
+        tributary::gen::put_reference_item(&client, table, &country("FR", "République française")).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for name in ["country_feed", "country_scan"] {
+        let cache = set.get(name).unwrap();
+        for _ in 0..300 {
+            if cache.get_attr("FR", "name").unwrap() == "République française" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache.get_attr("FR", "name").unwrap(), "République française", "{name} followed the change");
+        eprintln!("{name}: the change was in the cache {:.2}s after the write", renamed_at.elapsed().as_secs_f64());
+    }
     for id in 300..600 {
         put_json(&s.stream, &id.to_string(), serde_json::json!({"id": id, "country": codes[id % 3]}));
     }
@@ -259,16 +280,22 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
     let mut generator = tributary::ev::Generator::new(1_700_000_000_000);
     let (mut good, mut malformed) = (0usize, 0usize);
     let mut kwh = BTreeMap::new();
+    // (partition key, payload) of every user record written, what the raw table must hold.
+    let mut written = std::collections::BTreeSet::new();
     for i in 0..1_200 {
         let (key, payload, session) = generator.next(&mut rng);
         // Every tenth record goes with the next two in one KPL aggregate.
         let sessions = if i % 10 == 0 {
             let (_, p2, s2) = generator.next(&mut rng);
             let (_, p3, s3) = generator.next(&mut rng);
+            for (k, p) in [(key.as_str(), &payload), ("k2", &p2), ("k3", &p3)] {
+                written.insert((k.to_owned(), String::from_utf8(p.clone()).unwrap()));
+            }
             let items: Vec<(&str, &[u8])> = vec![(key.as_str(), &payload), ("k2", &p2), ("k3", &p3)];
             s.stream.put(&key, worker::kpl::aggregate(&items));
             vec![session, s2, s3]
         } else {
+            written.insert((key.clone(), String::from_utf8(payload.clone()).unwrap()));
             s.stream.put(&key, payload);
             vec![session]
         };
@@ -327,6 +354,20 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
         .await
         .unwrap();
     assert!(aggregated[0][0].as_deref().unwrap().parse::<usize>().unwrap() >= 2 * 100, "aggregates were split");
+    // Each raw row is a record as written: its partition key and payload, with its arrival time.
+    let raw_rows = s
+        .warehouse
+        .query_text(&format!(
+            "SELECT partition_key, payload, approximate_arrival_timestamp FROM \"{}\"",
+            tributary::ev::RAW_TABLE
+        ))
+        .await
+        .unwrap();
+    for r in &raw_rows {
+        let (key, payload) = (r[0].clone().unwrap(), r[1].clone().unwrap());
+        assert!(written.contains(&(key.clone(), payload.clone())), "raw row not written as such: {key} {payload}");
+        assert!(r[2].is_some(), "{key}: no arrival time");
+    }
     // Typed columns follow the payload; the latest state per session is kept.
     let sessions = s.warehouse.query_text("SELECT \"_id\", \"kWhDelivered\" FROM ev_charging_sessions").await.unwrap();
     assert_eq!(sessions.len(), kwh.len());
