@@ -134,6 +134,11 @@ impl TicketWorld {
     }
 
     fn record(&mut self, operation: &str, a: &Activity) -> (String, Vec<u8>) {
+        self.record_with_before(operation, a, None)
+    }
+
+    /// A DMS record; `before` is the row's before-image (a primary-key change needs it).
+    fn record_with_before(&mut self, operation: &str, a: &Activity, before: Option<&Activity>) -> (String, Vec<u8>) {
         self.clock_ms += 3;
         self.record_id += 1;
         let mut metadata = json!({
@@ -145,9 +150,15 @@ impl TicketWorld {
             metadata["commit-timestamp"] = json!(iso(self.clock_ms));
             metadata["transaction-record-id"] = json!(1);
         }
-        let data = json!({"ticket_id": a.ticket_id, "purchased_by": a.purchased_by,
-                          "created_at": a.created_at, "updated_at": a.updated_at});
-        (a.ticket_id.to_string(), json!({"data": data, "metadata": metadata}).to_string().into_bytes())
+        let image = |a: &Activity| {
+            json!({"ticket_id": a.ticket_id, "purchased_by": a.purchased_by,
+                   "created_at": a.created_at, "updated_at": a.updated_at})
+        };
+        let mut record = json!({"data": image(a), "metadata": metadata});
+        if let Some(before) = before {
+            record["before-image"] = image(before);
+        }
+        (a.ticket_id.to_string(), record.to_string().into_bytes())
     }
 
     /// The full-load phase: one `load` record per sold ticket (about half of them).
@@ -174,12 +185,22 @@ impl TicketWorld {
         rng.gen_range(1..=self.customers.len() as u64)
     }
 
-    /// One change: a purchase, a resale (update), or a refund (delete).
+    /// One change: a purchase, a resale (update), a seat exchange (the activity moves to an
+    /// unsold ticket: a primary-key change, with its before-image), or a refund (delete).
     pub fn change(&mut self, rng: &mut impl Rng) -> (String, Vec<u8>) {
         let ids: Vec<u64> = self.tickets.keys().copied().collect();
         let id = ids[rng.gen_range(0..ids.len())];
         let now = iso(self.clock_ms + 3);
+        let unsold: Vec<u64> = ids.iter().copied().filter(|t| !matches!(self.activity.get(t), Some(Some(_)))).collect();
         match self.activity.get(&id).cloned().flatten() {
+            Some(before) if !unsold.is_empty() && rng.gen_bool(0.1) => {
+                let to = unsold[rng.gen_range(0..unsold.len())];
+                let a = Activity { ticket_id: to, updated_at: now, ..before.clone() };
+                let r = self.record_with_before("update", &a, Some(&before));
+                self.activity.insert(id, None);
+                self.activity.insert(to, Some(a));
+                r
+            }
             None => {
                 let a = Activity {
                     ticket_id: id,
@@ -212,5 +233,31 @@ impl TicketWorld {
             c["phone"] = json!(phone);
             source.put("customer", &id.to_string(), c.as_object().expect("object").clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn changes_include_seat_exchanges_with_their_before_image() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut world = TicketWorld::new(&mut rng, 5, 20, 30, 1_700_000_000_000);
+        world.full_load(&mut rng);
+        let mut exchanges = 0;
+        for _ in 0..2_000 {
+            let (key, data) = world.change(&mut rng);
+            let record: Json = serde_json::from_slice(&data).unwrap();
+            assert_eq!(key, record["data"]["ticket_id"].to_string(), "partitioned by the primary key");
+            if let Some(before) = record.get("before-image") {
+                exchanges += 1;
+                let (from, to) = (before["ticket_id"].as_u64().unwrap(), record["data"]["ticket_id"].as_u64().unwrap());
+                assert_ne!(from, to);
+                assert_eq!(before["purchased_by"], record["data"]["purchased_by"]);
+            }
+        }
+        assert!(exchanges >= 20, "{exchanges} seat exchanges");
     }
 }

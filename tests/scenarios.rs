@@ -5,8 +5,8 @@
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use aws_sdk_dynamodb::types::ScalarAttributeType;
 use adapters::postgres_server::{postgres, PgHandle};
+use aws_sdk_dynamodb::types::ScalarAttributeType;
 use base64::Engine;
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryReferenceSource, MemoryStream};
@@ -114,6 +114,8 @@ async fn ticket_activity_lands_denormalized_masked_and_tokenized() {
         world.activity.iter().filter_map(|(id, a)| a.as_ref().map(|a| (*id, a))).collect();
     let table = format!("\"{}\"", tickets::TARGET);
     let key = TokenKey::new(KEY.as_bytes().to_vec()).unwrap();
+    // PostgreSQL writes a timestamp column the way the generator wrote its text.
+    let iso = |column: &str| format!("to_char({column}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     let check = || async {
         let reasons = s.warehouse.query_text("SELECT reason FROM tributary_dead_letters LIMIT 3").await.unwrap();
         if !reasons.is_empty() {
@@ -122,7 +124,11 @@ async fn ticket_activity_lands_denormalized_masked_and_tokenized() {
         let rows = s
             .warehouse
             .query_text(&format!(
-                "SELECT ticket_id, purchased_by, event_id, sport_type, location, seat_level, ticket_price, customer_name, email, phone FROM {table}"
+                "SELECT ticket_id, purchased_by, event_id, sport_type, location, seat_level, ticket_price, customer_name, email, phone, \
+                 {}, {}, {}, seat_location FROM {table}",
+                iso("created_at"),
+                iso("updated_at"),
+                iso("start_date")
             ))
             .await
             .unwrap();
@@ -149,6 +155,10 @@ async fn ticket_activity_lands_denormalized_masked_and_tokenized() {
                 text(&customer["name"]),
                 key.tokenize(customer["email"].as_str().unwrap()),
                 worker::transform::mask(customer["phone"].as_str().unwrap()),
+                a.created_at.clone(),
+                a.updated_at.clone(),
+                text(&event["start_date"]),
+                text(&ticket["seat_location"]),
             ];
             if r[1..] != expected {
                 return Err(format!("ticket {id}: warehouse {:?}, expected {expected:?}", &r[1..]));
