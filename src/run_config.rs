@@ -185,7 +185,11 @@ pub struct RunConfig {
 fn section<T: for<'de> Deserialize<'de>>(table: &mut toml::Table, name: &str) -> Result<Option<T>, ConfigError> {
     match table.remove(name) {
         None => Ok(None),
-        Some(value) => T::deserialize(value).map(Some).map_err(|e| ConfigError::new(name, e.message())),
+        Some(value) => serde_path_to_error::deserialize(value).map(Some).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { name.to_owned() } else { format!("{name}.{path}") };
+            ConfigError::new(field, e.into_inner().message())
+        }),
     }
 }
 
@@ -328,7 +332,7 @@ url = "host=127.0.0.1"
     #[test]
     fn errors_name_the_field() {
         let e = config(&format!("[node]\nfailover = \"4s\"\n{BASE}")).unwrap_err().to_string();
-        assert!(e.starts_with("node:") && e.contains("unknown field `failover`"), "{e}");
+        assert!(e.starts_with("node.failover:") && e.contains("unknown field `failover`"), "{e}");
         let e = config(&BASE.replace("[stream]\nname = \"s\"\n", "")).unwrap_err().to_string();
         assert!(e.starts_with("stream:"), "{e}");
         let e = config(&format!("[node]\ninitial_position = \"oldest\"\n{BASE}")).unwrap_err().to_string();
@@ -347,7 +351,7 @@ url = "host=127.0.0.1"
         let e = config(&BASE.replace("host=127.0.0.1", "host='unclosed hunter2")).unwrap_err().to_string();
         assert!(e.starts_with("warehouse.url:") && !e.contains("hunter2"), "{e}");
         let e = config(&format!("{BASE}[metrics]\nlisten = \"9898\"\n")).unwrap_err().to_string();
-        assert!(e.starts_with("metrics:") && e.contains("socket address"), "{e}");
+        assert!(e.starts_with("metrics.listen:") && e.contains("socket address"), "{e}");
         let e = config(&format!("[node]\nbatch_rows = 0\n{BASE}")).unwrap_err().to_string();
         assert!(e.starts_with("node.batch_rows:"), "{e}");
         let c = config(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9898\"\n")).unwrap();

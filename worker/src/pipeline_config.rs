@@ -203,18 +203,21 @@ fn err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 
 impl PipelineConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
             let field = e.span().map(|s| format!("at byte {}", s.start)).unwrap_or_else(|| "config".into());
             err(field, e.message().to_owned())
         })?;
-        config.validate()?;
-        Ok(config)
+        Self::from_table(table)
     }
 
-    /// The pipeline from the part of a larger file that holds it.
+    /// The pipeline from the part of a larger file that holds it. A value of the wrong shape is
+    /// reported with its path (`table[0].column[3].type: unknown variant …`).
     pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| err("pipeline", e.message()))?;
+        let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "pipeline".to_owned() } else { path };
+            err(path, e.into_inner().message())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -456,6 +459,8 @@ type = "text"
             ),
             (GOOD.replace("refresh_interval = \"30s\"", "refresh_interval = \"30 parsecs\""), "invalid duration"),
             (GOOD.replace("format = \"dms\"", "format = \"dms\"\nformatt = 1"), "unknown field `formatt`"),
+            (GOOD.replace("type = \"bigint\"", "type = \"int\""), "table[0].column[0].type: unknown variant `int`"),
+            (GOOD.replace("on_missing = \"null\"", "on_missing = \"skip\""), "table[0].join[0].on_missing: unknown variant"),
             (
                 GOOD.replace("name = \"activity\"", &format!("name = \"{}\"", "a".repeat(55))),
                 "table[0].name: longer than 54 bytes",
