@@ -214,3 +214,18 @@ async fn doubles_at_the_edges_land_exactly() {
         assert_eq!(back.to_bits(), x.to_bits(), "{x:e} came back as {text}");
     }
 }
+
+/// A table that existed without a column the sink writes fails `ensure_table` (the node's
+/// start), with Redshift's own message naming the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_table_missing_a_column_fails_at_start() {
+    let (_pg, _endpoint, w, check) = setup("rsd_drift").await;
+    check.query_text("CREATE TABLE events (\"id\" VARCHAR(256), \"_version\" VARCHAR(256))").await.unwrap();
+    let e = w.ensure_table(&schema("events")).await.unwrap_err();
+    assert!(
+        matches!(e, WarehouseError::Rejected(ref m) if m.contains("lacks a column") && m.contains("\"note\"")),
+        "{e:?}"
+    );
+    check.query_text("ALTER TABLE events ADD COLUMN \"note\" TEXT, ADD COLUMN \"n\" BIGINT").await.unwrap();
+    w.ensure_table(&schema("events")).await.unwrap();
+}

@@ -257,6 +257,19 @@ pub fn missing_columns(table: &str, wanted: &[String], existing: &[String]) -> R
     })
 }
 
+/// For engines whose catalog the sink cannot read back (the Data API returns no rows to it):
+/// one `SELECT <every column the sink writes> … WHERE 1 = 0` per table, which fails naming
+/// a column the table lacks.
+pub fn column_probes(schema: &TableSchema) -> Result<Vec<String>, SqlError> {
+    expected_columns(schema)
+        .into_iter()
+        .map(|(table, columns)| {
+            let columns: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect::<Result<_, _>>()?;
+            Ok(format!("SELECT {} FROM {} WHERE 1 = 0", columns.join(", "), quote_ident(&table)?))
+        })
+        .collect()
+}
+
 /// DDL that creates the target and its tombstone table if absent (with a non-unique key index
 /// where the engine has indexes).
 pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<String>, SqlError> {

@@ -13,7 +13,7 @@
 //! otherwise (bad SQL or values: it will fail again).
 
 use crate::aws::{classify, Failure};
-use crate::merge_sql::{create_tables, Dialect, MergeSql};
+use crate::merge_sql::{column_probes, create_tables, Dialect, MergeSql};
 use async_trait::async_trait;
 use aws_sdk_redshiftdata::types::StatusString;
 use aws_sdk_redshiftdata::Client;
@@ -209,9 +209,19 @@ impl RedshiftDataWarehouse {
 #[async_trait]
 impl Warehouse for RedshiftDataWarehouse {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
-        let ddl = create_tables(table, Dialect::Redshift).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        let mut ddl = create_tables(table, Dialect::Redshift).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        // A table that existed without a column the sink writes fails here, at the node's
+        // start, rather than every batch later.
+        ddl.extend(column_probes(table).map_err(|e| WarehouseError::Rejected(e.to_string()))?);
         let id = self.submit(ddl).await?;
-        self.wait(&id).await.map(|_| ())
+        self.wait(&id).await.map(|_| ()).map_err(|e| match e {
+            WarehouseError::Rejected(m) => WarehouseError::Rejected(format!(
+                "table {:?} (or its {:?}) lacks a column the sink writes, or cannot be created: {m}",
+                table.name,
+                crate::merge_sql::tombstone_table(&table.name)
+            )),
+            other => other,
+        })
     }
 
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {

@@ -460,7 +460,10 @@ type = "text"
             (GOOD.replace("refresh_interval = \"30s\"", "refresh_interval = \"30 parsecs\""), "invalid duration"),
             (GOOD.replace("format = \"dms\"", "format = \"dms\"\nformatt = 1"), "unknown field `formatt`"),
             (GOOD.replace("type = \"bigint\"", "type = \"int\""), "table[0].column[0].type: unknown variant `int`"),
-            (GOOD.replace("on_missing = \"null\"", "on_missing = \"skip\""), "table[0].join[0].on_missing: unknown variant"),
+            (
+                GOOD.replace("on_missing = \"null\"", "on_missing = \"skip\""),
+                "table[0].join[0].on_missing: unknown variant",
+            ),
             (
                 GOOD.replace("name = \"activity\"", &format!("name = \"{}\"", "a".repeat(55))),
                 "table[0].name: longer than 54 bytes",
