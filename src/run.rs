@@ -129,7 +129,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let node = Node::start(node_config, ports, EventSink::none()).await?;
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = metrics_listener.map(|listener| {
-        info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics");
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("tributary: metrics on http://{addr}/metrics");
+        }
         let stopped = async move {
             let _ = metrics_stopped.await;
         };

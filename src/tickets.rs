@@ -146,8 +146,15 @@ impl TicketWorld {
             "partition-key-type": "primary-key", "schema-name": "dms_sample", "table-name": "ticket_activity",
         });
         if operation != "load" {
+            // As a MySQL source reports them: commit times in whole seconds (many transactions
+            // share one; the binlog position orders them), the position as file:offset:….
+            let (file, offset) = (1 + self.record_id / 1_000, 4 + (self.record_id % 1_000) * 397);
             metadata["transaction-id"] = json!(self.record_id);
-            metadata["commit-timestamp"] = json!(iso(self.clock_ms));
+            metadata["commit-timestamp"] = json!(iso(self.clock_ms / 1000 * 1000));
+            metadata["stream-position"] = json!(format!(
+                "mysql-bin-changelog.{file:06}:{offset}:-1:{}:1:mysql-bin-changelog.{file:06}:{offset}",
+                offset + 1
+            ));
             metadata["transaction-record-id"] = json!(1);
         }
         let image = |a: &Activity| {

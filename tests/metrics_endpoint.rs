@@ -65,7 +65,7 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
     let node = Arc::new(NodeMetrics::default());
     node.records_read.inc_by(42);
     node.dead_letters.inc();
-    node.millis_behind.set(1_500);
+    node.millis_behind.with_label_values(&["shardId-000000000001"]).set(1_500);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -78,8 +78,8 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
     assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
     promtool_accepts(&body);
     assert_eq!(sample(&body, "tributary_records_read_total"), Some(42.0), "{body}");
-    assert_eq!(sample(&body, "tributary_dead_letters_total"), Some(1.0));
-    assert_eq!(sample(&body, "tributary_millis_behind_latest"), Some(1_500.0));
+    assert_eq!(sample(&body, "tributary_dead_letter_rows_total"), Some(1.0));
+    assert_eq!(sample(&body, "tributary_millis_behind_latest{shard=\"shardId-000000000001\"}"), Some(1_500.0));
     assert_eq!(sample(&body, "tributary_reference_items{reference=\"country\"}"), Some(3.0));
     let bytes = sample(&body, "tributary_reference_bytes{reference=\"country\"}").unwrap();
     assert_eq!(bytes as usize, references.get("country").unwrap().bytes());

@@ -69,15 +69,19 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
         ),
     )
     .unwrap();
-    // node-b also serves its Prometheus metrics, on a port free a moment ago.
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // node-b also serves its Prometheus metrics, on a port the system picks (it logs which).
     let config_b = dir.join("node-b.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config_b, format!("{text}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n")).unwrap();
+    std::fs::write(&config_b, format!("{text}[metrics]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
     let mut a = NodeProcess::spawn(&config, "node-a", &kinesis_stack, &dynamo_stack);
     let mut b = NodeProcess::spawn(&config_b, "node-b", &kinesis_stack, &dynamo_stack);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(a.is_running() && b.is_running(), "both nodes run: {}{}", a.log(), b.log());
+    let metrics_port: u16 = b
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary: metrics on http://127.0.0.1:")?.strip_suffix("/metrics")?.parse().ok())
+        .unwrap_or_else(|| panic!("node-b logs its metrics address:\n{}", b.log()));
     let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
     put(&kinesis, 0..400).await;
     let raw = "SELECT count(*) FROM ev_charging_sessions_raw";

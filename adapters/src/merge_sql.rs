@@ -206,12 +206,6 @@ pub struct MergeSql {
     /// SQLite and PostgreSQL (`None` here); two on Redshift, which refuses correlated
     /// subqueries under OR.
     pub dedupe_ties: Option<String>,
-    /// PostgreSQL only, run before the target is read: commits to one table take turns, as
-    /// its READ COMMITTED transactions do not see each other's rows — two nodes committing a
-    /// key at once (a stale owner's replay, one key written from two shards) would each
-    /// delete what they see and both insert. Readers are not blocked. Redshift needs none:
-    /// its serializable isolation aborts one of the two, and the sink retries it.
-    pub lock_target: Option<String>,
     /// Drop staged rows not newer than the target's row…
     pub fence_by_target: String,
     /// …or than a remembered delete (two statements: Redshift refuses correlated subqueries
@@ -370,8 +364,6 @@ impl MergeSql {
             index_stage: (dialect == Dialect::Sqlite).then(|| format!("CREATE INDEX {stage_index} ON {stage} ({key_list})")),
             dedupe_stage,
             dedupe_ties,
-            lock_target: (dialect == Dialect::Postgres)
-                .then(|| format!("LOCK TABLE {target}, {tombstones} IN SHARE ROW EXCLUSIVE MODE")),
             fence_by_target: format!("DELETE FROM {stage} WHERE EXISTS ({})", held(&target)),
             fence_by_tombstone: format!("DELETE FROM {stage} WHERE EXISTS ({})", held(&tombstones)),
             delete_replaced: format!("DELETE FROM {target} WHERE EXISTS ({})", in_stage(&target)),
@@ -447,7 +439,6 @@ impl MergeSql {
         }
         out.push(self.dedupe_stage.clone());
         out.extend(self.dedupe_ties.clone());
-        out.extend(self.lock_target.clone());
         out.extend([
             self.fence_by_target.clone(),
             self.fence_by_tombstone.clone(),

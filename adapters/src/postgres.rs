@@ -263,9 +263,14 @@ impl Warehouse for PostgresWarehouse {
         if let Some(ties) = &sql.dedupe_ties {
             stats.fenced += tx.execute(ties.as_str(), &[]).await.map_err(run)?;
         }
-        if let Some(lock) = &sql.lock_target {
-            tx.batch_execute(lock).await.map_err(run)?;
-        }
+        // Commits to one table take turns from here (before the target is read): READ
+        // COMMITTED transactions do not see each other's rows, so two nodes committing a key
+        // at once (a stale owner's replay, one key written from two shards) would each delete
+        // what they see and both insert. A transaction-scoped advisory lock on the table's
+        // name orders tributary's committers only: readers, the operator's own writes and
+        // VACUUM are not blocked (as LOCK TABLE would block VACUUM).
+        let lock_name = format!("tributary commit {}", batch.table.name);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name]).await.map_err(run)?;
         stats.fenced += tx.execute(sql.fence_by_target.as_str(), &[]).await.map_err(run)?;
         stats.fenced += tx.execute(sql.fence_by_tombstone.as_str(), &[]).await.map_err(run)?;
         tx.execute(sql.delete_replaced.as_str(), &[]).await.map_err(run)?;

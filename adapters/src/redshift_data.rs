@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// The API's limit on one SQL string, less a margin.
 pub const MAX_STATEMENT_BYTES: usize = 100 * 1024 - 512;
+const _: () =
+    assert!(proto::MAX_ROW_SQL_BYTES < MAX_STATEMENT_BYTES, "a row the pipeline lets through fits one statement");
 /// The API's limit on the SQL strings of one BatchExecuteStatement.
 pub const MAX_STATEMENTS: usize = 40;
 

@@ -44,8 +44,8 @@ pub use record::{ChildShard, KinesisRecord, ReadBatch, ShardInfo, ShardIterator,
 pub use reference_source::{Item, ReferenceChange, ReferenceError, ReferenceSource, Snapshot};
 pub use retry::RetryPolicy;
 pub use row::{
-    unstorable_text, Batch, Column, Row, RowOp, SqlType, TableSchema, Value, MAX_TEXT_BYTES, MAX_VERSION_BYTES,
-    TIMESTAMP_RANGE,
+    unsendable_row, unstorable_text, Batch, Column, Row, RowOp, SqlType, TableSchema, Value, MAX_ROW_SQL_BYTES,
+    MAX_TEXT_BYTES, MAX_VERSION_BYTES, TIMESTAMP_RANGE,
 };
 pub use sequence::{Position, SequenceNumber, Version};
 pub use shard_reader::{ReadError, ShardReader};

@@ -23,6 +23,34 @@ pub const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000..
 /// bytes (PostgreSQL's `VARCHAR(65535)` counts characters, so bytes are the bound for both).
 pub const MAX_TEXT_BYTES: usize = 65_535;
 
+/// The most a row may take written as SQL literals (quotes and doubled `'` and `\` counted):
+/// the Redshift Data API sends each SQL string whole, up to 100 KB, so a row past this could
+/// never be staged there. Leaves room for the stage INSERT's head.
+pub const MAX_ROW_SQL_BYTES: usize = 90_000;
+
+/// Why a row cannot be sent as SQL to every warehouse, if it cannot (`MAX_ROW_SQL_BYTES`).
+pub fn unsendable_row(values: &[Value]) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::Text(s) => s.len() + 2,
+        _ => 48,
+    };
+    // Exact only when it could matter: doubled characters at most double a text.
+    if values.iter().map(text).sum::<usize>() * 2 <= MAX_ROW_SQL_BYTES {
+        return None;
+    }
+    let exact: usize = values
+        .iter()
+        .map(|v| match v {
+            Value::Text(s) => s.len() + 2 + s.bytes().filter(|b| matches!(b, b'\'' | b'\\')).count(),
+            // The longest non-text literal: `TIMESTAMP '0001-01-01 00:00:00.000'`.
+            _ => 48,
+        })
+        .sum();
+    (exact > MAX_ROW_SQL_BYTES).then(|| {
+        format!("the row takes {exact} bytes as SQL, more than the {MAX_ROW_SQL_BYTES} one statement may hold")
+    })
+}
+
 /// The longest version a row carries, in bytes (the version column is a `VARCHAR(256)`).
 pub const MAX_VERSION_BYTES: usize = 256;
 

@@ -13,6 +13,7 @@ use proto::{Position, Version};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,21 +71,23 @@ fn normalize_timestamp(ts: &str) -> String {
 }
 
 /// A DMS `stream-position` (the source log's position: a MySQL binlog file and offset, a
-/// PostgreSQL LSN, …) in a form whose text order is the log's order: each run of digits is
-/// written as its length (2 digits) then its digits without leading zeros, so `000009:99` <
-/// `000009:100` < `000010:5`. Ends with a space, below any character it holds, so a position
-/// that is a prefix of another sorts first and the fields after it never compare against it.
+/// PostgreSQL or SQL Server LSN in hex, an Oracle SCN, …) in a form whose text order is the
+/// log's order: each run of hex digits (decimal ones included) is written lowercase as its
+/// length (2 digits) then its digits without leading zeros, so `000009:99` < `000009:100` <
+/// `000010:5` and `0/19` < `0/1A`. Ends with a space, below any character it holds, so a
+/// position that is a prefix of another sorts first and the fields after it never compare
+/// against it.
 fn ordered_stream_position(position: &str, out: &mut String) {
     let mut rest = position;
     while let Some(c) = rest.chars().next() {
-        if c.is_ascii_digit() {
-            let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if c.is_ascii_hexdigit() {
+            let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
             let digits = rest[..end].trim_start_matches('0');
             let digits = if digits.is_empty() { "0" } else { digits };
             let len = digits.len().min(99);
             out.push(char::from(b'0' + (len / 10) as u8));
             out.push(char::from(b'0' + (len % 10) as u8));
-            out.push_str(&digits[..len]);
+            out.extend(digits[..len].chars().map(|c| c.to_ascii_lowercase()));
             rest = &rest[end..];
         } else {
             out.push(if c <= ' ' { '!' } else { c });
@@ -150,7 +153,14 @@ fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Op
         let record_id = meta.transaction_record_id.unwrap_or(0);
         let mut version = format!("1{}", normalize_timestamp(commit));
         ordered_stream_position(meta.stream_position.as_deref().unwrap_or(""), &mut version);
-        format!("{version}{record_id:020}{}", here.as_str())
+        let _ = write!(version, "{record_id:020}");
+        // With a log position the change is identified already (a replay carries the same
+        // metadata); the record's own position is the last tie-break only without one, and
+        // leaving it out keeps long binlog positions within the version column's 256 bytes.
+        if meta.stream_position.is_none() {
+            version.push_str(here.as_str());
+        }
+        version
     } else {
         format!("1{}", here.as_str())
     };
@@ -231,6 +241,10 @@ mod tests {
         let versions: Vec<Version> =
             log.iter().enumerate().map(|(i, p)| at_position(p, 5 - i as u64, 100 - i as u128)).collect();
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        // PostgreSQL LSNs and SQL Server LSNs are hex.
+        assert!(at_position("0/19", 1, 2) < at_position("0/1A", 1, 1));
+        assert!(at_position("0/19F", 1, 2) < at_position("0/1a2", 1, 1));
+        assert!(at_position("00000025:00000d98:0005", 1, 2) < at_position("00000025:00000DA0:0001", 1, 1));
         // A position that is a prefix of another sorts first; the record id breaks a tie.
         assert!(at_position("lsn:12", 9, 2) < at_position("lsn:12:1", 0, 1));
         assert!(at_position("lsn:12", 1, 2) < at_position("lsn:12", 2, 1));
@@ -238,8 +252,13 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn stream_positions_order_like_their_numbers(a in proptest::collection::vec(0u64..100_000, 1..4), b in proptest::collection::vec(0u64..100_000, 1..4), pad in 0usize..4) {
-            let text = |v: &[u64]| v.iter().map(|n| format!("{n:0pad$}", pad = pad)).collect::<Vec<_>>().join(":");
+        fn stream_positions_order_like_their_numbers(a in proptest::collection::vec(0u64..100_000, 1..4), b in proptest::collection::vec(0u64..100_000, 1..4), pad in 0usize..9) {
+            // Decimal, lowercase or uppercase hex: the same order as the numbers.
+            let text = |v: &[u64]| match pad % 3 {
+                0 => v.iter().map(|n| format!("{n:0pad$}")).collect::<Vec<_>>().join(":"),
+                1 => v.iter().map(|n| format!("{n:0pad$x}")).collect::<Vec<_>>().join("/"),
+                _ => v.iter().map(|n| format!("{n:0pad$X}")).collect::<Vec<_>>().join("/"),
+            };
             let (mut x, mut y) = (String::new(), String::new());
             ordered_stream_position(&text(&a), &mut x);
             ordered_stream_position(&text(&b), &mut y);

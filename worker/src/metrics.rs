@@ -5,7 +5,8 @@
 //! gauges are never older than the scrape.
 
 use crate::reference_cache::ReferenceSet;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::Mutex;
 
 pub struct NodeMetrics {
     pub registry: Registry,
@@ -16,12 +17,16 @@ pub struct NodeMetrics {
     pub commit_retries: IntCounter,
     pub dead_letters: IntCounter,
     pub checkpoints: IntCounter,
-    /// `MillisBehindLatest` of the last read (any shard).
-    pub millis_behind: IntGauge,
+    /// `MillisBehindLatest` of each shard's last read (label `shard`; gone when the node stops
+    /// reading the shard).
+    pub millis_behind: IntGaugeVec,
     reference_items: IntGaugeVec,
     reference_bytes: IntGaugeVec,
     reference_age: IntGaugeVec,
     reference_failures: IntCounterVec,
+    /// One gather at a time: the refresh-failure counters are brought up to the caches' counts,
+    /// which two concurrent scrapes would both add.
+    gathering: Mutex<()>,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -43,9 +48,14 @@ impl Default for NodeMetrics {
             registry.register(Box::new(g.clone())).expect("registered once");
             g
         };
-        let millis_behind =
-            IntGauge::new("tributary_millis_behind_latest", "MillisBehindLatest of the node's last read (any shard)")
-                .expect("valid");
+        let millis_behind = IntGaugeVec::new(
+            Opts::new(
+                "tributary_millis_behind_latest",
+                "MillisBehindLatest of the last read of each shard the node reads",
+            ),
+            &["shard"],
+        )
+        .expect("valid");
         registry.register(Box::new(millis_behind.clone())).expect("registered once");
         let reference_failures = IntCounterVec::new(
             Opts::new(
@@ -62,7 +72,10 @@ impl Default for NodeMetrics {
             rows_fenced: counter("rows_fenced_total", "Rows not applied because the warehouse held a newer version"),
             commits: counter("commits_total", "Warehouse transactions committed"),
             commit_retries: counter("commit_retries_total", "Warehouse commits retried after a retryable error"),
-            dead_letters: counter("dead_letters_total", "Records written to the dead-letter table"),
+            dead_letters: counter(
+                "dead_letter_rows_total",
+                "Rows written to the dead-letter table (one per record; a payload over 48,000 bytes takes several)",
+            ),
             checkpoints: counter("checkpoints_total", "Checkpoints written to the lease table"),
             millis_behind,
             reference_items: by_reference("reference_items", "Items held by a reference table's cache"),
@@ -73,6 +86,7 @@ impl Default for NodeMetrics {
             ),
             reference_failures,
             registry,
+            gathering: Mutex::new(()),
         }
     }
 }
@@ -81,6 +95,7 @@ impl NodeMetrics {
     /// The node's metrics in Prometheus's text format, with the reference tables' gauges read
     /// from `references` now.
     pub fn gather(&self, references: &ReferenceSet) -> String {
+        let _one_at_a_time = self.gathering.lock().expect("never poisoned");
         for cache in references.caches() {
             let name = [cache.name.as_str()];
             self.reference_items.with_label_values(&name).set(cache.len() as i64);

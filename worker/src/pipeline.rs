@@ -513,6 +513,9 @@ impl Pipeline {
             VersionSource::Sequence if self.format == Format::Json => ctx.change.version.clone(),
             VersionSource::Sequence => ctx.record.position.version(),
         };
+        if let Some(why) = proto::unsendable_row(&values) {
+            return Built::Dead(why);
+        }
         if version.as_str().len() > proto::MAX_VERSION_BYTES {
             let len = version.as_str().len();
             return Built::Dead(format!("its version is {len} bytes, more than {}", proto::MAX_VERSION_BYTES));
@@ -840,6 +843,14 @@ mod tests {
             joined.push_str(part);
         }
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(joined).unwrap(), big.as_bytes());
+        // Text within a column's limit that doubles past what one SQL statement holds.
+        let quotes = format!(r#"{{"id": "q", "pad": "{}"}}"#, "'".repeat(46_000));
+        let rows = dead(&quotes);
+        assert!(
+            matches!(&rows[0][5], Value::Text(r) if r.contains("bytes as SQL, more than the 90000")),
+            "{:?}",
+            rows[0][5]
+        );
         // Within the limits the same columns land.
         let mut out = Vec::new();
         p.map(&ShardId::numbered(0), &record(r#"{"id": "ok"}"#), false, &mut out);
@@ -873,7 +884,7 @@ mod tests {
             out
         };
         assert_eq!(change("binlog.000001:4")[0].0, 0);
-        let out = change(&"x".repeat(200));
+        let out = change(&"x".repeat(300));
         assert_eq!(out[0].0, 1, "{out:?}");
         assert!(
             matches!(&out[0].1.values[5], Value::Text(r) if r.contains("its version is") && r.contains("more than 256"))

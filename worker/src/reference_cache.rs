@@ -341,8 +341,11 @@ async fn refresh(
     cache: Arc<ReferenceCache>,
     mut cursor: Option<String>,
 ) {
+    let mut failed = false;
     loop {
-        let pause = if cursor.is_some() { spec.poll_interval } else { spec.refresh_interval };
+        // After a failure, wait a full refresh interval: a refusal (max_items) would otherwise
+        // repeat every poll, and turn into a full scan each time once the cursor expires.
+        let pause = if cursor.is_some() && !failed { spec.poll_interval } else { spec.refresh_interval };
         tokio::time::sleep(pause).await;
         let outcome = match &cursor {
             Some(c) => match source.changes(&spec.table, &spec.key, c).await {
@@ -356,6 +359,7 @@ async fn refresh(
             None => load(source.as_ref(), &spec, &cache).await,
         };
         cache.refreshed(outcome.is_ok());
+        failed = outcome.is_err();
         match outcome {
             Ok(next) => cursor = next,
             Err(e) => warn!(error = %e, "reference refresh failed; serving the last snapshot"),

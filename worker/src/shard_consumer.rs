@@ -217,7 +217,8 @@ impl ConsumerState {
             Err(e) => return Err(e.into()),
         };
         self.consecutive_errors = 0;
-        self.ctx.metrics.millis_behind.set(batch.millis_behind_latest.min(i64::MAX as u64) as i64);
+        let behind = batch.millis_behind_latest.min(i64::MAX as u64) as i64;
+        self.ctx.metrics.millis_behind.with_label_values(&[self.shard.as_str()]).set(behind);
         let got_records = !batch.records.is_empty();
         self.ctx.metrics.records_read.inc_by(batch.records.len() as u64);
         if let Some(last) = batch.records.last() {
@@ -419,6 +420,12 @@ impl Actor for ShardConsumer {
     type Msg = ConsumerMsg;
     type State = ConsumerState;
     type Arguments = (Arc<ConsumerContext>, Lease);
+
+    /// A shard this node no longer reads has no lag to report here.
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let _ = state.ctx.metrics.millis_behind.remove_label_values(&[state.shard.as_str()]);
+        Ok(())
+    }
 
     async fn pre_start(
         &self,
