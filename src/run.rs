@@ -71,6 +71,7 @@ async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::R
                     secret_arn: w.secret_arn.clone(),
                     db_user: w.db_user.clone(),
                     timeout: Duration::from_secs(600),
+                    lock_tables: w.lock_tables,
                 },
             ))
         }

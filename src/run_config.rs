@@ -161,6 +161,15 @@ pub struct WarehouseSection {
     pub secret_arn: Option<String>,
     /// …or temporary credentials of this database user (clusters).
     pub db_user: Option<String>,
+    /// Redshift: lock a table while a batch merges into it (readers wait that long). Needed
+    /// under SNAPSHOT isolation, the default: two nodes committing one new key would both
+    /// insert it. `false` only for a database set to SERIALIZABLE.
+    #[serde(default = "default_lock_tables")]
+    pub lock_tables: bool,
+}
+
+const fn default_lock_tables() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

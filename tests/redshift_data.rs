@@ -66,7 +66,14 @@ async fn setup_with_timeout(
     admin.query_text(&format!("CREATE DATABASE {database}")).await.unwrap();
     let url = format!("{} dbname={database}", pg.url.replace("dbname=postgres", ""));
     let endpoint = Endpoint::start(&url).await;
-    let warehouse = RedshiftDataWarehouse::new(
+    let warehouse = client(&endpoint, timeout);
+    let check = PostgresWarehouse::connect(&url).await.unwrap();
+    (pg, endpoint, warehouse, check)
+}
+
+/// A Data API sink (locking tables, the default) talking to `endpoint`.
+fn client(endpoint: &Endpoint, timeout: Duration) -> RedshiftDataWarehouse {
+    RedshiftDataWarehouse::new(
         &sdk_config_for(&endpoint.url),
         RedshiftDataConfig {
             target: Target::Workgroup { name: "analytics".into() },
@@ -74,10 +81,9 @@ async fn setup_with_timeout(
             secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
             db_user: None,
             timeout,
+            lock_tables: true,
         },
-    );
-    let check = PostgresWarehouse::connect(&url).await.unwrap();
-    (pg, endpoint, warehouse, check)
+    )
 }
 
 async fn count(w: &PostgresWarehouse, sql: &str) -> String {
@@ -228,4 +234,30 @@ async fn an_existing_table_missing_a_column_fails_at_start() {
     );
     check.query_text("ALTER TABLE events ADD COLUMN \"note\" TEXT, ADD COLUMN \"n\" BIGINT").await.unwrap();
     w.ensure_table(&schema("events")).await.unwrap();
+}
+
+/// Two nodes committing the same new keys at once through the Data API. On the test endpoint
+/// (PostgreSQL, READ COMMITTED) as on Redshift under SNAPSHOT isolation, both would insert each
+/// key; with `lock_tables` the commits take turns and every key ends with one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_of_new_keys_leave_one_row_per_key() {
+    let (_pg, endpoint, a, check) = setup("rsd_concurrent").await;
+    let b = client(&endpoint, Duration::from_secs(60));
+    let table = schema("events");
+    a.ensure_table(&table).await.unwrap();
+    for round in 0..6u64 {
+        let batch = |version: u64| Batch {
+            table: table.clone(),
+            rows: (0..200).map(|i| row(i + 1_000 * round as usize, version, "concurrent")).collect(),
+        };
+        let (first, second) = (batch(1), batch(2));
+        let (x, y) = tokio::join!(a.commit(&first), b.commit(&second));
+        x.unwrap();
+        y.unwrap();
+        let twice =
+            count(&check, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) d").await;
+        assert_eq!(twice, "0", "round {round}: keys held twice");
+        let latest = count(&check, "SELECT count(*) FROM events WHERE _version = '00000002'").await;
+        assert_eq!(latest, (200 * (round + 1)).to_string(), "round {round}: the newer version won");
+    }
 }

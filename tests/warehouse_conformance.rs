@@ -287,6 +287,7 @@ fn redshift_data_api_warehouse_conforms() {
             secret_arn: None,
             db_user: Some("etl".into()),
             timeout: std::time::Duration::from_secs(60),
+            lock_tables: true,
         },
     ));
     let check = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
@@ -312,7 +313,7 @@ impl Warehouse for RedshiftSqlOnPg {
     }
     async fn commit(&self, batch: &Batch) -> Result<proto::CommitStats, proto::WarehouseError> {
         let sql = MergeSql::new(&batch.table, Dialect::Redshift).unwrap();
-        let statements = sql.literal_statements(&batch.rows, 600).unwrap();
+        let statements = sql.literal_statements(&batch.rows, 600, true).unwrap();
         assert!(statements.iter().all(|s| s.len() <= 600), "every statement within the limit");
         let inserts = statements.iter().filter(|s| s.contains(") VALUES (")).count();
         assert!(batch.rows.len() < 8 || inserts > 1, "{} rows in {inserts} stage inserts", batch.rows.len());

@@ -206,6 +206,11 @@ pub struct MergeSql {
     /// SQLite and PostgreSQL (`None` here); two on Redshift, which refuses correlated
     /// subqueries under OR.
     pub dedupe_ties: Option<String>,
+    /// `LOCK` of the target and its tombstones, for `literal_statements(…, lock = true)`: on
+    /// Redshift under SNAPSHOT isolation (the default of serverless workgroups and of clusters
+    /// created since May 2024) two commits inserting the same new key both succeed, so commits
+    /// to a table must take turns. Redshift's LOCK is exclusive: readers wait during the merge.
+    lock_target: String,
     /// Drop staged rows not newer than the target's row…
     pub fence_by_target: String,
     /// …or than a remembered delete (two statements: Redshift refuses correlated subqueries
@@ -364,6 +369,7 @@ impl MergeSql {
             index_stage: (dialect == Dialect::Sqlite).then(|| format!("CREATE INDEX {stage_index} ON {stage} ({key_list})")),
             dedupe_stage,
             dedupe_ties,
+            lock_target: format!("LOCK {target}, {tombstones}"),
             fence_by_target: format!("DELETE FROM {stage} WHERE EXISTS ({})", held(&target)),
             fence_by_tombstone: format!("DELETE FROM {stage} WHERE EXISTS ({})", held(&tombstones)),
             delete_replaced: format!("DELETE FROM {target} WHERE EXISTS ({})", in_stage(&target)),
@@ -400,9 +406,14 @@ impl MergeSql {
 
     /// The whole commit of `rows` as SQL text with literal values (the Redshift Data API takes
     /// no parameters in a batch): create the stage, insert the rows in statements of at most
-    /// `max_statement_bytes` each, then dedupe, fence, replace, remember deletes, drop the stage.
-    /// Run in order in one transaction.
-    pub fn literal_statements(&self, rows: &[proto::Row], max_statement_bytes: usize) -> Result<Vec<String>, SqlError> {
+    /// `max_statement_bytes` each, then dedupe, (with `lock`, lock the target and tombstones,)
+    /// fence, replace, remember deletes, drop the stage. Run in order in one transaction.
+    pub fn literal_statements(
+        &self,
+        rows: &[proto::Row],
+        max_statement_bytes: usize,
+        lock: bool,
+    ) -> Result<Vec<String>, SqlError> {
         let mut out = vec![self.create_stage.clone()];
         out.extend(self.index_stage.clone());
         let head = format!("INSERT INTO {} ({}) VALUES ", self.stage, self.stage_columns.join(", "));
@@ -439,6 +450,9 @@ impl MergeSql {
         }
         out.push(self.dedupe_stage.clone());
         out.extend(self.dedupe_ties.clone());
+        if lock {
+            out.push(self.lock_target.clone());
+        }
         out.extend([
             self.fence_by_target.clone(),
             self.fence_by_tombstone.clone(),
@@ -484,13 +498,13 @@ mod tests {
             version: proto::Version::from_text("v1"),
             values: vec![proto::Value::Text("k\\'".into()); sample().columns.len()],
         }];
-        let all = sql.literal_statements(&rows, 100 * 1024).unwrap();
+        let all = sql.literal_statements(&rows, 100 * 1024, false).unwrap();
         assert!(all.iter().all(|s| !s.contains(" OR ")), "{all:?}");
         assert!(
             sql.dedupe_ties.is_some() && MergeSql::new(&sample(), Dialect::Postgres).unwrap().dedupe_ties.is_none()
         );
         assert!(all.iter().any(|s| s.contains("'k\\\\'''")), "backslash and quote doubled: {all:?}");
-        assert!(sql.literal_statements(&rows, 50).is_err(), "a row over the statement limit is refused");
+        assert!(sql.literal_statements(&rows, 50, false).is_err(), "a row over the statement limit is refused");
     }
 
     #[test]

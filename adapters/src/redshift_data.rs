@@ -48,6 +48,10 @@ pub struct RedshiftDataConfig {
     pub db_user: Option<String>,
     /// How long one batch may take before the commit is reported as failed.
     pub timeout: Duration,
+    /// Lock the target while merging (`MergeSql::literal_statements`): needed under SNAPSHOT
+    /// isolation, Redshift's default; a SERIALIZABLE database aborts one of two conflicting
+    /// commits instead (retried), so it can do without and keep readers from waiting.
+    pub lock_tables: bool,
 }
 
 pub struct RedshiftDataWarehouse {
@@ -185,8 +189,9 @@ impl RedshiftDataWarehouse {
 
     /// One transaction for `rows`, or several when the statements would not fit one call.
     async fn commit_rows(&self, sql: &MergeSql, rows: &[Row]) -> Result<CommitStats, WarehouseError> {
-        let statements =
-            sql.literal_statements(rows, MAX_STATEMENT_BYTES).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        let statements = sql
+            .literal_statements(rows, MAX_STATEMENT_BYTES, self.config.lock_tables)
+            .map_err(|e| WarehouseError::Rejected(e.to_string()))?;
         if statements.len() > MAX_STATEMENTS && rows.len() > 1 {
             let (a, b) = rows.split_at(rows.len() / 2);
             let first = Box::pin(self.commit_rows(sql, a)).await?;
@@ -200,10 +205,10 @@ impl RedshiftDataWarehouse {
         let n = statements.len();
         let id = self.submit(statements).await?;
         let counts = self.wait(&id).await?;
-        // The tail is fixed: … dedupe (1 or 2), fence ×2, delete ×2, insert upserts, insert
-        // tombstones, drop stage.
+        // The tail is fixed: … dedupe (1 or 2), the lock (no rows), fence ×2, delete ×2, insert
+        // upserts, insert tombstones, drop stage.
         let at = |back: usize| counts.get(n.wrapping_sub(back)).copied().unwrap_or(0);
-        let fences = if sql.dedupe_ties.is_some() { 4 } else { 3 };
+        let fences = if sql.dedupe_ties.is_some() { 4 } else { 3 } + usize::from(self.config.lock_tables);
         Ok(CommitStats { upserted: at(3), deleted: at(2), fenced: (6..6 + fences).map(at).sum() })
     }
 }
