@@ -5,27 +5,17 @@
 
 use proto::memory::MemoryReferenceSource;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use worker::reference_cache::ReferenceSet;
 use worker::{NodeMetrics, PipelineConfig};
 
-fn promtool(args: &[&str]) -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(&dir)
-        .output()
-        .expect("promtool (Debian: apt-get install prometheus; .ci/run installs it)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool {args:?}:\n{text}");
-    text
-}
+mod prometheus;
+use prometheus::promtool;
 
 #[test]
 fn alert_rules_are_valid_and_pass_their_unit_tests() {
-    assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS: 5 rules found"));
-    assert!(promtool(&["test", "rules", "alerts_test.yml"]).contains("SUCCESS"));
+    assert!(promtool(&["check", "rules", "alerts.yml"], "").contains("SUCCESS: 5 rules found"));
+    assert!(promtool(&["test", "rules", "alerts_test.yml"], "").contains("SUCCESS"));
 }
 
 #[tokio::test]

@@ -3,45 +3,13 @@
 //! counters, and the reference tables' size, freshness and refused refreshes.
 
 use proto::memory::MemoryReferenceSource;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use worker::reference_cache::{ReferenceSet, ReferenceSpec};
 use worker::NodeMetrics;
 
-async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    (head.to_lowercase(), body.to_owned())
-}
-
-/// The value of the sample named exactly `series` (name and labels).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn promtool_accepts(body: &str) {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian: apt-get install prometheus; .ci/run installs it)");
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool refused the exposition: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod prometheus;
+use prometheus::{promtool, sample, scrape};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refreshes() {
@@ -76,7 +44,7 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
 
     let (head, body) = scrape(addr).await;
     assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
-    promtool_accepts(&body);
+    promtool(&["check", "metrics"], &body);
     assert_eq!(sample(&body, "tributary_records_read_total"), Some(42.0), "{body}");
     assert_eq!(sample(&body, "tributary_dead_letter_rows_total"), Some(1.0));
     assert_eq!(sample(&body, "tributary_millis_behind_latest{shard=\"shardId-000000000001\"}"), Some(1_500.0));
@@ -97,7 +65,7 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
         failures = sample(&body, "tributary_reference_refresh_failures_total{reference=\"country\"}").unwrap();
         if failures >= 1.0 {
             assert_eq!(sample(&body, "tributary_reference_items{reference=\"country\"}"), Some(3.0));
-            promtool_accepts(&body);
+            promtool(&["check", "metrics"], &body);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -13,6 +13,8 @@ use proto::LeaseTable;
 use std::time::{Duration, Instant};
 
 mod processes;
+mod prometheus;
+use prometheus::{promtool, sample, scrape};
 
 fn record(i: usize) -> (String, Vec<u8>) {
     let id = format!("session-{i:05}");
@@ -31,18 +33,6 @@ async fn put(kinesis: &Kinesis, range: std::ops::Range<usize>) {
         let refused = kinesis.put_records(chunk).await.unwrap();
         assert!(refused.is_empty(), "{refused:?}");
     }
-}
-
-/// The body of `GET /metrics` on 127.0.0.1:`port`.
-async fn scrape_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: node-b\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,22 +89,12 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
     assert!(leases.iter().all(|l| l.owner.as_ref().is_some_and(|o| o.as_str().starts_with("node-b"))), "{leases:?}");
     // What node-b reports of its work, valid for Prometheus: at least the 200 records written
     // after node-a left were read and committed by it.
-    let metrics = scrape_metrics(metrics_port).await;
-    let value = |name: &str| -> f64 {
-        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0)
-    };
+    let (_, metrics) = scrape(("127.0.0.1", metrics_port)).await;
+    let value = |name: &str| sample(&metrics, name).unwrap_or(-1.0);
     assert!(value("tributary_records_read_total") >= 200.0, "{metrics}");
     assert!(value("tributary_rows_committed_total") >= 200.0, "{metrics}");
     assert!(value("tributary_checkpoints_total") >= 1.0, "{metrics}");
-    let promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package)");
-    std::io::Write::write_all(&mut promtool.stdin.as_ref().unwrap(), metrics.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(checked.status.success(), "promtool: {}", String::from_utf8_lossy(&checked.stdout));
+    promtool(&["check", "metrics"], &metrics);
     assert_eq!(b.terminate(), Some(0), "node-b exits 0 on SIGTERM");
 
     // Once each, and every lease released with its checkpoint.

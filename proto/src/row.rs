@@ -30,22 +30,20 @@ pub const MAX_ROW_SQL_BYTES: usize = 90_000;
 
 /// Why a row cannot be sent as SQL to every warehouse, if it cannot (`MAX_ROW_SQL_BYTES`).
 pub fn unsendable_row(values: &[Value]) -> Option<String> {
-    let text = |v: &Value| match v {
+    // Quotes included; the longest non-text literal is `TIMESTAMP '0001-01-01 00:00:00.000'`.
+    let unescaped = |v: &Value| match v {
         Value::Text(s) => s.len() + 2,
         _ => 48,
     };
-    // Exact only when it could matter: doubled characters at most double a text.
-    if values.iter().map(text).sum::<usize>() * 2 <= MAX_ROW_SQL_BYTES {
+    // Counted exactly only when it could matter: doubled characters at most double a text.
+    if values.iter().map(unescaped).sum::<usize>() * 2 <= MAX_ROW_SQL_BYTES {
         return None;
     }
-    let exact: usize = values
-        .iter()
-        .map(|v| match v {
-            Value::Text(s) => s.len() + 2 + s.bytes().filter(|b| matches!(b, b'\'' | b'\\')).count(),
-            // The longest non-text literal: `TIMESTAMP '0001-01-01 00:00:00.000'`.
-            _ => 48,
-        })
-        .sum();
+    let doubled = |v: &Value| match v {
+        Value::Text(s) => s.bytes().filter(|b| matches!(b, b'\'' | b'\\')).count(),
+        _ => 0,
+    };
+    let exact: usize = values.iter().map(|v| unescaped(v) + doubled(v)).sum();
     (exact > MAX_ROW_SQL_BYTES).then(|| {
         format!("the row takes {exact} bytes as SQL, more than the {MAX_ROW_SQL_BYTES} one statement may hold")
     })
