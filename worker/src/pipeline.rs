@@ -682,6 +682,11 @@ mod tests {
         assert!(cached(serde_json::json!([1]), SqlType::Text).unwrap_err().contains("an array"));
     }
 
+    /// A pipeline of tables that join nothing, from its TOML.
+    fn unjoined(toml: &str) -> Pipeline {
+        Pipeline::without_references(&PipelineConfig::from_toml(toml).unwrap()).unwrap()
+    }
+
     fn record(data: &str) -> UserRecord {
         UserRecord {
             position: Position::new(SequenceNumber::from_u128(10), 0),
@@ -800,7 +805,7 @@ mod tests {
 
     #[test]
     fn unstorable_text_is_a_dead_letter_and_big_payloads_are_split_losslessly() {
-        let config = PipelineConfig::from_toml(
+        let p = unjoined(
             r#"
             [[table]]
             name = "t"
@@ -810,9 +815,7 @@ mod tests {
                 { name = "raw", from = "@payload", type = "text" },
             ]
             "#,
-        )
-        .unwrap();
-        let p = Pipeline::without_references(&config).unwrap();
+        );
         let dead = |data: &str| {
             let mut out = Vec::new();
             p.map(&ShardId::numbered(0), &record(data), false, &mut out);
@@ -859,7 +862,7 @@ mod tests {
 
     #[test]
     fn a_version_longer_than_its_column_is_a_dead_letter() {
-        let config = PipelineConfig::from_toml(
+        let p = unjoined(
             r#"
             format = "dms"
             [[table]]
@@ -868,9 +871,7 @@ mod tests {
             version = "source"
             column = [{ name = "id", from = "id", type = "bigint" }]
             "#,
-        )
-        .unwrap();
-        let p = Pipeline::without_references(&config).unwrap();
+        );
         let change = |position: &str| {
             let meta = serde_json::json!({"record-type": "data", "operation": "update", "table-name": "t",
                 "commit-timestamp": "2024-01-01T00:00:01Z", "stream-position": position, "transaction-record-id": 1});
@@ -893,7 +894,7 @@ mod tests {
 
     #[test]
     fn timestamps_outside_years_1_to_9999_are_dead_letters() {
-        let config = PipelineConfig::from_toml(
+        let p = unjoined(
             r#"
             [[table]]
             name = "t"
@@ -903,9 +904,7 @@ mod tests {
                 { name = "at", from = "at", type = "timestamp" },
             ]
             "#,
-        )
-        .unwrap();
-        let p = Pipeline::without_references(&config).unwrap();
+        );
         let mut out = Vec::new();
         for (at, dead) in [("253402300799999", false), ("253402300800000", true), ("\"0000-06-01T00:00:00Z\"", true)] {
             out.clear();
@@ -916,7 +915,7 @@ mod tests {
 
     #[test]
     fn a_key_change_in_a_dms_update_deletes_the_old_key() {
-        let config = PipelineConfig::from_toml(
+        let p = unjoined(
             r#"
             format = "dms"
             [[table]]
@@ -928,9 +927,7 @@ mod tests {
                 { name = "purchased_by", from = "purchased_by", type = "bigint" },
             ]
             "#,
-        )
-        .unwrap();
-        let p = Pipeline::without_references(&config).unwrap();
+        );
         let update = serde_json::json!({
             "data": {"ticket_id": 8, "purchased_by": 3},
             "before-image": {"ticket_id": 7, "purchased_by": 3},
