@@ -2,18 +2,20 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `main.rs` | the CLI (`demo`, `run`, `gen`, `leases`) |
+//! | `main.rs` | the CLI (`demo`, `run`, `check`, `gen`, `leases`) |
 //! | `run_config.rs` | `RunConfig`: the TOML of `tributary run` (node, stream, lease table, warehouse, pipeline) |
 //! | `run.rs` | `tributary run`: one node on the real services until SIGTERM |
+//! | `check.rs` | `tributary check`: a config validated offline, and what the node would run |
 //! | `gen.rs` | `tributary gen`: EV, ticket-activity or templated records into a stream at a steady rate |
 //! | `template.rs` | `gen --template`: record templates with random placeholders |
-//! | `metrics_server.rs` | the node's Prometheus endpoint (`[metrics] listen`) |
+//! | `metrics_server.rs` | the node's HTTP listener (`[metrics] listen`): `/metrics`, `/healthz`, `/readyz` |
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
 //! | `cluster.rs` | `LocalCluster`: several nodes in one process (demo, simulation tests) |
 //! | `timeline.rs` | cluster events and the failover / handoff / child-start figures |
 //! | `ev.rs` | the EV charging-session generator and its oracle |
 //! | `demo.rs` | `tributary demo`: the embedded one-command run |
 
+pub mod check;
 pub mod cluster;
 pub mod demo;
 pub mod demo_tickets;

@@ -49,6 +49,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Validate a node's configuration without connecting to anything; print what it would run.
+    Check {
+        /// The TOML configuration, as for `run`.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write test records into a Kinesis stream at a steady rate (presets: ev, tickets).
     Gen {
         #[arg(long)]
@@ -129,6 +135,12 @@ fn main() -> ExitCode {
             Command::Run { config } => {
                 let config = load_config(&config)?;
                 tributary::run::run(config, tributary::run::signals()).await.map(|()| true)
+            }
+            Command::Check { config: path } => {
+                let config = load_config(&path)?;
+                println!("config {} is valid", path.display());
+                print!("{}", tributary::check::summary(&config));
+                Ok(true)
             }
             Command::Gen {
                 stream,

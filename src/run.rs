@@ -3,6 +3,7 @@
 //! the node, and on `shutdown` (SIGTERM / Ctrl-C) stops it gracefully: flush, checkpoint,
 //! release, heartbeat row removed. Returns an error if the node stopped on its own.
 
+use crate::metrics_server::Served;
 use crate::run_config::{RunConfig, WarehouseKind};
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
@@ -11,14 +12,15 @@ use adapters::postgres::{Host, PostgresConfig, SslMode};
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use anyhow::Context;
 use coordinator::{ClusterSettings, EventSink};
-use proto::{Warehouse, WorkerId};
+use proto::{LeaseTable, ReferenceSource, ShardReader, Warehouse, WorkerId};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
+use worker::observed::{Observed, ObservedReferences};
 use worker::reference_cache::ReferenceSet;
-use worker::{Node, NodeConfig, NodePorts, Pipeline};
+use worker::{Node, NodeConfig, NodeMetrics, NodePorts, Pipeline};
 
 /// The PostgreSQL settings: the config's connection string, completed from libpq's variables
 /// where it is silent — `PGPASSWORD`, `PGSSLMODE` (every mode that asks for TLS gets it verified,
@@ -46,8 +48,17 @@ fn postgres_config(url: &str) -> anyhow::Result<(PostgresConfig, Option<PathBuf>
     Ok((pg, std::env::var_os("PGSSLROOTCERT").map(PathBuf::from)))
 }
 
-async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn Warehouse>> {
-    Ok(match config.warehouse.kind {
+/// The warehouse, and the service name its failed calls count under.
+async fn warehouse(
+    config: &RunConfig,
+    sdk: &aws_config::SdkConfig,
+) -> anyhow::Result<(Arc<dyn Warehouse>, &'static str)> {
+    let service = match config.warehouse.kind {
+        WarehouseKind::Postgres => "postgres",
+        WarehouseKind::Redshift => "redshift_data",
+        WarehouseKind::Sqlite => "sqlite",
+    };
+    let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
         WarehouseKind::Postgres => {
             let (pg, roots) = postgres_config(&config.warehouse.url)?;
             Arc::new(
@@ -79,7 +90,8 @@ async fn warehouse(config: &RunConfig, sdk: &aws_config::SdkConfig) -> anyhow::R
             adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(&config.warehouse.url))
                 .with_context(|| format!("warehouse: cannot open {}", config.warehouse.url))?,
         ),
-    })
+    };
+    Ok((warehouse, service))
 }
 
 /// Runs one node until `shutdown` resolves (then stops it gracefully) or it fails.
@@ -96,25 +108,42 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
         (config.node.failover_time / 3).max(Duration::from_secs(1)),
     );
     table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
-    let reader = Kinesis::new(&sdk, &config.stream.name);
-    let references =
-        ReferenceSet::start(Arc::new(DynamoReferenceSource::new(&sdk)), &config.pipeline.reference_specs())
-            .await
-            .context("reference tables")?;
-    let references = Arc::new(references);
-    let mapper = Pipeline::new(&config.pipeline, references.clone()).context("pipeline")?;
-    // Bound before the node starts: a port in use fails the start, naming the field.
-    let metrics_listener = match &config.metrics {
-        Some(m) => Some(
-            tokio::net::TcpListener::bind(m.listen).await.with_context(|| format!("metrics.listen {}", m.listen))?,
-        ),
+    let table = Arc::new(table);
+    // Every failed call to AWS or the warehouse counts in the node's metrics, by service.
+    let metrics = Arc::new(NodeMetrics::default());
+    // Bound first: a port in use fails the start, naming the field. Served from now on: alive
+    // while the reference tables load (minutes for large ones), ready once the node runs.
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match &config.metrics {
+        Some(m) => {
+            let listener = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("metrics.listen {}", m.listen))?;
+            if let Ok(addr) = listener.local_addr() {
+                eprintln!("tributary: metrics on http://{addr}/metrics");
+            }
+            let served = Served { node: metrics.clone(), heartbeat_stale_after: config.node.failover_time };
+            let stopped = async move {
+                let _ = metrics_stopped.await;
+            };
+            Some(tokio::spawn(crate::metrics_server::serve(listener, served, stopped)))
+        }
         None => None,
     };
-    let table = Arc::new(table);
+    let source: Arc<dyn ReferenceSource> = Arc::new(DynamoReferenceSource::new(&sdk));
+    let source = ObservedReferences::new(source, "dynamodb", "dynamodb_streams", metrics.clone());
+    let references =
+        ReferenceSet::start(Arc::new(source), &config.pipeline.reference_specs()).await.context("reference tables")?;
+    let references = Arc::new(references);
+    metrics.watch_references(references.clone());
+    let mapper = Pipeline::new(&config.pipeline, references.clone()).context("pipeline")?;
+    let (warehouse, warehouse_service) = warehouse(&config, &sdk).await?;
+    let reader: Arc<dyn ShardReader> = Arc::new(Kinesis::new(&sdk, &config.stream.name));
+    let lease_table: Arc<dyn LeaseTable> = table.clone();
     let ports = NodePorts {
-        table: table.clone(),
-        reader: Arc::new(reader),
-        warehouse: warehouse(&config, &sdk).await?,
+        table: Arc::new(Observed::new(lease_table, "dynamodb", metrics.clone())),
+        reader: Arc::new(Observed::new(reader, "kinesis", metrics.clone())),
+        warehouse: Arc::new(Observed::new(warehouse, warehouse_service, metrics.clone())),
         mapper: Arc::new(mapper),
     };
     let mut cluster = ClusterSettings::with_failover(config.node.failover_time);
@@ -127,17 +156,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     node_config.sink.max_latency = config.node.batch_latency;
     node_config.sink.max_rows = config.node.batch_rows;
     node_config.sink.max_bytes = config.node.batch_bytes;
-    let node = Node::start(node_config, ports, EventSink::none()).await?;
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_task = metrics_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            eprintln!("tributary: metrics on http://{addr}/metrics");
-        }
-        let stopped = async move {
-            let _ = metrics_stopped.await;
-        };
-        tokio::spawn(crate::metrics_server::serve(listener, node.metrics.clone(), references.clone(), stopped))
-    });
+    let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics).await?;
     info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
     eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);
     tokio::pin!(shutdown);

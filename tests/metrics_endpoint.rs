@@ -5,11 +5,12 @@
 use proto::memory::MemoryReferenceSource;
 use std::sync::Arc;
 use std::time::Duration;
+use tributary::metrics_server::Served;
 use worker::reference_cache::{ReferenceSet, ReferenceSpec};
 use worker::NodeMetrics;
 
 mod prometheus;
-use prometheus::{promtool, sample, scrape};
+use prometheus::{get, promtool, sample, scrape};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refreshes() {
@@ -33,12 +34,14 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
     let node = Arc::new(NodeMetrics::default());
     node.records_read.inc_by(42);
     node.dead_letters.inc();
-    node.millis_behind.with_label_values(&["shardId-000000000001"]).set(1_500);
+    node.shard_lag.with_label_values(&["shardId-000000000001"]).set(1.5);
 
+    node.watch_references(references.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tributary::metrics_server::serve(listener, node.clone(), references.clone(), async {
+    let served = Served { node: node.clone(), heartbeat_stale_after: Duration::from_secs(10) };
+    let server = tokio::spawn(tributary::metrics_server::serve(listener, served, async {
         let _ = stopped.await;
     }));
 
@@ -47,7 +50,7 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
     promtool(&["check", "metrics"], &body);
     assert_eq!(sample(&body, "tributary_records_read_total"), Some(42.0), "{body}");
     assert_eq!(sample(&body, "tributary_dead_letter_rows_total"), Some(1.0));
-    assert_eq!(sample(&body, "tributary_millis_behind_latest{shard=\"shardId-000000000001\"}"), Some(1_500.0));
+    assert_eq!(sample(&body, "tributary_shard_lag_seconds{shard=\"shardId-000000000001\"}"), Some(1.5));
     assert_eq!(sample(&body, "tributary_reference_items{reference=\"country\"}"), Some(3.0));
     let bytes = sample(&body, "tributary_reference_bytes{reference=\"country\"}").unwrap();
     assert_eq!(bytes as usize, references.get("country").unwrap().bytes());
@@ -73,6 +76,40 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
     assert!(failures >= 1.0, "the refused refresh was not counted");
     assert!(references.get("country").unwrap().get("DK").is_none());
 
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn health_is_alive_at_once_and_ready_only_while_started_heartbeating_and_not_draining() {
+    let node = Arc::new(NodeMetrics::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = Served { node: node.clone(), heartbeat_stale_after: Duration::from_millis(300) };
+    let server = tokio::spawn(tributary::metrics_server::serve(listener, served, async {
+        let _ = stopped.await;
+    }));
+    let status = |head: &str| head.split(' ').nth(1).unwrap_or_default().to_owned();
+    let (head, _) = get(addr, "/healthz").await;
+    assert_eq!(status(&head), "200", "alive while starting");
+    let (head, body) = get(addr, "/readyz").await;
+    assert_eq!((status(&head).as_str(), body.as_str()), ("503", "not ready: starting\n"));
+    node.health.set_started();
+    let (head, body) = get(addr, "/readyz").await;
+    assert_eq!((status(&head).as_str(), body.as_str()), ("503", "not ready: no heartbeat yet\n"));
+    node.health.heartbeat();
+    let (head, _) = get(addr, "/readyz").await;
+    assert_eq!(status(&head), "200");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (head, body) = get(addr, "/readyz").await;
+    assert_eq!((status(&head).as_str(), body.as_str()), ("503", "not ready: heartbeat stale\n"));
+    node.health.heartbeat();
+    node.health.set_draining();
+    let (head, body) = get(addr, "/readyz").await;
+    assert_eq!((status(&head).as_str(), body.as_str()), ("503", "not ready: draining\n"));
+    let (head, _) = get(addr, "/healthz").await;
+    assert_eq!(status(&head), "200", "alive while draining");
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

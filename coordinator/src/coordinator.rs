@@ -3,6 +3,7 @@
 //! leader lock, and while leader: syncs shards into leases, plans and applies moves, and removes
 //! rows of dead nodes whose leases were all reassigned.
 
+use crate::cluster_view::ClusterView;
 use crate::events::{ClusterEvent, EventSink};
 use crate::liveness::Liveness;
 use crate::planner::{plan, Move, PlanInput};
@@ -34,6 +35,8 @@ pub struct CoordinatorArgs {
     pub settings: ClusterSettings,
     pub retry: RetryPolicy,
     pub events: EventSink,
+    /// Where this coordinator reports what it sees (read by the node's metrics).
+    pub view: Arc<ClusterView>,
 }
 
 pub enum CoordinatorMsg {
@@ -176,6 +179,7 @@ impl CoordinatorState {
         }
         self.handoffs_seen.retain(|k| leases.iter().any(|l| &l.key == k && l.checkpoint_owner.is_some()));
         let input = PlanInput { live: &members.live, draining: &members.draining, stalled: &stalled };
+        let mut after = leases.clone();
         for m in plan(&leases, &input) {
             let Some(lease) = leases.iter().find(|l| l.key == m.lease()) else { continue };
             let result = match &m {
@@ -184,6 +188,9 @@ impl CoordinatorState {
             };
             match result {
                 Ok(_) => {
+                    if let Some(moved) = after.iter_mut().find(|l| l.key == m.lease()) {
+                        moved.owner = Some(m.target().clone());
+                    }
                     info!(?m, "lease moved");
                     self.args.events.emit(ClusterEvent::Assigned {
                         shard: lease.shard_id(),
@@ -195,6 +202,8 @@ impl CoordinatorState {
                 Err(e) => return Err(e),
             }
         }
+        after.retain(|l| l.key != self.args.settings.leader_key);
+        self.args.view.observe(&after, [members.live.len(), members.draining.len(), dead.len()]);
         // A dead node's row goes once nothing refers to it any more.
         for (node, counter) in dead {
             let referenced = leases.iter().any(|l| {
@@ -268,6 +277,7 @@ impl Actor for Coordinator {
                 if let Err(e) = state.elect(now).await {
                     warn!(error = %e, "leader election failed this cycle");
                 }
+                state.args.view.set_leader(state.may_lead(now));
                 match state.observe_workers(now).await {
                     Ok(members) if state.may_lead(now) => {
                         if let Err(e) = state.lead(now, &members).await {
@@ -283,6 +293,7 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::Resign(reply) => {
                 state.resigned = true;
+                state.args.view.set_leader(false);
                 if let Some((lock, _)) = state.lock.take() {
                     let expect = proto::Expect::unchanged(&lock);
                     let table = state.args.table.clone();

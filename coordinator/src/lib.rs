@@ -6,9 +6,11 @@
 //! | `liveness.rs` | observed expiry: a counter unchanged for `failover_time` on the observer's clock |
 //! | `planner.rs` | the pure assignment planner: (leases, live nodes) → moves |
 //! | `shard_sync.rs` | which leases to create for the listed shards, with lineage |
+//! | `cluster_view.rs` | what the coordinator last saw (leader or not, leases and nodes by state), for metrics |
 //! | `coordinator.rs` | the `Coordinator` actor: leader lock, heartbeats, sync, apply moves |
 //! | `events.rs` | `ClusterEvent`s for progress displays and failover measurements |
 
+pub mod cluster_view;
 pub mod coordinator;
 pub mod events;
 pub mod liveness;
@@ -16,6 +18,7 @@ pub mod planner;
 pub mod settings;
 pub mod shard_sync;
 
+pub use cluster_view::ClusterView;
 pub use coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg};
 pub use events::{ClusterEvent, EventSink};
 pub use planner::{plan, Move};

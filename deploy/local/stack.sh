@@ -2,7 +2,8 @@
 # The local stack: real emulators of the AWS services tributary uses, on 127.0.0.1 only.
 #
 #   deploy/local/stack.sh install   install what is missing (npm kinesis-local, PyPI moto[server],
-#                                   Debian postgresql and prometheus's promtool)
+#                                   Debian postgresql and prometheus's promtool, and the
+#                                   operations tools of deploy/local/ops-tools.sh)
 #   deploy/local/stack.sh up        start Kinesis and DynamoDB (+ Streams) in the background and
 #                                   print the environment that points the AWS SDK at them
 #   deploy/local/stack.sh down      stop what `up` started
@@ -37,6 +38,11 @@ install_promtool() {
   local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus
+}
+
+# Image, chart, dashboard and Prometheus tools (buildah, podman, helm, checkov, …).
+ops_tools() {
+  TRIBUTARY_STACK_DIR="$STACK" "$ROOT/deploy/local/ops-tools.sh" all
 }
 
 install_kinesis() {
@@ -115,10 +121,10 @@ down() {
 }
 
 case "${1:-}" in
-  install) install_postgres; install_promtool; install_kinesis; install_moto; log "installed under $STACK" ;;
+  install) install_postgres; install_promtool; install_kinesis; install_moto; ops_tools; log "installed under $STACK" ;;
   up) up ;;
   down) down ;;
   env) env_lines ;;
-  test) install_postgres; install_promtool; install_kinesis; install_moto; cd "$ROOT" && TRIBUTARY_STACK_DIR="$STACK" cargo test --workspace ;;
+  test) install_postgres; install_promtool; install_kinesis; install_moto; ops_tools; cd "$ROOT" && TRIBUTARY_STACK_DIR="$STACK" cargo test --workspace ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -26,6 +26,17 @@ impl LeaseError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, LeaseError::Throttled | LeaseError::Ambiguous(_) | LeaseError::Unavailable(_))
     }
+
+    /// A short name of the failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseError::ConditionFailed => "condition_failed",
+            LeaseError::Throttled => "throttled",
+            LeaseError::Ambiguous(_) => "ambiguous",
+            LeaseError::Unavailable(_) => "unavailable",
+            LeaseError::Fatal(_) => "fatal",
+        }
+    }
 }
 
 #[async_trait]

@@ -31,6 +31,17 @@ pub enum ReferenceError {
     CursorExpired,
 }
 
+impl ReferenceError {
+    /// A short name of the failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReferenceError::NotFound(_) => "not_found",
+            ReferenceError::Unavailable(_) => "unavailable",
+            ReferenceError::CursorExpired => "cursor_expired",
+        }
+    }
+}
+
 #[async_trait]
 pub trait ReferenceSource: Send + Sync + 'static {
     async fn load(&self, table: &str, key_attribute: &str) -> Result<Snapshot, ReferenceError>;

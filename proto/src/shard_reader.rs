@@ -22,6 +22,17 @@ impl ReadError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ReadError::Throttled | ReadError::Unavailable(_))
     }
+
+    /// A short name of the failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadError::ExpiredIterator => "expired_iterator",
+            ReadError::Throttled => "throttled",
+            ReadError::NotFound(_) => "not_found",
+            ReadError::Unavailable(_) => "unavailable",
+            ReadError::Fatal(_) => "fatal",
+        }
+    }
 }
 
 #[async_trait]

@@ -21,6 +21,15 @@ impl WarehouseError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, WarehouseError::Unavailable(_) | WarehouseError::Ambiguous(_))
     }
+
+    /// A short name of the failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WarehouseError::Unavailable(_) => "unavailable",
+            WarehouseError::Ambiguous(_) => "ambiguous",
+            WarehouseError::Rejected(_) => "rejected",
+        }
+    }
 }
 
 /// What a commit did.

@@ -92,6 +92,7 @@ impl KeeperState {
         for (shard, running) in std::mem::take(&mut self.consumers) {
             warn!(node = %self.me(), shard = %shard, why, "stopping consumer at once");
             running.actor.kill();
+            self.args.ctx.metrics.forget_shard(shard.as_str());
             self.args.ctx.events.emit(ClusterEvent::ConsumerStopped {
                 node: self.me().clone(),
                 shard,
@@ -108,6 +109,7 @@ impl KeeperState {
             Ok(row) => {
                 self.heartbeat = Some(row.counter);
                 self.last_heartbeat = Instant::now();
+                self.args.ctx.metrics.health.heartbeat();
             }
             Err(ProtocolError::Evicted { .. }) => {
                 warn!(node = %me, "declared dead by the leader; dropping every lease and re-registering");
@@ -265,6 +267,8 @@ impl KeeperState {
     async fn after_exit(&mut self, myself: &ActorRef<KeeperMsg>, cell: &ActorCell) {
         let Some(shard) = self.by_actor.remove(&cell.get_id()) else { return };
         let was = self.consumers.remove(&shard);
+        // However the consumer ended (a failure skips its own clean-up), its shard's gauges go.
+        self.args.ctx.metrics.forget_shard(shard.as_str());
         // A handoff that did not complete (the consumer died first): finish it with the stored
         // checkpoint, so the new owner does not wait for a previous owner that is gone.
         if was.is_some_and(|r| r.stopping == Some(StopMode::HandOff)) {
@@ -372,6 +376,7 @@ impl Actor for LeaseKeeper {
                 let _ = reply.send(state.consumers.keys().cloned().collect());
             }
         }
+        state.args.ctx.metrics.leases_owned.set(state.consumers.len() as i64);
         Ok(())
     }
 
@@ -409,6 +414,7 @@ impl Actor for LeaseKeeper {
             }
             _ => {}
         }
+        state.args.ctx.metrics.leases_owned.set(state.consumers.len() as i64);
         Ok(())
     }
 }

@@ -14,15 +14,19 @@
 //! | `pipeline.rs` | the configured pipeline: decode → join → transform → rows, dead letters |
 //! | `reference_cache.rs` | reference tables in memory: rows in the hash slots, snapshots, change feeds, refreshes |
 //! | `transform.rs` | `mask` and `tokenize` (HMAC-SHA256) |
-//! | `metrics.rs` | the node's counters |
+//! | `metrics.rs` | the node's Prometheus metrics (one registry per node) |
+//! | `health.rs` | readiness: started, heartbeating, not draining |
+//! | `observed.rs` | the ports wrapped so that every failed call is counted by service and kind |
 
 pub mod decode;
 pub mod doc;
+pub mod health;
 pub mod kpl;
 pub mod lease_keeper;
 pub mod mapper;
 pub mod metrics;
 pub mod node;
+pub mod observed;
 pub mod pipeline;
 pub mod pipeline_config;
 pub mod reference_cache;

@@ -1,29 +1,71 @@
 //! What a node reports about its work, as Prometheus metrics in one registry per node (the
-//! binary serves it at `/metrics`; the demo's progress line reads the same counters).
+//! binary serves it at `/metrics`). Names follow Prometheus's conventions: a `tributary_` prefix,
+//! base units (seconds, bytes), `_total` counters, histograms in seconds.
 //!
-//! Reference tables are read when the registry is gathered (`NodeMetrics::gather`), so their
-//! gauges are never older than the scrape.
+//! Reference tables and the coordinator's view of the cluster are read when the registry is
+//! gathered (`NodeMetrics::gather`), so those gauges are never older than the scrape.
 
+use crate::health::NodeHealth;
 use crate::reference_cache::ReferenceSet;
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
-use std::sync::Mutex;
+use coordinator::cluster_view::{LEASE_STATES, NODE_STATES};
+use coordinator::ClusterView;
+use prometheus::core::Collector;
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Commit latency buckets (seconds): a local PostgreSQL commits in milliseconds, the Redshift
+/// Data API in seconds.
+const COMMIT_SECONDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Batch size buckets (rows); a batch holds at most `batch_rows` (default 5,000).
+const BATCH_ROWS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0];
 
 pub struct NodeMetrics {
     pub registry: Registry,
+    /// Readiness, served beside the metrics.
+    pub health: NodeHealth,
+    /// What the coordinator sees (leader or not; leases and nodes while leader).
+    pub cluster: Arc<ClusterView>,
     pub records_read: IntCounter,
-    pub rows_committed: IntCounter,
-    pub rows_fenced: IntCounter,
-    pub commits: IntCounter,
-    pub commit_retries: IntCounter,
+    pub bytes_read: IntCounter,
+    /// Labels `table`, `op` (`upsert` or `delete`).
+    pub rows_committed: IntCounterVec,
+    /// Label `table`.
+    pub rows_fenced: IntCounterVec,
+    pub commits: IntCounterVec,
+    pub commit_retries: IntCounterVec,
+    pub commit_seconds: HistogramVec,
+    pub commit_rows: HistogramVec,
+    /// Rows a table's sink holds and has not committed yet.
+    pub rows_in_flight: IntGaugeVec,
     pub dead_letters: IntCounter,
     pub checkpoints: IntCounter,
-    /// `MillisBehindLatest` of each shard's last read (label `shard`; gone when the node stops
-    /// reading the shard).
-    pub millis_behind: IntGaugeVec,
+    /// Shards this node consumes now.
+    pub leases_owned: IntGauge,
+    /// Label `shard` (gone when the node stops reading the shard), like the two below. Set at
+    /// each gather from `lag_reads`.
+    pub shard_lag: GaugeVec,
+    /// Each shard's `MillisBehindLatest` at its last read, and when that read was.
+    lag_reads: Mutex<HashMap<String, (u64, Instant)>>,
+    pub shard_last_read: GaugeVec,
+    pub shard_last_checkpoint: GaugeVec,
+    /// Labels `service`, `kind`.
+    pub call_errors: IntCounterVec,
+    leader: IntGauge,
+    cluster_leases: IntGaugeVec,
+    cluster_nodes: IntGaugeVec,
     reference_items: IntGaugeVec,
     reference_bytes: IntGaugeVec,
     reference_age: IntGaugeVec,
     reference_failures: IntCounterVec,
+    /// The reference tables whose size and freshness are reported, once they are loaded.
+    references: OnceLock<Arc<ReferenceSet>>,
+    /// Every sample name the registry can hold, histograms expanded.
+    names: Vec<String>,
     /// One gather at a time: the refresh-failure counters are brought up to the caches' counts,
     /// which two concurrent scrapes would both add.
     gathering: Mutex<()>,
@@ -35,74 +77,217 @@ impl std::fmt::Debug for NodeMetrics {
     }
 }
 
+/// Registers collectors and remembers the names of the samples they produce.
+struct Builder {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Builder {
+    fn add<C: Collector + Clone + 'static>(&mut self, c: C, histogram: bool) -> C {
+        self.register(Box::new(c.clone()), histogram);
+        c
+    }
+
+    fn register(&mut self, c: Box<dyn Collector>, histogram: bool) {
+        for desc in c.desc() {
+            if histogram {
+                self.names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{}{s}", desc.fq_name)));
+            } else {
+                self.names.push(desc.fq_name.clone());
+            }
+        }
+        self.registry.register(c).expect("registered once");
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(format!("tributary_{name}"), help).expect("valid"), false)
+    }
+
+    fn counters(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(format!("tributary_{name}"), help), labels).expect("valid"), false)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(format!("tributary_{name}"), help).expect("valid"), false)
+    }
+
+    fn gauges(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(format!("tributary_{name}"), help), labels).expect("valid"), false)
+    }
+
+    fn float_gauges(&mut self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(format!("tributary_{name}"), help), labels).expect("valid"), false)
+    }
+
+    fn histograms(&mut self, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(format!("tributary_{name}"), help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, &["table"]).expect("valid"), true)
+    }
+}
+
 impl Default for NodeMetrics {
     fn default() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(format!("tributary_{name}"), help).expect("a valid metric name");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
-        };
-        let by_reference = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(format!("tributary_{name}"), help), &["reference"]).expect("valid");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
-        let millis_behind = IntGaugeVec::new(
-            Opts::new(
-                "tributary_millis_behind_latest",
-                "MillisBehindLatest of the last read of each shard the node reads",
-            ),
-            &["shard"],
-        )
-        .expect("valid");
-        registry.register(Box::new(millis_behind.clone())).expect("registered once");
-        let reference_failures = IntCounterVec::new(
-            Opts::new(
-                "tributary_reference_refresh_failures_total",
-                "Reference refreshes that failed (the last snapshot is served)",
-            ),
-            &["reference"],
-        )
-        .expect("valid");
-        registry.register(Box::new(reference_failures.clone())).expect("registered once");
+        let mut b = Builder { registry: Registry::new(), names: Vec::new() };
+        let build = b.gauges("build_info", "Always 1; the label names the running version", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        b.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()), false);
+        let table = &["table"];
+        let shard = &["shard"];
+        let reference = &["reference"];
         Self {
-            records_read: counter("records_read_total", "Kinesis records read"),
-            rows_committed: counter("rows_committed_total", "Rows upserted or deleted in the warehouse"),
-            rows_fenced: counter("rows_fenced_total", "Rows not applied because the warehouse held a newer version"),
-            commits: counter("commits_total", "Warehouse transactions committed"),
-            commit_retries: counter("commit_retries_total", "Warehouse commits retried after a retryable error"),
-            dead_letters: counter(
+            health: NodeHealth::default(),
+            cluster: Arc::new(ClusterView::default()),
+            records_read: b.counter("records_read_total", "Kinesis records read (aggregates count once)"),
+            bytes_read: b.counter("bytes_read_total", "Bytes of Kinesis record data read"),
+            rows_committed: b.counters(
+                "rows_committed_total",
+                "Rows upserted or deleted in the warehouse",
+                &["table", "op"],
+            ),
+            rows_fenced: b.counters(
+                "rows_fenced_total",
+                "Rows not applied because the warehouse held a newer or equal version",
+                table,
+            ),
+            commits: b.counters("commits_total", "Warehouse transactions committed", table),
+            commit_retries: b.counters(
+                "commit_retries_total",
+                "Warehouse commits that failed and were retried or given up",
+                table,
+            ),
+            commit_seconds: b.histograms(
+                "commit_duration_seconds",
+                "Time to commit one batch, retries included",
+                COMMIT_SECONDS,
+            ),
+            commit_rows: b.histograms("commit_batch_rows", "Rows in one committed batch", BATCH_ROWS),
+            rows_in_flight: b.gauges(
+                "rows_in_flight",
+                "Rows handed to a table's sink and not committed yet (backpressure)",
+                table,
+            ),
+            dead_letters: b.counter(
                 "dead_letter_rows_total",
                 "Rows written to the dead-letter table (one per record; a payload over 48,000 bytes takes several)",
             ),
-            checkpoints: counter("checkpoints_total", "Checkpoints written to the lease table"),
-            millis_behind,
-            reference_items: by_reference("reference_items", "Items held by a reference table's cache"),
-            reference_bytes: by_reference("reference_bytes", "Approximate bytes held by a reference table's cache"),
-            reference_age: by_reference(
+            checkpoints: b.counter("checkpoints_total", "Checkpoints written to the lease table"),
+            leases_owned: b.gauge("leases_owned", "Shards this node consumes"),
+            shard_lag: b.float_gauges(
+                "shard_lag_seconds",
+                "How far the last read of a shard was behind the stream's tip (MillisBehindLatest)",
+                shard,
+            ),
+            lag_reads: Mutex::new(HashMap::new()),
+            shard_last_read: b.float_gauges(
+                "shard_last_read_timestamp_seconds",
+                "When a read of the shard last returned records (unix time)",
+                shard,
+            ),
+            shard_last_checkpoint: b.float_gauges(
+                "shard_last_checkpoint_timestamp_seconds",
+                "When the shard was last checkpointed, or its consumer started (unix time)",
+                shard,
+            ),
+            call_errors: b.counters(
+                "call_errors_total",
+                "Calls to AWS and the warehouse that failed, by service and kind",
+                &["service", "kind"],
+            ),
+            leader: b.gauge("leader", "1 while this node is the cluster's leader"),
+            cluster_leases: b.gauges(
+                "cluster_leases",
+                "Leases by state as the leader last saw them (exported by the leader only)",
+                &["state"],
+            ),
+            cluster_nodes: b.gauges(
+                "cluster_nodes",
+                "Nodes by liveness as the leader last saw them (exported by the leader only)",
+                &["state"],
+            ),
+            reference_items: b.gauges("reference_items", "Items held by a reference table's cache", reference),
+            reference_bytes: b.gauges(
+                "reference_bytes",
+                "Approximate bytes held by a reference table's cache",
+                reference,
+            ),
+            reference_age: b.gauges(
                 "reference_age_seconds",
                 "Seconds since a reference table's cache last refreshed successfully (full load or change feed)",
+                reference,
             ),
-            reference_failures,
-            registry,
+            reference_failures: b.counters(
+                "reference_refresh_failures_total",
+                "Reference refreshes that failed (the last snapshot is served)",
+                reference,
+            ),
+            references: OnceLock::new(),
+            names: b.names,
+            registry: b.registry,
             gathering: Mutex::new(()),
         }
     }
 }
 
+/// Now as unix time in seconds, for the timestamp gauges.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 impl NodeMetrics {
-    /// The node's metrics in Prometheus's text format, with the reference tables' gauges read
-    /// from `references` now.
-    pub fn gather(&self, references: &ReferenceSet) -> String {
+    /// Every sample name this node can export (histograms as `_bucket`, `_sum`, `_count`),
+    /// whether or not it has a sample yet.
+    pub fn metric_names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    /// A read of `shard` found it `millis_behind` the stream's tip.
+    pub fn shard_read(&self, shard: &str, millis_behind: u64) {
+        self.lag_reads.lock().expect("never poisoned").insert(shard.to_owned(), (millis_behind, Instant::now()));
+    }
+
+    /// Forgets a shard this node no longer reads.
+    pub fn forget_shard(&self, shard: &str) {
+        self.lag_reads.lock().expect("never poisoned").remove(shard);
+        for gauges in [&self.shard_lag, &self.shard_last_read, &self.shard_last_checkpoint] {
+            let _ = gauges.remove_label_values(&[shard]);
+        }
+    }
+
+    /// Reports `references` from now on (a node starts serving before they are loaded).
+    pub fn watch_references(&self, references: Arc<ReferenceSet>) {
+        let _ = self.references.set(references);
+    }
+
+    /// The node's metrics in Prometheus's text format, with the reference tables' gauges and
+    /// the cluster view read now.
+    pub fn gather(&self) -> String {
         let _one_at_a_time = self.gathering.lock().expect("never poisoned");
-        for cache in references.caches() {
+        for cache in self.references.get().into_iter().flat_map(|r| r.caches()) {
             let name = [cache.name.as_str()];
             self.reference_items.with_label_values(&name).set(cache.len() as i64);
             self.reference_bytes.with_label_values(&name).set(cache.bytes() as i64);
             self.reference_age.with_label_values(&name).set(cache.age().as_secs() as i64);
             let failures = self.reference_failures.with_label_values(&name);
             failures.inc_by(cache.refresh_failures().saturating_sub(failures.get()));
+        }
+        // A shard behind at its last read has fallen further behind by the time since (reads
+        // may be paused: backpressure, a join waiting); one caught up then counts as caught up.
+        for (shard, (behind_ms, at)) in self.lag_reads.lock().expect("never poisoned").iter() {
+            let since = if *behind_ms > 0 { at.elapsed().as_secs_f64() } else { 0.0 };
+            self.shard_lag.with_label_values(&[shard.as_str()]).set(*behind_ms as f64 / 1000.0 + since);
+        }
+        let leading = self.cluster.is_leader();
+        self.leader.set(leading as i64);
+        let states = LEASE_STATES.iter().zip(self.cluster.leases()).map(|(s, n)| (&self.cluster_leases, s, n));
+        let nodes = NODE_STATES.iter().zip(self.cluster.nodes()).map(|(s, n)| (&self.cluster_nodes, s, n));
+        for (gauges, state, n) in states.chain(nodes) {
+            if leading {
+                gauges.with_label_values(&[state]).set(n);
+            } else {
+                let _ = gauges.remove_label_values(&[state]);
+            }
         }
         prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).expect("text encoding cannot fail")
     }

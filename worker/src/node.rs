@@ -80,6 +80,7 @@ async fn spawn_coordinator(
         settings: args.config.cluster.clone(),
         retry: args.config.retry.clone(),
         events: args.events.clone(),
+        view: args.metrics.cluster.clone(),
     };
     Ok(Actor::spawn_linked(None, Coordinator, coordinator_args, supervisor).await?.0)
 }
@@ -182,13 +183,25 @@ pub struct StartError {
 
 impl Node {
     pub async fn start(config: NodeConfig, ports: NodePorts, events: EventSink) -> Result<Node, StartError> {
-        let metrics = Arc::new(NodeMetrics::default());
+        Self::start_with_metrics(config, ports, events, Arc::new(NodeMetrics::default())).await
+    }
+
+    /// Starts a node that reports into `metrics` (made beforehand, e.g. for ports that count
+    /// their failed calls there: `crate::observed`).
+    pub async fn start_with_metrics(
+        config: NodeConfig,
+        ports: NodePorts,
+        events: EventSink,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<Node, StartError> {
         let id = config.me.clone();
         let shutdown_deadline = config.shutdown_deadline;
         let fail = |reason: String| StartError { node: id.clone(), reason };
         let args = SupervisorArgs { config, ports, events, metrics: metrics.clone() };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| fail(e.to_string()))?;
         let (_, keeper) = ractor::call!(supervisor, SupervisorMsg::Parts).map_err(|e| fail(e.to_string()))?;
+        // The sinks checked their tables and the keeper runs: ready once it heartbeats.
+        metrics.health.set_started();
         Ok(Node { id: id.clone(), metrics, supervisor, handle, keeper, shutdown_deadline })
     }
 
@@ -213,6 +226,7 @@ impl Node {
     /// consumer flushes, checkpoints and releases its lease, then the actors stop.
     pub async fn shutdown(self) {
         let deadline = self.shutdown_deadline;
+        self.metrics.health.set_draining();
         if let Some(c) = self.coordinator().await {
             let _ = ractor::call!(c, CoordinatorMsg::Resign);
         }

@@ -217,15 +217,25 @@ impl ConsumerState {
             Err(e) => return Err(e.into()),
         };
         self.consecutive_errors = 0;
-        let behind = batch.millis_behind_latest.min(i64::MAX as u64) as i64;
-        self.ctx.metrics.millis_behind.with_label_values(&[self.shard.as_str()]).set(behind);
+        let metrics = &self.ctx.metrics;
+        let shard = [self.shard.as_str()];
+        metrics.shard_read(self.shard.as_str(), batch.millis_behind_latest);
         let got_records = !batch.records.is_empty();
-        self.ctx.metrics.records_read.inc_by(batch.records.len() as u64);
+        // Records not done before (a restart re-reads the checkpoint's own record): the
+        // stuck-shard alert compares this with the last checkpoint.
+        let done = self.done_upto();
+        if batch.records.last().is_some_and(|r| done.is_none_or(|d| r.position() > *d)) {
+            metrics.shard_last_read.with_label_values(&shard).set(crate::metrics::unix_now());
+        }
+        metrics.records_read.inc_by(batch.records.len() as u64);
+        metrics.bytes_read.inc_by(batch.records.iter().map(|r| r.data.len() as u64).sum());
         if let Some(last) = batch.records.last() {
             self.fetched_upto = Some(last.position());
         }
         self.pending.extend(batch.records.iter().flat_map(deaggregate));
         self.hand_on(myself)?;
+        // Records that made no rows (another source table, a control record) are done at once.
+        self.checkpoint_soon(myself).await;
         self.iterator = batch.next_iterator;
         if self.iterator.is_none() {
             info!(shard = %self.shard, children = batch.child_shards.len(), "reached the end of the shard");
@@ -300,11 +310,7 @@ impl ConsumerState {
         self.read_upto = Some(last.clone());
         let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
         let rows = out.len();
-        let dead = self.ctx.sinks.len() - 1;
         for (i, row) in out {
-            if i == dead {
-                self.ctx.metrics.dead_letters.inc();
-            }
             per_sink[i].push(row);
         }
         let id = self.next_chunk;
@@ -337,6 +343,21 @@ impl ConsumerState {
         matches!(cp.progress_cmp(&self.lease.checkpoint), Some(std::cmp::Ordering::Greater)).then_some(cp)
     }
 
+    /// Checkpoints what committed, at most once per `checkpoint_interval`; a deferred write
+    /// happens when the interval ends, so an idle shard's checkpoint does not lag behind.
+    async fn checkpoint_soon(&mut self, myself: &ActorRef<ConsumerMsg>) {
+        if self.stopping.is_some() || self.ended.is_some() || self.next_checkpoint().is_none() {
+            return;
+        }
+        let wait = self.ctx.settings.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
+        if wait.is_zero() {
+            self.checkpoint(myself).await;
+        } else if !self.checkpoint_scheduled {
+            self.checkpoint_scheduled = true;
+            myself.send_after(wait, || ConsumerMsg::Checkpoint);
+        }
+    }
+
     async fn checkpoint(&mut self, myself: &ActorRef<ConsumerMsg>) {
         let Some(cp) = self.next_checkpoint() else { return };
         let me = self.ctx.me.clone();
@@ -345,6 +366,8 @@ impl ConsumerState {
                 self.lease = lease;
                 self.last_checkpoint = Instant::now();
                 self.ctx.metrics.checkpoints.inc();
+                let shard = [self.shard.as_str()];
+                self.ctx.metrics.shard_last_checkpoint.with_label_values(&shard).set(crate::metrics::unix_now());
             }
             Err(ProtocolError::Lost { .. }) => self.stop(myself, reason::LOST),
             Err(e) => warn!(shard = %self.shard, error = %e, "checkpoint failed; will retry"),
@@ -423,7 +446,7 @@ impl Actor for ShardConsumer {
 
     /// A shard this node no longer reads has no lag to report here.
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        let _ = state.ctx.metrics.millis_behind.remove_label_values(&[state.shard.as_str()]);
+        state.ctx.metrics.forget_shard(state.shard.as_str());
         Ok(())
     }
 
@@ -434,6 +457,8 @@ impl Actor for ShardConsumer {
     ) -> Result<Self::State, ActorProcessingErr> {
         let shard = lease.shard_id();
         ctx.events.emit(ClusterEvent::ConsumerStarted { node: ctx.me.clone(), shard: shard.clone() });
+        // The stuck-shard alert measures from here until the first checkpoint.
+        ctx.metrics.shard_last_checkpoint.with_label_values(&[shard.as_str()]).set(crate::metrics::unix_now());
         let mut state = ConsumerState {
             ctx,
             lease,
@@ -471,17 +496,7 @@ impl Actor for ShardConsumer {
                     chunk.pending -= 1;
                 }
                 state.advance();
-                if state.stopping.is_none() && state.ended.is_none() {
-                    // At most one checkpoint write per interval; a deferred one is written when
-                    // the interval ends, so an idle shard's checkpoint does not lag behind.
-                    let wait = state.ctx.settings.checkpoint_interval.saturating_sub(state.last_checkpoint.elapsed());
-                    if wait.is_zero() {
-                        state.checkpoint(&myself).await;
-                    } else if !state.checkpoint_scheduled {
-                        state.checkpoint_scheduled = true;
-                        myself.send_after(wait, || ConsumerMsg::Checkpoint);
-                    }
-                }
+                state.checkpoint_soon(&myself).await;
                 state.maybe_finish(&myself).await?;
                 if state.in_flight_rows < state.ctx.settings.max_in_flight_rows {
                     state.schedule_read(&myself, Duration::ZERO);

@@ -100,6 +100,8 @@ impl SinkState {
         self.bytes = 0;
         let warehouse = self.args.warehouse.clone();
         let metrics = self.args.metrics.clone();
+        let table = [self.args.table.name.as_str()];
+        let started = tokio::time::Instant::now();
         let result = self
             .args
             .settings
@@ -111,17 +113,26 @@ impl SinkState {
                 async move {
                     let r = warehouse.commit(batch).await;
                     if r.is_err() {
-                        metrics.commit_retries.inc();
+                        metrics.commit_retries.with_label_values(&table).inc();
                     }
                     r
                 }
             })
             .await;
+        let m = &self.args.metrics;
+        m.rows_in_flight.with_label_values(&table).sub(batch.rows.len() as i64);
         match result {
             Ok(stats) => {
-                self.args.metrics.commits.inc();
-                self.args.metrics.rows_committed.inc_by(stats.upserted + stats.deleted);
-                self.args.metrics.rows_fenced.inc_by(stats.fenced);
+                m.commit_seconds.with_label_values(&table).observe(started.elapsed().as_secs_f64());
+                m.commit_rows.with_label_values(&table).observe(batch.rows.len() as f64);
+                m.commits.with_label_values(&table).inc();
+                m.rows_committed.with_label_values(&[table[0], "upsert"]).inc_by(stats.upserted);
+                m.rows_committed.with_label_values(&[table[0], "delete"]).inc_by(stats.deleted);
+                m.rows_fenced.with_label_values(&table).inc_by(stats.fenced);
+                if table[0] == crate::DEAD_LETTER_TABLE {
+                    // Counted once committed: a record re-read after a restart is fenced, not new.
+                    m.dead_letters.inc_by(stats.upserted);
+                }
                 for ack in acks {
                     let _ = ack.consumer.cast(ConsumerMsg::Acked(ack.chunk));
                 }
@@ -157,6 +168,12 @@ impl Actor for Sink {
         match msg {
             SinkMsg::Write { rows, ack } => {
                 let first = state.acks.is_empty();
+                state
+                    .args
+                    .metrics
+                    .rows_in_flight
+                    .with_label_values(&[state.args.table.name.as_str()])
+                    .add(rows.len() as i64);
                 state.bytes += rows.iter().map(row_bytes).sum::<usize>();
                 state.rows.extend(rows);
                 state.acks.push(ack);

@@ -238,3 +238,79 @@ async fn a_shard_that_ends_while_a_join_waits_still_reaches_shard_end() {
     );
     node.shutdown().await;
 }
+
+/// Maps every record to no row at all (a record of a source table no `[[table]]` takes).
+struct NoRows(Pipeline);
+
+impl worker::RecordMapper for NoRows {
+    fn tables(&self) -> Vec<Arc<TableSchema>> {
+        self.0.tables()
+    }
+    fn map(
+        &self,
+        _shard: &proto::ShardId,
+        _record: &worker::kpl::UserRecord,
+        _give_up: bool,
+        _out: &mut Vec<(usize, proto::Row)>,
+    ) -> worker::MapOutcome {
+        worker::MapOutcome::Done
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_that_make_no_rows_are_checkpointed_all_the_same() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let mut last = None;
+    for i in 0..20 {
+        last = Some(stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes()).1);
+    }
+    let leases = MemoryLeaseTable::new();
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(MemoryWarehouse::new()),
+        mapper: Arc::new(NoRows(mapper())),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last.unwrap(), 0)), "nothing to re-read");
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lag_grows_while_backpressure_holds_reads_and_dead_letters_count_once_committed() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    for i in 0..1_000 {
+        stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes());
+    }
+    stream.put("bad", b"not json".to_vec());
+    let warehouse = MemoryWarehouse::new();
+    let (gate, open) = watch::channel(false);
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(Gated { inner: warehouse.clone(), open }),
+        mapper: Arc::new(mapper()),
+    };
+    let mut config = node_config("n");
+    config.consumer.max_records = 50;
+    config.consumer.max_in_flight_rows = 100;
+    let node = Node::start(config, ports, EventSink::none()).await.unwrap();
+    let lag = |text: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with("tributary_shard_lag_seconds{")).expect("a lag sample");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = lag(&node.metrics.gather());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let late = lag(&node.metrics.gather());
+    assert!(late - early >= 59.0, "reads are held back, so the shard falls behind: {early} then {late}");
+    gate.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let text = node.metrics.gather();
+    assert_eq!(lag(&text), 0.0, "caught up");
+    assert_eq!(warehouse.rows(worker::DEAD_LETTER_TABLE).len(), 1);
+    assert_eq!(node.metrics.dead_letters.get(), 1);
+    node.shutdown().await;
+}
