@@ -259,7 +259,10 @@ fn reset(db: &std::path::Path) -> anyhow::Result<()> {
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?;
         names
     };
-    let ours = |n: &String| n.starts_with("ev_charging_sessions") || n.starts_with("tributary_");
+    // The EV cluster's tables, the ticket cluster's, and their tombstones and dead letters.
+    let ours = |n: &String| {
+        n.starts_with("ev_charging_sessions") || n.starts_with(crate::tickets::TARGET) || n.starts_with("tributary_")
+    };
     if let Some(other) = names.iter().find(|n| !ours(n)) {
         bail!("{} holds a table the demo did not make ({other}); choose another file with --db", db.display());
     }
@@ -380,4 +383,30 @@ fn report(
         opts.db.display(),
         crate::tickets::TARGET
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_an_earlier_demo_is_replaced_and_any_other_refused() {
+        let dir = std::env::temp_dir().join(format!("tributary-demo-reset-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let earlier = dir.join("earlier.db");
+        let conn = rusqlite::Connection::open(&earlier).unwrap();
+        for table in
+            ["ev_charging_sessions", "sport_event_activity", "sport_event_activity__deleted", "tributary_dead_letters"]
+        {
+            conn.execute(&format!("CREATE TABLE {table} (x)"), []).unwrap();
+        }
+        drop(conn);
+        reset(&earlier).unwrap();
+        assert!(!earlier.exists(), "an earlier demo's file is removed");
+        let other = dir.join("other.db");
+        rusqlite::Connection::open(&other).unwrap().execute("CREATE TABLE invoices (x)", []).unwrap();
+        let e = reset(&other).unwrap_err().to_string();
+        assert!(e.contains("invoices") && other.exists(), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -24,12 +24,6 @@ use prometheus::PrometheusServer;
 const JOB: &str = "tributary";
 const NAMESPACE: &str = "observed";
 
-fn metrics_port(node: &NodeProcess) -> Option<u16> {
-    node.log()
-        .lines()
-        .find_map(|l| l.strip_prefix("tributary: metrics on http://127.0.0.1:")?.strip_suffix("/metrics")?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_real_nodes_and_serves_the_alerts_dashboard_and_autoscaler_queries() {
     std::env::set_var(tickets::KEY_ENV, "prometheus-test-tokenize-key-0123456789");
@@ -67,12 +61,12 @@ async fn prometheus_scrapes_real_nodes_and_serves_the_alerts_dashboard_and_autos
     let mut ports = Vec::new();
     for node in &mut nodes {
         for _ in 0..100 {
-            if metrics_port(node).is_some() || !node.is_running() {
+            if node.metrics_port().is_some() || !node.is_running() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        ports.push(metrics_port(node).unwrap_or_else(|| panic!("{} serves metrics:\n{}", node.name, node.log())));
+        ports.push(node.metrics_port().unwrap_or_else(|| panic!("{} serves metrics:\n{}", node.name, node.log())));
     }
     for chunk in records.chunks(100) {
         assert!(kinesis.put_records(chunk).await.unwrap().is_empty());

@@ -8,7 +8,7 @@ use adapters::kinesis::Kinesis;
 use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
 use adapters::postgres_server::postgres;
-use processes::{count, database, wait_count, NodeProcess};
+use processes::{count, database, ev_record, wait_count, NodeProcess};
 use proto::LeaseTable;
 use std::time::{Duration, Instant};
 
@@ -16,19 +16,8 @@ mod processes;
 mod prometheus;
 use prometheus::{promtool, sample, scrape};
 
-fn record(i: usize) -> (String, Vec<u8>) {
-    let id = format!("session-{i:05}");
-    let json = format!(
-        r#"{{"_id":"{id}","clusterID":"39","connectionTime":"2018-04-25T11:08:04Z","kWhDelivered":{}.5,"stationID":"2-39-{}","spaceID":"CA-{}","timezone":"America/Los_Angeles","userID":null}}"#,
-        i % 40,
-        i % 90,
-        i % 300
-    );
-    (id, json.into_bytes())
-}
-
 async fn put(kinesis: &Kinesis, range: std::ops::Range<usize>) {
-    let entries: Vec<(String, Vec<u8>)> = range.map(record).collect();
+    let entries: Vec<(String, Vec<u8>)> = range.map(ev_record).collect();
     for chunk in entries.chunks(100) {
         let refused = kinesis.put_records(chunk).await.unwrap();
         assert!(refused.is_empty(), "{refused:?}");
@@ -67,11 +56,7 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
     let mut b = NodeProcess::spawn(&config_b, "node-b", &kinesis_stack, &dynamo_stack);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(a.is_running() && b.is_running(), "both nodes run: {}{}", a.log(), b.log());
-    let metrics_port: u16 = b
-        .log()
-        .lines()
-        .find_map(|l| l.strip_prefix("tributary: metrics on http://127.0.0.1:")?.strip_suffix("/metrics")?.parse().ok())
-        .unwrap_or_else(|| panic!("node-b logs its metrics address:\n{}", b.log()));
+    let metrics_port = b.metrics_port().unwrap_or_else(|| panic!("node-b logs its metrics address:\n{}", b.log()));
     let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
     put(&kinesis, 0..400).await;
     let raw = "SELECT count(*) FROM ev_charging_sessions_raw";

@@ -74,6 +74,29 @@ impl NodeProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The port of its metrics listener, once it logged it (`listen = "127.0.0.1:0"`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        metrics_port(&self.log())
+    }
+}
+
+/// The port a node's log says its metrics listener took on 127.0.0.1.
+pub fn metrics_port(log: &str) -> Option<u16> {
+    log.lines()
+        .find_map(|l| l.strip_prefix("tributary: metrics on http://127.0.0.1:")?.strip_suffix("/metrics")?.parse().ok())
+}
+
+/// EV charging record number `i` (an id that orders like `i`): its partition key and JSON.
+pub fn ev_record(i: usize) -> (String, Vec<u8>) {
+    let id = format!("session-{i:05}");
+    let json = format!(
+        r#"{{"_id":"{id}","clusterID":"39","connectionTime":"2018-04-25T11:08:04Z","kWhDelivered":{}.5,"stationID":"2-39-{}","spaceID":"CA-{}","timezone":"America/Los_Angeles","userID":null}}"#,
+        i % 40,
+        i % 90,
+        i % 300
+    );
+    (id, json.into_bytes())
 }
 
 pub async fn count(w: &PostgresWarehouse, sql: &str) -> usize {
