@@ -94,25 +94,24 @@ async fn warehouse(
     Ok((warehouse, service))
 }
 
-/// Runs one node until `shutdown` resolves (then stops it gracefully) or it fails.
-pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let started = tokio::time::Instant::now();
+/// A node that started, with what its stop needs.
+struct Started {
+    me: WorkerId,
+    node: Node,
+    table: Arc<DynamoLeaseTable>,
+    stop_metrics: tokio::sync::oneshot::Sender<()>,
+    metrics_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Connects to everything and starts the node: nothing is held until the node's keeper runs, so
+/// a stop before then needs no drain.
+async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let me = WorkerId::new(config.worker_id());
-    let sdk = adapters::aws::load_config().await;
-    // Resolved once now (cached by the SDK afterwards): no credentials fails at start with the
-    // chain's reason, and the first lease-table call does not spend its short attempt on it.
-    adapters::aws::check_credentials(&sdk).await.map_err(|e| anyhow::anyhow!("aws credentials: {e}"))?;
-    let table = DynamoLeaseTable::with_attempt_timeout(
-        &sdk,
-        &config.lease_table.name,
-        (config.node.failover_time / 3).max(Duration::from_secs(1)),
-    );
-    table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
-    let table = Arc::new(table);
     // Every failed call to AWS or the warehouse counts in the node's metrics, by service.
     let metrics = Arc::new(NodeMetrics::default());
     // Bound first: a port in use fails the start, naming the field. Served from now on: alive
-    // while the reference tables load (minutes for large ones), ready once the node runs.
+    // while the node reaches AWS and loads its reference tables (minutes for large ones), ready
+    // once the node runs; a node that keeps failing at start is seen restarting.
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = match &config.metrics {
         Some(m) => {
@@ -130,6 +129,17 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
         }
         None => None,
     };
+    let sdk = adapters::aws::load_config().await;
+    // Resolved once now (cached by the SDK afterwards): no credentials fails at start with the
+    // chain's reason, and the first lease-table call does not spend its short attempt on it.
+    adapters::aws::check_credentials(&sdk).await.map_err(|e| anyhow::anyhow!("aws credentials: {e}"))?;
+    let table = DynamoLeaseTable::with_attempt_timeout(
+        &sdk,
+        &config.lease_table.name,
+        (config.node.failover_time / 3).max(Duration::from_secs(1)),
+    );
+    table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
+    let table = Arc::new(table);
     let source: Arc<dyn ReferenceSource> = Arc::new(DynamoReferenceSource::new(&sdk));
     let source = ObservedReferences::new(source, "dynamodb", "dynamodb_streams", metrics.clone());
     let references =
@@ -137,7 +147,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let references = Arc::new(references);
     metrics.watch_references(references.clone());
     let mapper = Pipeline::new(&config.pipeline, references.clone()).context("pipeline")?;
-    let (warehouse, warehouse_service) = warehouse(&config, &sdk).await?;
+    let (warehouse, warehouse_service) = warehouse(config, &sdk).await?;
     let reader: Arc<dyn ShardReader> = Arc::new(Kinesis::new(&sdk, &config.stream.name));
     let lease_table: Arc<dyn LeaseTable> = table.clone();
     let ports = NodePorts {
@@ -157,9 +167,24 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     node_config.sink.max_rows = config.node.batch_rows;
     node_config.sink.max_bytes = config.node.batch_bytes;
     let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics).await?;
+    Ok(Started { me, node, table, stop_metrics, metrics_task })
+}
+
+/// Runs one node until `shutdown` resolves (then stops it gracefully, within the config's
+/// `shutdown_deadline` and a few seconds for the lease table) or it fails. A `shutdown` while
+/// the node starts (credentials, lease table, reference tables, warehouse) ends the run at once.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    tokio::pin!(shutdown);
+    let Started { me, node, table, stop_metrics, metrics_task } = tokio::select! {
+        node = start(&config) => node?,
+        () = &mut shutdown => {
+            eprintln!("tributary: stopped while starting (no lease was held)");
+            return Ok(());
+        }
+    };
     info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
     eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -172,7 +197,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     }
     let stopping = tokio::time::Instant::now();
     eprintln!("tributary: stopping node {me}: flushing, checkpointing, releasing leases");
-    node.shutdown().await;
+    // The consumers' flush is bounded by shutdown_deadline; the lease-table writes around it
+    // (leader lock, releases, heartbeat row) get a few seconds more, and no longer: a drain that
+    // cannot finish leaves its leases to fail over rather than outlive the pod's grace period.
+    let bound = config.node.shutdown_deadline + DRAIN_MARGIN;
+    let drained = tokio::time::timeout(bound, node.shutdown()).await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -185,20 +214,29 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
         calls.writes,
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    drained.map_err(|_| anyhow::anyhow!("node {me} did not drain in {bound:?}; its leases fail over"))
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn signals() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// How long a drain may take beyond `shutdown_deadline` (the lease-table writes around the
+/// consumers' flush). The Helm chart keeps the pod's grace period above the two.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled: as PID 1 in a container a signal without a handler is dropped.
+pub fn signals() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (term, interrupt) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

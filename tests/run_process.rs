@@ -95,3 +95,48 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
     eprintln!("node-a stopped (flush, checkpoint, release, exit) in {:.2}s", stop_time.as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while the node still starts (here: its lease table does not answer) ends the run at
+/// once with exit 0; the handler is in place from the first instant (as PID 1 in a container a
+/// signal without one would be dropped, and the pod would wait out its grace period).
+#[tokio::test]
+async fn sigterm_while_starting_exits_0_at_once() {
+    // A DynamoDB that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!("tributary-starting-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[stream]\nname = \"s\"\n[lease_table]\nname = \"l\"\n[warehouse]\nkind = \"sqlite\"\nurl = \"{}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+            tributary::ev::PIPELINE,
+            dir.join("w.db").display()
+        ),
+    )
+    .unwrap();
+    let mut node = NodeProcess::spawn_at(&config, "starting", &endpoint, &endpoint);
+    // Serving already (the listener comes first), and not ready.
+    let mut port = None;
+    for _ in 0..100 {
+        port = node.metrics_port();
+        if port.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let port = port.unwrap_or_else(|| panic!("the node serves while it starts:\n{}", node.log()));
+    let (head, _) = prometheus::get(("127.0.0.1", port), "/healthz").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (head, body) = prometheus::get(("127.0.0.1", port), "/readyz").await;
+    assert!(head.starts_with("http/1.1 503") && body.contains("starting"), "{head} {body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    assert_eq!(node.terminate(), Some(0), "exit 0 on SIGTERM while starting:\n{}", node.log());
+    assert!(asked.elapsed() < Duration::from_secs(5), "at once: {:?}", asked.elapsed());
+    assert!(node.log().contains("stopped while starting"), "{}", node.log());
+    drop(silent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

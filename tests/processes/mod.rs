@@ -28,14 +28,19 @@ impl NodeProcess {
     /// `tributary run --config CONFIG` as node `name` against the emulators; its stderr goes to
     /// `<config dir>/<name>.log`.
     pub fn spawn(config: &Path, name: &str, kinesis: &Emulator, dynamo: &Emulator) -> Self {
+        Self::spawn_at(config, name, &kinesis.endpoint, &dynamo.endpoint)
+    }
+
+    /// As `spawn`, against these Kinesis and DynamoDB endpoints.
+    pub fn spawn_at(config: &Path, name: &str, kinesis: &str, dynamo: &str) -> Self {
         let log = config.with_file_name(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(["run", "--config"])
             .arg(config)
             .env("POD_NAME", name)
-            .env("AWS_ENDPOINT_URL_KINESIS", &kinesis.endpoint)
-            .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamo.endpoint)
-            .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", &dynamo.endpoint)
+            .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamo)
+            .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", dynamo)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "local")
             .env("AWS_SECRET_ACCESS_KEY", "local")

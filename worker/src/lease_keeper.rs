@@ -201,6 +201,11 @@ impl KeeperState {
                 }
             }
         }
+        // Leases gone from this node while no consumer ran them (restart back-off): their
+        // shards' series go too.
+        for shard in self.known.iter().filter(|s| !owned_keys.contains(*s) && !self.consumers.contains_key(*s)) {
+            self.args.ctx.metrics.forget_shard(shard.as_str());
+        }
         self.known = owned_keys;
         Ok(())
     }
@@ -267,8 +272,6 @@ impl KeeperState {
     async fn after_exit(&mut self, myself: &ActorRef<KeeperMsg>, cell: &ActorCell) {
         let Some(shard) = self.by_actor.remove(&cell.get_id()) else { return };
         let was = self.consumers.remove(&shard);
-        // However the consumer ended (a failure skips its own clean-up), its shard's gauges go.
-        self.args.ctx.metrics.forget_shard(shard.as_str());
         // A handoff that did not complete (the consumer died first): finish it with the stored
         // checkpoint, so the new owner does not wait for a previous owner that is gone.
         if was.is_some_and(|r| r.stopping == Some(StopMode::HandOff)) {
@@ -390,6 +393,10 @@ impl Actor for LeaseKeeper {
             SupervisionEvent::ActorTerminated(cell, _, why) => {
                 let shard = state.by_actor.get(&cell.get_id()).cloned();
                 state.after_exit(&myself, &cell).await;
+                // The lease left (released, handed off, lost, ended): so do its shard's series.
+                if let Some(shard) = &shard {
+                    state.args.ctx.metrics.forget_shard(shard.as_str());
+                }
                 if let (Some(shard), Some(reason::SHARD_END)) = (shard, why.as_deref()) {
                     if state.draining_since.is_none() {
                         if let Err(e) = state.adopt_children(&myself, &shard).await {
@@ -406,8 +413,12 @@ impl Actor for LeaseKeeper {
                     shard: shard.clone(),
                     why: format!("failed: {error}"),
                 });
+                state.args.ctx.metrics.consumer_failed(shard.as_str());
                 let give_up = state.failed(&shard);
                 state.after_exit(&myself, &cell).await;
+                // A consumer that is restarted keeps its shard's series (its last checkpoint
+                // time above all: a crash loop must not look like fresh progress); a lease given
+                // up goes from them at the next poll, unless it came straight back.
                 if give_up {
                     state.give_up(&shard).await;
                 }

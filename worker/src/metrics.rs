@@ -24,6 +24,19 @@ const COMMIT_SECONDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 /// Batch size buckets (rows); a batch holds at most `batch_rows` (default 5,000).
 const BATCH_ROWS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0];
 
+/// A shard caught up at its last read counts as caught up until reads stop for this long (the
+/// longest read back-off is 10 s); then the time since counts as lag.
+const READ_GAP: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What one shard's consumer last reported.
+#[derive(Default)]
+struct ShardReport {
+    /// `MillisBehindLatest` of the last read, and when it was.
+    read: Option<(u64, Instant)>,
+    /// Rows handed to each table's sink and not committed yet.
+    in_flight: Vec<(String, i64)>,
+}
+
 pub struct NodeMetrics {
     pub registry: Registry,
     /// Readiness, served beside the metrics.
@@ -40,17 +53,23 @@ pub struct NodeMetrics {
     pub commit_retries: IntCounterVec,
     pub commit_seconds: HistogramVec,
     pub commit_rows: HistogramVec,
-    /// Rows a table's sink holds and has not committed yet.
-    pub rows_in_flight: IntGaugeVec,
+    /// Rows the node's consumers handed to a table's sink and that have not committed yet:
+    /// set at each gather from the shards' reports.
+    rows_in_flight: IntGaugeVec,
     pub dead_letters: IntCounter,
     pub checkpoints: IntCounter,
     /// Shards this node consumes now.
     pub leases_owned: IntGauge,
-    /// Label `shard` (gone when the node stops reading the shard), like the two below. Set at
-    /// each gather from `lag_reads`.
+    /// Label `shard` (gone when the lease leaves the node), like the two below. Set at each
+    /// gather from the shard's last read.
     pub shard_lag: GaugeVec,
-    /// Each shard's `MillisBehindLatest` at its last read, and when that read was.
-    lag_reads: Mutex<HashMap<String, (u64, Instant)>>,
+    /// What each shard's consumer reported, by shard.
+    shards: Mutex<HashMap<String, ShardReport>>,
+    /// The target tables (their per-table series exist from the start, at zero).
+    tables: Mutex<Vec<String>>,
+    /// Label `shard`: consumers that failed (each restarts after a back-off). Kept for the
+    /// process's life, so that failures of a lease that moves on stay visible to `increase()`.
+    consumer_failures: IntCounterVec,
     pub shard_last_read: GaugeVec,
     pub shard_last_checkpoint: GaugeVec,
     /// Labels `service`, `kind`.
@@ -62,6 +81,7 @@ pub struct NodeMetrics {
     reference_bytes: IntGaugeVec,
     reference_age: IntGaugeVec,
     reference_failures: IntCounterVec,
+    reference_interval: IntGaugeVec,
     /// The reference tables whose size and freshness are reported, once they are loaded.
     references: OnceLock<Arc<ReferenceSet>>,
     /// Every sample name the registry can hold, histograms expanded.
@@ -179,7 +199,13 @@ impl Default for NodeMetrics {
                 "How far the last read of a shard was behind the stream's tip (MillisBehindLatest)",
                 shard,
             ),
-            lag_reads: Mutex::new(HashMap::new()),
+            shards: Mutex::new(HashMap::new()),
+            tables: Mutex::new(Vec::new()),
+            consumer_failures: b.counters(
+                "consumer_failures_total",
+                "Shard consumers that failed (restarted after a back-off; after 5 in 10 minutes the lease is released)",
+                shard,
+            ),
             shard_last_read: b.float_gauges(
                 "shard_last_read_timestamp_seconds",
                 "When a read of the shard last returned records (unix time)",
@@ -222,6 +248,11 @@ impl Default for NodeMetrics {
                 "Reference refreshes that failed (the last snapshot is served)",
                 reference,
             ),
+            reference_interval: b.gauges(
+                "reference_refresh_interval_seconds",
+                "A reference table's refresh_interval: how often it is reloaded without a change feed",
+                reference,
+            ),
             references: OnceLock::new(),
             names: b.names,
             registry: b.registry,
@@ -242,16 +273,61 @@ impl NodeMetrics {
         self.names.clone()
     }
 
-    /// A read of `shard` found it `millis_behind` the stream's tip.
-    pub fn shard_read(&self, shard: &str, millis_behind: u64) {
-        self.lag_reads.lock().expect("never poisoned").insert(shard.to_owned(), (millis_behind, Instant::now()));
+    /// A target table: its per-table series start at zero (so `rate()` and the dashboard see
+    /// them before the first commit or failure).
+    pub fn register_table(&self, table: &str) {
+        let mut tables = self.tables.lock().expect("never poisoned");
+        if !tables.iter().any(|t| t == table) {
+            tables.push(table.to_owned());
+        }
+        for op in ["upsert", "delete"] {
+            self.rows_committed.with_label_values(&[table, op]);
+        }
+        for counters in [&self.rows_fenced, &self.commits, &self.commit_retries] {
+            counters.with_label_values(&[table]);
+        }
+        self.commit_seconds.with_label_values(&[table]);
+        self.commit_rows.with_label_values(&[table]);
+        self.rows_in_flight.with_label_values(&[table]);
     }
 
-    /// Forgets a shard this node no longer reads.
+    /// A consumer of `shard` started. The first time (not after a failure and restart) the
+    /// shard's last checkpoint is taken as now: the stuck-shard alert measures from here.
+    pub fn consumer_started(&self, shard: &str) {
+        let mut shards = self.shards.lock().expect("never poisoned");
+        if !shards.contains_key(shard) {
+            shards.insert(shard.to_owned(), ShardReport::default());
+            self.shard_last_checkpoint.with_label_values(&[shard]).set(unix_now());
+            // From zero, so that the first failure shows in increase().
+            self.consumer_failures.with_label_values(&[shard]);
+        }
+    }
+
+    /// A read of `shard` found it `millis_behind` the stream's tip.
+    pub fn shard_read(&self, shard: &str, millis_behind: u64) {
+        let mut shards = self.shards.lock().expect("never poisoned");
+        shards.entry(shard.to_owned()).or_default().read = Some((millis_behind, Instant::now()));
+    }
+
+    /// The rows `shard` has handed to each table's sink and not seen committed.
+    pub fn shard_in_flight(&self, shard: &str, per_table: impl Iterator<Item = (String, i64)>) {
+        let mut shards = self.shards.lock().expect("never poisoned");
+        shards.entry(shard.to_owned()).or_default().in_flight = per_table.collect();
+    }
+
+    /// Forgets a shard whose lease left this node.
     pub fn forget_shard(&self, shard: &str) {
-        self.lag_reads.lock().expect("never poisoned").remove(shard);
+        self.shards.lock().expect("never poisoned").remove(shard);
         for gauges in [&self.shard_lag, &self.shard_last_read, &self.shard_last_checkpoint] {
             let _ = gauges.remove_label_values(&[shard]);
+        }
+    }
+
+    /// A consumer of `shard` failed: what it had in flight is dropped (its sinks nack it).
+    pub fn consumer_failed(&self, shard: &str) {
+        self.consumer_failures.with_label_values(&[shard]).inc();
+        if let Some(report) = self.shards.lock().expect("never poisoned").get_mut(shard) {
+            report.in_flight.clear();
         }
     }
 
@@ -269,15 +345,26 @@ impl NodeMetrics {
             self.reference_items.with_label_values(&name).set(cache.len() as i64);
             self.reference_bytes.with_label_values(&name).set(cache.bytes() as i64);
             self.reference_age.with_label_values(&name).set(cache.age().as_secs() as i64);
+            self.reference_interval.with_label_values(&name).set(cache.refresh_interval.as_secs() as i64);
             let failures = self.reference_failures.with_label_values(&name);
             failures.inc_by(cache.refresh_failures().saturating_sub(failures.get()));
         }
+        let shards = self.shards.lock().expect("never poisoned");
         // A shard behind at its last read has fallen further behind by the time since (reads
-        // may be paused: backpressure, a join waiting); one caught up then counts as caught up.
-        for (shard, (behind_ms, at)) in self.lag_reads.lock().expect("never poisoned").iter() {
-            let since = if *behind_ms > 0 { at.elapsed().as_secs_f64() } else { 0.0 };
-            self.shard_lag.with_label_values(&[shard.as_str()]).set(*behind_ms as f64 / 1000.0 + since);
+        // may be paused: backpressure, a join waiting); one caught up then counts as caught up
+        // until reads stop for READ_GAP (a read outage, a wedged consumer).
+        for (shard, report) in shards.iter() {
+            let Some((behind_ms, at)) = report.read else { continue };
+            let since = at.elapsed();
+            let since = if behind_ms > 0 || since > READ_GAP { since.as_secs_f64() } else { 0.0 };
+            self.shard_lag.with_label_values(&[shard.as_str()]).set(behind_ms as f64 / 1000.0 + since);
         }
+        for table in self.tables.lock().expect("never poisoned").iter() {
+            let rows: i64 =
+                shards.values().flat_map(|r| &r.in_flight).filter(|(t, _)| t == table).map(|(_, n)| n).sum();
+            self.rows_in_flight.with_label_values(&[table.as_str()]).set(rows);
+        }
+        drop(shards);
         let leading = self.cluster.is_leader();
         self.leader.set(leading as i64);
         let states = LEASE_STATES.iter().zip(self.cluster.leases()).map(|(s, n)| (&self.cluster_leases, s, n));

@@ -96,7 +96,9 @@ impl Actor for NodeSupervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut sinks: Vec<ActorRef<SinkMsg>> = Vec::new();
-        for table in args.ports.mapper.tables() {
+        let tables = args.ports.mapper.tables();
+        let names = tables.iter().map(|t| t.name.clone()).collect();
+        for table in tables {
             let sink_args = SinkArgs {
                 table,
                 warehouse: args.ports.warehouse.clone(),
@@ -116,6 +118,7 @@ impl Actor for NodeSupervisor {
             retry: args.config.retry.clone(),
             events: args.events.clone(),
             metrics: args.metrics.clone(),
+            tables: names,
         });
         let coordinator = spawn_coordinator(&args, myself.get_cell()).await?;
         let keeper_args =

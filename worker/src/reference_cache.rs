@@ -126,6 +126,9 @@ impl RefSnapshot {
 /// One reference table's cache.
 pub struct ReferenceCache {
     pub name: String,
+    /// How often a table without a change feed is reloaded (and a failed refresh retried): what
+    /// bounds `age()` while the source answers.
+    pub refresh_interval: Duration,
     attributes: Vec<String>,
     snapshot: ArcSwap<Snapshot>,
     /// When the cache last refreshed successfully (a load, or a read of its change feed).
@@ -138,6 +141,7 @@ impl ReferenceCache {
     pub fn new(name: &str, attributes: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
+            refresh_interval: Duration::ZERO,
             attributes,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             fresh_at: std::sync::Mutex::new(tokio::time::Instant::now()),
@@ -377,7 +381,9 @@ impl ReferenceSet {
     pub async fn start(source: Arc<dyn ReferenceSource>, specs: &[ReferenceSpec]) -> Result<Self, CacheError> {
         let mut set = ReferenceSet { caches: BTreeMap::new(), tasks: Vec::new() };
         for spec in specs {
-            let cache = Arc::new(ReferenceCache::new(&spec.name, spec.attributes.clone()));
+            let mut cache = ReferenceCache::new(&spec.name, spec.attributes.clone());
+            cache.refresh_interval = spec.refresh_interval;
+            let cache = Arc::new(cache);
             let cursor = load(source.as_ref(), spec, &cache).await?;
             info!(reference = %spec.name, items = cache.len(), bytes = cache.bytes(), change_feed = cursor.is_some(), "reference loaded");
             set.tasks.push(tokio::spawn(refresh(source.clone(), spec.clone(), cache.clone(), cursor)));

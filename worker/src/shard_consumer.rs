@@ -62,6 +62,8 @@ pub struct ConsumerContext {
     pub retry: RetryPolicy,
     pub events: EventSink,
     pub metrics: Arc<NodeMetrics>,
+    /// The target tables' names, in `sinks` order (for the metrics).
+    pub tables: Vec<String>,
 }
 
 /// How a consumer ends on request.
@@ -94,7 +96,8 @@ struct Chunk {
     id: u64,
     last: Position,
     pending: usize,
-    rows: usize,
+    /// Rows it handed to each sink.
+    rows: Vec<usize>,
 }
 
 pub struct ShardConsumer;
@@ -115,6 +118,8 @@ pub struct ConsumerState {
     chunks: VecDeque<Chunk>,
     next_chunk: u64,
     in_flight_rows: usize,
+    /// `in_flight_rows` by sink.
+    in_flight_by_sink: Vec<usize>,
     /// End of the longest committed prefix.
     committed: Option<Position>,
     last_checkpoint: Instant,
@@ -309,20 +314,23 @@ impl ConsumerState {
         let Some(last) = self.pending.drain(..mapped).next_back().map(|r| r.position) else { return Ok(()) };
         self.read_upto = Some(last.clone());
         let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
-        let rows = out.len();
         for (i, row) in out {
             per_sink[i].push(row);
         }
         let id = self.next_chunk;
         self.next_chunk += 1;
         let mut pending = 0;
+        let rows: Vec<usize> = per_sink.iter().map(Vec::len).collect();
         for (sink, rows) in self.ctx.sinks.iter().zip(per_sink) {
             if !rows.is_empty() {
                 pending += 1;
                 sink.cast(SinkMsg::Write { rows, ack: Ack { consumer: myself.clone(), chunk: id } })?;
             }
         }
-        self.in_flight_rows += rows;
+        self.in_flight_rows += rows.iter().sum::<usize>();
+        for (total, n) in self.in_flight_by_sink.iter_mut().zip(&rows) {
+            *total += n;
+        }
         self.chunks.push_back(Chunk { id, last, pending, rows });
         self.advance();
         Ok(())
@@ -332,9 +340,15 @@ impl ConsumerState {
     fn advance(&mut self) {
         while self.chunks.front().is_some_and(|c| c.pending == 0) {
             let chunk = self.chunks.pop_front().expect("front exists");
-            self.in_flight_rows -= chunk.rows;
+            self.in_flight_rows -= chunk.rows.iter().sum::<usize>();
+            for (total, n) in self.in_flight_by_sink.iter_mut().zip(&chunk.rows) {
+                *total -= n;
+            }
             self.committed = Some(chunk.last);
         }
+        let tables = self.ctx.tables.iter().cloned();
+        let rows = self.in_flight_by_sink.iter().map(|n| *n as i64);
+        self.ctx.metrics.shard_in_flight(self.shard.as_str(), tables.zip(rows));
     }
 
     /// The checkpoint the committed prefix allows, if it is ahead of the lease's.
@@ -444,12 +458,6 @@ impl Actor for ShardConsumer {
     type State = ConsumerState;
     type Arguments = (Arc<ConsumerContext>, Lease);
 
-    /// A shard this node no longer reads has no lag to report here.
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.ctx.metrics.forget_shard(state.shard.as_str());
-        Ok(())
-    }
-
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -457,8 +465,8 @@ impl Actor for ShardConsumer {
     ) -> Result<Self::State, ActorProcessingErr> {
         let shard = lease.shard_id();
         ctx.events.emit(ClusterEvent::ConsumerStarted { node: ctx.me.clone(), shard: shard.clone() });
-        // The stuck-shard alert measures from here until the first checkpoint.
-        ctx.metrics.shard_last_checkpoint.with_label_values(&[shard.as_str()]).set(crate::metrics::unix_now());
+        ctx.metrics.consumer_started(shard.as_str());
+        let sinks = ctx.sinks.len();
         let mut state = ConsumerState {
             ctx,
             lease,
@@ -471,6 +479,7 @@ impl Actor for ShardConsumer {
             chunks: VecDeque::new(),
             next_chunk: 0,
             in_flight_rows: 0,
+            in_flight_by_sink: vec![0; sinks],
             committed: None,
             last_checkpoint: Instant::now(),
             read_scheduled: false,

@@ -120,7 +120,6 @@ impl SinkState {
             })
             .await;
         let m = &self.args.metrics;
-        m.rows_in_flight.with_label_values(&table).sub(batch.rows.len() as i64);
         match result {
             Ok(stats) => {
                 m.commit_seconds.with_label_values(&table).observe(started.elapsed().as_secs_f64());
@@ -156,6 +155,7 @@ impl Actor for Sink {
         let warehouse = args.warehouse.clone();
         let table = args.table.clone();
         args.retry.run(WarehouseError::is_retryable, || warehouse.ensure_table(&table)).await?;
+        args.metrics.register_table(&table.name);
         Ok(SinkState { args, rows: Vec::new(), bytes: 0, acks: Vec::new(), generation: 0 })
     }
 
@@ -168,12 +168,6 @@ impl Actor for Sink {
         match msg {
             SinkMsg::Write { rows, ack } => {
                 let first = state.acks.is_empty();
-                state
-                    .args
-                    .metrics
-                    .rows_in_flight
-                    .with_label_values(&[state.args.table.name.as_str()])
-                    .add(rows.len() as i64);
                 state.bytes += rows.iter().map(row_bytes).sum::<usize>();
                 state.rows.extend(rows);
                 state.acks.push(ack);

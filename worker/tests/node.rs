@@ -314,3 +314,161 @@ async fn lag_grows_while_backpressure_holds_reads_and_dead_letters_count_once_co
     assert_eq!(node.metrics.dead_letters.get(), 1);
     node.shutdown().await;
 }
+
+/// The value of the sample named exactly `series` in a gather.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Rejects every commit to `table` until `remaining` reaches zero (each rejection counts one).
+struct Rejecting {
+    inner: MemoryWarehouse,
+    table: &'static str,
+    remaining: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Warehouse for Rejecting {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
+        self.inner.ensure_table(table).await
+    }
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+        use std::sync::atomic::Ordering;
+        let reject = batch.table.name == self.table
+            && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if reject {
+            return Err(WarehouseError::Rejected("planted".into()));
+        }
+        self.inner.commit(batch).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_looping_consumer_is_counted_and_does_not_look_like_progress() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("k", br#"{"id":1}"#.to_vec());
+    let warehouse = Rejecting { inner: MemoryWarehouse::new(), table: "t", remaining: usize::MAX.into() };
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    let shard = "{shard=\"shardId-000000000000\"}";
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let first = node.metrics.gather();
+    let started_at = sample(&first, &format!("tributary_shard_last_checkpoint_timestamp_seconds{shard}")).unwrap();
+    // Restarts after 1, 2 and 4 s (the lease is given up only at the fifth failure).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let later = node.metrics.gather();
+    let failures = sample(&later, &format!("tributary_consumer_failures_total{shard}")).unwrap();
+    assert!(failures >= 3.0, "each failure counted: {failures}\n{later}");
+    assert_eq!(
+        sample(&later, &format!("tributary_shard_last_checkpoint_timestamp_seconds{shard}")),
+        Some(started_at),
+        "a restart is not progress"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_in_flight_counts_what_waits_behind_a_stalled_commit() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    for i in 0..1_000 {
+        stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes());
+    }
+    let (_gate, open) = watch::channel(false);
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(Gated { inner: MemoryWarehouse::new(), open }),
+        mapper: Arc::new(mapper()),
+    };
+    let mut config = node_config("n");
+    config.consumer.max_records = 50;
+    config.consumer.max_in_flight_rows = 200;
+    config.sink.max_rows = 1_000;
+    config.sink.max_latency = Duration::from_millis(100);
+    let node = Node::start(config, ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let text = node.metrics.gather();
+    // The first batch (50 rows) is stuck in its commit; the rest of the in-flight budget waits
+    // in the sink's mailbox behind it, and counts.
+    let in_flight = sample(&text, "tributary_rows_in_flight{table=\"t\"}").unwrap();
+    assert!((200.0..=250.0).contains(&in_flight), "{in_flight}\n{text}");
+    node.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_re_read_after_a_failed_commit_counts_once() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("bad", b"not json".to_vec());
+    stream.put("good", br#"{"id":1}"#.to_vec());
+    let inner = MemoryWarehouse::new();
+    let dead = worker::DEAD_LETTER_TABLE;
+    let warehouse = Rejecting { inner: inner.clone(), table: dead, remaining: 1.into() };
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(inner.rows(dead).len(), 1, "committed on the second reading");
+    let text = node.metrics.gather();
+    assert_eq!(sample(&text, "tributary_consumer_failures_total{shard=\"shardId-000000000000\"}"), Some(1.0));
+    assert_eq!(node.metrics.dead_letters.get(), 1, "read twice, counted once");
+    node.shutdown().await;
+}
+
+/// A stream that answers until `down` is set, then fails every call as unavailable.
+struct Outage {
+    inner: MemoryStream,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl proto::ShardReader for Outage {
+    async fn list_shards(&self) -> Result<Vec<proto::ShardInfo>, proto::ReadError> {
+        self.inner.list_shards().await
+    }
+    async fn iterator(
+        &self,
+        shard: &proto::ShardId,
+        from: &proto::StartingPosition,
+    ) -> Result<proto::ShardIterator, proto::ReadError> {
+        self.inner.iterator(shard, from).await
+    }
+    async fn read(&self, iterator: &proto::ShardIterator, limit: usize) -> Result<proto::ReadBatch, proto::ReadError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(proto::ReadError::Unavailable("planted outage".into()));
+        }
+        self.inner.read(iterator, limit).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caught_up_shard_that_cannot_be_read_shows_growing_lag() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("k", br#"{"id":1}"#.to_vec());
+    let reader = Arc::new(Outage { inner: stream, down: false.into() });
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: reader.clone(),
+        warehouse: Arc::new(MemoryWarehouse::new()),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    let lag = || sample(&node.metrics.gather(), "tributary_shard_lag_seconds{shard=\"shardId-000000000000\"}");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(lag(), Some(0.0), "caught up, and read every idle interval");
+    reader.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(lag(), Some(0.0), "a short gap (a read back-off) is no lag");
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let behind = lag().unwrap();
+    assert!(behind >= 59.0, "no read for a minute: at least that far behind, {behind}");
+    node.kill().await;
+}
