@@ -3,12 +3,14 @@
 //! (the defaults and `ci/*.yaml`) passes `helm lint --strict`, renders objects that
 //! `kubernetes-validate --strict` accepts for the oldest and newest Kubernetes the chart supports,
 //! custom resources that match KEDA's and prometheus-operator's CRDs (`@kubernetes-models`, plus
-//! `tsc` for unknown fields: `tests/helm/crds.mjs`) and nothing checkov objects to beyond three
+//! `tsc` for unknown fields: `tests/helm/crds.mjs`) and nothing checkov objects to beyond four
 //! justified skips. The objects agree with each other (selectors, port names, probe paths), the
+//! schema holds exactly node.toml's keys (`src/run_config.rs`) and refuses misspelt ones, the
 //! ConfigMap's node.toml loads with the node's own parser and passes `tributary check`, the pods
 //! are hardened by default, the config checksum rolls them, render-time checks refuse what would
-//! break a drain or over-scale, the PrometheusRule and the dashboard embed their files verbatim,
-//! and the IAM policy grants exactly the AWS calls the node makes.
+//! break a drain or over-scale, an autoscaler keeps replicaCount's standby node, the PrometheusRule
+//! (its job made the Service's name) and the dashboard embed their files verbatim, and the IAM
+//! policy grants exactly the AWS calls the node makes.
 //!
 //! YAML is read by js-yaml in the node script (it prints the objects as JSON, which serde_json
 //! reads here), so no YAML crate is needed.
@@ -16,11 +18,12 @@
 mod helm;
 mod prometheus;
 
-use helm::{documents, ops_tool, render, repo, try_render, TempDir, NAMESPACE, RELEASE};
+use helm::{documents, ops_tool, render, repo, try_render, try_render_release, TempDir, NAMESPACE, RELEASE};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+use tributary::run::DRAIN_MARGIN;
 
 /// The oldest and newest Kubernetes the chart supports (Chart.yaml's kubeVersion is >=1.28).
 const KUBE_VERSIONS: [&str; 2] = ["1.28.0", "1.37.0"];
@@ -276,10 +279,12 @@ fn node_toml_loads_with_the_node_parser_and_passes_tributary_check() {
         if config.warehouse.kind == tributary::run_config::WarehouseKind::Redshift {
             assert!(config.warehouse.url.is_empty(), "{}: no postgres url left in a redshift [warehouse]", case.name);
         }
-        // The kubelet's SIGKILL comes after the grace period: a drain must end well before.
+        // The kubelet's SIGKILL comes after the grace period: a drain (bounded by the node at
+        // shutdown_deadline + DRAIN_MARGIN) must end before.
         let grace =
             at(the(&objects, "Deployment"), "/spec/template/spec/terminationGracePeriodSeconds").as_u64().unwrap();
-        assert!(grace > config.node.shutdown_deadline.as_secs(), "{}: grace {grace}s", case.name);
+        let drain = config.node.shutdown_deadline + DRAIN_MARGIN;
+        assert!(grace as f64 > drain.as_secs_f64(), "{}: grace {grace}s, drain up to {drain:?}", case.name);
 
         let file = dir.path().join(format!("{}.toml", case.name));
         std::fs::write(&file, &toml).unwrap();
@@ -309,11 +314,14 @@ fn default_render_is_hardened() {
     assert_eq!(security["allowPrivilegeEscalation"], false);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert!(security["capabilities"].get("add").is_none() && security.get("privileged").is_none_or(|v| v == false));
-    for kind in ["requests", "limits"] {
-        for resource in ["cpu", "memory"] {
-            assert!(container["resources"][kind][resource].is_string(), "resources.{kind}.{resource}");
-        }
+    // Memory guaranteed (request = limit); CPU requested, never throttled by a limit.
+    let resources = &container["resources"];
+    for resource in ["cpu", "memory"] {
+        assert!(resources["requests"][resource].is_string(), "resources.requests.{resource}");
     }
+    assert!(resources["limits"]["memory"].is_string(), "resources.limits.memory");
+    assert_eq!(resources["limits"]["memory"], resources["requests"]["memory"], "memory request = limit");
+    assert!(resources["limits"].get("cpu").is_none(), "no CPU limit: {resources}");
     // The read-only root file system keeps a writable /tmp.
     let tmp = at(container, "/volumeMounts").as_array().unwrap().iter().find(|m| m["mountPath"] == "/tmp").unwrap();
     let volumes = at(pod, "/volumes").as_array().unwrap();
@@ -329,7 +337,10 @@ fn default_render_is_hardened() {
     assert_eq!(keys, BTreeSet::from(["kubernetes.io/hostname", "topology.kubernetes.io/zone"]));
     assert_eq!(pod["terminationGracePeriodSeconds"], 60);
     assert!(at(deployment, "/spec/template/metadata/annotations/checksum~1config").is_string());
-    assert_eq!(at(the(&objects, "PodDisruptionBudget"), "/spec/maxUnavailable"), 1);
+    let pdb = the(&objects, "PodDisruptionBudget");
+    assert_eq!(at(pdb, "/spec/maxUnavailable"), 1);
+    // An unready node (a stale heartbeat) must not block node drains.
+    assert_eq!(at(pdb, "/spec/unhealthyPodEvictionPolicy"), "AlwaysAllow");
     assert_eq!(at(the(&objects, "ServiceAccount"), "/automountServiceAccountToken"), false);
     assert!(the(&objects, "ServiceAccount")["metadata"].get("annotations").is_none(), "no IRSA role by default");
     for kind in ["ScaledObject", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"] {
@@ -373,6 +384,11 @@ fn render_time_checks_refuse_what_would_break_a_drain_or_overscale() {
     try_render(&[], &["--set", "terminationGracePeriodSeconds=41"]).expect("41 > 30 + 10");
     refused(&[], &["--set", "config.node.shutdown_deadline=1m"], "config.node.shutdown_deadline (60s)");
     refused(&[], &["--set", "config.node.shutdown_deadline=soon"], "shutdown_deadline");
+    // The margin covers at least the node's own DRAIN_MARGIN beyond shutdown_deadline.
+    let margin = DRAIN_MARGIN.as_secs();
+    let below = format!("drainMarginSeconds={}", margin - 1);
+    refused(&[], &["--set", &below], &format!("drainMarginSeconds ({}) must be at least {margin}", margin - 1));
+    try_render(&[], &["--set", &format!("drainMarginSeconds={margin}")]).expect("the node's own margin is enough");
 
     let keda = case("irsa-keda-monitoring");
     let with = |more: &[&'static str]| [keda.extra, more].concat();
@@ -384,10 +400,160 @@ fn render_time_checks_refuse_what_would_break_a_drain_or_overscale() {
     refused(keda.files, &with(&["--set", "autoscaling.openShards=0"]), "autoscaling.openShards");
     refused(keda.files, &with(&["--set", "autoscaling.hpa.enabled=true"]), "not both");
     refused(keda.files, &with(&["--set", "autoscaling.keda.fallbackReplicas=1"]), "fallbackReplicas (1)");
+    refused(
+        keda.files,
+        &with(&["--set", "autoscaling.keda.minReplicaCount=9"]),
+        "autoscaling.keda.minReplicaCount (9) must be between 1 and autoscaling.keda.maxReplicaCount (8)",
+    );
+    refused(
+        case("hpa").files,
+        &["--set", "autoscaling.hpa.maxReplicas=1"],
+        "autoscaling.hpa.minReplicas (2) must be between 1 and autoscaling.hpa.maxReplicas (1)",
+    );
     refused(case("hpa").files, &["--set", "autoscaling.hpa.maxReplicas=5"], "autoscaling.hpa.maxReplicas (5)");
     // values.schema.json types the values.
     refused(&[], &["--set", "replicaCount=two"], "replicaCount");
     refused(&[], &["--set", "config.node.failover_time=ten"], "failover_time");
+    refused(&[], &["--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=Never"], "unhealthyPodEvictionPolicy");
+    let relaxed = render(&[], &["--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget"]);
+    assert!(documents(&relaxed, "PodDisruptionBudget")[0].contains("\n  unhealthyPodEvictionPolicy: IfHealthyBudget\n"));
+}
+
+/// The fields of `pub struct <name>` in `source` (Rust), each with its type.
+fn struct_fields(source: &str, name: &str) -> Vec<(String, String)> {
+    let code = code_only(source);
+    let start = code.find(&format!("pub struct {name} {{")).unwrap_or_else(|| panic!("no struct {name}"));
+    let open = start + code[start..].find('{').unwrap();
+    code[open + 1..block_end(&code, open) - 1]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .map(|field| {
+            let (name, ty) = field.split_once(':').unwrap_or_else(|| panic!("a field: {field}"));
+            (name.trim().to_owned(), ty.trim().trim_end_matches(',').to_owned())
+        })
+        .collect()
+}
+
+/// The variants of `pub enum <name>` in `source`.
+fn enum_variants(source: &str, name: &str) -> Vec<String> {
+    let code = code_only(source);
+    let start = code.find(&format!("pub enum {name} {{")).unwrap_or_else(|| panic!("no enum {name}"));
+    let open = start + code[start..].find('{').unwrap();
+    code[open + 1..block_end(&code, open) - 1]
+        .split(',')
+        .map(|v| v.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect::<String>())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_schema_holds_exactly_the_config_keys_the_node_reads() {
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(helm::chart_dir().join("values.schema.json")).unwrap()).unwrap();
+    let source = std::fs::read_to_string(repo().join("src/run_config.rs")).unwrap();
+    let config = at(&schema, "/properties/config/properties");
+    let sections = [
+        ("node", "NodeSection"),
+        ("stream", "StreamSection"),
+        ("lease_table", "LeaseTableSection"),
+        ("warehouse", "WarehouseSection"),
+    ];
+    for (section, rust) in sections {
+        let schema = &config[section];
+        assert_eq!(schema["additionalProperties"], false, "config.{section} refuses unknown keys");
+        let properties = schema["properties"].as_object().unwrap();
+        let fields = struct_fields(&source, rust);
+        let keys: BTreeSet<&str> = properties.keys().map(String::as_str).collect();
+        assert_eq!(keys, fields.iter().map(|(f, _)| f.as_str()).collect(), "config.{section}: {rust}'s fields");
+        for (field, ty) in &fields {
+            let property = &properties[field.as_str()];
+            let strings = |p: &Value| {
+                p["type"] == "string" || p["enum"].as_array().is_some_and(|e| e.iter().all(Value::is_string))
+            };
+            let fits = match ty.as_str() {
+                "Duration" => property["$ref"] == "#/definitions/duration",
+                "usize" => property["type"] == "integer" && property["minimum"].as_u64().is_some_and(|m| m >= 1),
+                "bool" => property["type"] == "boolean",
+                "String" | "Option<String>" => strings(property),
+                "WarehouseKind" => {
+                    let variants: Vec<String> =
+                        enum_variants(&source, "WarehouseKind").iter().map(|v| v.to_lowercase()).collect();
+                    let listed: BTreeSet<&str> =
+                        property["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                    listed == variants.iter().map(String::as_str).collect()
+                }
+                other => panic!("config.{section}.{field}: map the type {other} to the schema in this test"),
+            };
+            assert!(fits, "config.{section}.{field} ({ty}) is typed {property} in values.schema.json");
+        }
+    }
+    // [metrics] is the chart's own (listen on metrics.port): no config.metrics.
+    let metrics: Vec<String> = struct_fields(&source, "MetricsSection").into_iter().map(|(f, _)| f).collect();
+    assert_eq!(metrics, ["listen"], "a new [metrics] key: give the chart a value for it");
+    assert!(config.get("metrics").is_none());
+
+    // A misspelt key in any section is refused before anything is made…
+    for (section, key) in [("node", "failover_tme"), ("stream", "nmae"), ("lease_table", "nme"), ("warehouse", "kidn")]
+    {
+        let set = format!("config.{section}.{key}=x");
+        let says = format!("at '/config/{section}': additional properties '{key}' not allowed");
+        let err = try_render(&[], &["--set", &set]).err().unwrap_or_else(|| panic!("--set {set} rendered"));
+        assert!(err.contains(&says), "helm template --set {set}: {err}");
+        let out = helm::helm(&["lint", "--strict", ".", "--set", &set]);
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success() && printed.contains(&says), "helm lint --set {set}:\n{printed}");
+    }
+    // …and every key the schema types renders into a node.toml the node loads.
+    let every_key = [
+        "config.node.id=node-a",
+        "config.node.failover_time=12s",
+        "config.node.initial_position=latest",
+        "config.node.shutdown_deadline=20s",
+        "config.node.checkpoint_interval=2s",
+        "config.node.read_interval=250ms",
+        "config.node.idle_read_interval=1s",
+        "config.node.batch_latency=750ms",
+        "config.node.batch_rows=1000",
+        "config.node.batch_bytes=1048576",
+        "config.warehouse.kind=redshift",
+        "config.warehouse.cluster=analytics",
+        "config.warehouse.database=dev",
+        "config.warehouse.db_user=etl",
+        "config.warehouse.lock_tables=false",
+    ];
+    let args: Vec<&str> = every_key.iter().flat_map(|kv| ["--set", kv]).collect();
+    let loaded = tributary::run_config::RunConfig::from_toml(&node_toml(&rendered_objects(&render(&[], &args))))
+        .expect("every typed key loads");
+    assert_eq!(loaded.node.id.as_deref(), Some("node-a"));
+    assert_eq!((loaded.node.batch_rows, loaded.node.batch_bytes), (1000, 1 << 20));
+    assert_eq!(loaded.node.read_interval, std::time::Duration::from_millis(250));
+    assert!(!loaded.warehouse.lock_tables && loaded.warehouse.db_user.as_deref() == Some("etl"));
+}
+
+#[test]
+fn an_autoscaler_keeps_the_steady_state_of_replica_count() {
+    // Off: replicaCount nodes. On (either autoscaler, defaults otherwise): never fewer, so a node
+    // still stands by to take over a failed or drained node's shards.
+    let objects = rendered_objects(&render_case(case("defaults"), &[]));
+    let replicas = at(the(&objects, "Deployment"), "/spec/replicas").as_u64().unwrap();
+    assert!(replicas >= 2, "replicaCount {replicas}: one node would leave nothing standing by");
+    let on = |scaler: &str| -> Vec<Value> {
+        let enable = format!("autoscaling.{scaler}.enabled=true");
+        rendered_objects(&render_case(
+            case("defaults"),
+            &["--set", &enable, "--set", "autoscaling.openShards=4", "--api-versions", "keda.sh/v1alpha1"],
+        ))
+    };
+    let keda = on("keda");
+    let scaled = the(&keda, "ScaledObject");
+    assert_eq!(at(scaled, "/spec/minReplicaCount").as_u64(), Some(replicas), "KEDA's minimum");
+    let max = at(scaled, "/spec/maxReplicaCount").as_u64().unwrap();
+    let fallback = at(scaled, "/spec/fallback/replicas").as_u64().unwrap();
+    assert!(replicas <= fallback && fallback <= max && max <= 4, "min ≤ fallback ≤ max ≤ openShards");
+    let hpa = on("hpa");
+    let autoscaler = the(&hpa, "HorizontalPodAutoscaler");
+    assert_eq!(at(autoscaler, "/spec/minReplicas").as_u64(), Some(replicas), "the HPA's minimum");
+    assert!(at(autoscaler, "/spec/maxReplicas").as_u64().unwrap() <= 4);
 }
 
 #[test]
@@ -400,22 +566,41 @@ fn the_prometheus_rule_is_alerts_yml_verbatim_and_packaged() {
         std::fs::canonicalize(&alerts_path).unwrap(),
         "files/alerts.yml links to deploy/prometheus/alerts.yml"
     );
-    let rendered = render_case(case("irsa-keda-monitoring"), &[]);
-    let rule = documents(&rendered, "PrometheusRule")[0];
-    let spec = rule.split_once("\nspec:\n").expect("a spec").1;
     // The spec is the file, indented by two, after the chart's two comment lines.
-    let embedded: Vec<&str> = spec.lines().skip(2).map(|l| l.strip_prefix("  ").unwrap_or(l)).collect();
-    let expected: Vec<&str> = alerts.trim_end().lines().collect();
-    let differs = (0..embedded.len().max(expected.len())).find(|&i| embedded.get(i) != expected.get(i));
-    if let Some(i) = differs.filter(|&i| i < expected.len() || !embedded[i..].iter().all(|l| l.is_empty())) {
-        panic!(
-            "the PrometheusRule's spec is not alerts.yml as it is: line {} reads {:?}, the file {:?}",
-            i + 1,
-            embedded.get(i),
-            expected.get(i)
-        );
-    }
+    let embedded = |rendered: &str| -> String {
+        let rule = documents(rendered, "PrometheusRule")[0];
+        let spec = rule.split_once("\nspec:\n").expect("a spec").1;
+        let lines: Vec<&str> = spec.lines().skip(2).map(|l| l.strip_prefix("  ").unwrap_or(l)).collect();
+        lines.join("\n").trim_end().to_owned()
+    };
+    let same_lines = |embedded: &str, expected: &str, what: &str| {
+        let (embedded, expected): (Vec<&str>, Vec<&str>) = (embedded.lines().collect(), expected.lines().collect());
+        if let Some(i) = (0..embedded.len().max(expected.len())).find(|&i| embedded.get(i) != expected.get(i)) {
+            let (line, want) = (embedded.get(i), expected.get(i));
+            panic!("the PrometheusRule's spec is not {what}: line {} reads {line:?}, not {want:?}", i + 1);
+        }
+    };
+    let keda = case("irsa-keda-monitoring");
+    let rendered = render_case(keda, &[]);
+    same_lines(&embedded(&rendered), alerts.trim_end(), "alerts.yml as it is (release tributary)");
     assert!(alerts.contains("{{ $labels."), "alerts.yml's Prometheus templates are kept");
+    // Another release: only the job, which a ServiceMonitor names after the Service, changes.
+    let job = r#"job="tributary""#;
+    assert!(alerts.contains(job), "alerts.yml selects {job} (TributaryDown): the substitution is checked on it");
+    let args = [keda.extra, &["--kube-version", KUBE_VERSIONS[0]]].concat();
+    let other = try_render_release("other", keda.files, &args).unwrap_or_else(|e| panic!("release other: {e}"));
+    let service = documents(&other, "Service")[0];
+    assert!(service.contains("\n  name: other-tributary\n"), "{service}");
+    let other_spec = embedded(&other);
+    same_lines(
+        &other_spec,
+        &alerts.trim_end().replace(job, r#"job="other-tributary""#),
+        "alerts.yml for release other",
+    );
+    let dir = TempDir::new("helm-rules");
+    let rules = dir.path().join("other.yml");
+    std::fs::write(&rules, &other_spec).unwrap();
+    prometheus::promtool(&["check", "rules", rules.to_str().unwrap()], "");
     let objects = rendered_objects(&rendered);
     let groups = at(the(&objects, "PrometheusRule"), "/spec/groups").as_array().unwrap();
     let alert_lines = alerts.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
@@ -539,6 +724,9 @@ fn checkov_passes_every_render() {
         // (libpq's convention) and the tokenize key from its environment by design (README.md:
         // no secrets in node.toml).
         "CKV_K8S_35",
+        // "CPU limits should be set": a limit only throttles a consumer (more lag, drains and
+        // probe answers cut short); the CPU request reserves its share, memory is limited.
+        "CKV_K8S_11",
     ];
     let (ok, printed) = run(Command::new(checkov)
         .args(["--skip-download", "--quiet", "--compact", "--framework", "kubernetes", "-d"])

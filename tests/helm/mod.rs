@@ -57,8 +57,8 @@ pub fn helm(args: &[&str]) -> Output {
     Command::new(helm_bin()).args(args).current_dir(chart_dir()).output().expect("helm runs")
 }
 
-fn template_args<'a>(values_files: &'a [&'a str], extra_args: &'a [&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["template", RELEASE, ".", "--namespace", NAMESPACE];
+fn template_args<'a>(release: &'a str, values_files: &'a [&'a str], extra_args: &'a [&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["template", release, ".", "--namespace", NAMESPACE];
     for file in values_files {
         args.extend(["--values", file]);
     }
@@ -70,7 +70,13 @@ fn template_args<'a>(values_files: &'a [&'a str], extra_args: &'a [&'a str]) -> 
 /// `ci/hpa-values.yaml`, or absolute) and extra arguments (`--set k=v`, `--api-versions …`,
 /// `--kube-version …`): the objects as one multi-document YAML, or helm's error.
 pub fn try_render(values_files: &[&str], extra_args: &[&str]) -> Result<String, String> {
-    let out = helm(&template_args(values_files, extra_args));
+    try_render_release(RELEASE, values_files, extra_args)
+}
+
+/// Like `try_render`, as the release `release` (the chart's full name is then
+/// `<release>-tributary`, or `release` itself when it contains `tributary`).
+pub fn try_render_release(release: &str, values_files: &[&str], extra_args: &[&str]) -> Result<String, String> {
+    let out = helm(&template_args(release, values_files, extra_args));
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).expect("helm prints UTF-8"))
     } else {

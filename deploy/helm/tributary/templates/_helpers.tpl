@@ -147,6 +147,9 @@ listen = "0.0.0.0:{{ .Values.metrics.port }}"
 {{- $deadline := float64 (include "tributary.seconds" (.Values.config.node.shutdown_deadline | default "30s")) }}
 {{- $grace := float64 .Values.terminationGracePeriodSeconds }}
 {{- $margin := float64 .Values.drainMarginSeconds }}
+{{- if lt $margin 5.0 }}
+{{- fail (printf "drainMarginSeconds (%v) must be at least 5: the node's drain takes up to config.node.shutdown_deadline + 5s (DRAIN_MARGIN in src/run.rs) before it gives its leases up" $margin) }}
+{{- end }}
 {{- if le $grace (addf $deadline $margin) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed config.node.shutdown_deadline (%vs) + drainMarginSeconds (%v): the kubelet would kill a draining node" $grace $deadline $margin) }}
 {{- end }}
@@ -170,11 +173,12 @@ listen = "0.0.0.0:{{ .Values.metrics.port }}"
 {{- $min := ternary $a.keda.minReplicaCount $a.hpa.minReplicas $a.keda.enabled | int64 }}
 {{- $max := ternary $a.keda.maxReplicaCount $a.hpa.maxReplicas $a.keda.enabled | int64 }}
 {{- $field := ternary "autoscaling.keda.maxReplicaCount" "autoscaling.hpa.maxReplicas" $a.keda.enabled }}
+{{- $minField := ternary "autoscaling.keda.minReplicaCount" "autoscaling.hpa.minReplicas" $a.keda.enabled }}
 {{- if gt $max (int64 $a.openShards) }}
 {{- fail (printf "%s (%d) must not exceed autoscaling.openShards (%d): a node beyond the open shard count holds no lease" $field $max (int64 $a.openShards)) }}
 {{- end }}
 {{- if or (lt $min 1) (gt $min $max) }}
-{{- fail (printf "autoscaling: the minimum (%d) must be between 1 and the maximum (%d)" $min $max) }}
+{{- fail (printf "%s (%d) must be between 1 and %s (%d)" $minField $min $field $max) }}
 {{- end }}
 {{- if $a.keda.enabled }}
 {{- $fallback := int64 $a.keda.fallbackReplicas }}
