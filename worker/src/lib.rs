@@ -15,6 +15,7 @@
 //! | `reference_cache.rs` | reference tables in memory: rows in the hash slots, snapshots, change feeds, refreshes |
 //! | `transform.rs` | `mask` and `tokenize` (HMAC-SHA256) |
 //! | `metrics.rs` | the node's Prometheus metrics (one registry per node) |
+//! | `process_metrics.rs` | `process_*`: CPU seconds (fractional), memory, file descriptors, threads, start time |
 //! | `health.rs` | readiness: started, heartbeating, not draining |
 //! | `observed.rs` | the ports wrapped so that every failed call is counted by service and kind |
 
@@ -29,6 +30,7 @@ pub mod node;
 pub mod observed;
 pub mod pipeline;
 pub mod pipeline_config;
+pub mod process_metrics;
 pub mod reference_cache;
 pub mod shard_consumer;
 pub mod sink;

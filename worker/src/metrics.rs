@@ -151,8 +151,7 @@ impl Default for NodeMetrics {
         let mut b = Builder { registry: Registry::new(), names: Vec::new() };
         let build = b.gauges("build_info", "Always 1; the label names the running version", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        #[cfg(target_os = "linux")]
-        b.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()), false);
+        b.register(Box::new(crate::process_metrics::ProcessMetrics::default()), false);
         let table = &["table"];
         let shard = &["shard"];
         let reference = &["reference"];
