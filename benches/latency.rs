@@ -19,29 +19,12 @@ use proto::LeaseTable;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+#[path = "common.rs"]
+mod common;
+use common::{env, pipeline, record};
+
 #[path = "../tests/processes/mod.rs"]
 mod processes;
-
-const PIPELINE: &str = r#"
-format = "json"
-[[table]]
-name = "latency_events"
-key = ["id"]
-column = [
-    { name = "id", from = "id", type = "text" },
-    { name = "station", from = "station", type = "text" },
-    { name = "kwh", from = "kwh", type = "double" },
-    { name = "note", from = "note", type = "text" },
-]
-"#;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn record(id: &str) -> Vec<u8> {
-    format!(r#"{{"id":"{id}","station":"2-39-{}","kwh":12.5,"note":"{}"}}"#, id.len(), "x".repeat(200)).into_bytes()
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -63,10 +46,11 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("tributary-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("node.toml");
+    let pipeline = pipeline("latency_events");
     std::fs::write(
         &config,
         format!(
-            "{PIPELINE}\n[node]\nfailover_time = \"10s\"\nidle_read_interval = \"{idle}ms\"\nbatch_latency = \"{batch}ms\"\n\
+            "{pipeline}\n[node]\nfailover_time = \"10s\"\nidle_read_interval = \"{idle}ms\"\nbatch_latency = \"{batch}ms\"\n\
              [stream]\nname = \"{stream}\"\n[lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\n\
              url = \"{url}\"\n"
         ),
@@ -101,7 +85,7 @@ async fn main() {
                 let batch: Vec<(String, Vec<u8>)> = (n..n + per_tick)
                     .map(|i| {
                         let id = if i % 50 == 0 { format!("p-{i:09}") } else { format!("r-{i:09}") };
-                        (id.clone(), record(&id))
+                        (id.clone(), record(&id, 200))
                     })
                     .collect();
                 // Several PutRecords in flight, as a producer fleet would have.

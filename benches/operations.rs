@@ -36,42 +36,23 @@ use adapters::postgres_server::postgres;
 use proto::LeaseTable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "common.rs"]
+mod common;
+use common::{env, pipeline, record};
 
 #[path = "../tests/processes/mod.rs"]
 mod processes;
 #[path = "../tests/prometheus/mod.rs"]
 mod prometheus;
 
-const PIPELINE: &str = r#"
-format = "json"
-[[table]]
-name = "ops_events"
-key = ["id"]
-column = [
-    { name = "id", from = "id", type = "text" },
-    { name = "station", from = "station", type = "text" },
-    { name = "kwh", from = "kwh", type = "double" },
-    { name = "note", from = "note", type = "text" },
-]
-"#;
-
 /// PutRecords calls in flight at once, as a small producer fleet would have.
 const IN_FLIGHT: usize = 4;
 const MIB: f64 = 1024.0 * 1024.0;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// ~300 bytes of JSON.
-fn record(id: &str) -> Vec<u8> {
-    format!(r#"{{"id":"{id}","station":"2-39-{}","kwh":12.5,"note":"{}"}}"#, id.len(), "x".repeat(240)).into_bytes()
-}
 
 /// Everything the phases share: the emulators, the database, the directory of configs and logs.
 struct Stack {
@@ -103,10 +84,11 @@ impl Node {
     async fn start(stack: &Stack, name: &str, stream: &str, shards: u32) -> (Self, Duration) {
         Kinesis::new(&stack.ks.sdk_config(), stream).create_stream(shards).await.unwrap();
         let config = stack.dir.join(format!("{name}.toml"));
+        let pipeline = pipeline("ops_events");
         std::fs::write(
             &config,
             format!(
-                "{PIPELINE}\n[node]\nfailover_time = \"10s\"\n[stream]\nname = \"{stream}\"\n\
+                "{pipeline}\n[node]\nfailover_time = \"10s\"\n[stream]\nname = \"{stream}\"\n\
                  [lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{}\"\n\
                  [metrics]\nlisten = \"127.0.0.1:0\"\n",
                 stack.url
@@ -126,7 +108,7 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let port = port.unwrap_or_else(|| panic!("{name} serves metrics:\n{}", process.log()));
-        let pid = pid_of(&config).unwrap_or_else(|| panic!("{name}'s process id"));
+        let pid = process.pid();
         let node = Self { process, stream: stream.to_owned(), port, pid };
         for _ in 0..900 {
             if node.sample().await.owned == f64::from(shards) {
@@ -196,22 +178,6 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// The process whose command line holds `config`: the node started with it.
-fn pid_of(config: &Path) -> Option<u32> {
-    let want = config.as_os_str().as_bytes();
-    for _ in 0..50 {
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else { continue };
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if cmdline.split(|b| *b == 0).any(|arg| arg == want) {
-                return Some(pid);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
 /// Writes records at `rate` a second until stopped: random partition keys, refused entries
 /// retried after 50 ms, at most `IN_FLIGHT` PutRecords at once; counts the records accepted
 /// and the entries refused (throttled), and times each call (the emulator's load shows there).
@@ -246,7 +212,7 @@ impl Producer {
                     continue;
                 }
                 let batch: Vec<(String, Vec<u8>)> = (n..n + take)
-                    .map(|i| (format!("{:016x}", rng.gen::<u64>()), record(&format!("{prefix}-{i:09}"))))
+                    .map(|i| (format!("{:016x}", rng.gen::<u64>()), record(&format!("{prefix}-{i:09}"), 240)))
                     .collect();
                 n += take;
                 let permit = in_flight.clone().acquire_owned().await.unwrap();
@@ -455,7 +421,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let stack = Stack { ks, ds, url, dir };
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    println!("record size {} bytes; {cores} cores", record("a-000000000").len());
+    println!("record size {} bytes; {cores} cores", record("a-000000000", 240).len());
 
     // 1. Idle: one shard, then many.
     let (mut one, idle_one) = idle_node(&stack, "one-shard", 1, idle).await;
