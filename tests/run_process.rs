@@ -140,3 +140,42 @@ async fn sigterm_while_starting_exits_0_at_once() {
     drop(silent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tributary check`: a valid file exits 0 with what the node would run, offline; a bad one
+/// exits non-zero with one line naming the field, and never echoes a secret.
+#[test]
+fn check_validates_offline_and_names_the_bad_field() {
+    let dir = std::env::temp_dir().join(format!("tributary-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["check", "--config"])
+            .arg(&path)
+            // Nothing may be reached: endpoints that refuse every connection.
+            .env("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")
+            .env("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let base = format!(
+        "{}\n[stream]\nname = \"ev\"\n[lease_table]\nname = \"ev-leases\"\n[warehouse]\nkind = \"postgres\"\n",
+        tributary::ev::PIPELINE
+    );
+    let (code, text) = check("good.toml", &format!("{base}url = \"host=db.internal dbname=analytics\"\n"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("is valid") && text.contains("stream       ev") && text.contains("ev_charging_sessions"),
+        "{text}"
+    );
+    let (code, text) = check("typo.toml", &format!("{base}url = \"host=db\"\n[node]\nfailover_tme = \"5s\"\n"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("node.failover_tme") && text.lines().count() == 1, "{text}");
+    let (code, text) = check("secret.toml", &format!("{base}url = \"host=db password=hunter2\"\n"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("warehouse.url") && !text.contains("hunter2"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
