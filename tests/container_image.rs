@@ -29,10 +29,7 @@ fn repo() -> &'static Path {
 }
 
 fn ops() -> PathBuf {
-    std::env::var_os("TRIBUTARY_STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/local-stack"))
-        .join("ops")
+    adapters::local_stack::stack_dir().join("ops")
 }
 
 struct Output {

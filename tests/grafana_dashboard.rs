@@ -11,7 +11,7 @@ mod prometheus;
 use grafana::{dashboard, panels, raw_queries, selectors};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use worker::NodeMetrics;
 
@@ -42,10 +42,7 @@ impl Drop for TempDir {
 
 /// The npm tools of deploy/local/ops-npm (`deploy/local/ops-tools.sh node`).
 fn ops_node() -> PathBuf {
-    let stack = std::env::var_os("TRIBUTARY_STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target/local-stack"));
-    stack.join("ops/node")
+    adapters::local_stack::stack_dir().join("ops/node")
 }
 
 /// Grafana's TypeScript types of each panel type's options (a module under

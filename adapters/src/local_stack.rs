@@ -110,7 +110,9 @@ pub fn emulator(service: Service) -> Result<Emulator, StackError> {
     Ok(Emulator { endpoint: slot.1.as_ref().expect("started").endpoint.clone(), service: Some(service) })
 }
 
-fn stack_dir() -> PathBuf {
+/// Where `deploy/local/stack.sh` installs the local stack (and `ops-tools.sh` the operations
+/// tools, under `ops/`): `$TRIBUTARY_STACK_DIR`, else `target/local-stack`.
+pub fn stack_dir() -> PathBuf {
     std::env::var_os("TRIBUTARY_STACK_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/local-stack")))

@@ -31,10 +31,7 @@ pub fn chart_dir() -> PathBuf {
 
 /// Where `deploy/local/ops-tools.sh` installs the operations tools.
 pub fn ops_dir() -> PathBuf {
-    std::env::var_os("TRIBUTARY_STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/local-stack"))
-        .join("ops")
+    adapters::local_stack::stack_dir().join("ops")
 }
 
 /// An installed tool under the ops directory; fails the test naming the install command.
