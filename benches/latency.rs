@@ -97,13 +97,7 @@ async fn main() {
                         let mut pending = chunk.to_vec();
                         while !pending.is_empty() {
                             let refused = kinesis.put_records(&pending).await.unwrap();
-                            let keep: Vec<usize> = refused.iter().map(|r| r.index).collect();
-                            pending = pending
-                                .into_iter()
-                                .enumerate()
-                                .filter(|(i, _)| keep.contains(i))
-                                .map(|(_, r)| r)
-                                .collect();
+                            pending = adapters::kinesis::refused_only(pending, &refused);
                         }
                     }
                     for (id, _) in batch.iter().filter(|(id, _)| id.starts_with("p-")) {

@@ -229,13 +229,7 @@ impl Producer {
                             Ok(refused) => {
                                 count.fetch_add(pending.len() - refused.len(), Ordering::Relaxed);
                                 refusals.fetch_add(refused.len(), Ordering::Relaxed);
-                                let keep: Vec<usize> = refused.iter().map(|r| r.index).collect();
-                                pending = pending
-                                    .into_iter()
-                                    .enumerate()
-                                    .filter(|(i, _)| keep.contains(i))
-                                    .map(|(_, r)| r)
-                                    .collect();
+                                pending = adapters::kinesis::refused_only(pending, &refused);
                                 if !pending.is_empty() {
                                     tokio::time::sleep(Duration::from_millis(50)).await;
                                 }

@@ -135,8 +135,7 @@ async fn send(kinesis: &Kinesis, mut batch: Vec<(String, Vec<u8>)>) -> anyhow::R
             return Ok(total);
         }
         let refused = kinesis.put_records(&batch).await.map_err(|e| anyhow::anyhow!("put records: {e}"))?;
-        let keep: std::collections::BTreeSet<usize> = refused.iter().map(|r| r.index).collect();
-        batch = batch.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r).collect();
+        batch = adapters::kinesis::refused_only(batch, &refused);
         if !batch.is_empty() {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
         }

@@ -44,8 +44,7 @@ async fn put(kinesis: &Kinesis, records: &[(String, Vec<u8>)]) {
         let mut batch = chunk.to_vec();
         for _ in 0..20 {
             let refused = kinesis.put_records(&batch).await.unwrap();
-            let keep: Vec<usize> = refused.iter().map(|r| r.index).collect();
-            batch = batch.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r).collect();
+            batch = adapters::kinesis::refused_only(batch, &refused);
             if batch.is_empty() {
                 break;
             }

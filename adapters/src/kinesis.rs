@@ -69,6 +69,19 @@ pub struct Refused {
     pub code: String,
 }
 
+/// The entries of `batch` that `put_records` refused (its answer lists them in order): what to
+/// send again.
+pub fn refused_only<T>(batch: Vec<T>, refused: &[Refused]) -> Vec<T> {
+    let mut again = refused.iter().map(|r| r.index).peekable();
+    let mut kept = Vec::with_capacity(refused.len());
+    for (i, entry) in batch.into_iter().enumerate() {
+        if again.next_if_eq(&i).is_some() {
+            kept.push(entry);
+        }
+    }
+    kept
+}
+
 impl Kinesis {
     pub fn new(config: &aws_config::SdkConfig, stream: impl Into<String>) -> Self {
         Self {
@@ -356,5 +369,13 @@ mod tests {
         assert!(read_error(Failure::NoAnswer("reset".into())).is_retryable());
         assert!(!read_error(service("AccessDeniedException", 400)).is_retryable());
         assert!(!read_error(service("InvalidArgumentException", 400)).is_retryable());
+    }
+
+    #[test]
+    fn refused_only_keeps_the_refused_entries_in_order() {
+        let refused = |i: usize| Refused { index: i, code: "ProvisionedThroughputExceededException".into() };
+        assert_eq!(refused_only(vec!['a', 'b', 'c', 'd'], &[refused(1), refused(3)]), vec!['b', 'd']);
+        assert_eq!(refused_only(vec!['a', 'b'], &[]), Vec::<char>::new());
+        assert_eq!(refused_only(vec!['a', 'b'], &[refused(0), refused(1)]), vec!['a', 'b']);
     }
 }
