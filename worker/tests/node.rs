@@ -41,13 +41,20 @@ fn mapper() -> Pipeline {
     Pipeline::without_references(&config).unwrap()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
+/// A one-shard stream holding records `{"id": 0}` … `{"id": n - 1}`, and the last one's sequence
+/// number.
+fn numbered_stream(n: usize) -> (MemoryStream, proto::SequenceNumber) {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     let mut last = None;
-    for i in 0..1_000 {
+    for i in 0..n {
         last = Some(stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes()).1);
     }
+    (stream, last.expect("at least one record"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
+    let (stream, last) = numbered_stream(1_000);
     let leases = MemoryLeaseTable::new();
     let warehouse = MemoryWarehouse::new();
     let (gate, open) = watch::channel(false);
@@ -75,7 +82,7 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(warehouse.rows("t").len(), 1_000);
     let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
-    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last.unwrap(), 0)));
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last, 0)));
     assert!(node.metrics.checkpoints.get() >= 1);
 
     node.shutdown().await;
@@ -259,11 +266,7 @@ impl worker::RecordMapper for NoRows {
 
 #[tokio::test(start_paused = true)]
 async fn records_that_make_no_rows_are_checkpointed_all_the_same() {
-    let stream = MemoryStream::new(1, Clock::starting_at(0));
-    let mut last = None;
-    for i in 0..20 {
-        last = Some(stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes()).1);
-    }
+    let (stream, last) = numbered_stream(20);
     let leases = MemoryLeaseTable::new();
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
@@ -274,16 +277,13 @@ async fn records_that_make_no_rows_are_checkpointed_all_the_same() {
     let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
-    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last.unwrap(), 0)), "nothing to re-read");
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(last, 0)), "nothing to re-read");
     node.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn lag_grows_while_backpressure_holds_reads_and_dead_letters_count_once_committed() {
-    let stream = MemoryStream::new(1, Clock::starting_at(0));
-    for i in 0..1_000 {
-        stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes());
-    }
+    let (stream, _) = numbered_stream(1_000);
     stream.put("bad", b"not json".to_vec());
     let warehouse = MemoryWarehouse::new();
     let (gate, open) = watch::channel(false);
@@ -374,10 +374,7 @@ async fn a_crash_looping_consumer_is_counted_and_does_not_look_like_progress() {
 
 #[tokio::test(start_paused = true)]
 async fn rows_in_flight_counts_what_waits_behind_a_stalled_commit() {
-    let stream = MemoryStream::new(1, Clock::starting_at(0));
-    for i in 0..1_000 {
-        stream.put(&format!("k{i}"), format!(r#"{{"id":{i}}}"#).into_bytes());
-    }
+    let (stream, _) = numbered_stream(1_000);
     let (_gate, open) = watch::channel(false);
     let ports = NodePorts {
         table: Arc::new(MemoryLeaseTable::new()),
