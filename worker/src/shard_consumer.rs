@@ -117,8 +117,7 @@ pub struct ConsumerState {
     read_upto: Option<Position>,
     chunks: VecDeque<Chunk>,
     next_chunk: u64,
-    in_flight_rows: usize,
-    /// `in_flight_rows` by sink.
+    /// Rows handed to each sink and not acked yet (the sum is what `max_in_flight_rows` bounds).
     in_flight_by_sink: Vec<usize>,
     /// End of the longest committed prefix.
     committed: Option<Position>,
@@ -144,6 +143,10 @@ impl ConsumerState {
                 myself.send_after(after, || ConsumerMsg::Read);
             }
         }
+    }
+
+    fn in_flight_rows(&self) -> usize {
+        self.in_flight_by_sink.iter().sum()
     }
 
     fn error_backoff(&mut self) -> Duration {
@@ -175,7 +178,7 @@ impl ConsumerState {
 
     async fn read(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
         self.read_scheduled = false;
-        if self.stopping.is_some() || self.in_flight_rows >= self.ctx.settings.max_in_flight_rows {
+        if self.stopping.is_some() || self.in_flight_rows() >= self.ctx.settings.max_in_flight_rows {
             return Ok(());
         }
         if !self.pending.is_empty() {
@@ -327,7 +330,6 @@ impl ConsumerState {
                 sink.cast(SinkMsg::Write { rows, ack: Ack { consumer: myself.clone(), chunk: id } })?;
             }
         }
-        self.in_flight_rows += rows.iter().sum::<usize>();
         for (total, n) in self.in_flight_by_sink.iter_mut().zip(&rows) {
             *total += n;
         }
@@ -340,7 +342,6 @@ impl ConsumerState {
     fn advance(&mut self) {
         while self.chunks.front().is_some_and(|c| c.pending == 0) {
             let chunk = self.chunks.pop_front().expect("front exists");
-            self.in_flight_rows -= chunk.rows.iter().sum::<usize>();
             for (total, n) in self.in_flight_by_sink.iter_mut().zip(&chunk.rows) {
                 *total -= n;
             }
@@ -478,7 +479,6 @@ impl Actor for ShardConsumer {
             read_upto: None,
             chunks: VecDeque::new(),
             next_chunk: 0,
-            in_flight_rows: 0,
             in_flight_by_sink: vec![0; sinks],
             committed: None,
             last_checkpoint: Instant::now(),
@@ -507,7 +507,7 @@ impl Actor for ShardConsumer {
                 state.advance();
                 state.checkpoint_soon(&myself).await;
                 state.maybe_finish(&myself).await?;
-                if state.in_flight_rows < state.ctx.settings.max_in_flight_rows {
+                if state.in_flight_rows() < state.ctx.settings.max_in_flight_rows {
                     state.schedule_read(&myself, Duration::ZERO);
                 }
             }
