@@ -9,7 +9,12 @@
 #   STORAGE     the storage flags buildah and podman both take (--root, --runroot, --storage-driver)
 #   PODMAN      podman's global flags: STORAGE plus runc (crun fails on setrlimit on these
 #               machines), cgroupfs (no systemd), its own tmp folder and a file for its events
+#
+# The run-time state (--runroot, --tmpdir) holds sockets, and podman refuses a runroot longer
+# than 50 characters, so it cannot sit under a checkout whose path is long: it goes to a short
+# folder under /tmp named by a hash of CONTAINERS (one per storage, stable across calls).
 STACK="${TRIBUTARY_STACK_DIR:-$ROOT/target/local-stack}"
 CONTAINERS="$STACK/ops/containers"
-STORAGE=(--root "$CONTAINERS/storage" --runroot "$CONTAINERS/run" --storage-driver vfs)
-PODMAN=("${STORAGE[@]}" --tmpdir "$CONTAINERS/libpod" --runtime runc --cgroup-manager cgroupfs --events-backend file)
+RUNTIME="/tmp/tributary-$(printf '%s' "$CONTAINERS" | sha256sum | cut -c1-12)"
+STORAGE=(--root "$CONTAINERS/storage" --runroot "$RUNTIME/run" --storage-driver vfs)
+PODMAN=("${STORAGE[@]}" --tmpdir "$RUNTIME/libpod" --runtime runc --cgroup-manager cgroupfs --events-backend file)
