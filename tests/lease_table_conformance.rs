@@ -83,6 +83,19 @@ async fn conformance(table: &dyn LeaseTable) {
     let checkpointed = table.update(&a.key, &Expect::unchanged(&taken), &cp).await.unwrap();
     assert_eq!(checkpointed.checkpoint, cp.checkpoint.clone().unwrap());
     assert_eq!((checkpointed.counter, checkpointed.owner_switches_since_checkpoint), (2, 0));
+    // A stale counter fails on its own: same owner, the counter one behind (a node that missed
+    // its own write, or a second writer under the same id), alone and with the owner expected.
+    assert_eq!(taken.owner, checkpointed.owner, "the owner condition holds, only the counter is stale");
+    assert_eq!(
+        table.update(&a.key, &Expect::unchanged(&taken), &cp).await,
+        Err(LeaseError::ConditionFailed),
+        "stale counter, same owner"
+    );
+    let counter_only = Expect { counter: Some(taken.counter), ..Expect::default() };
+    assert_eq!(table.update(&a.key, &counter_only, &cp).await, Err(LeaseError::ConditionFailed));
+    let ahead = Expect { counter: Some(checkpointed.counter + 1), ..Expect::default() };
+    assert_eq!(table.update(&a.key, &ahead, &cp).await, Err(LeaseError::ConditionFailed), "a counter ahead");
+    assert_eq!(table.get(&a.key).await.unwrap().as_ref(), Some(&checkpointed), "no failed write applied");
 
     // handoff attributes: checkpointOwner set and expected, throughput, children, owner removed.
     let handoff = LeaseChange {
@@ -126,8 +139,14 @@ async fn conformance(table: &dyn LeaseTable) {
     keys.sort();
     assert_eq!(keys, vec![a.key.clone(), b.key.clone()], "scan lists leases only");
 
-    // delete: conditional.
+    // delete: conditional on counter and owner, each on its own.
     assert_eq!(table.delete(&b.key, &Expect::unchanged(&b)).await, Err(LeaseError::ConditionFailed));
+    let b_stale =
+        Expect { counter: Some(b_taken.counter - 1), owner: Some(b_taken.owner.clone()), ..Expect::default() };
+    assert_eq!(table.delete(&b.key, &b_stale).await, Err(LeaseError::ConditionFailed), "stale counter, same owner");
+    let b_other = Expect { counter: Some(b_taken.counter), owner: Some(Some(worker("node-b"))), ..Expect::default() };
+    assert_eq!(table.delete(&b.key, &b_other).await, Err(LeaseError::ConditionFailed), "right counter, other owner");
+    assert_eq!(table.get(&b.key).await.unwrap().as_ref(), Some(&b_taken));
     table.delete(&b.key, &Expect::unchanged(&b_taken)).await.unwrap();
     assert_eq!(table.get(&b.key).await.unwrap(), None);
     assert_eq!(table.delete(&b.key, &Expect::default()).await, Err(LeaseError::ConditionFailed));

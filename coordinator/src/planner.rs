@@ -208,6 +208,43 @@ mod tests {
         assert!(moves.iter().any(|m| m.lease() == "c"));
     }
 
+    /// A merged shard has two parents, listed in either order, each open, ended or already gone
+    /// from the table: the child is assigned exactly when neither parent is still open.
+    #[test]
+    fn a_merged_child_waits_for_both_parents_in_every_order() {
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        enum Parent {
+            Open,
+            Ended,
+            Gone,
+        }
+        let live = nodes(&["a", "b"]);
+        for first in [Parent::Open, Parent::Ended, Parent::Gone] {
+            for second in [Parent::Open, Parent::Ended, Parent::Gone] {
+                for listed in [["p1", "p2"], ["p2", "p1"]] {
+                    let mut leases = Vec::new();
+                    for (key, state) in [("p1", first), ("p2", second)] {
+                        let mut parent = lease(key, Some("a"));
+                        match state {
+                            Parent::Open => leases.push(parent),
+                            Parent::Ended => {
+                                parent.checkpoint = Checkpoint::ShardEnd;
+                                leases.push(parent);
+                            }
+                            Parent::Gone => {}
+                        }
+                    }
+                    let mut child = lease("c", None);
+                    child.parent_shard_ids = listed.iter().map(|p| ShardId::new(*p)).collect();
+                    leases.push(child);
+                    let assigned = plan_live(&leases, &live, &BTreeSet::new()).iter().any(|m| m.lease() == "c");
+                    let want = first != Parent::Open && second != Parent::Open;
+                    assert_eq!(assigned, want, "p1 {first:?}, p2 {second:?}, listed {listed:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_handoff_whose_giver_died_is_cleared() {
         let mut l = lease("s", Some("b"));
@@ -240,37 +277,56 @@ mod tests {
         sorted.iter().enumerate().map(|(i, c)| c.saturating_sub(base + usize::from(i < extra))).sum()
     }
 
+    /// Leases s00.. with random owners (live, dead or none), some finished, and parents drawn
+    /// from the leases before them: none, one (a split's child), two in either order (a merge's
+    /// child), or one that is no longer in the table.
     fn scenario() -> impl Strategy<Value = (Vec<Lease>, BTreeSet<WorkerId>)> {
-        (1usize..7, 0usize..40, proptest::collection::vec((0usize..10, any::<bool>(), any::<bool>()), 40)).prop_map(
-            |(live_count, n, picks)| {
-                let live: BTreeSet<WorkerId> = (0..live_count).map(|i| WorkerId::new(format!("n{i}"))).collect();
-                let mut leases: Vec<Lease> = (0..n)
-                    .map(|i| {
-                        let (owner, finished, has_parent) = picks[i];
-                        // Owners n0..n9: some live, some dead; 8 and 9 mean unowned.
-                        let owner = (owner < 8).then(|| format!("n{owner}"));
-                        let mut l = lease(&format!("s{i:02}"), owner.as_deref());
-                        if finished {
-                            l.checkpoint = Checkpoint::ShardEnd;
-                        }
-                        if has_parent && i > 0 {
-                            l.parent_shard_ids = vec![ShardId::new(format!("s{:02}", i - 1))];
-                        }
-                        l
-                    })
-                    .collect();
-                leases.sort_by(|a, b| a.key.cmp(&b.key));
-                (leases, live)
-            },
-        )
+        let pick = (0usize..10, any::<bool>(), 0usize..5, 1usize..4, 1usize..4);
+        (1usize..7, 0usize..40, proptest::collection::vec(pick, 40)).prop_map(|(live_count, n, picks)| {
+            let live: BTreeSet<WorkerId> = (0..live_count).map(|i| WorkerId::new(format!("n{i}"))).collect();
+            let mut leases: Vec<Lease> = (0..n)
+                .map(|i| {
+                    let (owner, finished, parents, back1, back2) = picks[i];
+                    // Owners n0..n9: some live, some dead; 8 and 9 mean unowned.
+                    let owner = (owner < 8).then(|| format!("n{owner}"));
+                    let mut l = lease(&format!("s{i:02}"), owner.as_deref());
+                    if finished {
+                        l.checkpoint = Checkpoint::ShardEnd;
+                    }
+                    let earlier = |back: usize| (i >= back).then(|| ShardId::new(format!("s{:02}", i - back)));
+                    let (one, other) = (earlier(back1), earlier(back1 + back2));
+                    l.parent_shard_ids = match parents {
+                        1 => one.into_iter().collect(),
+                        2 => one.into_iter().chain(other).collect(),
+                        3 => other.into_iter().chain(one).collect(),
+                        4 => vec![ShardId::new(format!("gone{i}"))],
+                        _ => Vec::new(),
+                    };
+                    l
+                })
+                .collect();
+            leases.sort_by(|a, b| a.key.cmp(&b.key));
+            (leases, live)
+        })
+    }
+
+    /// The oracle of readiness, written apart from `is_ready`: the keys still open, and a lease
+    /// is ready when it is open itself and shares no key with that set.
+    fn ready_oracle(leases: &[Lease]) -> BTreeSet<String> {
+        let open: BTreeSet<&str> =
+            leases.iter().filter(|l| l.checkpoint != Checkpoint::ShardEnd).map(|l| l.key.as_str()).collect();
+        leases
+            .iter()
+            .filter(|l| open.contains(l.key.as_str()))
+            .filter(|l| !l.parent_shard_ids.iter().any(|p| open.contains(p.as_str())))
+            .map(|l| l.key.clone())
+            .collect()
     }
 
     proptest! {
         #[test]
         fn balanced_minimal_safe_and_stable((leases, live) in scenario()) {
-            let by_key: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-            let ready: BTreeSet<String> =
-                leases.iter().filter(|l| is_ready(l, &by_key)).map(|l| l.key.clone()).collect();
+            let ready = ready_oracle(&leases);
             let moves = plan_live(&leases, &live, &BTreeSet::new());
 
             // Only ready leases move, only to live nodes, each at most once.
