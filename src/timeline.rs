@@ -1,5 +1,6 @@
-//! What happened in a cluster, in time order, and the figures derived from it: crash failover,
-//! graceful handoff and child-start delays.
+//! What happened in a cluster, in time order, and what is derived from it: the figures (crash
+//! failover, graceful handoff and child-start delays) and the check of the two ordering promises
+//! (no shard consumed by two nodes at once, no child consumed before all its parents stopped).
 
 use coordinator::ClusterEvent;
 use proto::{ShardId, WorkerId};
@@ -49,6 +50,79 @@ pub fn median(d: &[Duration]) -> Option<Duration> {
     v.get(v.len() / 2).copied()
 }
 
+/// A point of a run: how long after the run's origin, and for an event seen in one process,
+/// its place in the order events were emitted. Two marks with places compare by place; else by
+/// time, and at one instant an end counts as before a start (a kill, or log lines of several
+/// processes, carry no place).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub at: Duration,
+    pub seq: Option<usize>,
+}
+
+impl Mark {
+    /// Whether something that ended at `self` ended before something that began at `start`.
+    fn before(self, start: Mark) -> bool {
+        match (self.seq, start.seq) {
+            (Some(a), Some(b)) => a < b,
+            _ => self.at <= start.at,
+        }
+    }
+}
+
+/// One consumer's life on one node: every read it made lies between its start and its end (a
+/// consumer starts before its first read and stops, or is killed, after its last).
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub node: WorkerId,
+    pub shard: ShardId,
+    pub start: Mark,
+    /// `None`: still consuming when the run ended.
+    pub end: Option<Mark>,
+}
+
+impl Span {
+    fn ends_before(&self, other: &Span) -> bool {
+        self.end.is_some_and(|end| end.before(other.start))
+    }
+
+    fn describe(&self) -> String {
+        let at = |m: Mark| format!("{:.3}s", m.at.as_secs_f64());
+        let end = self.end.map(at).unwrap_or_else(|| "the end".into());
+        format!("{} on {} from {} to {end}", self.shard, self.node, at(self.start))
+    }
+}
+
+/// Breaches of the two ordering promises, described: a shard consumed by two nodes (or twice on
+/// one) at overlapping times, and a child consumed before one of its parents' consumers
+/// stopped. `parents` gives each child shard's parents.
+pub fn ordering_breaches(spans: &[Span], parents: &BTreeMap<ShardId, Vec<ShardId>>) -> Vec<String> {
+    let mut by_shard: BTreeMap<&ShardId, Vec<&Span>> = BTreeMap::new();
+    for span in spans {
+        by_shard.entry(&span.shard).or_default().push(span);
+    }
+    let mut breaches = Vec::new();
+    for list in by_shard.values() {
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                if !a.ends_before(b) && !b.ends_before(a) {
+                    breaches.push(format!("consumed twice at once: {} and {}", a.describe(), b.describe()));
+                }
+            }
+        }
+    }
+    for (child, ps) in parents {
+        for c in by_shard.get(child).into_iter().flatten() {
+            for p in ps.iter().filter_map(|p| by_shard.get(p)).flatten() {
+                if !p.ends_before(c) {
+                    breaches.push(format!("child before parent: {} while its parent {}", c.describe(), p.describe()));
+                }
+            }
+        }
+    }
+    breaches
+}
+
 impl Timeline {
     pub fn record(&self, at: Instant, event: ClusterEvent) {
         self.inner.lock().unwrap().events.push((at, event));
@@ -74,6 +148,51 @@ impl Timeline {
             }
             _ => None,
         })
+    }
+
+    /// Every consumer's span, from the events and the kills, timed from the first event.
+    pub fn spans(&self) -> Vec<Span> {
+        let inner = self.inner.lock().unwrap();
+        let Some(origin) = inner.events.first().map(|(at, _)| *at) else { return Vec::new() };
+        // Events and kills in time order; at one instant the killed node's own events came
+        // first (it emits nothing once killed).
+        let mut steps: Vec<(Instant, usize, Option<&ClusterEvent>, Option<&WorkerId>)> =
+            inner.events.iter().enumerate().map(|(seq, (at, e))| (*at, seq, Some(e), None)).collect();
+        steps.extend(inner.actions.iter().filter_map(|(at, a)| match a {
+            Action::Kill { node, .. } => Some((*at, usize::MAX, None, Some(node))),
+            Action::Stop { .. } => None,
+        }));
+        steps.sort_by_key(|(at, seq, ..)| (*at, *seq));
+        let mut spans: Vec<Span> = Vec::new();
+        for (at, seq, event, killed) in steps {
+            let at = at.saturating_duration_since(origin);
+            let end = |spans: &mut Vec<Span>, node: &WorkerId, shard: Option<&ShardId>, mark: Mark| {
+                for span in spans.iter_mut().filter(|s| s.end.is_none() && &s.node == node) {
+                    if shard.is_none_or(|shard| &span.shard == shard) {
+                        span.end = Some(mark);
+                    }
+                }
+            };
+            match (event, killed) {
+                (Some(ClusterEvent::ConsumerStarted { node, shard }), _) => spans.push(Span {
+                    node: node.clone(),
+                    shard: shard.clone(),
+                    start: Mark { at, seq: Some(seq) },
+                    end: None,
+                }),
+                (Some(ClusterEvent::ConsumerStopped { node, shard, .. }), _) => {
+                    end(&mut spans, node, Some(shard), Mark { at, seq: Some(seq) })
+                }
+                (None, Some(node)) => end(&mut spans, node, None, Mark { at, seq: None }),
+                _ => {}
+            }
+        }
+        spans
+    }
+
+    /// [`ordering_breaches`] of this run's spans.
+    pub fn ordering_breaches(&self, parents: &BTreeMap<ShardId, Vec<ShardId>>) -> Vec<String> {
+        ordering_breaches(&self.spans(), parents)
     }
 
     /// Derives the figures; `parents` gives each child shard's parents.

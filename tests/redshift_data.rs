@@ -111,6 +111,28 @@ async fn a_large_batch_is_split_under_the_statement_limits() {
     assert_eq!(count(&check, "SELECT count(*) FROM events").await, "3000");
 }
 
+/// A batch split over several transactions still commits what one transaction would (and what
+/// every other warehouse commits): of two changes of one key and version, the later in the batch,
+/// even when they fall in different parts. Split naively, the later part's change would be
+/// fenced by the earlier part's, already committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_batch_keeps_the_later_change_of_an_equal_version() {
+    let (_pg, endpoint, w, check) = setup("rsd_split_ties").await;
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    // As in the test above: ~4 MB of literals, more than one call's 40 statements.
+    let note = "x".repeat(1300);
+    let mut rows: Vec<Row> = (0..3000).map(|i| row(i, 1, &note)).collect();
+    rows.push(row(0, 1, "later"));
+    rows.push(Row { op: RowOp::Delete, ..row(1, 1, "") });
+    let before = endpoint.calls("BatchExecuteStatement");
+    w.commit(&Batch { table: table.clone(), rows }).await.unwrap();
+    assert!(endpoint.calls("BatchExecuteStatement") - before >= 2, "split into several transactions");
+    assert_eq!(count(&check, "SELECT left(note, 8) FROM events WHERE id = 'k00000'").await, "later");
+    assert_eq!(count(&check, "SELECT count(*) FROM events WHERE id = 'k00001'").await, "0", "deleted");
+    assert_eq!(count(&check, "SELECT count(*) FROM events").await, "2999");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_and_throttled_calls_are_retryable_and_polling_waits_for_the_end() {
     let (_pg, endpoint, w, check) = setup("rsd_busy").await;

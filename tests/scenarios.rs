@@ -20,10 +20,11 @@ use std::time::Duration;
 use tributary::cluster::LocalCluster;
 use tributary::tickets::{self, TicketWorld};
 use worker::reference_cache::ReferenceSet;
-use worker::transform::TokenKey;
 use worker::{NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
-const KEY: &str = "scenario-tokenize-key-0123456789";
+mod known_tokens;
+
+const KEY: &str = known_tokens::SCENARIOS_KEY;
 
 struct Setup {
     _pg: PgHandle,
@@ -113,7 +114,6 @@ async fn ticket_activity_lands_denormalized_masked_and_tokenized() {
     let live: BTreeMap<u64, &tickets::Activity> =
         world.activity.iter().filter_map(|(id, a)| a.as_ref().map(|a| (*id, a))).collect();
     let table = format!("\"{}\"", tickets::TARGET);
-    let key = TokenKey::new(KEY.as_bytes().to_vec()).unwrap();
     // PostgreSQL writes a timestamp column the way the generator wrote its text.
     let iso = |column: &str| format!("to_char({column}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     let check = || async {
@@ -153,7 +153,7 @@ async fn ticket_activity_lands_denormalized_masked_and_tokenized() {
                 text(&ticket["seat_level"]),
                 ticket["ticket_price"].as_f64().unwrap().to_string(),
                 text(&customer["name"]),
-                key.tokenize(customer["email"].as_str().unwrap()),
+                known_tokens::token(known_tokens::SCENARIOS, customer["email"].as_str().unwrap()).to_owned(),
                 worker::transform::mask(customer["phone"].as_str().unwrap()),
                 a.created_at.clone(),
                 a.updated_at.clone(),

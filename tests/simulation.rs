@@ -2,7 +2,8 @@
 //! RNG, 5 nodes over in-memory ports with injected faults (throttling, lost replies that make
 //! writes look failed or ambiguous, warehouse outages, expired iterators), random kills, graceful
 //! stops, restarts, splits and merges. After each run the warehouse must equal the generator's
-//! oracle: nothing lost, nothing applied twice, each key's last write kept.
+//! oracle (nothing lost, nothing applied twice, each key's last write kept), no shard may have
+//! been consumed by two nodes at overlapping times, and no child before its parents stopped.
 //!
 //! `TRIBUTARY_SIM_SEEDS=N` sets how many seeds run (default 200); `TRIBUTARY_SIM_SEED=S` replays
 //! one. A failure prints its seed.
@@ -26,6 +27,7 @@ use common::mapper;
 
 const KEYS: usize = 64;
 const PRODUCE_FOR: Duration = Duration::from_secs(40);
+const FAILOVER: Duration = Duration::from_secs(10);
 
 /// What the generator wrote.
 #[derive(Default)]
@@ -68,8 +70,7 @@ async fn run_seed(seed: u64) -> Result<Outcome, String> {
         warehouse: faulty_warehouse.clone(),
         mapper: Arc::new(mapper()),
     };
-    let mut template =
-        NodeConfig::new(WorkerId::new("template"), ClusterSettings::with_failover(Duration::from_secs(10)));
+    let mut template = NodeConfig::new(WorkerId::new("template"), ClusterSettings::with_failover(FAILOVER));
     template.consumer.idle_delay = Duration::from_millis(250);
     template.consumer.max_records = 200;
     template.consumer.max_in_flight_rows = 400;
@@ -269,6 +270,11 @@ async fn run_seed(seed: u64) -> Result<Outcome, String> {
         .filter(|s| !s.parents.is_empty())
         .map(|s| (s.id, s.parents))
         .collect();
+    // Ordering: no shard consumed by two nodes at once, no child before its parents stopped.
+    let breaches = cluster.timeline.ordering_breaches(&shard_parents);
+    if !breaches.is_empty() {
+        return Err(format!("{} ordering breaches, e.g. {:#?}", breaches.len(), &breaches[..breaches.len().min(3)]));
+    }
     Ok(Outcome { figures: cluster.timeline.figures(&shard_parents), produced, splits, merges, kills, stops })
 }
 
@@ -334,4 +340,11 @@ fn simulation_keeps_the_warehouse_equal_to_the_oracle() {
         fmt(max(&all.child_start)),
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    // The timing targets, in virtual time: the typical failover and handoff meet the fault-free
+    // targets of tests/timing.rs even with faults injected, and a child never waits: its
+    // parents' node takes it as it ends the last parent.
+    let within = |d: Option<Duration>, target: Duration| d.is_none_or(|d| d <= target);
+    assert!(within(median(&all.failover), FAILOVER + Duration::from_secs(2)), "failover median");
+    assert!(within(median(&all.handoff), Duration::from_secs(1)), "handoff median");
+    assert!(within(max(&all.child_start), Duration::from_secs(1)), "child start max");
 }

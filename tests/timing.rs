@@ -97,6 +97,8 @@ async fn failover_handoff_and_child_start_meet_their_targets() {
         .map(|s| (s.id, s.parents))
         .collect();
     let figures = cluster.timeline.figures(&parents);
+    let breaches = cluster.timeline.ordering_breaches(&parents);
+    assert!(breaches.is_empty(), "{breaches:#?}");
     // The parents' leases are gone once their children checkpointed: the table does not grow
     // with every reshard.
     let parent_ids: std::collections::BTreeSet<&ShardId> = parents.values().flatten().collect();

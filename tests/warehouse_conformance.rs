@@ -1,8 +1,12 @@
 //! The `Warehouse` conformance suite: the same assertions against the in-memory model, SQLite, a
-//! real PostgreSQL (started on 127.0.0.1 by the test harness) and the Redshift Data API sink
-//! (through the test endpoint that runs its batches on that PostgreSQL). Random batches of upserts and
-//! deletes, replayed and reordered, must leave every implementation with, per key, the change of
-//! the highest version: present for an upsert, absent for a delete.
+//! real PostgreSQL (started on 127.0.0.1 by the test harness), the Redshift statements run on
+//! that PostgreSQL, and the Redshift Data API sink (through the test endpoint that runs its
+//! batches on that PostgreSQL). Random batches of upserts and deletes, where one (key, version)
+//! comes with several contents (a replay whose join read newer data, a delete and an upsert of
+//! one version), then replayed, must leave every implementation holding, row for row and
+//! column for column, what the README promises: per key, the change of the highest version
+//! that was committed first (the last of it within its batch), present for an upsert, absent
+//! for a delete. An older or equal version never replaces what a commit wrote.
 
 use adapters::merge_sql::{create_tables, Dialect, MergeSql};
 use adapters::postgres::PostgresWarehouse;
@@ -19,8 +23,8 @@ use std::sync::Arc;
 
 mod redshift_data_endpoint;
 
-/// key → version of what a warehouse holds.
-type Held = BTreeMap<String, String>;
+/// key → (every column's value, version) of the rows a warehouse holds.
+type Held = BTreeMap<String, (Vec<Value>, String)>;
 
 fn schema(name: &str) -> Arc<TableSchema> {
     Arc::new(TableSchema {
@@ -38,71 +42,138 @@ fn schema(name: &str) -> Arc<TableSchema> {
     })
 }
 
-/// A change is identified by (key, version): the same pair always carries the same content.
-fn change(k: u8, version: u64) -> Row {
-    let seed = u64::from(k) * 31 + version * 7;
+/// One change: key `k`, `version`, and which of the contents of that (key, version) it carries.
+type Change = (u8, u64, u8);
+
+/// The row of a change. Contents of one (key, version) differ in `amount`, `n`, `at` and
+/// `note` (and in `ok` for neighbouring variants); variant 3 is a delete.
+fn row((k, version, variant): Change) -> Row {
+    let seed = u64::from(k) * 31 + version * 7 + u64::from(variant) * 1009;
     Row {
-        op: if seed.is_multiple_of(4) { RowOp::Delete } else { RowOp::Upsert },
+        op: if variant == 3 { RowOp::Delete } else { RowOp::Upsert },
         version: Version::from_text(format!("{version:08}")),
         values: vec![
             Value::Text(format!("k{k}")),
             Value::Float(seed as f64 / 8.0),
             Value::Int(seed as i64 - 500),
-            Value::Bool(seed.is_multiple_of(2)),
+            Value::Bool((u64::from(k) + version + u64::from(variant)).is_multiple_of(2)),
             Value::Timestamp(1_700_000_000_000 + seed as i64),
             if seed.is_multiple_of(3) { Value::Null } else { Value::Text(format!("it's \"{seed}\"; -- ✓")) },
         ],
     }
 }
 
-fn oracle(batches: &[Vec<Row>]) -> Held {
-    let mut best: BTreeMap<String, &Row> = BTreeMap::new();
-    for r in batches.iter().flatten() {
-        let Value::Text(k) = &r.values[0] else { unreachable!() };
-        if best.get(k).is_none_or(|old| old.version < r.version) {
-            best.insert(k.clone(), r);
-        }
-    }
-    best.into_iter().filter(|(_, r)| r.op == RowOp::Upsert).map(|(k, r)| (k, r.version.as_str().to_owned())).collect()
+fn rows(batches: &[Vec<Change>]) -> Vec<Vec<Row>> {
+    batches.iter().map(|b| b.iter().copied().map(row).collect()).collect()
 }
 
-fn scenario() -> impl Strategy<Value = (Vec<Vec<Row>>, Vec<Vec<Row>>)> {
-    let batch = proptest::collection::vec((0..6u8, 0..20u64).prop_map(|(k, v)| change(k, v)), 1..8);
-    (
-        proptest::collection::vec(batch, 1..8),
-        proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..6),
-    )
-        .prop_map(|(batches, replays)| {
-            let mut sequence = batches.clone();
-            for (which, at) in replays {
-                let b = sequence[which.index(sequence.len())].clone();
-                let at = at.index(sequence.len() + 1);
-                sequence.insert(at, b);
-            }
-            (batches, sequence)
+fn key_of(r: &Row) -> &str {
+    match &r.values[0] {
+        Value::Text(k) => k,
+        v => panic!("{v:?}"),
+    }
+}
+
+/// What the README promises, from the batches in the order first sent (replays left out: they
+/// change nothing), computed from the whole history rather than commit by commit: per key, its
+/// highest version; the first batch that carries that version (a later batch's change of an
+/// equal version never replaces a committed one, whether upsert or delete); within that batch,
+/// the last change of it (a batch keeps its latest row per key, the later one on a tie).
+fn oracle(batches: &[Vec<Row>]) -> Held {
+    let mut top: BTreeMap<&str, &Version> = BTreeMap::new();
+    for r in batches.iter().flatten() {
+        let v = top.entry(key_of(r)).or_insert(&r.version);
+        *v = (*v).max(&r.version);
+    }
+    let mut held = Held::new();
+    for (k, v) in top {
+        let of = |r: &&Row| key_of(r) == k && &r.version == v;
+        let first = batches.iter().find(|b| b.iter().any(|r| of(&r))).expect("the version's batch");
+        let last = first.iter().rev().find(of).expect("its change");
+        if last.op == RowOp::Upsert {
+            held.insert(k.to_owned(), (last.values.clone(), v.as_str().to_owned()));
+        }
+    }
+    held
+}
+
+/// Batches covering each rule once, then (in `replayed`) sent again in other contents.
+fn ties() -> Vec<Vec<Change>> {
+    vec![
+        // k0: upsert; k1: upsert; k2: delete; k3: two upserts of one version; k5: upsert.
+        vec![(0, 3, 0), (1, 3, 0), (2, 3, 3), (3, 2, 0), (3, 2, 1), (5, 5, 0)],
+        // k1: a delete of the held version; k2: an upsert of the deleted version; k4: an upsert
+        // and a delete of one version; k5: an older version.
+        vec![(1, 3, 3), (2, 3, 1), (4, 4, 0), (4, 4, 3), (5, 1, 1)],
+        // k0, k3, k4: the held version again in another content; k5: a newer version.
+        vec![(0, 3, 1), (3, 2, 2), (4, 4, 1), (5, 6, 2)],
+    ]
+}
+
+/// The oracle says what the README says on the fixed cases, written out by hand.
+#[test]
+fn the_oracle_keeps_the_first_committed_change_of_the_highest_version() {
+    let expected: Held = [(0, 3, 0), (1, 3, 0), (3, 2, 1), (5, 6, 2)]
+        .into_iter()
+        .map(|c| {
+            let r = row(c);
+            (key_of(&r).to_owned(), (r.values.clone(), r.version.as_str().to_owned()))
         })
+        .collect();
+    assert_eq!(oracle(&rows(&ties())), expected);
+}
+
+/// `batches`, with each replay (a copy of batch `which` modulo their number, every change's
+/// content shifted by `shift` variants: 0 is the same content) inserted `after` batches after
+/// the one it copies (at the end if there are fewer).
+fn replayed(batches: &[Vec<Change>], replays: &[(usize, usize, u8)]) -> Vec<Vec<Row>> {
+    let mut sequence: Vec<(usize, Vec<Change>)> = batches.iter().cloned().enumerate().collect();
+    for &(which, after, shift) in replays {
+        let which = which % batches.len();
+        let original = sequence.iter().position(|(b, _)| *b == which).expect("the original");
+        let copy = batches[which].iter().map(|&(k, v, variant)| (k, v, (variant + shift) % 4)).collect();
+        sequence.insert(original + 1 + after.min(sequence.len() - original - 1), (which, copy));
+    }
+    rows(&sequence.into_iter().map(|(_, b)| b).collect::<Vec<_>>())
+}
+
+/// Random batches over 6 keys and 6 versions (so that one version of a key often comes in
+/// several batches and contents), and the sequence committed: those batches with replays.
+fn scenario() -> impl Strategy<Value = (Vec<Vec<Row>>, Vec<Vec<Row>>)> {
+    let batch = proptest::collection::vec((0..6u8, 0..6u64, 0..4u8), 1..8);
+    (proptest::collection::vec(batch, 1..8), proptest::collection::vec((0..8usize, 0..8usize, 0..4u8), 0..6))
+        .prop_map(|(batches, replays)| (rows(&batches), replayed(&batches, &replays)))
 }
 
 /// Runs the suite against one implementation: `make` gives a fresh warehouse and table,
-/// `held` reads the table back.
+/// `held` reads the table back. The fixed cases first (with every batch replayed in the other
+/// contents), then random ones.
 fn conformance<W, M, H>(rt: &tokio::runtime::Runtime, cases: u32, make: M, held: H)
 where
     W: Warehouse,
     M: Fn() -> (W, Arc<TableSchema>),
     H: Fn(&W, &TableSchema) -> Held,
 {
+    let run = |batches: &[Vec<Row>], sequence: &[Vec<Row>]| {
+        let (w, table) = make();
+        rt.block_on(async {
+            w.ensure_table(&table).await.unwrap();
+            w.ensure_table(&table).await.unwrap();
+            for rows in sequence {
+                w.commit(&Batch { table: table.clone(), rows: rows.clone() }).await.unwrap();
+            }
+        });
+        (held(&w, &table), oracle(batches))
+    };
+    let fixed = ties();
+    let replays: Vec<_> = (0..fixed.len() * 3).map(|i| (i / 3, usize::MAX, 1 + (i % 3) as u8)).collect();
+    let (got, want) = run(&rows(&fixed), &replayed(&fixed, &replays));
+    assert_eq!(got, want, "the fixed cases");
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
     runner
         .run(&scenario(), |(batches, sequence)| {
-            let (w, table) = make();
-            rt.block_on(async {
-                w.ensure_table(&table).await.unwrap();
-                w.ensure_table(&table).await.unwrap();
-                for rows in &sequence {
-                    w.commit(&Batch { table: table.clone(), rows: rows.clone() }).await.unwrap();
-                }
-            });
-            prop_assert_eq!(held(&w, &table), oracle(&batches));
+            let (got, want) = run(&batches, &sequence);
+            prop_assert_eq!(got, want);
             Ok(())
         })
         .unwrap();
@@ -118,6 +189,50 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+fn key_of_values(values: &[Value]) -> String {
+    match &values[0] {
+        Value::Text(k) => k.clone(),
+        v => panic!("{v:?}"),
+    }
+}
+
+/// Rows read back (values, version) by key; a key held twice fails the test.
+fn by_key(rows: impl IntoIterator<Item = (Vec<Value>, String)>) -> Held {
+    let mut held = Held::new();
+    for (values, version) in rows {
+        let k = key_of_values(&values);
+        assert!(held.insert(k.clone(), (values, version)).is_none(), "key {k} is held twice");
+    }
+    held
+}
+
+/// Every row of the table on PostgreSQL, read back as text and typed by hand (the timestamp as
+/// milliseconds since the epoch), so it compares with the oracle's values.
+fn pg_held(rt: &tokio::runtime::Runtime, w: &PostgresWarehouse, t: &TableSchema) -> Held {
+    let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
+    let sql = format!(
+        "SELECT \"id\", \"amount\", \"n\", \"ok\", (extract(epoch FROM \"at\") * 1000)::bigint, \"note\", \"_version\" \
+         FROM {name}"
+    );
+    let typed = |text: &Option<String>, ty: SqlType| match (text.as_deref(), ty) {
+        (None, _) => Value::Null,
+        (Some(s), SqlType::Text) => Value::Text(s.to_owned()),
+        (Some(s), SqlType::Double) => Value::Float(s.parse().unwrap()),
+        (Some(s), SqlType::BigInt) => Value::Int(s.parse().unwrap()),
+        (Some(s), SqlType::Boolean) => Value::Bool(match s {
+            "t" => true,
+            "f" => false,
+            other => panic!("boolean {other:?}"),
+        }),
+        (Some(s), SqlType::Timestamp) => Value::Timestamp(s.parse().unwrap()),
+    };
+    let rows = rt.block_on(w.query_text(&sql)).unwrap();
+    by_key(
+        rows.into_iter()
+            .map(|r| (t.columns.iter().zip(&r).map(|(c, text)| typed(text, c.ty)).collect(), r[6].clone().unwrap())),
+    )
+}
+
 #[test]
 fn memory_warehouse_conforms() {
     conformance(
@@ -127,10 +242,7 @@ fn memory_warehouse_conforms() {
         |w, t| {
             w.rows(&t.name)
                 .into_values()
-                .map(|r| match &r.values[0] {
-                    Value::Text(k) => (k.clone(), r.version.as_str().to_owned()),
-                    v => panic!("{v:?}"),
-                })
+                .map(|r| (key_of_values(&r.values), (r.values, r.version.as_str().to_owned())))
                 .collect()
         },
     );
@@ -142,16 +254,7 @@ fn sqlite_warehouse_conforms() {
         &runtime(),
         128,
         || (SqliteWarehouse::in_memory().unwrap(), schema(&fresh_name())),
-        |w, t| {
-            w.rows(t)
-                .unwrap()
-                .into_iter()
-                .map(|(values, version)| match &values[0] {
-                    Value::Text(k) => (k.clone(), version),
-                    v => panic!("{v:?}"),
-                })
-                .collect()
-        },
+        |w, t| by_key(w.rows(t).unwrap()),
     );
 }
 
@@ -160,16 +263,7 @@ fn postgres_warehouse_conforms() {
     let pg = postgres().expect("a postgresql for the tests");
     let rt = runtime();
     let w = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
-    conformance(
-        &rt,
-        48,
-        || (Shared(w.clone()), schema(&fresh_name())),
-        |w, t| {
-            let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
-            let rows = rt.block_on(w.0.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
-            rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
-        },
-    );
+    conformance(&rt, 48, || (Shared(w.clone()), schema(&fresh_name())), |w, t| pg_held(&rt, &w.0, t));
 }
 
 /// A target table that exists without a column the sink writes (made by hand, or by a version
@@ -259,16 +353,7 @@ fn redshift_statements_conform_on_postgres() {
     let pg = postgres().expect("a postgresql for the tests");
     let rt = runtime();
     let w = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
-    conformance(
-        &rt,
-        32,
-        || (RedshiftSqlOnPg(w.clone()), schema(&fresh_name())),
-        |w, t| {
-            let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
-            let rows = rt.block_on(w.0.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
-            rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
-        },
-    );
+    conformance(&rt, 32, || (RedshiftSqlOnPg(w.clone()), schema(&fresh_name())), |w, t| pg_held(&rt, &w.0, t));
 }
 
 struct RedshiftSqlOnPg(Arc<PostgresWarehouse>);
@@ -291,16 +376,7 @@ fn redshift_data_api_warehouse_conforms() {
         },
     ));
     let check = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
-    conformance(
-        &rt,
-        24,
-        || (Shared(w.clone()), schema(&fresh_name())),
-        |_, t| {
-            let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
-            let rows = rt.block_on(check.query_text(&format!("SELECT \"id\", \"_version\" FROM {name}"))).unwrap();
-            rows.into_iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect()
-        },
-    );
+    conformance(&rt, 24, || (Shared(w.clone()), schema(&fresh_name())), |_, t| pg_held(&rt, &check, t));
 }
 
 #[async_trait::async_trait]

@@ -596,6 +596,66 @@ mod tests {
         }
     }
 
+    /// Text of exactly `bytes` bytes: ASCII `a`s, then as many `c` as fit.
+    fn text_of(bytes: usize, c: char) -> String {
+        let n = bytes / c.len_utf8();
+        let text = format!("{}{}", "a".repeat(bytes - n * c.len_utf8()), c.to_string().repeat(n));
+        assert_eq!(text.len(), bytes);
+        text
+    }
+
+    /// Data API statements are filled by bytes whatever the characters: a statement of multi-byte
+    /// text fits a limit of its byte length and not one byte less; rows pack into statements of
+    /// at most the limit, each row in one; and a row at the pipeline's limits (90,000 bytes as
+    /// SQL, a 256-byte version, both multi-byte) fits one statement of the Redshift sink.
+    #[test]
+    fn statements_are_filled_by_bytes_of_multibyte_text() {
+        use proto::{Row, RowOp, Value, Version};
+        let text = |name: &str| Column::new(name, SqlType::Text);
+        let schema = TableSchema {
+            name: "notes".into(),
+            columns: vec![text("id"), text("a"), text("b")],
+            key: vec![0],
+            version_column: "_version".into(),
+        };
+        let sql = MergeSql::new(&schema, Dialect::Redshift).unwrap();
+        let inserts = |rows: &[Row], max: usize| {
+            let all = sql.literal_statements(rows, max, false)?;
+            Ok::<_, SqlError>(
+                all.into_iter().filter(|s| s.starts_with("INSERT INTO \"notes__stage\"")).collect::<Vec<_>>(),
+            )
+        };
+        for c in ['é', '€', '𝄞'] {
+            let row = |id: usize, a: usize, b: usize, version: &str| Row {
+                op: RowOp::Upsert,
+                version: Version::from_text(version),
+                values: vec![Value::Text(id.to_string()), Value::Text(text_of(a, c)), Value::Text(text_of(b, c))],
+            };
+            let one = [row(0, 20_000, 10_000, "v")];
+            let bytes = inserts(&one, usize::MAX).unwrap()[0].len();
+            assert!(inserts(&one, bytes).is_ok(), "{c}: a statement of {bytes} bytes fits {bytes}");
+            assert!(inserts(&one, bytes - 1).is_err(), "{c}: a row of {bytes} bytes is refused under {}", bytes - 1);
+            let rows: Vec<Row> = (0..10).map(|i| row(i, 20_000 + i, 10_000, "v")).collect();
+            let max = crate::redshift_data::MAX_STATEMENT_BYTES;
+            let packed = inserts(&rows, max).unwrap();
+            assert!(
+                packed.iter().all(|s| s.len() <= max),
+                "{c}: {:?}",
+                packed.iter().map(String::len).collect::<Vec<_>>()
+            );
+            for r in &rows {
+                let Value::Text(a) = &r.values[1] else { unreachable!() };
+                assert_eq!(packed.iter().filter(|s| s.contains(&format!("'{a}'"))).count(), 1, "{c}: each row once");
+            }
+            // 3 bytes of quoted id, the two texts with their quotes: 90,000 bytes as SQL.
+            let widest = row(0, 44_996, 44_997, &text_of(proto::MAX_VERSION_BYTES, c));
+            assert_eq!(proto::unsendable_row(&widest.values), None, "{c}");
+            assert!(proto::unsendable_row(&row(0, 44_996, 44_998, "v").values).is_some(), "{c}");
+            let statements = inserts(std::slice::from_ref(&widest), max).unwrap();
+            assert!(statements.len() == 1 && statements[0].len() <= max, "{c}: {}", statements[0].len());
+        }
+    }
+
     fn sample() -> TableSchema {
         TableSchema {
             name: "charge \"sessions\"".into(),

@@ -5,7 +5,9 @@
 //! transaction, and DescribeStatement is polled (back-off 50 ms → 1 s) until the batch finished,
 //! failed or was aborted. Each SQL string stays under the API's 100 KB limit (the stage inserts
 //! are split); a batch needing more than the API's 40 strings is committed as several
-//! transactions of fewer rows each, which is safe because every upsert is fenced by version.
+//! transactions of fewer rows each, which is safe because every upsert is fenced by version and
+//! each key's latest row is picked before the split (two changes of one version in different
+//! parts would otherwise keep the earlier, where one transaction keeps the later).
 //!
 //! Errors: throttling, ActiveStatementsExceeded and server faults are `Unavailable` (nothing
 //! ran; retry); a submission without an answer is `Ambiguous` (it may run; retrying is safe); a
@@ -244,7 +246,17 @@ impl Warehouse for RedshiftDataWarehouse {
             )));
         }
         let sql = self.merge_sql(&batch.table)?;
-        self.commit_rows(&sql, &batch.rows).await
+        // A batch too big for one call commits in parts, one transaction each, where a later
+        // part's change of a version an earlier part committed would be fenced: keep each key's
+        // latest row (the later on a tie) first, as one transaction's dedupe does.
+        let latest = batch.latest_per_key();
+        if latest.len() == batch.rows.len() {
+            return self.commit_rows(&sql, &batch.rows).await;
+        }
+        let rows: Vec<Row> = latest.into_iter().cloned().collect();
+        let mut stats = self.commit_rows(&sql, &rows).await?;
+        stats.fenced += (batch.rows.len() - rows.len()) as u64;
+        Ok(stats)
     }
 }
 

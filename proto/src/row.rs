@@ -146,3 +146,70 @@ impl Batch {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Characters of 2, 3 and 4 bytes in UTF-8: the limits below are checked with each.
+    const WIDE: [char; 3] = ['é', '€', '𝄞'];
+
+    /// Text of exactly `bytes` bytes: ASCII `a`s, then as many `c` as fit, so the last
+    /// character is a wide one ending on the last byte.
+    fn text_of(bytes: usize, c: char) -> String {
+        let n = bytes / c.len_utf8();
+        let mut text = "a".repeat(bytes - n * c.len_utf8());
+        text.extend(std::iter::repeat_n(c, n));
+        assert_eq!(text.len(), bytes);
+        text
+    }
+
+    /// A column holds 65,535 bytes whatever the characters: that much multi-byte text is
+    /// stored; one byte more is refused, whether an ASCII byte added or a wide character
+    /// crossing the limit; so is text of fewer characters than the limit but more bytes.
+    #[test]
+    fn the_text_limit_counts_bytes_not_characters() {
+        for c in WIDE {
+            let at = text_of(MAX_TEXT_BYTES, c);
+            assert_eq!(unstorable_text(&at), None, "{c}: exactly {MAX_TEXT_BYTES} bytes");
+            let over = format!("{at}a");
+            assert_eq!(
+                unstorable_text(&over).as_deref(),
+                Some("text of 65536 bytes is longer than a column's 65535"),
+                "{c}: one byte over"
+            );
+            let crossing = format!("{}{c}", "a".repeat(MAX_TEXT_BYTES - 1));
+            assert!(crossing.chars().count() == MAX_TEXT_BYTES && crossing.len() > MAX_TEXT_BYTES);
+            assert!(unstorable_text(&crossing).is_some(), "{c}: the last character crosses the limit");
+            let few: String = std::iter::repeat_n(c, MAX_TEXT_BYTES / c.len_utf8() + 1).collect();
+            assert!(few.chars().count() < MAX_TEXT_BYTES && few.len() > MAX_TEXT_BYTES);
+            let why = unstorable_text(&few).unwrap_or_else(|| panic!("{c}: {} bytes stored", few.len()));
+            assert!(why.contains(&format!("text of {} bytes", few.len())), "{why}");
+        }
+    }
+
+    /// A row goes through one Data API statement while its SQL literals take at most 90,000
+    /// bytes: quotes and doubled `'` and `\` counted, and multi-byte text by its bytes, so a row
+    /// of fewer characters than the limit can still be too long.
+    #[test]
+    fn the_row_sql_limit_counts_bytes_not_characters() {
+        for c in WIDE {
+            // `'\` then the text: its bytes, 2 doubled, 2 quotes; the second text: bytes, 2 quotes.
+            let half = (MAX_ROW_SQL_BYTES - 8) / 2;
+            let row = |extra: usize| {
+                vec![Value::Text(format!("'\\{}", text_of(half, c))), Value::Text(text_of(half + extra, c))]
+            };
+            let at = row(0);
+            assert!(at.iter().all(|v| matches!(v, Value::Text(t) if unstorable_text(t).is_none())));
+            assert_eq!(unsendable_row(&at), None, "{c}: exactly {MAX_ROW_SQL_BYTES} bytes");
+            let over = row(1);
+            let chars: usize = over.iter().map(|v| if let Value::Text(t) = v { t.chars().count() } else { 0 }).sum();
+            assert!(chars < MAX_ROW_SQL_BYTES, "{chars}");
+            assert_eq!(
+                unsendable_row(&over).as_deref(),
+                Some("the row takes 90001 bytes as SQL, more than the 90000 one statement may hold"),
+                "{c}: one byte over"
+            );
+        }
+    }
+}

@@ -8,7 +8,8 @@ use adapters::local_stack::Emulator;
 use adapters::postgres::PostgresWarehouse;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use tributary::timeline::{Mark, Span};
 
 /// A `tributary run` process, killed if the test ends without stopping it.
 pub struct NodeProcess {
@@ -44,7 +45,8 @@ impl NodeProcess {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "local")
             .env("AWS_SECRET_ACCESS_KEY", "local")
-            .env("RUST_LOG", "warn")
+            // Warnings, plus the lines that mark where each consumer starts and stops.
+            .env("RUST_LOG", "warn,worker::lease_keeper=info,worker::shard_consumer=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -74,10 +76,11 @@ impl NodeProcess {
         None
     }
 
-    /// SIGKILL: a crash, nothing written on the way out.
-    pub fn kill(&mut self) {
+    /// SIGKILL: a crash, nothing written on the way out. Returns when the process is gone.
+    pub fn kill(&mut self) -> SystemTime {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        SystemTime::now()
     }
 
     /// What the process wrote to stderr.
@@ -131,4 +134,66 @@ pub async fn database(admin: &PostgresWarehouse, server_url: &str, name: &str) -
     admin.query_text(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
     admin.query_text(&format!("CREATE DATABASE {name}")).await.unwrap();
     format!("{} dbname={name}", server_url.replace("dbname=postgres", ""))
+}
+
+/// Seconds since the Unix epoch of a log line's leading `2026-11-30T14:01:02.123456Z`.
+fn log_time(line: &str) -> Option<Duration> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let mut hms = time.splitn(3, ':');
+    let (h, mi): (u64, u64) = (hms.next()?.parse().ok()?, hms.next()?.parse().ok()?);
+    let secs: f64 = hms.next()?.parse().ok()?;
+    let days = u64::try_from(proto::civil::days_from_civil(y, m, d)).ok()?;
+    Some(Duration::from_secs(days * 86_400 + h * 3_600 + mi * 60) + Duration::from_secs_f64(secs))
+}
+
+/// Text without its ANSI colour sequences (`ESC [ … letter`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Each consumer's span in the log of node process `node`, timed from `origin`: it starts at
+/// "starting consumer" or "starting the child at once" (logged before the consumer exists, so
+/// before its first read) and ends
+/// where the consumer stopped, was stopped at once, or failed, or else at `killed` (the process
+/// was gone by then) or never (still running).
+pub fn consumer_spans(node: &str, log: &str, origin: SystemTime, killed: Option<SystemTime>) -> Vec<Span> {
+    let since = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let origin = since(origin);
+    let mark = |at: Duration| Mark { at: at.saturating_sub(origin), seq: None };
+    let mut spans: Vec<Span> = Vec::new();
+    for line in log.lines().map(plain) {
+        let Some(shard) = line.split_whitespace().find_map(|w| w.strip_prefix("shard=")) else { continue };
+        let Some(at) = log_time(&line) else { continue };
+        let shard = proto::ShardId::new(shard);
+        if line.contains("starting consumer") || line.contains("starting the child at once") {
+            spans.push(Span { node: proto::WorkerId::new(node), shard, start: mark(at), end: None });
+        } else if ["consumer stopping", "stopping consumer at once", "consumer failed"].iter().any(|m| line.contains(m))
+        {
+            if let Some(span) = spans.iter_mut().rev().find(|s| s.shard == shard && s.end.is_none()) {
+                span.end = Some(mark(at));
+            }
+        }
+    }
+    if let Some(killed) = killed {
+        for span in spans.iter_mut().filter(|s| s.end.is_none()) {
+            span.end = Some(mark(since(killed)));
+        }
+    }
+    spans
 }

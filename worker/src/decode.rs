@@ -250,6 +250,70 @@ mod tests {
         assert!(at_position("lsn:12", 1, 2) < at_position("lsn:12", 2, 1));
     }
 
+    /// The version of an update committed at `commit`, at `position` in the source's log,
+    /// record `id` of its transaction, read from the stream at sequence number `seq`.
+    fn change_version(commit: &str, position: &str, id: u64, seq: u128) -> Version {
+        let text = dms_record_at("update", Some(commit), Some(position), id);
+        decode(Format::Dms, &text, &at(seq), &FieldSlots::default()).unwrap().unwrap().version
+    }
+
+    /// Checks that `history`, (commit-timestamp, stream-position, transaction-record-id) in the
+    /// order the source applied them, gets increasing versions although it is read in reverse.
+    fn assert_versions_follow(history: &[(&str, &str, u64)]) {
+        let versions: Vec<Version> = history
+            .iter()
+            .enumerate()
+            .map(|(i, (commit, position, id))| change_version(commit, position, *id, 1000 - i as u128))
+            .collect();
+        for (i, pair) in versions.windows(2).enumerate() {
+            assert!(pair[0] < pair[1], "{:?} should be older than {:?}: {pair:?}", history[i], history[i + 1]);
+        }
+    }
+
+    /// Within one commit timestamp (a whole second on MySQL) the log position orders changes, as
+    /// numbers across a binlog rollover and between offsets of different lengths, and the record
+    /// id orders the rows of one log event; hex LSNs compare as numbers, not as text.
+    #[test]
+    fn one_commit_time_orders_by_stream_position_then_record_id() {
+        let second = "2024-01-01T00:00:05Z";
+        assert_versions_follow(&[
+            (second, "mysql-bin-changelog.000009:99:-1:180:1:mysql-bin-changelog.000009:99", 1),
+            (second, "mysql-bin-changelog.000009:99:-1:180:1:mysql-bin-changelog.000009:99", 2),
+            (second, "mysql-bin-changelog.000009:980:-1:1020:1:mysql-bin-changelog.000009:980", 1),
+            (second, "mysql-bin-changelog.000009:1020:-1:1200:1:mysql-bin-changelog.000009:980", 2),
+            (second, "mysql-bin-changelog.000009:99999:-1:100100:1:mysql-bin-changelog.000009:99999", 1),
+            // The next binlog file starts again at a small offset.
+            (second, "mysql-bin-changelog.000010:4:-1:120:1:mysql-bin-changelog.000010:4", 1),
+            (second, "mysql-bin-changelog.000010:120:-1:300:1:mysql-bin-changelog.000010:4", 2),
+        ]);
+        let micros = "2024-01-01T00:00:05.123456Z";
+        assert_versions_follow(&[
+            (micros, "0/9F", 3),
+            (micros, "0/16B3748", 1),
+            (micros, "0/FFFFFFF0", 2),
+            (micros, "1/A0", 1),
+            (micros, "1/A0", 2),
+            (micros, "1/1A00", 1),
+        ]);
+    }
+
+    /// Commit time ranks before the log position: a transaction that committed later holds the
+    /// newer change even where its log position is earlier (a PostgreSQL transaction that wrote
+    /// its rows before an older one committed; a MySQL binlog numbered anew after a failover).
+    #[test]
+    fn a_later_commit_wins_over_an_earlier_stream_position() {
+        assert_versions_follow(&[
+            ("2024-01-01T00:00:01.000001Z", "1/A0", 1),
+            ("2024-01-01T00:00:01.000002Z", "0/16B3748", 1),
+            ("2024-01-01T00:00:01.5Z", "0/16B3740", 7),
+            ("2024-01-01T00:00:02Z", "0/9F", 1),
+        ]);
+        assert_versions_follow(&[
+            ("2024-01-01T00:00:05Z", "mysql-bin-changelog.000010:4:-1:120:1:mysql-bin-changelog.000010:4", 2),
+            ("2024-01-01T00:00:06Z", "mysql-bin-changelog.000009:500:-1:620:1:mysql-bin-changelog.000009:500", 1),
+        ]);
+    }
+
     proptest::proptest! {
         #[test]
         fn stream_positions_order_like_their_numbers(a in proptest::collection::vec(0u64..100_000, 1..4), b in proptest::collection::vec(0u64..100_000, 1..4), pad in 0usize..9) {

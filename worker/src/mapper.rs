@@ -123,6 +123,30 @@ mod tests {
         assert_eq!(storable("short", 5), "short");
     }
 
+    /// A dead letter's reason and partition key are cut by bytes: multi-byte text of exactly
+    /// the limit is kept whole; one byte more, or fewer characters than the limit but more
+    /// bytes, is cut on a character boundary to at most the limit, ending in `…`.
+    #[test]
+    fn storable_cuts_multibyte_text_at_its_byte_limits() {
+        for max in [MAX_REASON_BYTES, proto::MAX_TEXT_BYTES] {
+            for c in ['é', '€', '𝄞'] {
+                let n = max / c.len_utf8();
+                let at = format!("{}{}", "a".repeat(max - n * c.len_utf8()), c.to_string().repeat(n));
+                assert_eq!(at.len(), max);
+                assert_eq!(storable(&at, max), at, "{c}: exactly {max} bytes is kept whole");
+                let few = c.to_string().repeat(n + 1);
+                assert!(few.chars().count() < max);
+                for long in [format!("{at}a"), few] {
+                    let out = storable(&long, max);
+                    let kept = out.strip_suffix('…').unwrap_or_else(|| panic!("{c}: {} bytes not cut", long.len()));
+                    assert!(out.len() <= max && long.starts_with(kept), "{c}: {} bytes", out.len());
+                    // Cut at the last boundary that leaves room for the `…`.
+                    assert!(kept.len() + '…'.len_utf8() + c.len_utf8() > max, "{c}: cut at {}", kept.len());
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn storable_text_is_always_storable(text in "\\PC{0,40}|[\\x00a-zé]{0,40}", max in 3usize..30) {

@@ -892,6 +892,133 @@ mod tests {
         );
     }
 
+    /// Characters of 2, 3 and 4 bytes in UTF-8: the byte limits are checked with each.
+    const WIDE: [char; 3] = ['é', '€', '𝄞'];
+
+    /// Text of exactly `bytes` bytes: `filler`s (ASCII), then as many `c` as fit.
+    fn wide_text(bytes: usize, c: char, filler: char) -> String {
+        let n = bytes / c.len_utf8();
+        let text = format!("{}{}", filler.to_string().repeat(bytes - n * c.len_utf8()), c.to_string().repeat(n));
+        assert_eq!(text.len(), bytes);
+        text
+    }
+
+    /// A text column takes multi-byte text of exactly 65,535 bytes whole; one byte more, or
+    /// fewer characters than 65,535 that take more bytes, makes the record a dead letter.
+    #[test]
+    fn multibyte_text_is_held_to_the_column_limit_in_bytes() {
+        let p = unjoined(
+            r#"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            column = [
+                { name = "id", from = "id", type = "bigint" },
+                { name = "note", from = "note", type = "text" },
+            ]
+            "#,
+        );
+        for c in WIDE {
+            let at = wide_text(MAX_TEXT_BYTES, c, 'a');
+            let few = c.to_string().repeat(MAX_TEXT_BYTES / c.len_utf8() + 1);
+            assert!(few.chars().count() < MAX_TEXT_BYTES);
+            for (note, lands) in [(at.clone(), true), (format!("{at}a"), false), (few, false)] {
+                let mut out = Vec::new();
+                let data = serde_json::json!({"id": 1, "note": note}).to_string();
+                p.map(&ShardId::numbered(0), &record(&data), false, &mut out);
+                let bytes = note.len();
+                if lands {
+                    assert_eq!(out.len(), 1, "{c}: {bytes} bytes");
+                    assert_eq!((out[0].0, &out[0].1.values[1]), (0, &Value::Text(note)), "{c}: {bytes} bytes whole");
+                } else {
+                    let reason = format!("column \"note\": text of {bytes} bytes is longer than a column's 65535");
+                    assert_eq!(out[0].0, 1, "{c}: {bytes} bytes should be a dead letter");
+                    assert!(matches!(&out[0].1.values[5], Value::Text(r) if r.contains(&reason)), "{c}: {reason}");
+                }
+            }
+        }
+    }
+
+    /// A version is held to its column's 256 bytes, not characters: a DMS stream position of
+    /// multi-byte characters that makes the version exactly 256 bytes lands; one byte more, or
+    /// fewer than 256 characters that take more bytes, makes the record a dead letter.
+    #[test]
+    fn a_multibyte_version_is_held_to_256_bytes() {
+        let p = unjoined(
+            r#"
+            format = "dms"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            version = "source"
+            column = [{ name = "id", from = "id", type = "bigint" }]
+            "#,
+        );
+        let change = |position: &str| {
+            let meta = serde_json::json!({"record-type": "data", "operation": "update", "table-name": "t",
+                "commit-timestamp": "2024-01-01T00:00:01Z", "stream-position": position, "transaction-record-id": 1});
+            let mut out = Vec::new();
+            let data = serde_json::json!({"data": {"id": 1}, "metadata": meta}).to_string();
+            p.map(&ShardId::numbered(0), &record(&data), false, &mut out);
+            out
+        };
+        // What the version holds besides a position of one character that is no hex digit.
+        let around = change("x")[0].1.version.as_str().len() - 1;
+        for c in WIDE {
+            let at = wide_text(proto::MAX_VERSION_BYTES - around, c, 'x');
+            let out = change(&at);
+            assert_eq!(out[0].0, 0, "{c}: {out:?}");
+            assert_eq!(out[0].1.version.as_str().len(), proto::MAX_VERSION_BYTES, "{c}: {:?}", out[0].1.version);
+            let few = c.to_string().repeat((proto::MAX_VERSION_BYTES - around) / c.len_utf8() + 1);
+            for (position, bytes) in [(format!("{at}x"), 257), (few.clone(), around + few.len())] {
+                let out = change(&position);
+                assert_eq!(out[0].0, 1, "{c}: a version of {bytes} bytes should be a dead letter");
+                let reason = format!("its version is {bytes} bytes, more than 256");
+                assert!(matches!(&out[0].1.values[5], Value::Text(r) if r.contains(&reason)), "{c}: {out:?}");
+            }
+        }
+    }
+
+    /// A dead letter's payload is split every 48,000 bytes, not characters. The cuts fall inside
+    /// multi-byte characters, which is harmless: each part holds the base64 of raw bytes, and 48,000
+    /// being a multiple of 3, no part but the last is padded, so the parts' base64 joined in
+    /// order is the base64 of the whole payload; each part's base64 fits a text column.
+    #[test]
+    fn dead_letter_parts_are_48000_bytes_of_the_payload_whatever_it_holds() {
+        assert_eq!(DEAD_LETTER_PART_BYTES, 48_000, "the README promises parts of 48,000 bytes");
+        let p = unjoined(
+            r#"
+            [[table]]
+            name = "t"
+            key = ["id"]
+            column = [{ name = "id", from = "id", type = "text" }]
+            "#,
+        );
+        for c in WIDE {
+            // Not JSON (the string never ends); 7 bytes before the wide characters put both cuts
+            // inside one of them.
+            let payload = format!("{{\"id\":\"{}", c.to_string().repeat(120_000 / c.len_utf8()));
+            assert!(!payload.is_char_boundary(48_000) && !payload.is_char_boundary(96_000));
+            let mut out = Vec::new();
+            p.map(&ShardId::numbered(0), &record(&payload), false, &mut out);
+            let bytes = payload.as_bytes();
+            let parts = bytes.len().div_ceil(48_000);
+            assert_eq!((parts, out.len()), (3, parts), "{c}: {} bytes in parts of 48,000", bytes.len());
+            let mut joined = String::new();
+            for (i, (table, row)) in out.iter().enumerate() {
+                assert_eq!(*table, 1);
+                assert_eq!((&row.values[7], &row.values[8]), (&Value::Int(i as i64), &Value::Int(parts as i64)));
+                let Value::Text(part) = &row.values[6] else { panic!("{c}: {row:?}") };
+                assert!(proto::unstorable_text(part).is_none(), "{c}: part {i} takes {} bytes", part.len());
+                let raw = base64::engine::general_purpose::STANDARD.decode(part).unwrap();
+                let (start, end) = (i * 48_000, bytes.len().min((i + 1) * 48_000));
+                assert!(raw == bytes[start..end], "{c}: part {i} holds {} bytes, not bytes {start}..{end}", raw.len());
+                joined.push_str(part);
+            }
+            assert_eq!(joined, base64::engine::general_purpose::STANDARD.encode(bytes), "{c}");
+        }
+    }
+
     #[test]
     fn timestamps_outside_years_1_to_9999_are_dead_letters() {
         let p = unjoined(

@@ -91,6 +91,16 @@ mod tests {
         let key = TokenKey::new(b"0123456789abcdef".to_vec()).unwrap();
         assert_eq!(key.tokenize("a@b.c"), "c8b9adc27ca0fc812e2cca09aab792e34c9d8d2fce3408abb47cb633bbb5e77f");
         assert_ne!(key.tokenize("a@b.c"), TokenKey::new(b"fedcba9876543210".to_vec()).unwrap().tokenize("a@b.c"));
+        // A key longer than SHA-256's 64-byte block (HMAC hashes it first), a value in UTF-8,
+        // an empty value: hmac.new(b'k' * 100, 'zoë@exämple.com'.encode(), hashlib.sha256) and
+        // hmac.new(b'cluster-test-tokenize-key-0123456789', b'', hashlib.sha256).
+        let long = TokenKey::new(vec![b'k'; 100]).unwrap();
+        assert_eq!(
+            long.tokenize("zoë@exämple.com"),
+            "029008ea7f1143f273b8bc3fec519e734b6b69ed88b24ce3bf241682ccff70b6"
+        );
+        let key36 = TokenKey::new(b"cluster-test-tokenize-key-0123456789".to_vec()).unwrap();
+        assert_eq!(key36.tokenize(""), "6c29832ae3c7fb2d6f5e3b0c8dcb09f78ced2e402a1a5039cb45dbb76fcc7748");
         assert_eq!(format!("{key:?}"), "TokenKey(<redacted>)");
         assert!(TokenKey::new(b"short".to_vec()).is_none());
     }
