@@ -35,14 +35,16 @@ run() {
   local name="$1"
   shift
   echo "== mutants: $name"
+  mkdir -p "target/mutants/$name"
   # --in-place: the checkout's own target/ is reused, so only what a mutant touches rebuilds.
   # Leave the tree alone while it runs: the mutated file is restored at the end (or on ^C).
   cargo mutants --workspace --in-place --no-shuffle --timeout-multiplier 3 \
     --output "target/mutants/$name" "$@" || true
-  local out="target/mutants/$name/mutants.out"
-  printf '%s: caught %s, missed %s, timeout %s, unviable %s\n' "$name" \
-    "$(wc -l <"$out/caught.txt")" "$(wc -l <"$out/missed.txt")" \
-    "$(wc -l <"$out/timeout.txt")" "$(wc -l <"$out/unviable.txt")"
+  local out="target/mutants/$name/mutants.out" counts=()
+  for kind in caught missed timeout unviable; do
+    counts+=("$kind $(cat "$out/$kind.txt" 2>/dev/null | wc -l)")
+  done
+  (IFS=,; echo "$name: ${counts[*]}")
 }
 
 planner() {
