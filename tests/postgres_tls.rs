@@ -6,7 +6,7 @@
 
 use adapters::postgres::{PostgresConfig, PostgresWarehouse};
 use adapters::postgres_server::postgres_tls;
-use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse};
+use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
 use std::sync::Arc;
 
 /// A CA, and a server certificate for `names` (host names or addresses) signed by it:
@@ -51,9 +51,10 @@ async fn tls_is_required_verified_and_used() {
     };
     assert_eq!(w.commit(&Batch { table, rows: vec![row] }).await.unwrap().upserted, 1);
 
-    // The system's roots alone do not know the test CA: the certificate is refused.
+    // The system's roots alone do not know the test CA: the certificate is refused, as a
+    // configuration error (not retried).
     let e = PostgresWarehouse::connect_with(config("sslmode=require"), None).await.err().expect("refused");
-    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(matches!(e, WarehouseError::Rejected(_)) && e.to_string().contains("certificate"), "{e:?}");
     // Plain TCP (no sslmode=require): the server accepts only TLS.
     let e = PostgresWarehouse::connect_with(config(""), Some(&ca_file)).await.err().expect("rejected");
     assert!(e.to_string().contains("no encryption") || e.to_string().contains("pg_hba"), "{e}");
@@ -86,6 +87,7 @@ async fn a_certificate_for_another_host_name_is_refused() {
         let Err(e) = PostgresWarehouse::connect_with(config(host), Some(&ca_file)).await else {
             panic!("{host}: connected, though the certificate is only for db.example.internal");
         };
+        assert!(matches!(e, WarehouseError::Rejected(_)), "{host}: not retried: {e:?}");
         let e = e.to_string();
         assert!(e.contains("certificate not valid for name") && e.contains("db.example.internal"), "{host}: {e}");
     }

@@ -72,11 +72,33 @@ fn classify(e: tokio_postgres::Error, committing: bool) -> WarehouseError {
         return WarehouseError::Rejected(format!("{}: {}", db.code().code(), db.message()).to_lowercase());
     }
     let text = crate::error_chain(&e);
+    if refused_certificate(&e) {
+        // Retrying cannot change the server's certificate: a configuration error.
+        return WarehouseError::Rejected(text.to_lowercase());
+    }
     if committing && e.is_closed() {
         WarehouseError::Ambiguous(text.to_lowercase())
     } else {
         WarehouseError::Unavailable(text.to_lowercase())
     }
+}
+
+/// Whether the TLS handshake refused the server's certificate (untrusted, expired, or for
+/// another host name), anywhere in the error's chain (rustls's error travels inside an I/O error).
+fn refused_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if matches!(err.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            if refused_certificate(inner) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// A verifying TLS connector: the system's root certificates plus those of `extra_roots` (PEM).
