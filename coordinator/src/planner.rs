@@ -258,6 +258,49 @@ mod tests {
         assert_eq!(plan_live(&[l], &nodes(&["a", "b"]), &stalled), moves);
     }
 
+    /// Every lease a node holds counts toward its load, whatever its state (plain, mid-handoff,
+    /// a handoff being cleared, or just assigned in this cycle): an orphan goes to the node with
+    /// the fewest leases, and between equals to the one with the least throughput.
+    #[test]
+    fn orphans_go_to_the_node_with_fewest_leases_then_least_load() {
+        let with = |key: &str, owner: Option<&str>, kbps: f64, giver: Option<&str>| {
+            let mut l = lease(key, owner);
+            l.throughput_kbps = Some(kbps);
+            l.checkpoint_owner = giver.map(WorkerId::new);
+            l
+        };
+        let live = nodes(&["a", "b", "c"]);
+        let to = |leases: &[Lease], orphan: &str| {
+            plan_live(leases, &live, &BTreeSet::new())
+                .into_iter()
+                .find(|m| m.lease() == orphan)
+                .map(|m| m.target().as_str().to_owned())
+        };
+        let orphan = |key: &str| with(key, None, 1.0, None);
+        for giver in [None, Some("b"), Some("dead")] {
+            // a: one lease (plain, being handed over by b, or left by a dead giver) of 100 kbps;
+            // b and c: one of 10 kbps each. Equal counts: the orphan goes to the lighter b.
+            let leases = [
+                with("s1", Some("a"), 100.0, giver),
+                with("s2", Some("b"), 10.0, None),
+                with("s3", Some("c"), 10.0, None),
+            ];
+            let mut all = leases.to_vec();
+            all.push(orphan("s9"));
+            assert_eq!(to(&all, "s9").as_deref(), Some("b"), "a's lease with giver {giver:?}");
+            // Without c's lease, c has the fewest: the count comes before the load.
+            let fewer = [leases[0].clone(), leases[1].clone(), orphan("s9")];
+            assert_eq!(to(&fewer, "s9").as_deref(), Some("c"), "giver {giver:?}");
+        }
+        // Orphans assigned in this cycle count too: 100 → a, 10 → b, 10 → c, then 5 → b, the
+        // lightest of three nodes holding one each.
+        let orphans = [with("s1", None, 100.0, None), with("s2", None, 10.0, None), with("s3", None, 10.0, None)];
+        let mut all = orphans.to_vec();
+        all.push(with("s4", None, 5.0, None));
+        assert_eq!(to(&all, "s1").as_deref(), Some("a"));
+        assert_eq!(to(&all, "s4").as_deref(), Some("b"));
+    }
+
     #[test]
     fn a_draining_node_keeps_its_leases_and_gets_no_new_ones() {
         let leases = vec![lease("s1", Some("d")), lease("s2", Some("d")), lease("s3", None), lease("s4", Some("a"))];
