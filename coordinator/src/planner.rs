@@ -139,11 +139,8 @@ pub fn plan(leases: &[Lease], input: &PlanInput<'_>) -> Vec<Move> {
             givers.push((*w, key));
         }
     }
-    let mut takers: Vec<(&WorkerId, usize)> = order
-        .iter()
-        .rev()
-        .filter_map(|w| share[w].checked_sub(nodes[w].count()).filter(|d| *d > 0).map(|d| (*w, d)))
-        .collect();
+    let mut takers: Vec<(&WorkerId, usize)> =
+        order.iter().rev().filter_map(|w| share[w].checked_sub(nodes[w].count()).map(|d| (*w, d))).collect();
     for (from, lease) in givers {
         let Some((to, deficit)) = takers.iter_mut().find(|(_, d)| *d > 0) else { break };
         *deficit -= 1;

@@ -4,8 +4,8 @@
 //! - `dms`: the AWS DMS envelope (`data`, `metadata`, optional `before-image`). Data records
 //!   with operation load / insert / update are upserts, delete is a delete; control records
 //!   carry no rows. The version orders changes of a key: full-load rows before every change,
-//!   then (commit-timestamp, transaction-record-id) when DMS includes transaction details, then
-//!   the record's position. An update that changed the primary key (seen in the before-image)
+//!   then (commit-timestamp, stream-position compared as a log position, transaction-record-id)
+//!   when DMS includes transaction details, then the record's position in the Kinesis shard. An update that changed the primary key (seen in the before-image)
 //!   also deletes the old key.
 
 use crate::doc::{Doc, FieldSlots, Slots};
