@@ -409,4 +409,63 @@ mod tests {
         assert!(e.contains("invoices") && other.exists(), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn session(id: &str, kwh: f64) -> ev::Session {
+        ev::Session {
+            id: id.into(),
+            cluster_id: "c".into(),
+            connection_time: "t".into(),
+            kwh_delivered: kwh,
+            station_id: "s".into(),
+            space_id: "p".into(),
+            timezone: "UTC".into(),
+            user_id: None,
+        }
+    }
+
+    /// README: the demo exits non-zero when a record was lost or duplicated (or a session is not
+    /// at its last state). An SQLite file with one record missing, one twice and one stale
+    /// session is counted as such and is not ok; the same file repaired is ok.
+    #[test]
+    fn the_verdict_counts_lost_duplicated_and_stale_rows() {
+        let dir = std::env::temp_dir().join(format!("tributary-demo-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("verify.db");
+        let _ = std::fs::remove_file(&db);
+        let seq = |n: u128| SequenceNumber::from_u128(n);
+        let oracle = Oracle {
+            records: (1..=3).map(|n| (seq(n), ShardId::numbered(0))).collect(),
+            malformed: BTreeSet::new(),
+            sessions: [("a", 5.0), ("b", 7.0)].into_iter().map(|(id, kwh)| (id.to_owned(), session(id, kwh))).collect(),
+        };
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE \"{RAW_TABLE}\" (sequence_number TEXT);
+             CREATE TABLE \"{SESSIONS_TABLE}\" (\"_id\" TEXT, \"kWhDelivered\" DOUBLE PRECISION);
+             CREATE TABLE \"{DEAD_LETTER_TABLE}\" (sequence_number TEXT);
+             INSERT INTO \"{SESSIONS_TABLE}\" VALUES ('a', 5.0), ('b', 6.0);"
+        ))
+        .unwrap();
+        // Record 1 once, record 2 twice, record 3 never.
+        for n in [1, 2, 2] {
+            conn.execute(&format!("INSERT INTO \"{RAW_TABLE}\" VALUES (?1)"), [seq(n).as_str()]).unwrap();
+        }
+        let v = verify(&db, &oracle).unwrap();
+        assert_eq!((v.lost, v.duplicated, v.stale), (1, 1, 1), "{v:?}");
+        assert_eq!((v.produced, v.raw_rows, v.session_rows), (3, 3, 2), "{v:?}");
+        assert!(!v.ok(), "{v:?}");
+        // Repaired: every record once, every session at its last state.
+        conn.execute_batch(&format!(
+            "DELETE FROM \"{RAW_TABLE}\"; UPDATE \"{SESSIONS_TABLE}\" SET \"kWhDelivered\" = 7.0 WHERE \"_id\" = 'b';"
+        ))
+        .unwrap();
+        for n in [1, 2, 3] {
+            conn.execute(&format!("INSERT INTO \"{RAW_TABLE}\" VALUES (?1)"), [seq(n).as_str()]).unwrap();
+        }
+        let v = verify(&db, &oracle).unwrap();
+        assert_eq!((v.lost, v.duplicated, v.stale), (0, 0, 0), "{v:?}");
+        assert!(v.ok(), "{v:?}");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

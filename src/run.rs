@@ -240,3 +240,44 @@ pub fn signals() -> impl Future<Output = ()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README: `PGSSLMODE=require` (like `sslmode=require` in `url`) means TLS, the password
+    /// comes from `PGPASSWORD`, extra roots from `PGSSLROOTCERT`. The only test of this binary
+    /// that sets these variables; it puts back what was there.
+    #[test]
+    fn libpq_variables_complete_the_connection_string() {
+        const VARS: [&str; 3] = ["PGSSLMODE", "PGPASSWORD", "PGSSLROOTCERT"];
+        let before: Vec<_> = VARS.iter().map(std::env::var_os).collect();
+        std::env::set_var("PGPASSWORD", "s3cret");
+        std::env::set_var("PGSSLROOTCERT", "/etc/ssl/rds-bundle.pem");
+        let outcome = std::panic::catch_unwind(|| {
+            std::env::set_var("PGSSLMODE", "require");
+            let (pg, roots) = postgres_config("host=db").unwrap();
+            assert_eq!(pg.get_ssl_mode(), SslMode::Require);
+            assert_eq!(pg.get_password(), Some(&b"s3cret"[..]));
+            assert_eq!(roots, Some(PathBuf::from("/etc/ssl/rds-bundle.pem")));
+            // Modes that do not insist on TLS are plain.
+            std::env::set_var("PGSSLMODE", "prefer");
+            assert_eq!(postgres_config("host=db").unwrap().0.get_ssl_mode(), SslMode::Disable);
+            // The connection string wins over the environment.
+            std::env::set_var("PGSSLMODE", "require");
+            assert_eq!(postgres_config("host=db sslmode=disable").unwrap().0.get_ssl_mode(), SslMode::Disable);
+            std::env::set_var("PGSSLMODE", "verify-maybe");
+            let e = postgres_config("host=db").unwrap_err().to_string();
+            assert!(e.contains("PGSSLMODE") && e.contains("verify-maybe"), "{e}");
+        });
+        for (var, value) in VARS.iter().zip(before) {
+            match value {
+                Some(v) => std::env::set_var(var, v),
+                None => std::env::remove_var(var),
+            }
+        }
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}

@@ -366,4 +366,36 @@ url = "host=127.0.0.1"
         let c = config(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9898\"\n")).unwrap();
         assert_eq!(c.metrics.unwrap().listen.port(), 9898);
     }
+
+    /// README: `lock_tables = true (the default)` for Redshift, `false` only when set.
+    #[test]
+    fn redshift_locks_tables_unless_told_not_to() {
+        let redshift = BASE.replace(
+            "kind = \"postgres\"\nurl = \"host=127.0.0.1\"",
+            "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"dev\"\nsecret_arn = \"arn:s\"",
+        );
+        let c = config(&redshift).unwrap();
+        assert_eq!(c.warehouse.kind, WarehouseKind::Redshift);
+        assert!(c.warehouse.lock_tables, "lock_tables must default to true");
+        let c = config(&format!("{redshift}\nlock_tables = false\n")).unwrap();
+        assert!(!c.warehouse.lock_tables);
+    }
+
+    /// README: the node id is `$POD_NAME` plus the process id, so a container restarted in its
+    /// pod (PID 1 again) gets the same id. The only test of this binary that sets `POD_NAME`.
+    #[test]
+    fn the_worker_id_is_the_pod_name_and_the_process_id() {
+        let before = std::env::var_os("POD_NAME");
+        std::env::set_var("POD_NAME", "pod-a");
+        let c = config(BASE).unwrap();
+        let (first, second) = (c.worker_id(), c.worker_id());
+        match before {
+            Some(v) => std::env::set_var("POD_NAME", v),
+            None => std::env::remove_var("POD_NAME"),
+        }
+        assert_eq!(first, format!("pod-a-{}", std::process::id()));
+        assert_eq!(second, first, "the same process asks twice, the same id");
+        let named = config(&format!("[node]\nid = \"fixed\"\n{BASE}")).unwrap();
+        assert_eq!(named.worker_id(), "fixed");
+    }
 }

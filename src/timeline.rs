@@ -136,16 +136,9 @@ impl Timeline {
         self.inner.lock().unwrap().events.clone()
     }
 
-    fn first_start_after(
-        events: &[(Instant, ClusterEvent)],
-        shard: &ShardId,
-        after: Instant,
-        not_on: Option<&WorkerId>,
-    ) -> Option<Instant> {
+    fn first_start_after(events: &[(Instant, ClusterEvent)], shard: &ShardId, after: Instant) -> Option<Instant> {
         events.iter().find_map(|(t, e)| match e {
-            ClusterEvent::ConsumerStarted { node, shard: s } if s == shard && *t >= after && Some(node) != not_on => {
-                Some(*t)
-            }
+            ClusterEvent::ConsumerStarted { shard: s, .. } if s == shard && *t >= after => Some(*t),
             _ => None,
         })
     }
@@ -202,9 +195,11 @@ impl Timeline {
         let mut figures = Figures::default();
         for (at, action) in &inner.actions {
             match action {
-                Action::Kill { node, shards } => {
+                Action::Kill { shards, .. } => {
+                    // The killed node is gone, so any later start counts: another node's, or
+                    // the node's own once it comes back under the same id and resumes its leases.
                     let restarts: Option<Vec<Instant>> =
-                        shards.iter().map(|s| Self::first_start_after(events, s, *at, Some(node))).collect();
+                        shards.iter().map(|s| Self::first_start_after(events, s, *at)).collect();
                     if let Some(latest) = restarts.and_then(|r| r.into_iter().max()) {
                         if !shards.is_empty() {
                             figures.failover.push(latest.duration_since(*at));
@@ -222,7 +217,7 @@ impl Timeline {
                             _ => None,
                         });
                         if let Some(released) = released {
-                            if let Some(started) = Self::first_start_after(events, shard, released, None) {
+                            if let Some(started) = Self::first_start_after(events, shard, released) {
                                 figures.handoff.push(started.duration_since(released));
                             }
                         }
@@ -241,7 +236,7 @@ impl Timeline {
                 })
                 .collect();
             if let Some(last_end) = ends.and_then(|e| e.into_iter().max()) {
-                if let Some(started) = Self::first_start_after(events, child, last_end, None) {
+                if let Some(started) = Self::first_start_after(events, child, last_end) {
                     figures.child_start.push(started.duration_since(last_end));
                 }
             }

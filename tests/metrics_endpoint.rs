@@ -57,6 +57,8 @@ async fn metrics_are_served_valid_with_reference_size_freshness_and_refused_refr
     assert!(bytes > 0.0);
     assert!(sample(&body, "tributary_reference_age_seconds{reference=\"country\"}").unwrap() < 60.0);
     assert_eq!(sample(&body, "tributary_reference_refresh_failures_total{reference=\"country\"}"), Some(0.0));
+    // README: the reference's `refresh_interval`, in seconds (60 s configured above).
+    assert_eq!(sample(&body, "tributary_reference_refresh_interval_seconds{reference=\"country\"}"), Some(60.0));
 
     // A fourth item would pass max_items: the change is refused, the three stay in service,
     // and the refusals show.

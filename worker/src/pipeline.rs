@@ -1072,4 +1072,82 @@ mod tests {
         p.map(&ShardId::numbered(0), &record(&other), false, &mut out);
         assert!(out.is_empty());
     }
+
+    /// A DMS change of `schema.table`, as its payload.
+    fn dms(operation: &str, schema: &str, table: &str, ticket_id: i64) -> String {
+        serde_json::json!({
+            "data": {"ticket_id": ticket_id},
+            "metadata": {"record-type": "data", "operation": operation, "schema-name": schema,
+                         "table-name": table, "commit-timestamp": "2024-01-01T00:00:00Z"}
+        })
+        .to_string()
+    }
+
+    /// README: `source_table = "ticket_activity"` keeps that table's changes (with or without a
+    /// schema in front) and skips every other table's: no row, no dead letter.
+    #[test]
+    fn source_table_keeps_its_table_and_skips_the_others_silently() {
+        let p = unjoined(
+            r#"
+            format = "dms"
+            [[table]]
+            name = "activity"
+            source_table = "ticket_activity"
+            key = ["ticket_id"]
+            column = [{ name = "ticket_id", from = "ticket_id", type = "bigint" }]
+            "#,
+        );
+        let map = |payload: String| {
+            let mut out = Vec::new();
+            p.map(&ShardId::numbered(0), &record(&payload), false, &mut out);
+            out.into_iter().map(|(table, row)| (table, row.op, row.values)).collect::<Vec<_>>()
+        };
+        let kept = vec![(0, RowOp::Upsert, vec![Value::Int(5)])];
+        assert_eq!(map(dms("insert", "dms_sample", "ticket_activity", 5)), kept);
+        assert_eq!(map(dms("insert", "", "ticket_activity", 5)), kept);
+        assert_eq!(map(dms("insert", "dms_sample", "other", 5)), vec![]);
+        assert_eq!(map(dms("insert", "dms_sample", "xticket_activity", 5)), vec![]);
+    }
+
+    /// README: `@source_table` is the change's `schema.table`, `@arrival_time` the record's
+    /// approximate arrival timestamp (not the source's commit time). A delete carries its key
+    /// only (the other columns of a tombstone are null).
+    #[test]
+    fn source_table_and_arrival_time_columns() {
+        let p = unjoined(
+            r#"
+            format = "dms"
+            [[table]]
+            name = "activity"
+            key = ["ticket_id"]
+            column = [
+                { name = "ticket_id", from = "ticket_id", type = "bigint" },
+                { name = "origin", from = "@source_table", type = "text" },
+                { name = "arrived", from = "@arrival_time", type = "timestamp" },
+            ]
+            "#,
+        );
+        let map = |payload: String| {
+            let record = UserRecord { arrival_ms: 1_717_171_717_123, ..record(&payload) };
+            let mut out = Vec::new();
+            p.map(&ShardId::numbered(0), &record, false, &mut out);
+            out.into_iter().map(|(table, row)| (table, row.op, row.values)).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            map(dms("insert", "dms_sample", "ticket_activity", 5)),
+            vec![(
+                0,
+                RowOp::Upsert,
+                vec![
+                    Value::Int(5),
+                    Value::Text("dms_sample.ticket_activity".into()),
+                    Value::Timestamp(1_717_171_717_123)
+                ]
+            )]
+        );
+        assert_eq!(
+            map(dms("delete", "dms_sample", "ticket_activity", 5)),
+            vec![(0, RowOp::Delete, vec![Value::Int(5), Value::Null, Value::Null])]
+        );
+    }
 }

@@ -424,6 +424,18 @@ from = "@shard_id"
 type = "text"
 "#;
 
+    /// README defaults: a reference table holds at most 5,000,000 items unless told otherwise,
+    /// and a shard's consumer has at most 50,000 rows in flight.
+    #[test]
+    fn readme_defaults() {
+        let c = PipelineConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.references[0].max_items, 5_000_000);
+        assert_eq!(c.reference_specs()[0].max_items, 5_000_000);
+        let c = PipelineConfig::from_toml(&GOOD.replace("refresh_interval = \"30s\"", "max_items = 7")).unwrap();
+        assert_eq!(c.reference_specs()[0].max_items, 7);
+        assert_eq!(crate::ConsumerSettings::default().max_in_flight_rows, 50_000);
+    }
+
     #[test]
     fn a_good_config_parses() {
         let c = PipelineConfig::from_toml(GOOD).unwrap();

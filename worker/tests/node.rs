@@ -469,3 +469,161 @@ async fn a_caught_up_shard_that_cannot_be_read_shows_growing_lag() {
     assert!(behind >= 59.0, "no read for a minute: at least that far behind, {behind}");
     node.kill().await;
 }
+
+/// Answers every commit to `table` with `WarehouseError::Unavailable` (a retryable outage).
+struct Unavailable {
+    inner: MemoryWarehouse,
+    table: &'static str,
+}
+
+#[async_trait]
+impl Warehouse for Unavailable {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
+        self.inner.ensure_table(table).await
+    }
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+        if batch.table.name == self.table {
+            return Err(WarehouseError::Unavailable("planted outage".into()));
+        }
+        self.inner.commit(batch).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn commit_retries_are_counted_per_table_while_the_warehouse_is_unavailable() {
+    let (stream, _) = numbered_stream(10);
+    let inner = MemoryWarehouse::new();
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(Unavailable { inner: inner.clone(), table: "t" }),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let text = node.metrics.gather();
+    let retries = sample(&text, "tributary_commit_retries_total{table=\"t\"}").unwrap_or(0.0);
+    assert!(retries >= 2.0, "every failed attempt counts (TributaryCommitsFailing reads it): {retries}\n{text}");
+    assert_eq!(sample(&text, "tributary_commits_total{table=\"t\"}"), Some(0.0), "nothing committed\n{text}");
+    assert!(inner.rows("t").is_empty());
+    node.kill().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_lettered_record_still_checkpoints_its_position() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("good", br#"{"id":1}"#.to_vec());
+    let bad = stream.put("bad", b"not json".to_vec()).1;
+    let leases = MemoryLeaseTable::new();
+    let warehouse = MemoryWarehouse::new();
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(warehouse.rows("t").len(), 1);
+    assert_eq!(warehouse.rows(worker::DEAD_LETTER_TABLE).len(), 1);
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(bad, 0)), "the dead letter is not re-read");
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_cannot_commit_gives_up_at_the_shutdown_deadline() {
+    let (stream, _) = numbered_stream(10);
+    let leases = MemoryLeaseTable::new();
+    let (_gate, open) = watch::channel(false);
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(Gated { inner: MemoryWarehouse::new(), open }),
+        mapper: Arc::new(mapper()),
+    };
+    let mut config = node_config("n");
+    config.shutdown_deadline = Duration::from_secs(2);
+    let node = Node::start(config, ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(node.metrics.records_read.get() > 0, "rows wait in a commit that never returns");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), node.shutdown()).await;
+    assert!(stopped.is_ok(), "the drain gave up at shutdown_deadline");
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon, "nothing committed, nothing checkpointed");
+}
+
+/// In real time: the gauge holds the wall clock of the read.
+#[tokio::test]
+async fn idle_reads_do_not_move_the_last_read_timestamp() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    stream.put("a", br#"{"id":1}"#.to_vec());
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(MemoryWarehouse::new()),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    let series = "tributary_shard_last_read_timestamp_seconds{shard=\"shardId-000000000000\"}";
+    let last_read = || sample(&node.metrics.gather(), series);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let first = last_read().expect("the first record was read");
+    assert!(first > 0.0);
+    // idle_delay is 500 ms: several reads that return nothing.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(last_read(), Some(first), "idle reads are not new records");
+    stream.put("b", br#"{"id":2}"#.to_vec());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let second = last_read().expect("still reading");
+    assert!(second > first, "a new record moves it: {first} then {second}");
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leader_completes_a_handoff_whose_live_giver_never_clears_it() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let leases = MemoryLeaseTable::new();
+    let shard = proto::ShardId::numbered(0);
+    let (n, ghost) = (WorkerId::new("n"), WorkerId::new("ghost"));
+    // The lease is ghost's; ghost is alive (it heartbeats every second) but never runs it.
+    let mut lease = proto::Lease::for_shard(&shard, vec![], None, Checkpoint::TrimHorizon);
+    lease.owner = Some(ghost.clone());
+    leases.create(&lease).await.unwrap();
+    let heartbeats = tokio::spawn({
+        let (leases, ghost) = (leases.clone(), ghost.clone());
+        async move {
+            let mut expected = None;
+            loop {
+                expected = Some(leases.heartbeat(&ghost, expected, false).await.unwrap().counter);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let warehouse = MemoryWarehouse::new();
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A handoff from ghost to n (what a leader's rebalance writes) that ghost never finishes.
+    let change = proto::LeaseChange {
+        owner: Some(Some(n.clone())),
+        checkpoint_owner: Some(Some(ghost.clone())),
+        ..Default::default()
+    };
+    leases.update(shard.as_str(), &proto::Expect::unchanged(&lease), &change).await.unwrap();
+    stream.put("a", br#"{"id":1}"#.to_vec());
+    stream.put("b", br#"{"id":2}"#.to_vec());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(warehouse.rows("t").is_empty(), "n waits for the giver");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(warehouse.rows("t").len(), 2, "the shard was consumed after the leader completed the handoff");
+    let lease = leases.get(shard.as_str()).await.unwrap().unwrap();
+    assert_eq!((lease.owner, lease.checkpoint_owner), (Some(n), None));
+    heartbeats.abort();
+    node.shutdown().await;
+}
