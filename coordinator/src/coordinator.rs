@@ -11,7 +11,7 @@ use crate::settings::ClusterSettings;
 use crate::shard_sync::leases_to_create;
 use proto::{Lease, LeaseProtocol, LeaseTable, ProtocolError, RetryPolicy, ShardReader, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -26,6 +26,13 @@ struct Membership {
     draining: BTreeSet<WorkerId>,
     /// With their last counter, so their row is removed only if it did not move since.
     dead: Vec<(WorkerId, u64)>,
+}
+
+impl Membership {
+    /// Whether the node's heartbeat is seen (live or draining).
+    fn includes(&self, node: &WorkerId) -> bool {
+        self.live.contains(node) || self.draining.contains(node)
+    }
 }
 
 pub struct CoordinatorArgs {
@@ -53,6 +60,9 @@ pub struct CoordinatorState {
     leader_seen: Liveness<String>,
     workers_seen: Liveness<WorkerId>,
     handoffs_seen: Liveness<String>,
+    /// Leases this leader assigned, and when: not handed off until their owner had time to
+    /// see them (two of its polls).
+    assigned_at: BTreeMap<String, Instant>,
     last_sync: Option<Instant>,
     resigned: bool,
 }
@@ -178,7 +188,11 @@ impl CoordinatorState {
             }
         }
         self.handoffs_seen.retain(|k| leases.iter().any(|l| &l.key == k && l.checkpoint_owner.is_some()));
-        let input = PlanInput { live: &members.live, draining: &members.draining, stalled: &stalled };
+        let settle = self.args.settings.poll_interval * 2;
+        self.assigned_at.retain(|_, at| now.duration_since(*at) < settle);
+        let settling: BTreeSet<String> = self.assigned_at.keys().cloned().collect();
+        let input =
+            PlanInput { live: &members.live, draining: &members.draining, stalled: &stalled, settling: &settling };
         let mut after = leases.clone();
         for m in plan(&leases, &input) {
             let Some(lease) = leases.iter().find(|l| l.key == m.lease()) else { continue };
@@ -188,6 +202,9 @@ impl CoordinatorState {
             };
             match result {
                 Ok(_) => {
+                    if matches!(m, Move::Assign { .. }) {
+                        self.assigned_at.insert(m.lease().to_owned(), now);
+                    }
                     if let Some(moved) = after.iter_mut().find(|l| l.key == m.lease()) {
                         moved.owner = Some(m.target().clone());
                     }
@@ -259,6 +276,7 @@ impl Actor for Coordinator {
             leader_seen: Liveness::default(),
             workers_seen: Liveness::default(),
             handoffs_seen: Liveness::default(),
+            assigned_at: BTreeMap::new(),
             last_sync: None,
             resigned: false,
         })
@@ -279,7 +297,9 @@ impl Actor for Coordinator {
                 }
                 state.args.view.set_leader(state.may_lead(now));
                 match state.observe_workers(now).await {
-                    Ok(members) if state.may_lead(now) => {
+                    // The leader assigns only while it sees its own heartbeat: before its first
+                    // one (just started) its own leases would look orphaned and move away.
+                    Ok(members) if state.may_lead(now) && members.includes(&state.args.me) => {
                         if let Err(e) = state.lead(now, &members).await {
                             warn!(error = %e, "assignment cycle failed");
                         }

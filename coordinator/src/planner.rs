@@ -7,7 +7,8 @@
 //!   with ⌊n/k⌋ or ⌈n/k⌉ leases; the ⌈n/k⌉ slots go to the nodes that hold most already, which
 //!   makes the number of moves the least possible. Moves between live nodes are graceful
 //!   handoffs; a lease already in a handoff is left alone, unless the handoff *stalled* (the
-//!   previous owner never finished it): then the new owner gets it at once.
+//!   previous owner never finished it): then the new owner gets it at once. A lease assigned
+//!   moments ago is not handed off before its owner had time to see it.
 
 use proto::{Lease, WorkerId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,11 +64,15 @@ pub struct PlanInput<'a> {
     pub draining: &'a BTreeSet<WorkerId>,
     /// Leases whose handoff has not moved for a failover time.
     pub stalled: &'a BTreeSet<String>,
+    /// Leases assigned so recently that their owner may not have seen them yet: they count
+    /// toward their owner's share but are not handed off (a node hands off only a lease it knows
+    /// it owns; one it never saw would leave the handoff to stall for a failover time).
+    pub settling: &'a BTreeSet<String>,
 }
 
 /// Plans the moves for one assignment cycle.
 pub fn plan(leases: &[Lease], input: &PlanInput<'_>) -> Vec<Move> {
-    let PlanInput { live, draining, stalled } = *input;
+    let PlanInput { live, draining, stalled, settling } = *input;
     if live.is_empty() {
         return Vec::new();
     }
@@ -101,7 +106,11 @@ pub fn plan(leases: &[Lease], input: &PlanInput<'_>) -> Vec<Move> {
             }
             (Some(owner), None) => {
                 let n = nodes.get_mut(owner).expect("live");
-                n.movable.push(lease.key.clone());
+                if settling.contains(&lease.key) {
+                    n.fixed += 1;
+                } else {
+                    n.movable.push(lease.key.clone());
+                }
                 n.load += load;
             }
             (None, _) => orphans.push(lease),
@@ -162,7 +171,7 @@ mod tests {
     }
 
     fn plan_live(leases: &[Lease], live: &BTreeSet<WorkerId>, stalled: &BTreeSet<String>) -> Vec<Move> {
-        plan(leases, &PlanInput { live, draining: &BTreeSet::new(), stalled })
+        plan(leases, &PlanInput { live, draining: &BTreeSet::new(), stalled, settling: &BTreeSet::new() })
     }
 
     fn nodes(ids: &[&str]) -> BTreeSet<WorkerId> {
@@ -302,9 +311,33 @@ mod tests {
     fn a_draining_node_keeps_its_leases_and_gets_no_new_ones() {
         let leases = vec![lease("s1", Some("d")), lease("s2", Some("d")), lease("s3", None), lease("s4", Some("a"))];
         let draining = nodes(&["d"]);
-        let moves =
-            plan(&leases, &PlanInput { live: &nodes(&["a", "b"]), draining: &draining, stalled: &BTreeSet::new() });
+        let moves = plan(
+            &leases,
+            &PlanInput {
+                live: &nodes(&["a", "b"]),
+                draining: &draining,
+                stalled: &BTreeSet::new(),
+                settling: &BTreeSet::new(),
+            },
+        );
         assert_eq!(moves, vec![Move::Assign { lease: "s3".into(), to: WorkerId::new("b") }]);
+    }
+
+    /// A lease assigned moments ago counts toward its owner but is not handed off until it
+    /// settled: the balance is reached one cycle later instead.
+    #[test]
+    fn a_lease_still_settling_is_not_handed_off() {
+        let leases = vec![lease("s1", Some("a")), lease("s2", Some("a")), lease("s3", Some("a"))];
+        let live = nodes(&["a", "b"]);
+        let (nobody, none) = (BTreeSet::new(), BTreeSet::new());
+        let input = |settling| PlanInput { live: &live, draining: &nobody, stalled: &none, settling };
+        let moves = plan(&leases, &input(&none));
+        assert_eq!(moves, vec![Move::HandOff { lease: "s3".into(), from: WorkerId::new("a"), to: WorkerId::new("b") }]);
+        let settling: BTreeSet<String> = ["s3".to_owned()].into();
+        let moves = plan(&leases, &input(&settling));
+        assert_eq!(moves, vec![Move::HandOff { lease: "s2".into(), from: WorkerId::new("a"), to: WorkerId::new("b") }]);
+        let all: BTreeSet<String> = ["s1", "s2", "s3"].map(String::from).into();
+        assert!(plan(&leases, &input(&all)).is_empty(), "nothing settled may move");
     }
 
     /// The fewest handoffs any balanced outcome needs: give the ⌈n/k⌉ slots to the nodes that
