@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Mutation testing of the core with cargo-mutants (https://mutants.rs): each group mutates the
-# files that keep one promise and runs only the tests that guard it, so a group fits in minutes
-# to an hour on 2 cores. Not part of CI. Results go to target/mutants/<group>/mutants.out
-# (caught.txt, missed.txt, timeout.txt, unviable.txt); MUTANTS.md keeps the last run's figures
-# and the reason each surviving mutant cannot change behaviour.
+# Mutation testing of the core with cargo-mutants (https://mutants.rs). Not part of CI: it takes
+# hours on 2 cores. MUTANTS.md keeps the last run's figures and the reason each surviving mutant
+# cannot change behaviour.
 #
-#   cargo install cargo-mutants --locked      # once
-#   tests/mutants.sh planner                  # one group; `tests/mutants.sh all` runs every one
-#   tests/mutants.sh lease -- --re holds_for  # extra cargo-mutants flags after `--`
+#   cargo install cargo-mutants --locked       # once
+#   tests/mutants.sh decode                    # one group; `all` runs every group
+#   tests/mutants.sh decode -- --re kpl        # extra cargo-mutants flags after `--`
 #
-# The groups:
-#   planner   coordinator/src/planner.rs                     coordinator's unit and property tests
-#   lease     proto/src/{lease,lease_protocol,checkpoint}.rs  proto units, lease table conformance
-#                                                             (in-memory and DynamoDB), timing, a
-#                                                             20-seed simulation
-#   decode    worker/src/{decode,kpl}.rs                     worker units, cdc_replay on PostgreSQL
-#   merge     adapters/src/merge_sql.rs                      adapters units, warehouse conformance
-#                                                             and the Data API tests on PostgreSQL
-#   limits    proto/src/row.rs                               units of every crate, byte_limits
-#   consumer  worker/src/shard_consumer.rs (checkpoint path)  worker units and node tests, a
-#                                                             20-seed simulation
+# Each group runs in two passes over the same output folder (target/mutants/<group>):
+#   1. every mutant against the unit and property tests of the crate it is in (minutes);
+#   2. only the survivors of pass 1 (--iterate) against the integration tests that guard the
+#      group's promise, on the local stack (each mutant relinks the tributary test binaries:
+#      about two minutes each on 2 cores).
 #
-# The tests that need the local stack start it themselves (deploy/local/stack.sh install first).
+#   group     files                                          pass 2 adds
+#   planner   coordinator/src/planner.rs                     (none: the planner is pure)
+#   lease     proto/src/{lease,lease_protocol,checkpoint}.rs lease_table_conformance (in-memory and
+#                                                            DynamoDB), timing, simulation (20 seeds)
+#   decode    worker/src/{decode,kpl}.rs                     cdc_replay, byte_limits on PostgreSQL
+#   merge     adapters/src/merge_sql.rs                      warehouse_conformance, redshift_data
+#   limits    proto/src/row.rs                               byte_limits, worker and adapters units
+#   consumer  worker/src/shard_consumer.rs (checkpoint path) node tests, simulation (20 seeds)
+#
+# Pass 1 leaves the tree as it found it; do not edit the checkout while a pass runs (--in-place
+# mutates the files themselves and restores each one, also on ^C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || { echo "mutants.sh: cargo install cargo-mutants --locked" >&2; exit 127; }
@@ -31,51 +33,61 @@ shift || true
 [[ "${1:-}" == "--" ]] && shift
 export TRIBUTARY_SIM_SEEDS="${TRIBUTARY_SIM_SEEDS:-20}"
 
-run() {
-  local name="$1"
-  shift
-  echo "== mutants: $name"
-  mkdir -p "target/mutants/$name"
-  # --in-place: the checkout's own target/ is reused, so only what a mutant touches rebuilds.
-  # Leave the tree alone while it runs: the mutated file is restored at the end (or on ^C).
-  cargo mutants --workspace --in-place --no-shuffle --timeout-multiplier 3 \
-    --output "target/mutants/$name" "$@" || true
-  local out="target/mutants/$name/mutants.out" counts=()
+counts() {
+  local out="target/mutants/$1/mutants.out" figures=()
   for kind in caught missed timeout unviable; do
-    counts+=("$kind $(cat "$out/$kind.txt" 2>/dev/null | wc -l)")
+    figures+=("$kind $(cat "$out/$kind.txt" 2>/dev/null | wc -l)")
   done
-  (IFS=,; echo "$name: ${counts[*]}")
+  (IFS=,; echo "$1 ($2): ${figures[*]}")
 }
 
-planner() {
-  run planner -f coordinator/src/planner.rs --test-package coordinator "$@" -- --lib
+# group, its files (-f …) and extra flags, then `--` and the pass-2 packages and test targets.
+run() {
+  local name="$1" files=() deep_packages="" deep_tests=()
+  shift
+  while [[ $# -gt 0 && "$1" != "--" ]]; do files+=("$1"); shift; done
+  [[ "${1:-}" == "--" ]] && shift
+  deep_packages="${1:-}"
+  [[ $# -gt 0 ]] && shift
+  deep_tests=("$@")
+  mkdir -p "target/mutants/$name"
+  local common=(--workspace --in-place --no-shuffle --timeout-multiplier 3 --output "target/mutants/$name")
+  echo "== mutants: $name, pass 1 (unit tests of each mutated crate)"
+  cargo mutants "${common[@]}" "${files[@]}" "${extra[@]}" || true
+  counts "$name" "pass 1"
+  if [[ -n "$deep_packages" && -s "target/mutants/$name/mutants.out/missed.txt" ]]; then
+    echo "== mutants: $name, pass 2 (the survivors against ${deep_tests[*]})"
+    # The baseline is skipped: pass 1's baseline ran, and these targets pass on main.
+    cargo mutants "${common[@]}" "${files[@]}" "${extra[@]}" --iterate --baseline skip \
+      --test-package "$deep_packages" -- "${deep_tests[@]}" || true
+    counts "$name" "pass 2, survivors of pass 1 only"
+  fi
 }
+
+extra=("$@")
+planner() { run planner -f coordinator/src/planner.rs; }
 lease() {
   run lease -f proto/src/lease.rs -f proto/src/lease_protocol.rs -f proto/src/checkpoint.rs \
-    --test-package proto --test-package tributary "$@" \
-    -- --lib --test lease_table_conformance --test timing --test simulation
+    -- proto,tributary --lib --test lease_table_conformance --test timing --test simulation
 }
 decode() {
-  run decode -f worker/src/decode.rs -f worker/src/kpl.rs --test-package worker --test-package tributary "$@" \
-    -- --lib --test cdc_replay
+  run decode -f worker/src/decode.rs -f worker/src/kpl.rs -- worker,tributary --lib --test cdc_replay --test byte_limits
 }
 merge() {
-  run merge -f adapters/src/merge_sql.rs --test-package adapters --test-package tributary "$@" \
-    -- --lib --test warehouse_conformance --test redshift_data
+  run merge -f adapters/src/merge_sql.rs -- adapters,tributary --lib --test warehouse_conformance --test redshift_data
 }
 limits() {
-  run limits -f proto/src/row.rs --test-package proto --test-package worker --test-package adapters \
-    --test-package tributary "$@" -- --lib --test byte_limits
+  run limits -f proto/src/row.rs -- proto,worker,adapters,tributary --lib --test byte_limits
 }
 consumer() {
   # The checkpoint path: what is acknowledged, when a checkpoint is written, how a shard ends.
   run consumer -f worker/src/shard_consumer.rs \
     --re 'done_upto|checkpoint|advance|maybe_finish|create_children|hand_on' \
-    --test-package worker --test-package tributary "$@" -- --lib --test node --test simulation
+    -- worker,tributary --lib --test node --test simulation
 }
 
 case "$group" in
-  planner | lease | decode | merge | limits | consumer) "$group" "$@" ;;
-  all) for g in planner decode limits merge lease consumer; do "$g" "$@"; done ;;
+  planner | lease | decode | merge | limits | consumer) "$group" ;;
+  all) for g in planner decode limits merge lease consumer; do "$g"; done ;;
   *) echo "usage: tests/mutants.sh planner|lease|decode|merge|limits|consumer|all [-- cargo-mutants flags]" >&2; exit 2 ;;
 esac
