@@ -10,7 +10,7 @@ use crate::timeline::{max, median, Figures};
 use anyhow::{bail, Context};
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryStream};
-use proto::{Clock, SequenceNumber, ShardId, ShardReader, WorkerId};
+use proto::{Clock, SequenceNumber, ShardReader, WorkerId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -183,8 +183,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         }
     }
     say(start, "generator done and warehouse caught up; stopping every node gracefully");
-    let shard_parents: BTreeMap<ShardId, Vec<ShardId>> =
-        stream.list_shards().await?.into_iter().filter(|s| !s.parents.is_empty()).map(|s| (s.id, s.parents)).collect();
+    let shard_parents = crate::timeline::parents(stream.list_shards().await?);
     // Let the last ticket updates land (their count was reached, their content may trail).
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.stop_all().await;
@@ -434,7 +433,7 @@ mod tests {
         let _ = std::fs::remove_file(&db);
         let seq = |n: u128| SequenceNumber::from_u128(n);
         let oracle = Oracle {
-            records: (1..=3).map(|n| (seq(n), ShardId::numbered(0))).collect(),
+            records: (1..=3).map(|n| (seq(n), proto::ShardId::numbered(0))).collect(),
             malformed: BTreeSet::new(),
             sessions: [("a", 5.0), ("b", 7.0)].into_iter().map(|(id, kwh)| (id.to_owned(), session(id, kwh))).collect(),
         };

@@ -93,6 +93,11 @@ impl Span {
     }
 }
 
+/// Each child shard's parents, from a listing of the stream's shards.
+pub fn parents(shards: Vec<proto::ShardInfo>) -> BTreeMap<ShardId, Vec<ShardId>> {
+    shards.into_iter().filter(|s| !s.parents.is_empty()).map(|s| (s.id, s.parents)).collect()
+}
+
 /// Breaches of the two ordering promises, described: a shard consumed by two nodes (or twice on
 /// one) at overlapping times, and a child consumed before one of its parents' consumers
 /// stopped. `parents` gives each child shard's parents.

@@ -304,14 +304,7 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
         .enumerate()
         .flat_map(|(i, n)| consumer_spans(&n.name, &n.log(), origin, if i == 0 { killed } else { None }))
         .collect();
-    let parents: BTreeMap<proto::ShardId, Vec<proto::ShardId>> = ev_kinesis
-        .list_shards()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| !s.parents.is_empty())
-        .map(|s| (s.id, s.parents))
-        .collect();
+    let parents = tributary::timeline::parents(ev_kinesis.list_shards().await.unwrap());
     assert_eq!(parents.len(), 3, "two split children and one merged child: {parents:?}");
     for child in parents.keys() {
         assert!(spans.iter().any(|s| &s.shard == child), "{child} was consumed: {spans:#?}");

@@ -262,14 +262,7 @@ async fn run_seed(seed: u64) -> Result<Outcome, String> {
     {
         return Err(format!("lease {} still owned by {:?} after every node stopped", held.key, held.owner));
     }
-    let shard_parents: BTreeMap<ShardId, Vec<ShardId>> = stream
-        .list_shards()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|s| !s.parents.is_empty())
-        .map(|s| (s.id, s.parents))
-        .collect();
+    let shard_parents = tributary::timeline::parents(stream.list_shards().await.map_err(|e| e.to_string())?);
     // Ordering: no shard consumed by two nodes at once, no child before its parents stopped.
     let breaches = cluster.timeline.ordering_breaches(&shard_parents);
     if !breaches.is_empty() {

@@ -5,7 +5,6 @@
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
 use proto::{Clock, ShardId, ShardReader, WorkerId};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tributary::cluster::LocalCluster;
@@ -88,14 +87,7 @@ async fn failover_handoff_and_child_start_meet_their_targets() {
     stream.merge(&open[2].id, &open[3].id).unwrap();
     produce(&stream, Duration::from_secs(5), &mut n).await;
 
-    let parents: BTreeMap<ShardId, Vec<ShardId>> = stream
-        .list_shards()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| !s.parents.is_empty())
-        .map(|s| (s.id, s.parents))
-        .collect();
+    let parents = tributary::timeline::parents(stream.list_shards().await.unwrap());
     let figures = cluster.timeline.figures(&parents);
     let breaches = cluster.timeline.ordering_breaches(&parents);
     assert!(breaches.is_empty(), "{breaches:#?}");

@@ -103,12 +103,7 @@ async fn a_checkpoint_inside_a_kpl_aggregate_resumes_after_its_sub_record() {
     let done = Checkpoint::At(proto::Position::new(aggregate.clone(), 1));
     leases.create(&proto::Lease::for_shard(&shard, vec![], None, done)).await.unwrap();
     let warehouse = MemoryWarehouse::new();
-    let ports = NodePorts {
-        table: Arc::new(leases.clone()),
-        reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(warehouse.clone()),
-        mapper: Arc::new(mapper()),
-    };
+    let ports = ports(&leases, &stream, &warehouse);
     let config = NodeConfig::new(WorkerId::new("n"), ClusterSettings::with_failover(Duration::from_secs(10)));
     let node = Node::start(config, ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -178,6 +173,16 @@ async fn waiting_pipeline(max_wait: &str) -> (Pipeline, proto::memory::MemoryRef
     let set =
         worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
     (Pipeline::new(&config, Arc::new(set)).unwrap(), refs)
+}
+
+/// The in-memory ports of one node, with the test's `mapper()`.
+fn ports(table: &MemoryLeaseTable, stream: &MemoryStream, warehouse: &MemoryWarehouse) -> NodePorts {
+    NodePorts {
+        table: Arc::new(table.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(warehouse.clone()),
+        mapper: Arc::new(mapper()),
+    }
 }
 
 fn node_config(id: &str) -> NodeConfig {
@@ -516,12 +521,7 @@ async fn a_dead_lettered_record_still_checkpoints_its_position() {
     let bad = stream.put("bad", b"not json".to_vec()).1;
     let leases = MemoryLeaseTable::new();
     let warehouse = MemoryWarehouse::new();
-    let ports = NodePorts {
-        table: Arc::new(leases.clone()),
-        reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(warehouse.clone()),
-        mapper: Arc::new(mapper()),
-    };
+    let ports = ports(&leases, &stream, &warehouse);
     let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(warehouse.rows("t").len(), 1);
@@ -580,6 +580,19 @@ async fn idle_reads_do_not_move_the_last_read_timestamp() {
     node.shutdown().await;
 }
 
+/// A node that is alive to the cluster (it heartbeats every second) and runs nothing; abort the
+/// handle to let it die.
+fn alive(leases: &MemoryLeaseTable, node: &WorkerId) -> tokio::task::JoinHandle<()> {
+    let (leases, node) = (leases.clone(), node.clone());
+    tokio::spawn(async move {
+        let mut expected = None;
+        loop {
+            expected = Some(leases.heartbeat(&node, expected, false).await.unwrap().counter);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_leader_completes_a_handoff_whose_live_giver_never_clears_it() {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
@@ -590,23 +603,9 @@ async fn the_leader_completes_a_handoff_whose_live_giver_never_clears_it() {
     let mut lease = proto::Lease::for_shard(&shard, vec![], None, Checkpoint::TrimHorizon);
     lease.owner = Some(ghost.clone());
     leases.create(&lease).await.unwrap();
-    let heartbeats = tokio::spawn({
-        let (leases, ghost) = (leases.clone(), ghost.clone());
-        async move {
-            let mut expected = None;
-            loop {
-                expected = Some(leases.heartbeat(&ghost, expected, false).await.unwrap().counter);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    });
+    let heartbeats = alive(&leases, &ghost);
     let warehouse = MemoryWarehouse::new();
-    let ports = NodePorts {
-        table: Arc::new(leases.clone()),
-        reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(warehouse.clone()),
-        mapper: Arc::new(mapper()),
-    };
+    let ports = ports(&leases, &stream, &warehouse);
     let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // A handoff from ghost to n (what a leader's rebalance writes) that ghost never finishes.
@@ -641,24 +640,10 @@ async fn a_restarted_node_that_leads_keeps_its_own_leases() {
     let mut lease = proto::Lease::for_shard(&shard, vec![], None, Checkpoint::TrimHorizon);
     lease.owner = Some(n.clone());
     leases.create(&lease).await.unwrap();
-    let heartbeats = tokio::spawn({
-        let (leases, other) = (leases.clone(), other.clone());
-        async move {
-            let mut expected = None;
-            loop {
-                expected = Some(leases.heartbeat(&other, expected, false).await.unwrap().counter);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    });
+    let heartbeats = alive(&leases, &other);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let warehouse = MemoryWarehouse::new();
-    let ports = NodePorts {
-        table: Arc::new(leases.clone()),
-        reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(warehouse.clone()),
-        mapper: Arc::new(mapper()),
-    };
+    let ports = ports(&leases, &stream, &warehouse);
     stream.put("a", br#"{"id":1}"#.to_vec());
     stream.put("b", br#"{"id":2}"#.to_vec());
     let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
