@@ -338,6 +338,10 @@ mod tests {
         assert_eq!(moves, vec![Move::HandOff { lease: "s2".into(), from: WorkerId::new("a"), to: WorkerId::new("b") }]);
         let all: BTreeSet<String> = ["s1", "s2", "s3"].map(String::from).into();
         assert!(plan(&leases, &input(&all)).is_empty(), "nothing settled may move");
+        // Settling leases still count: a holds three, so one must go, and only s3 may.
+        let two: BTreeSet<String> = ["s1", "s2"].map(String::from).into();
+        let moves = plan(&leases, &input(&two));
+        assert_eq!(moves, vec![Move::HandOff { lease: "s3".into(), from: WorkerId::new("a"), to: WorkerId::new("b") }]);
     }
 
     /// The fewest handoffs any balanced outcome needs: give the ⌈n/k⌉ slots to the nodes that

@@ -297,6 +297,32 @@ mod tests {
         ]);
     }
 
+    /// Long numbers order by their value whatever their length: Oracle SCNs and other positions
+    /// past nine digits, up to runs of 99 significant digits (longer runs compare by their first
+    /// 99), with leading zeros ignored.
+    #[test]
+    fn long_positions_order_by_value() {
+        let second = "2024-01-01T00:00:05Z";
+        let run = |digits: usize| format!("scn:{}", "9".repeat(digits));
+        let positions: Vec<String> = [
+            "scn:000000001".to_owned(),
+            run(9),
+            "scn:1000000000".to_owned(),
+            run(10),
+            run(11),
+            run(20),
+            format!("scn:1{}", "0".repeat(20)),
+            run(21),
+            run(59),
+            run(60),
+            run(98),
+            run(99),
+        ]
+        .to_vec();
+        let ordered: Vec<(&str, &str, u64)> = positions.iter().map(|p| (second, p.as_str(), 1)).collect();
+        assert_versions_follow(&ordered);
+    }
+
     /// Commit time ranks before the log position: a transaction that committed later holds the
     /// newer change even where its log position is earlier (a PostgreSQL transaction that wrote
     /// its rows before an older one committed; a MySQL binlog numbered anew after a failover).
