@@ -211,6 +211,17 @@ mod tests {
         assert!(decode(Format::Dms, r#"{"data":{}}"#, &at(8), &wanted).unwrap_err().contains("metadata"));
         let bad_op = dms_record("truncate", None, 0);
         assert!(decode(Format::Dms, &bad_op, &at(9), &wanted).unwrap_err().contains("truncate"));
+        // The source table is `schema.table`, or the table alone when the schema is empty or
+        // absent; a record without a table name is refused.
+        let named =
+            |meta: &str| format!(r#"{{"data":{{}},"metadata":{{"record-type":"data","operation":"insert"{meta}}}}}"#);
+        for meta in [r#","schema-name":"","table-name":"t""#, r#","table-name":"t""#] {
+            let text = named(meta);
+            let c = decode(Format::Dms, &text, &at(10), &wanted).unwrap().unwrap();
+            assert_eq!(c.source_table.as_deref(), Some("t"), "{meta}");
+        }
+        let nameless = named(r#","schema-name":"s""#);
+        assert!(decode(Format::Dms, &nameless, &at(11), &wanted).unwrap_err().contains("table-name"));
     }
 
     #[test]
