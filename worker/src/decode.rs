@@ -5,8 +5,9 @@
 //!   with operation load / insert / update are upserts, delete is a delete; control records
 //!   carry no rows. The version orders changes of a key: full-load rows before every change,
 //!   then (commit-timestamp, stream-position compared as a log position, transaction-record-id)
-//!   when DMS includes transaction details, then the record's position in the Kinesis shard. An update that changed the primary key (seen in the before-image)
-//!   also deletes the old key.
+//!   when DMS includes transaction details, then the record's position in the Kinesis shard.
+//!   An update that changed the primary key (seen in the before-image) also deletes the old
+//!   key; a before-image that is not an object (`null`) is no before-image.
 
 use crate::doc::{Doc, FieldSlots, Slots};
 use proto::{Position, Version};
@@ -220,6 +221,17 @@ mod tests {
             let c = decode(Format::Dms, &text, &at(10), &wanted).unwrap().unwrap();
             assert_eq!(c.source_table.as_deref(), Some("t"), "{meta}");
         }
+        // A before-image that is not an object is none; one that is an object is read.
+        let with_before = |before: &str| {
+            format!(
+                r#"{{"data":{{"ticket_id":8}},"before-image":{before},"metadata":{{"record-type":"data","operation":"update","table-name":"t"}}}}"#
+            )
+        };
+        let text = with_before("null");
+        assert!(decode(Format::Dms, &text, &at(12), &wanted).unwrap().unwrap().before.is_none());
+        let text = with_before(r#"{"ticket_id":7}"#);
+        let c = decode(Format::Dms, &text, &at(13), &wanted).unwrap().unwrap();
+        assert_eq!(c.before.expect("a before-image")[ticket].unwrap().get(), "7");
         let nameless = named(r#","schema-name":"s""#);
         assert!(decode(Format::Dms, &nameless, &at(11), &wanted).unwrap_err().contains("table-name"));
     }
