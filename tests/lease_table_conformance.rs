@@ -206,6 +206,36 @@ async fn dynamodb_lease_table_conforms() {
     conformance(&table).await;
 }
 
+/// A lease table KCL created (the lease key alone, no owner index): tributary adopts it as it
+/// is, answering "leases owned by" with a scan, and the whole suite holds on it.
+#[tokio::test]
+async fn a_kcl_table_without_the_owner_index_conforms() {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let stack = emulator(Service::Dynamo).unwrap();
+    let name = format!("kcl-leases-{}-{}", std::process::id(), TABLES.fetch_add(1, Ordering::Relaxed));
+    let client = aws_sdk_dynamodb::Client::new(&stack.sdk_config());
+    client
+        .create_table()
+        .table_name(&name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("leaseKey").key_type(KeyType::Hash).build().unwrap())
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let table = DynamoLeaseTable::new(&stack.sdk_config(), name.clone());
+    table.ensure_table().await.unwrap();
+    let described = client.describe_table().table_name(&name).send().await.unwrap();
+    assert!(described.table().unwrap().global_secondary_indexes().is_empty(), "the table is left as KCL made it");
+    conformance(&table).await;
+}
+
 /// A table with rows written the way KCL writes them (no entityType, KCL's attribute names and
 /// types, a checkpoint inside an aggregated record) is read as leases and resumed.
 #[tokio::test]
