@@ -144,6 +144,17 @@ mod tests {
         assert!(users.iter().all(|u| u.error.is_none()));
     }
 
+    /// The framing alone (magic, an empty body, its MD5) is a valid aggregate of no records, as
+    /// the KPL's format allows: nothing to map, nothing to dead-letter. One byte less is corrupt.
+    #[test]
+    fn an_aggregate_of_no_records_yields_none() {
+        let empty = aggregate(&[]);
+        assert_eq!(empty.len(), MAGIC.len() + DIGEST_LEN);
+        assert!(deaggregate(&record(empty.clone())).is_empty());
+        let short = deaggregate(&record(empty[..empty.len() - 1].to_vec()));
+        assert!(short[0].error.as_deref().is_some_and(|e| e.contains("shorter than its framing")), "{short:?}");
+    }
+
     #[test]
     fn plain_records_pass_through() {
         let users = deaggregate(&record(b"{\"x\":1}".to_vec()));
