@@ -189,11 +189,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     cluster.stop_all().await;
     tickets.stop().await;
     let figures = cluster.timeline.figures(&shard_parents);
+    let breaches = cluster.timeline.ordering_breaches(&shard_parents);
+    for breach in &breaches {
+        eprintln!("ordering breach: {breach}");
+    }
     let oracle = oracle.lock().unwrap();
     let verdict = verify(&opts.db, &oracle)?;
     let ticket_verdict = tickets.verify(&opts.db)?;
-    report(&opts, &verdict, &ticket_verdict, &figures, start.elapsed(), leases.stats());
-    Ok(verdict.ok() && ticket_verdict.wrong == 0)
+    report(&opts, &verdict, &ticket_verdict, &figures, breaches.len(), start.elapsed(), leases.stats());
+    Ok(verdict.ok() && ticket_verdict.wrong == 0 && breaches.is_empty())
 }
 
 async fn act(
@@ -335,6 +339,7 @@ fn report(
     v: &Verdict,
     t: &TicketVerdict,
     f: &Figures,
+    breaches: usize,
     took: Duration,
     stats: proto::memory::LeaseTableStats,
 ) {
@@ -362,6 +367,7 @@ fn report(
         format!("{} / {}", secs(median(&f.handoff)), secs(max(&f.handoff)))
     );
     println!("{:<44}{:>20}", "child shard start after parent end, max", secs(max(&f.child_start)));
+    println!("{:<44}{:>20}", "shards consumed twice at once, children early", breaches);
     println!("{:<44}{:>20}", "lease table reads / writes", format!("{} / {}", stats.reads, stats.writes));
     println!("{:<44}{:>20}", "ticket activity changes (DMS records)", t.changes);
     println!("{:<44}{:>20}", "sport_event_activity rows (expected)", format!("{} ({})", t.rows, t.expected));
@@ -370,8 +376,8 @@ fn report(
     println!("{line}");
     println!(
         "{}",
-        if v.ok() && t.wrong == 0 {
-            "OK: nothing lost, nothing duplicated"
+        if v.ok() && t.wrong == 0 && breaches == 0 {
+            "OK: nothing lost, nothing duplicated, no shard consumed out of order"
         } else {
             "FAILED: the warehouse does not match what was written"
         }
