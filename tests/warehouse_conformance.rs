@@ -345,6 +345,46 @@ fn concurrent_postgres_commits_leave_one_row_per_key() {
     }
 }
 
+/// One batch is one transaction on PostgreSQL: when its last row is refused (a constraint the
+/// table's owner added), nothing of the batch stays — no row, no tombstone — and the error is
+/// final (a retry cannot pass). The same batch without that row then commits whole.
+#[test]
+fn a_postgres_batch_lands_whole_or_not_at_all() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
+    let table = schema(&fresh_name());
+    rt.block_on(w.ensure_table(&table)).unwrap();
+    let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+    rt.block_on(w.query_text(&format!("ALTER TABLE {name} ADD CONSTRAINT small CHECK (\"n\" < 1000)"))).unwrap();
+    let upsert = |k: u8, n: i64| Row {
+        op: RowOp::Upsert,
+        version: Version::from_text("00000001"),
+        values: vec![
+            Value::Text(format!("k{k}")),
+            Value::Float(1.0),
+            Value::Int(n),
+            Value::Bool(true),
+            Value::Timestamp(0),
+            Value::Null,
+        ],
+    };
+    let delete = Row { op: RowOp::Delete, version: Version::from_text("00000001"), values: upsert(9, 0).values };
+    let mut rows: Vec<Row> = (0..5).map(|k| upsert(k, 1)).collect();
+    rows.push(delete);
+    rows.push(upsert(5, 5000));
+    let e = rt.block_on(w.commit(&Batch { table: table.clone(), rows: rows.clone() })).unwrap_err();
+    assert!(matches!(e, proto::WarehouseError::Rejected(_)) && e.to_string().contains("small"), "{e:?}");
+    assert_eq!(pg_held(&rt, &w, &table), Held::new(), "nothing of the refused batch stayed");
+    let deleted = adapters::merge_sql::quote_ident(&adapters::merge_sql::tombstone_table(&table.name)).unwrap();
+    let tombstones = rt.block_on(w.query_text(&format!("SELECT count(*) FROM {deleted}"))).unwrap();
+    assert_eq!(tombstones[0][0].as_deref(), Some("0"), "no tombstone of the refused batch either");
+    rows.pop();
+    let stats = rt.block_on(w.commit(&Batch { table: table.clone(), rows })).unwrap();
+    assert_eq!((stats.upserted, stats.deleted), (5, 1));
+    assert_eq!(pg_held(&rt, &w, &table).len(), 5);
+}
+
 /// The statements the Redshift Data API sink sends (Redshift dialect, literal values, stage
 /// inserts split at a small statement limit so every batch takes several), run on PostgreSQL
 /// in one transaction with backslashes read as escapes, as Redshift reads them.
