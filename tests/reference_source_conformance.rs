@@ -60,16 +60,18 @@ struct Dynamo {
 static TABLES: AtomicU32 = AtomicU32::new(0);
 
 impl Dynamo {
+    /// A table with a NEW_AND_OLD_IMAGES stream (`feed`) or none.
     async fn create(stack: &Emulator, feed: bool) -> Self {
-        Self::create_named(
-            stack,
-            feed,
-            format!("countries-{}-{}", std::process::id(), TABLES.fetch_add(1, Ordering::Relaxed)),
-        )
-        .await
+        Self::create_viewed(stack, feed.then_some(StreamViewType::NewAndOldImages)).await
     }
 
-    async fn create_named(stack: &Emulator, feed: bool, table: String) -> Self {
+    /// A table with a stream of this view type, or none.
+    async fn create_viewed(stack: &Emulator, view: Option<StreamViewType>) -> Self {
+        let name = format!("countries-{}-{}", std::process::id(), TABLES.fetch_add(1, Ordering::Relaxed));
+        Self::create_named(stack, view, name).await
+    }
+
+    async fn create_named(stack: &Emulator, view: Option<StreamViewType>, table: String) -> Self {
         let config = stack.sdk_config();
         let client = aws_sdk_dynamodb::Client::new(&config);
         let mut create = client
@@ -84,13 +86,9 @@ impl Dynamo {
             )
             .key_schema(KeySchemaElement::builder().attribute_name("code").key_type(KeyType::Hash).build().unwrap())
             .billing_mode(BillingMode::PayPerRequest);
-        if feed {
+        if let Some(view) = view {
             create = create.stream_specification(
-                StreamSpecification::builder()
-                    .stream_enabled(true)
-                    .stream_view_type(StreamViewType::NewAndOldImages)
-                    .build()
-                    .unwrap(),
+                StreamSpecification::builder().stream_enabled(true).stream_view_type(view).build().unwrap(),
             );
         }
         create.send().await.unwrap();
@@ -198,6 +196,14 @@ async fn dynamodb_source_without_a_stream_conforms() {
     conformance(&Dynamo::create(&stack, false).await, false).await;
 }
 
+/// A stream without item images (KEYS_ONLY) cannot bring the rows: the table is read by full
+/// reloads, as one without a stream is.
+#[tokio::test]
+async fn dynamodb_source_with_a_keys_only_stream_is_reloaded() {
+    let stack = emulator(Service::Dynamo).unwrap();
+    conformance(&Dynamo::create_viewed(&stack, Some(StreamViewType::KeysOnly)).await, false).await;
+}
+
 /// The worker's cache over DynamoDB follows an update through the stream within its poll
 /// interval, and follows a table without a stream by full reloads.
 #[tokio::test]
@@ -251,7 +257,7 @@ async fn a_replaced_stream_ends_the_cursor() {
     let t = Dynamo::create(&stack, true).await;
     let cursor = source.load(&t.table, "code").await.unwrap().cursor.expect("a stream");
     t.client.delete_table().table_name(&t.table).send().await.unwrap();
-    let t = Dynamo::create_named(&stack, true, t.table.clone()).await;
+    let t = Dynamo::create_named(&stack, Some(StreamViewType::NewAndOldImages), t.table.clone()).await;
     let e = source.changes(&t.table, "code", &cursor).await.unwrap_err();
     assert!(matches!(e, ReferenceError::CursorExpired), "replaced: {e:?}");
     // A fresh load follows the new stream.
