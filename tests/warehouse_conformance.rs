@@ -20,6 +20,7 @@ use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, War
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 mod redshift_data_endpoint;
 
@@ -383,6 +384,55 @@ fn a_postgres_batch_lands_whole_or_not_at_all() {
     let stats = rt.block_on(w.commit(&Batch { table: table.clone(), rows })).unwrap();
     assert_eq!((stats.upserted, stats.deleted), (5, 1));
     assert_eq!(pg_held(&rt, &w, &table).len(), 5);
+}
+
+/// Commits to one PostgreSQL table take turns through an advisory lock that blocks nothing
+/// else: while another committer holds the table's turn, a commit waits, but readers of the
+/// table and an operator's own writes go on; the commit lands once the turn is released.
+#[test]
+fn a_postgres_commit_waits_its_turn_and_blocks_no_reader() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let rt = runtime();
+    rt.block_on(async {
+        let w = PostgresWarehouse::connect(&pg.url).await.unwrap();
+        let table = schema(&fresh_name());
+        w.ensure_table(&table).await.unwrap();
+        let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+        // Another committer's turn, held in an open transaction on a connection of its own.
+        let (holder, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        holder.batch_execute("BEGIN").await.unwrap();
+        let turn = format!("tributary commit {}", table.name);
+        holder.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&turn]).await.unwrap();
+
+        let row = Row {
+            op: RowOp::Upsert,
+            version: Version::from_text("00000001"),
+            values: vec![
+                Value::Text("k".into()),
+                Value::Float(1.0),
+                Value::Int(1),
+                Value::Bool(true),
+                Value::Timestamp(0),
+                Value::Null,
+            ],
+        };
+        let batch = Batch { table: table.clone(), rows: vec![row] };
+        let commit = tokio::spawn(async move { w.commit(&batch).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!commit.is_finished(), "the commit waits for the table's turn");
+        let (reader, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let count = format!("SELECT count(*) FROM {name}");
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.query(count.as_str(), &[]));
+        assert!(read.await.is_ok(), "a reader is not blocked");
+        let write = format!("INSERT INTO {name} (\"id\", \"_version\") VALUES ('operator', '0')");
+        let write = tokio::time::timeout(Duration::from_secs(10), reader.execute(write.as_str(), &[]));
+        assert!(write.await.is_ok(), "nor is an operator's own write");
+        holder.batch_execute("COMMIT").await.unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(10), commit).await.expect("lands once released");
+        assert_eq!(stats.unwrap().unwrap().upserted, 1);
+    });
 }
 
 /// The statements the Redshift Data API sink sends (Redshift dialect, literal values, stage
