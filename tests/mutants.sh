@@ -6,6 +6,7 @@
 #   cargo install cargo-mutants --locked       # once
 #   tests/mutants.sh decode                    # one group; `all` runs every group
 #   tests/mutants.sh decode -- --re kpl        # extra cargo-mutants flags after `--`
+#   tests/mutants.sh lease --units-only        # pass 1 only
 #
 # Each group runs in two passes over the same output folder (target/mutants/<group>):
 #   1. every mutant against the unit and property tests of the crate it is in (minutes);
@@ -30,6 +31,8 @@ command -v cargo-mutants >/dev/null || { echo "mutants.sh: cargo install cargo-m
 
 group="${1:-}"
 shift || true
+deep=1
+[[ "${1:-}" == "--units-only" ]] && { deep=0; shift; }
 [[ "${1:-}" == "--" ]] && shift
 export TRIBUTARY_SIM_SEEDS="${TRIBUTARY_SIM_SEEDS:-20}"
 
@@ -55,7 +58,7 @@ run() {
   echo "== mutants: $name, pass 1 (unit tests of each mutated crate)"
   cargo mutants "${common[@]}" "${files[@]}" "${extra[@]}" || true
   counts "$name" "pass 1"
-  if [[ -n "$deep_packages" && -s "target/mutants/$name/mutants.out/missed.txt" ]]; then
+  if [[ "$deep" == 1 && -n "$deep_packages" && -s "target/mutants/$name/mutants.out/missed.txt" ]]; then
     echo "== mutants: $name, pass 2 (the survivors against ${deep_tests[*]})"
     # The baseline is skipped: pass 1's baseline ran, and these targets pass on main.
     cargo mutants "${common[@]}" "${files[@]}" "${extra[@]}" --iterate --baseline skip \
