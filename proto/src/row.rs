@@ -151,6 +151,54 @@ impl Batch {
 mod tests {
     use super::*;
 
+    /// Each key keeps its highest version, the later row on a tie, in first-seen key order;
+    /// the key is all key columns together.
+    #[test]
+    fn latest_per_key_keeps_the_highest_version_and_the_later_on_a_tie() {
+        let table = Arc::new(TableSchema {
+            name: "t".into(),
+            columns: vec![
+                Column::new("a", SqlType::Text),
+                Column::new("b", SqlType::BigInt),
+                Column::new("v", SqlType::Text),
+            ],
+            key: vec![0, 1],
+            version_column: "_version".into(),
+        });
+        let row = |a: &str, b: i64, version: &str, tag: &str| Row {
+            op: RowOp::Upsert,
+            version: Version::from_text(version),
+            values: vec![Value::Text(a.into()), Value::Int(b), Value::Text(tag.into())],
+        };
+        let batch = Batch {
+            table,
+            rows: vec![
+                row("x", 1, "2", "x1 first"),
+                row("x", 2, "1", "x2 only"),
+                row("x", 1, "1", "x1 older"),
+                row("y", 1, "5", "y1 first"),
+                row("x", 1, "2", "x1 tie, later"),
+                row("y", 1, "6", "y1 newer"),
+            ],
+        };
+        let kept: Vec<&Value> = batch.latest_per_key().iter().map(|r| &r.values[2]).collect();
+        let want = ["x1 tie, later", "x2 only", "y1 newer"].map(|t| Value::Text(t.into()));
+        assert_eq!(kept, want.iter().collect::<Vec<_>>());
+    }
+
+    /// Quotes and backslashes are doubled in a literal: a text of 45,000 quotes takes 90,002
+    /// bytes as SQL and is refused, though its own length is half the limit.
+    #[test]
+    fn doubled_characters_count_toward_the_row_limit() {
+        let quotes = Value::Text("'".repeat(45_000));
+        assert_eq!(
+            unsendable_row(&[quotes]).as_deref(),
+            Some("the row takes 90002 bytes as SQL, more than the 90000 one statement may hold")
+        );
+        let plain = Value::Text("a".repeat(45_000));
+        assert_eq!(unsendable_row(&[plain]), None);
+    }
+
     /// Characters of 2, 3 and 4 bytes in UTF-8: the limits below are checked with each.
     const WIDE: [char; 3] = ['é', '€', '𝄞'];
 
