@@ -655,3 +655,56 @@ async fn a_restarted_node_that_leads_keeps_its_own_leases() {
     heartbeats.abort();
     node.shutdown().await;
 }
+
+/// A warehouse whose commits to one table wait while the gate is closed; others go through.
+struct GatedTable {
+    inner: MemoryWarehouse,
+    table: &'static str,
+    open: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl Warehouse for GatedTable {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
+        self.inner.ensure_table(table).await
+    }
+    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
+        if batch.table.name == self.table {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.commit(batch).await
+    }
+}
+
+/// Acknowledgements are matched to the chunk they belong to: a later chunk committed by
+/// another sink (a dead letter) while an earlier chunk's commit still waits does not move the
+/// checkpoint past the earlier chunk's uncommitted record.
+#[tokio::test(start_paused = true)]
+async fn a_later_chunk_committed_first_does_not_checkpoint_an_earlier_one() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let leases = MemoryLeaseTable::new();
+    let warehouse = MemoryWarehouse::new();
+    let (gate, open) = watch::channel(false);
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: Arc::new(stream.clone()),
+        warehouse: Arc::new(GatedTable { inner: warehouse.clone(), table: "t", open }),
+        mapper: Arc::new(mapper()),
+    };
+    stream.put("a", br#"{"id":1}"#.to_vec());
+    let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Read in a second chunk of its own, for the dead-letter sink, which commits at once.
+    let (_, bad) = stream.put("b", b"not json".to_vec());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(warehouse.rows(worker::DEAD_LETTER_TABLE).len(), 1, "the later chunk committed");
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon, "the earlier chunk has not committed");
+    gate.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(warehouse.rows("t").len(), 1);
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(bad, 0)));
+    node.shutdown().await;
+}
