@@ -708,3 +708,25 @@ async fn a_later_chunk_committed_first_does_not_checkpoint_an_earlier_one() {
     assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(bad, 0)));
     node.shutdown().await;
 }
+
+/// A checkpoint held back by `checkpoint_interval` is written when the interval ends, not at
+/// the next read: with reads of an idle shard 20 s apart, the checkpoint of its last committed
+/// record still lands 5 s after the consumer started.
+#[tokio::test(start_paused = true)]
+async fn a_deferred_checkpoint_is_written_when_the_interval_ends() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let leases = MemoryLeaseTable::new();
+    let warehouse = MemoryWarehouse::new();
+    let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
+    let mut config = node_config("n");
+    config.consumer.checkpoint_interval = Duration::from_secs(5);
+    config.consumer.idle_delay = Duration::from_secs(20);
+    let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
+    let checkpoint = || async { leases.get("shardId-000000000000").await.unwrap().unwrap().checkpoint };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(warehouse.rows("t").len(), 1);
+    assert_eq!(checkpoint().await, Checkpoint::TrimHorizon, "committed, its checkpoint waits for the interval");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(checkpoint().await, Checkpoint::At(proto::Position::new(seq, 0)), "written as the interval ended");
+    node.shutdown().await;
+}
