@@ -730,3 +730,26 @@ async fn a_deferred_checkpoint_is_written_when_the_interval_ends() {
     assert_eq!(checkpoint().await, Checkpoint::At(proto::Position::new(seq, 0)), "written as the interval ended");
     node.shutdown().await;
 }
+
+/// At a shard's end its consumer creates the children's leases itself (from the last read's
+/// child shards) and the node starts them at once: no wait for the leader's next shard sync.
+#[tokio::test(start_paused = true)]
+async fn a_consumer_creates_its_children_at_shard_end() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
+    let mut config = node_config("n");
+    config.cluster.shard_sync_interval = Duration::from_secs(600);
+    let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let parent = proto::ShardId::numbered(0);
+    stream.split(&parent, u128::MAX / 2).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let children: Vec<String> = leases
+        .rows()
+        .into_iter()
+        .filter(|l| l.parent_shard_ids == vec![parent.clone()] && l.owner.is_some())
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(children.len(), 2, "both children created and running: {:?}", leases.rows());
+    node.shutdown().await;
+}
