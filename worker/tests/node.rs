@@ -753,3 +753,33 @@ async fn a_consumer_creates_its_children_at_shard_end() {
     assert_eq!(children.len(), 2, "both children created and running: {:?}", leases.rows());
     node.shutdown().await;
 }
+
+/// A handoff written by the leader (owner: the taker, checkpointOwner: this node) is finished by
+/// the running consumer at once: it flushes, checkpoints what it committed and clears
+/// checkpointOwner, so the taker starts within a second, not after a stalled-handoff wait.
+#[tokio::test(start_paused = true)]
+async fn a_running_consumer_finishes_its_handoff_at_once() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
+    let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
+    // Committed but not yet checkpointed when the handoff comes: only the consumer knows it.
+    let mut config = node_config("n");
+    config.consumer.checkpoint_interval = Duration::from_secs(60);
+    let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(warehouse.rows("t").len(), 1);
+    let (n, y) = (WorkerId::new("n"), WorkerId::new("y"));
+    let taker = alive(&leases, &y);
+    let key = proto::ShardId::numbered(0);
+    let lease = leases.get(key.as_str()).await.unwrap().unwrap();
+    assert_eq!((lease.owner.as_ref(), &lease.checkpoint), (Some(&n), &Checkpoint::TrimHorizon));
+    let handoff =
+        proto::LeaseChange { owner: Some(Some(y.clone())), checkpoint_owner: Some(Some(n)), ..Default::default() };
+    leases.update(key.as_str(), &proto::Expect::unchanged(&lease), &handoff).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lease = leases.get(key.as_str()).await.unwrap().unwrap();
+    assert_eq!((lease.owner, lease.checkpoint_owner), (Some(y), None), "the handoff is finished");
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(seq, 0)), "with what it committed");
+    taker.abort();
+    node.shutdown().await;
+}
