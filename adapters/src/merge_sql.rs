@@ -507,6 +507,66 @@ mod tests {
         assert!(sql.literal_statements(&rows, 50, false).is_err(), "a row over the statement limit is refused");
     }
 
+    /// What an existing table must have, how its lack is named, how the Data API probes for it,
+    /// and the stage's own columns (`_op` text, `_ord` integer) on each engine.
+    #[test]
+    fn expected_columns_are_checked_probed_and_staged() {
+        let schema = TableSchema {
+            name: "t".into(),
+            columns: vec![Column::new("id", SqlType::Text), Column::new("n", SqlType::BigInt)],
+            key: vec![0],
+            version_column: "_version".into(),
+        };
+        let names = |list: &[&str]| list.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            expected_columns(&schema),
+            vec![
+                ("t".to_owned(), names(&["id", "n", "_version"])),
+                ("t__deleted".to_owned(), names(&["id", "_version"]))
+            ]
+        );
+        let wanted = names(&["id", "n", "_version"]);
+        assert!(missing_columns("t", &wanted, &names(&["_version", "n", "id", "extra"])).is_ok());
+        let e = missing_columns("t", &wanted, &names(&["id"])).unwrap_err().to_string();
+        assert!(e.contains("without column(s) \"n\", \"_version\""), "{e}");
+        assert_eq!(
+            column_probes(&schema).unwrap(),
+            vec![
+                "SELECT \"id\", \"n\", \"_version\" FROM \"t\" WHERE 1 = 0".to_owned(),
+                "SELECT \"id\", \"_version\" FROM \"t__deleted\" WHERE 1 = 0".to_owned(),
+            ]
+        );
+        for (dialect, op, ord) in [
+            (Dialect::Sqlite, "\"_op\" TEXT", "\"_ord\" INTEGER"),
+            (Dialect::Postgres, "\"_op\" VARCHAR(256)", "\"_ord\" BIGINT"),
+            (Dialect::Redshift, "\"_op\" VARCHAR(256)", "\"_ord\" BIGINT"),
+        ] {
+            let stage = MergeSql::new(&schema, dialect).unwrap().create_stage;
+            assert!(stage.contains(op) && stage.contains(ord), "{dialect:?}: {stage}");
+        }
+    }
+
+    /// In the literal path each stage row carries its version, its operation (`U` or `D`) and
+    /// its place in the batch, and no statement is empty.
+    #[test]
+    fn stage_rows_carry_version_operation_and_order() {
+        use proto::{Row, RowOp, Value, Version};
+        let schema = TableSchema {
+            name: "t".into(),
+            columns: vec![Column::new("id", SqlType::Text)],
+            key: vec![0],
+            version_column: "_version".into(),
+        };
+        let sql = MergeSql::new(&schema, Dialect::Redshift).unwrap();
+        let row = |op, id: &str| Row { op, version: Version::from_text("v1"), values: vec![Value::Text(id.into())] };
+        let all = sql.literal_statements(&[row(RowOp::Upsert, "a"), row(RowOp::Delete, "b")], 100 * 1024, false);
+        let all = all.unwrap();
+        assert!(all.iter().all(|s| !s.trim().is_empty()), "{all:?}");
+        let inserts: Vec<&String> = all.iter().filter(|s| s.starts_with("INSERT INTO \"t__stage\"")).collect();
+        assert_eq!(inserts.len(), 1, "{all:?}");
+        assert!(inserts[0].ends_with("VALUES ('a', 'v1', 'U', 0), ('b', 'v1', 'D', 1)"), "{}", inserts[0]);
+    }
+
     #[test]
     fn literals_are_escaped_by_one_function() {
         use proto::Value;
