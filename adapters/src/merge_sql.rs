@@ -565,6 +565,13 @@ mod tests {
         let inserts: Vec<&String> = all.iter().filter(|s| s.starts_with("INSERT INTO \"t__stage\"")).collect();
         assert_eq!(inserts.len(), 1, "{all:?}");
         assert!(inserts[0].ends_with("VALUES ('a', 'v1', 'U', 0), ('b', 'v1', 'D', 1)"), "{}", inserts[0]);
+        // Rows share a statement up to its byte limit exactly, the ", " between them counted.
+        let two = inserts[0].len();
+        let stage_inserts = |max: usize| {
+            let all = sql.literal_statements(&[row(RowOp::Upsert, "a"), row(RowOp::Delete, "b")], max, false);
+            all.unwrap().into_iter().filter(|s| s.starts_with("INSERT INTO \"t__stage\"")).count()
+        };
+        assert_eq!((stage_inserts(two), stage_inserts(two - 1)), (1, 2));
     }
 
     #[test]
