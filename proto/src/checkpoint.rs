@@ -113,4 +113,17 @@ mod tests {
         assert_eq!(Checkpoint::ShardEnd.progress_cmp(&p("99", 0)), Some(Ordering::Greater));
         assert_eq!(Checkpoint::TrimHorizon.progress_cmp(&Checkpoint::Latest), None);
     }
+
+    #[test]
+    fn only_shard_end_is_shard_end() {
+        assert!(Checkpoint::ShardEnd.is_shard_end());
+        for cp in [
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            Checkpoint::AtTimestamp,
+            Checkpoint::At(Position::new(SequenceNumber::parse("4959").unwrap(), 0)),
+        ] {
+            assert!(!cp.is_shard_end(), "{cp:?}");
+        }
+    }
 }

@@ -175,3 +175,116 @@ pub struct WorkerRow {
     /// The node is stopping: it keeps its leases until it releases them, but gets no new ones.
     pub draining: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::{Position, SequenceNumber};
+
+    fn at(seq: u128) -> Checkpoint {
+        Checkpoint::At(Position::new(SequenceNumber::from_u128(seq), 0))
+    }
+
+    fn shard0() -> Lease {
+        Lease::for_shard(&ShardId::numbered(0), vec![], None, Checkpoint::TrimHorizon)
+    }
+
+    #[test]
+    fn hash_key_range_is_inclusive_at_both_ends() {
+        let r = HashKeyRange { start: 10, end: 20 };
+        assert!(r.contains(10));
+        assert!(r.contains(15));
+        assert!(r.contains(20));
+        assert!(!r.contains(9));
+        assert!(!r.contains(21));
+        assert!(HashKeyRange::FULL.contains(0) && HashKeyRange::FULL.contains(u128::MAX));
+    }
+
+    #[test]
+    fn leader_lock_is_a_leader_row_held_by_its_owner() {
+        let a = WorkerId::new("a");
+        let lock = Lease::leader_lock("leader", &a);
+        assert_eq!(lock.entity, EntityType::Leader);
+        assert_eq!(lock.owner, Some(a));
+        assert_eq!((lock.key.as_str(), lock.counter), ("leader", 0));
+    }
+
+    #[test]
+    fn only_shard_end_is_finished() {
+        let mut lease = shard0();
+        for cp in [Checkpoint::TrimHorizon, Checkpoint::Latest, Checkpoint::AtTimestamp, at(5)] {
+            lease.checkpoint = cp.clone();
+            assert!(!lease.is_finished(), "{cp:?}");
+        }
+        lease.checkpoint = Checkpoint::ShardEnd;
+        assert!(lease.is_finished());
+    }
+
+    #[test]
+    fn is_owned_by_only_the_owner() {
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        let mut lease = shard0();
+        assert!(!lease.is_owned_by(&a), "an unowned lease");
+        lease.owner = Some(a.clone());
+        assert!(lease.is_owned_by(&a));
+        assert!(!lease.is_owned_by(&b));
+    }
+
+    #[test]
+    fn unchanged_holds_until_the_row_is_written() {
+        let a = WorkerId::new("a");
+        let mut lease = shard0();
+        lease.counter = 3;
+        lease.owner = Some(a.clone());
+        let expect = Expect::unchanged(&lease);
+        assert_eq!(expect, Expect { counter: Some(3), owner: Some(Some(a.clone())), checkpoint_owner: None });
+        assert!(expect.holds_for(&lease));
+        let mut written = lease.clone();
+        written.apply(&LeaseChange::default());
+        assert!(!expect.holds_for(&written), "the counter moved");
+        let mut other_owner = lease.clone();
+        other_owner.owner = Some(WorkerId::new("b"));
+        assert!(!expect.holds_for(&other_owner), "same counter, another owner");
+        let absent = Expect { checkpoint_owner: Some(None), ..Expect::default() };
+        assert!(absent.holds_for(&lease));
+        lease.checkpoint_owner = Some(a);
+        assert!(!absent.holds_for(&lease), "checkpointOwner present");
+    }
+
+    #[test]
+    fn apply_counts_writes_owner_switches_and_resets_them_on_checkpoint() {
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        let mut lease = shard0();
+        lease.counter = 4;
+        lease.owner = Some(a.clone());
+        lease.owner_switches_since_checkpoint = 2;
+        lease.pending_checkpoint = Some(at(9));
+        lease.pending_checkpoint_state = Some(vec![1, 2]);
+
+        lease.apply(&LeaseChange { owner: Some(Some(a.clone())), ..Default::default() });
+        assert_eq!((lease.counter, lease.owner_switches_since_checkpoint), (5, 2), "same owner: no switch");
+
+        lease.apply(&LeaseChange { owner: Some(Some(b.clone())), ..Default::default() });
+        assert_eq!((lease.counter, lease.owner.clone(), lease.owner_switches_since_checkpoint), (6, Some(b), 3));
+
+        lease.apply(&LeaseChange::default());
+        assert_eq!((lease.counter, lease.owner_switches_since_checkpoint), (7, 3), "no owner change");
+
+        lease.apply(&LeaseChange { checkpoint: Some(at(12)), ..Default::default() });
+        assert_eq!((lease.counter, lease.checkpoint.clone(), lease.owner_switches_since_checkpoint), (8, at(12), 0));
+        assert_eq!((lease.pending_checkpoint.clone(), lease.pending_checkpoint_state.clone()), (None, None));
+
+        lease.apply(&LeaseChange {
+            owner: Some(None),
+            checkpoint_owner: Some(Some(a.clone())),
+            child_shard_ids: Some(vec![ShardId::numbered(3)]),
+            throughput_kbps: Some(1.5),
+            ..Default::default()
+        });
+        assert_eq!((lease.counter, lease.owner.clone(), lease.owner_switches_since_checkpoint), (9, None, 1));
+        assert_eq!(
+            (lease.checkpoint_owner.clone(), lease.child_shard_ids.clone(), lease.throughput_kbps),
+            (Some(a), vec![ShardId::numbered(3)], Some(1.5))
+        );
+    }
+}

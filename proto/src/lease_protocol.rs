@@ -194,6 +194,12 @@ impl<'a> LeaseProtocol<'a> {
                         (None, Some(row)) => expected = Some(row.counter),
                         (Some(e), Some(row)) if row.counter == e + 1 => return Ok(row),
                         (Some(e), Some(row)) if row.counter == e && retry_allowed => {}
+                        // Still as we left it: the table did not take the write, nobody evicted
+                        // us. Unavailable, as for any write, so the caller's grace applies.
+                        (None, None) => return Err(LeaseError::Unavailable("heartbeat did not land".into()).into()),
+                        (Some(e), Some(row)) if row.counter == e => {
+                            return Err(LeaseError::Unavailable("heartbeat did not land after retries".into()).into())
+                        }
                         _ => return Err(ProtocolError::Evicted { worker: me.clone() }),
                     }
                 }
@@ -224,7 +230,9 @@ mod tests {
     use super::*;
     use crate::memory::{FaultConfig, FaultyLeaseTable, MemoryLeaseTable};
     use crate::{Position, SequenceNumber, ShardId};
-    use std::sync::Arc;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+    use std::sync::{Arc, Mutex};
 
     fn at(seq: u128) -> Checkpoint {
         Checkpoint::At(Position::new(SequenceNumber::from_u128(seq), 0))
@@ -317,5 +325,516 @@ mod tests {
         let done = p.finish_handoff(&moving, &a, at(4)).await.unwrap();
         assert_eq!((done.checkpoint_owner.clone(), done.checkpoint.clone()), (None, at(4)));
         p.checkpoint(&done, &b, at(6)).await.unwrap();
+    }
+
+    // ---- A scripted lease table: deterministic faults for `write()` and `heartbeat()`. ----
+
+    /// What the scripted table does with one `update` or `heartbeat` call.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Pass the call to the memory table.
+        Pass,
+        /// Fail before anything is applied.
+        FailBefore(LeaseError),
+        /// Apply the call, then report this error (the reply was lost).
+        LandThenFail(LeaseError),
+    }
+
+    /// Wraps a `MemoryLeaseTable`; every `update`/`heartbeat` pops the next scripted step and a
+    /// call past the end of the script panics, so a retry loop that does not stop fails the test
+    /// instead of hanging it. Reads pass straight through.
+    struct ScriptedTable {
+        inner: MemoryLeaseTable,
+        updates: Mutex<VecDeque<Step>>,
+        heartbeats: Mutex<VecDeque<Step>>,
+        update_calls: AtomicU32,
+        heartbeat_calls: AtomicU32,
+    }
+
+    impl ScriptedTable {
+        fn new(inner: &MemoryLeaseTable) -> Self {
+            Self {
+                inner: inner.clone(),
+                updates: Mutex::default(),
+                heartbeats: Mutex::default(),
+                update_calls: AtomicU32::new(0),
+                heartbeat_calls: AtomicU32::new(0),
+            }
+        }
+
+        fn updates(self, steps: Vec<Step>) -> Self {
+            *self.updates.lock().unwrap() = steps.into();
+            self
+        }
+
+        fn heartbeats(self, steps: Vec<Step>) -> Self {
+            *self.heartbeats.lock().unwrap() = steps.into();
+            self
+        }
+
+        fn update_calls(&self) -> u32 {
+            self.update_calls.load(AtomicOrdering::SeqCst)
+        }
+
+        fn heartbeat_calls(&self) -> u32 {
+            self.heartbeat_calls.load(AtomicOrdering::SeqCst)
+        }
+
+        fn next(script: &Mutex<VecDeque<Step>>, calls: &AtomicU32, what: &str) -> Step {
+            let n = calls.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+            let step = script.lock().unwrap().pop_front();
+            step.unwrap_or_else(|| panic!("{what} call #{n} was not scripted (a retry loop that does not stop?)"))
+        }
+
+        async fn play<T>(
+            step: Step,
+            call: impl std::future::Future<Output = Result<T, LeaseError>>,
+        ) -> Result<T, LeaseError> {
+            match step {
+                Step::Pass => call.await,
+                Step::FailBefore(e) => Err(e),
+                Step::LandThenFail(e) => {
+                    call.await?;
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LeaseTable for ScriptedTable {
+        async fn create(&self, lease: &Lease) -> Result<(), LeaseError> {
+            self.inner.create(lease).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
+            self.inner.get(key).await
+        }
+        async fn scan(&self) -> Result<Vec<Lease>, LeaseError> {
+            self.inner.scan().await
+        }
+        async fn owned_by(&self, owner: &WorkerId) -> Result<Vec<Lease>, LeaseError> {
+            self.inner.owned_by(owner).await
+        }
+        async fn update(&self, key: &str, expect: &Expect, change: &LeaseChange) -> Result<Lease, LeaseError> {
+            let step = Self::next(&self.updates, &self.update_calls, "update");
+            Self::play(step, self.inner.update(key, expect, change)).await
+        }
+        async fn delete(&self, key: &str, expect: &Expect) -> Result<(), LeaseError> {
+            self.inner.delete(key, expect).await
+        }
+        async fn heartbeat(
+            &self,
+            worker: &WorkerId,
+            expected: Option<u64>,
+            draining: bool,
+        ) -> Result<WorkerRow, LeaseError> {
+            let step = Self::next(&self.heartbeats, &self.heartbeat_calls, "heartbeat");
+            Self::play(step, self.inner.heartbeat(worker, expected, draining)).await
+        }
+        async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
+            self.inner.workers().await
+        }
+        async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
+            self.inner.remove_worker(worker, expected).await
+        }
+    }
+
+    fn three_attempts() -> RetryPolicy {
+        RetryPolicy { max_attempts: 3, ..RetryPolicy::default() }
+    }
+
+    fn amb() -> LeaseError {
+        LeaseError::Ambiguous("timeout".into())
+    }
+
+    /// Shard 0's lease, created and assigned to `a` on `inner`: counter 1, owner `a`.
+    async fn lease_of_a(inner: &MemoryLeaseTable) -> Lease {
+        let held = owned_lease(inner, &RetryPolicy::default(), &WorkerId::new("a")).await;
+        assert_eq!((held.counter, held.owner.clone()), (1, Some(WorkerId::new("a"))));
+        held
+    }
+
+    async fn stored(inner: &MemoryLeaseTable, key: &str) -> Lease {
+        inner.get(key).await.unwrap().expect("the row exists")
+    }
+
+    /// `inner` holds `me`'s heartbeat row with counter `n`.
+    async fn heartbeat_row_at(inner: &MemoryLeaseTable, me: &WorkerId, n: u64) {
+        inner.heartbeat(me, None, false).await.unwrap();
+        for c in 0..n {
+            inner.heartbeat(me, Some(c), false).await.unwrap();
+        }
+        let rows = inner.workers().await.unwrap();
+        assert_eq!(rows, vec![WorkerRow { id: me.clone(), counter: n, draining: false }]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_retries_throttles_until_the_last_attempt_succeeds() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![
+            Step::FailBefore(LeaseError::Throttled),
+            Step::FailBefore(LeaseError::Unavailable("503".into())),
+            Step::Pass,
+        ]);
+        let retry = three_attempts();
+        let renewed = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await.unwrap();
+        assert_eq!((renewed.counter, t.update_calls()), (2, 3));
+        assert_eq!(stored(&inner, &held.key).await.counter, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_gives_up_on_throttles_after_max_attempts() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![Step::FailBefore(LeaseError::Throttled); 3]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        assert_eq!(r, Err(ProtocolError::Table(LeaseError::Throttled)));
+        assert_eq!(t.update_calls(), 3);
+        assert_eq!(stored(&inner, &held.key).await.counter, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_gives_up_on_unavailable_after_max_attempts() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![Step::FailBefore(LeaseError::Unavailable("503".into())); 3]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        assert_eq!(r, Err(ProtocolError::Table(LeaseError::Unavailable("503".into()))));
+        assert_eq!(t.update_calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_with_one_attempt_does_not_retry_a_throttle() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![Step::FailBefore(LeaseError::Throttled)]);
+        let retry = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        assert_eq!((r, t.update_calls()), (Err(ProtocolError::Table(LeaseError::Throttled)), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_retries_an_ambiguous_reply_that_did_not_land() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![Step::FailBefore(amb()), Step::Pass]);
+        let retry = three_attempts();
+        let b = WorkerId::new("b");
+        let got = LeaseProtocol::new(&t, &retry).assign(&held, &b).await.unwrap();
+        assert_eq!((got.counter, got.owner.clone(), t.update_calls()), (2, Some(b.clone()), 2));
+        let row = stored(&inner, &held.key).await;
+        assert_eq!((row.counter, row.owner, row.owner_switches_since_checkpoint), (2, Some(b), 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_that_never_lands_after_ambiguous_replies_is_unavailable() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![Step::FailBefore(amb()); 3]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        assert_eq!(r, Err(ProtocolError::Table(LeaseError::Unavailable("write did not land after retries".into()))));
+        assert_eq!(t.update_calls(), 3);
+        assert_eq!(stored(&inner, &held.key).await.counter, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_whose_reply_was_lost_after_it_landed_is_ours() {
+        for lost in [amb(), LeaseError::ConditionFailed] {
+            let inner = MemoryLeaseTable::new();
+            let held = lease_of_a(&inner).await;
+            let t = ScriptedTable::new(&inner).updates(vec![Step::LandThenFail(lost.clone())]);
+            let retry = three_attempts();
+            let a = WorkerId::new("a");
+            let cp = LeaseProtocol::new(&t, &retry).checkpoint(&held, &a, at(8)).await.unwrap();
+            assert_eq!((cp.counter, cp.checkpoint.clone(), t.update_calls()), (2, at(8), 1), "{lost:?}");
+            assert_eq!(stored(&inner, &held.key).await.counter, 2, "applied once ({lost:?})");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_loses_a_row_another_writer_changed() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let b = WorkerId::new("b");
+        let change = LeaseChange { owner: Some(Some(b.clone())), ..Default::default() };
+        inner.update(&held.key, &Expect::unchanged(&held), &change).await.unwrap();
+        let t = ScriptedTable::new(&inner).updates(vec![Step::Pass]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        let Err(ProtocolError::Lost { key, current: Some(current) }) = r else { panic!("expected Lost, got {r:?}") };
+        assert_eq!((key.as_str(), current.counter, current.owner), ("shardId-000000000000", 2, Some(b)));
+        assert_eq!(t.update_calls(), 1);
+    }
+
+    /// A row one write ahead, by the same owner, is ours only if it holds exactly what our write
+    /// would have written: another checkpoint, other children or a handoff another writer
+    /// finished mean someone else wrote it (a second process under the same id), so the lease
+    /// is lost, not taken for our own landed write.
+    #[tokio::test(start_paused = true)]
+    async fn a_row_one_write_ahead_with_other_content_is_not_ours() {
+        let a = WorkerId::new("a");
+        let retry = three_attempts();
+        // Each case: what another writer did, then what we try from the row as we read it.
+        let other_checkpoint = LeaseChange { checkpoint: Some(at(9)), ..Default::default() };
+        let other_children = LeaseChange {
+            checkpoint: Some(Checkpoint::ShardEnd),
+            child_shard_ids: Some(vec![ShardId::numbered(7)]),
+            ..Default::default()
+        };
+        for (case, theirs) in [("checkpoint", other_checkpoint), ("children", other_children)] {
+            let inner = MemoryLeaseTable::new();
+            let held = lease_of_a(&inner).await;
+            inner.update(&held.key, &Expect::unchanged(&held), &theirs).await.unwrap();
+            let p = LeaseProtocol::new(&inner, &retry);
+            let r = match case {
+                "checkpoint" => p.checkpoint(&held, &a, at(5)).await,
+                _ => p.end_shard(&held, &a, vec![ShardId::numbered(8)]).await,
+            };
+            assert!(matches!(r, Err(ProtocolError::Lost { .. })), "{case}: {r:?}");
+        }
+        // A handoff: our finish (checkpoint at 4) against another finish of it (at 6).
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let p = LeaseProtocol::new(&inner, &retry);
+        let moving = p.hand_off(&held, &WorkerId::new("b")).await.unwrap();
+        let theirs = LeaseChange { checkpoint: Some(at(6)), checkpoint_owner: Some(None), ..Default::default() };
+        inner.update(&moving.key, &Expect::unchanged(&moving), &theirs).await.unwrap();
+        let r = p.finish_handoff(&moving, &a, at(4)).await;
+        assert!(matches!(r, Err(ProtocolError::Lost { .. })), "handoff: {r:?}");
+        // Our handoff to b against another writer's plain assignment to b: same owner and
+        // counter, but no checkpointOwner, so not ours.
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let b = WorkerId::new("b");
+        let theirs = LeaseChange { owner: Some(Some(b.clone())), checkpoint_owner: Some(None), ..Default::default() };
+        inner.update(&held.key, &Expect::unchanged(&held), &theirs).await.unwrap();
+        let r = LeaseProtocol::new(&inner, &retry).hand_off(&held, &b).await;
+        assert!(matches!(r, Err(ProtocolError::Lost { .. })), "handoff against an assignment: {r:?}");
+        // Our own finished handoff whose reply was lost is recognised.
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let p = LeaseProtocol::new(&inner, &retry);
+        let moving = p.hand_off(&held, &b).await.unwrap();
+        let ours = LeaseChange { checkpoint: Some(at(4)), checkpoint_owner: Some(None), ..Default::default() };
+        inner.update(&moving.key, &Expect::unchanged(&moving), &ours).await.unwrap();
+        let r = p.finish_handoff(&moving, &a, at(4)).await;
+        assert_eq!(r.map(|l| (l.checkpoint_owner, l.checkpoint)), Ok((None, at(4))));
+        // And the same write by us, reply lost, is recognised (the positive side of the check).
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let ours = LeaseChange { checkpoint: Some(at(5)), ..Default::default() };
+        inner.update(&held.key, &Expect::unchanged(&held), &ours).await.unwrap();
+        let r = LeaseProtocol::new(&inner, &retry).checkpoint(&held, &a, at(5)).await;
+        assert_eq!(r.map(|l| (l.counter, l.checkpoint)), Ok((2, at(5))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_loses_a_row_that_is_gone() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        inner.delete(&held.key, &Expect::default()).await.unwrap();
+        let t = ScriptedTable::new(&inner).updates(vec![Step::Pass]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        assert_eq!(r, Err(ProtocolError::Lost { key: "shardId-000000000000".into(), current: None }));
+        assert_eq!(t.update_calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_returns_a_fatal_error_at_once() {
+        let inner = MemoryLeaseTable::new();
+        let held = lease_of_a(&inner).await;
+        let t = ScriptedTable::new(&inner).updates(vec![Step::FailBefore(LeaseError::Fatal("bad request".into()))]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).renew(&held, &WorkerId::new("a")).await;
+        assert_eq!(r, Err(ProtocolError::Table(LeaseError::Fatal("bad request".into()))));
+        assert_eq!(t.update_calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_create_whose_reply_was_lost_carries_on_from_the_stored_row() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        let t =
+            ScriptedTable::new(&inner).heartbeats(vec![Step::LandThenFail(LeaseError::ConditionFailed), Step::Pass]);
+        let retry = three_attempts();
+        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, None, true).await.unwrap();
+        // The create landed (counter 0); the retry renews from it.
+        assert_eq!(row, WorkerRow { id: a.clone(), counter: 1, draining: true });
+        assert_eq!(t.heartbeat_calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_create_that_did_not_land_is_retried() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()), Step::Pass]);
+        let retry = three_attempts();
+        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, None, false).await.unwrap();
+        assert_eq!((row.counter, t.heartbeat_calls()), (0, 2));
+        assert_eq!(inner.workers().await.unwrap(), vec![WorkerRow { id: a, counter: 0, draining: false }]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_whose_reply_was_lost_after_it_landed_is_ours() {
+        for lost in [amb(), LeaseError::ConditionFailed] {
+            let inner = MemoryLeaseTable::new();
+            let a = WorkerId::new("a");
+            heartbeat_row_at(&inner, &a, 2).await;
+            let t = ScriptedTable::new(&inner).heartbeats(vec![Step::LandThenFail(lost.clone())]);
+            let retry = three_attempts();
+            let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await.unwrap();
+            assert_eq!((row.counter, t.heartbeat_calls()), (3, 1), "{lost:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_that_did_not_land_is_retried() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        heartbeat_row_at(&inner, &a, 2).await;
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()), Step::Pass]);
+        let retry = three_attempts();
+        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await.unwrap();
+        assert_eq!((row.counter, t.heartbeat_calls()), (3, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_that_never_lands_stops_after_max_attempts() {
+        // The row is still ours and untouched: the table is failing, nobody evicted this node,
+        // so the error is Unavailable (the keeper's grace applies), not Evicted (which stops
+        // every consumer at once).
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        heartbeat_row_at(&inner, &a, 2).await;
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()); 3]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
+        assert!(matches!(r, Err(ProtocolError::Table(LeaseError::Unavailable(_)))), "{r:?}");
+        assert_eq!(t.heartbeat_calls(), 3);
+        // A first heartbeat that never lands either.
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()); 3]);
+        let r = LeaseProtocol::new(&t, &retry).heartbeat(&WorkerId::new("new"), None, false).await;
+        assert!(matches!(r, Err(ProtocolError::Table(LeaseError::Unavailable(_)))), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_behind_the_stored_counter_is_evicted() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        heartbeat_row_at(&inner, &a, 7).await;
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::Pass]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
+        assert_eq!((r, t.heartbeat_calls()), (Err(ProtocolError::Evicted { worker: a }), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_whose_row_is_gone_is_evicted() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        heartbeat_row_at(&inner, &a, 2).await;
+        inner.remove_worker(&a, 2).await.unwrap();
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::Pass]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
+        assert_eq!((r, t.heartbeat_calls()), (Err(ProtocolError::Evicted { worker: a }), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_retries_throttles_until_the_last_attempt() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        heartbeat_row_at(&inner, &a, 2).await;
+        let t = ScriptedTable::new(&inner).heartbeats(vec![
+            Step::FailBefore(LeaseError::Throttled),
+            Step::FailBefore(LeaseError::Unavailable("503".into())),
+            Step::Pass,
+        ]);
+        let retry = three_attempts();
+        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await.unwrap();
+        assert_eq!((row.counter, t.heartbeat_calls()), (3, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_gives_up_on_throttles_after_max_attempts() {
+        let inner = MemoryLeaseTable::new();
+        let a = WorkerId::new("a");
+        heartbeat_row_at(&inner, &a, 2).await;
+        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(LeaseError::Throttled); 3]);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
+        assert_eq!((r, t.heartbeat_calls()), (Err(ProtocolError::Table(LeaseError::Throttled)), 3));
+        assert_eq!(inner.workers().await.unwrap()[0].counter, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scan_and_owned_by_return_the_stored_leases() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        let mine = owned_lease(&table, &retry, &a).await;
+        let theirs = Lease::for_shard(&ShardId::numbered(1), vec![], None, Checkpoint::TrimHorizon);
+        assert!(p.create(&theirs).await.unwrap());
+        p.assign(&theirs, &b).await.unwrap();
+        assert!(p.create(&Lease::leader_lock("leader", &a)).await.unwrap());
+        let keys = |leases: Vec<Lease>| leases.into_iter().map(|l| l.key).collect::<Vec<_>>();
+        assert_eq!(keys(p.scan().await.unwrap()), vec!["shardId-000000000000", "shardId-000000000001"]);
+        let owned = p.owned_by(&a).await.unwrap();
+        assert_eq!(owned.len(), 1);
+        assert_eq!((owned[0].key.as_str(), owned[0].counter, owned[0].owner.clone()), (mine.key.as_str(), 1, Some(a)));
+        assert_eq!(keys(p.owned_by(&b).await.unwrap()), vec!["shardId-000000000001"]);
+        assert!(p.owned_by(&WorkerId::new("c")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn assign_clears_an_open_handoff() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let (a, b, c) = (WorkerId::new("a"), WorkerId::new("b"), WorkerId::new("c"));
+        let lease = owned_lease(&table, &retry, &a).await;
+        let moving = p.hand_off(&lease, &b).await.unwrap();
+        assert_eq!(moving.checkpoint_owner, Some(a));
+        let assigned = p.assign(&moving, &c).await.unwrap();
+        assert_eq!(
+            (assigned.owner.clone(), assigned.checkpoint_owner.clone(), assigned.counter),
+            (Some(c.clone()), None, 3)
+        );
+        let row = stored(&table, &lease.key).await;
+        assert_eq!((row.owner, row.checkpoint_owner), (Some(c), None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_handoff_of_a_lease_in_handoff_is_refused() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let (a, b, c) = (WorkerId::new("a"), WorkerId::new("b"), WorkerId::new("c"));
+        let lease = owned_lease(&table, &retry, &a).await;
+        let moving = p.hand_off(&lease, &b).await.unwrap();
+        let r = p.hand_off(&moving, &c).await;
+        let Err(ProtocolError::Lost { current: Some(current), .. }) = r else { panic!("expected Lost, got {r:?}") };
+        assert_eq!((current.counter, current.owner, current.checkpoint_owner), (2, Some(b.clone()), Some(a.clone())));
+        let row = stored(&table, &lease.key).await;
+        assert_eq!((row.counter, row.owner, row.checkpoint_owner), (2, Some(b), Some(a)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_drops_the_owner_and_writes_the_checkpoint() {
+        let table = MemoryLeaseTable::new();
+        let retry = RetryPolicy::default();
+        let p = LeaseProtocol::new(&table, &retry);
+        let a = WorkerId::new("a");
+        let lease = owned_lease(&table, &retry, &a).await;
+        let released = p.release(&lease, &a, at(7)).await.unwrap();
+        assert_eq!((released.owner.clone(), released.checkpoint.clone(), released.counter), (None, at(7), 2));
+        let row = stored(&table, &lease.key).await;
+        assert_eq!((row.owner, row.checkpoint, row.counter), (None, at(7), 2));
     }
 }
