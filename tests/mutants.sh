@@ -35,6 +35,8 @@ deep=1
 [[ "${1:-}" == "--units-only" ]] && { deep=0; shift; }
 [[ "${1:-}" == "--" ]] && shift
 export TRIBUTARY_SIM_SEEDS="${TRIBUTARY_SIM_SEEDS:-20}"
+# A mutant's failing proptest case is no regression of the real code: keep it out of the tree.
+export PROPTEST_DISABLE_FAILURE_PERSISTENCE=1
 
 counts() {
   local out="target/mutants/$1/mutants.out" figures=()
