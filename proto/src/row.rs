@@ -186,6 +186,18 @@ mod tests {
         assert_eq!(kept, want.iter().collect::<Vec<_>>());
     }
 
+    /// The timestamp range is years 1 to 9999, to the millisecond.
+    #[test]
+    fn the_timestamp_range_is_years_1_to_9999() {
+        let text = |ms: i64| {
+            let mut out = String::new();
+            crate::civil::push_datetime_ms(ms, &mut out);
+            out
+        };
+        assert_eq!(text(*TIMESTAMP_RANGE.start()), "0001-01-01 00:00:00.000");
+        assert_eq!(text(*TIMESTAMP_RANGE.end()), "9999-12-31 23:59:59.999");
+    }
+
     /// Quotes and backslashes are doubled in a literal: a text of 45,000 quotes takes 90,002
     /// bytes as SQL and is refused, though its own length is half the limit.
     #[test]
