@@ -179,10 +179,12 @@ mod tests {
                 row("y", 1, "5", "y1 first"),
                 row("x", 1, "2", "x1 tie, later"),
                 row("y", 1, "6", "y1 newer"),
+                row("z", 1, "3", "z1 newest"),
+                row("z", 1, "1", "z1 older, last"),
             ],
         };
         let kept: Vec<&Value> = batch.latest_per_key().iter().map(|r| &r.values[2]).collect();
-        let want = ["x1 tie, later", "x2 only", "y1 newer"].map(|t| Value::Text(t.into()));
+        let want = ["x1 tie, later", "x2 only", "y1 newer", "z1 newest"].map(|t| Value::Text(t.into()));
         assert_eq!(kept, want.iter().collect::<Vec<_>>());
     }
 
