@@ -623,6 +623,16 @@ mod tests {
         inner.update(&moving.key, &Expect::unchanged(&moving), &ours).await.unwrap();
         let r = p.finish_handoff(&moving, &a, at(4)).await;
         assert_eq!(r.map(|l| (l.checkpoint_owner, l.checkpoint)), Ok((None, at(4))));
+        // An owner change: ours (to b) landed with its reply lost is ours; another writer's (to
+        // c) is not.
+        for (to, want_ours) in [("b", true), ("c", false)] {
+            let inner = MemoryLeaseTable::new();
+            let held = lease_of_a(&inner).await;
+            let landed = LeaseChange { owner: Some(Some(WorkerId::new(to))), ..Default::default() };
+            inner.update(&held.key, &Expect::unchanged(&held), &landed).await.unwrap();
+            let r = LeaseProtocol::new(&inner, &retry).assign(&held, &b).await;
+            assert_eq!(r.is_ok(), want_ours, "assign to b after a write to {to}: {r:?}");
+        }
         // And the same write by us, reply lost, is recognised (the positive side of the check).
         let inner = MemoryLeaseTable::new();
         let held = lease_of_a(&inner).await;
