@@ -783,3 +783,53 @@ async fn a_running_consumer_finishes_its_handoff_at_once() {
     taker.abort();
     node.shutdown().await;
 }
+
+/// Stopping and ending each take one write of the lease, even when the last commit lands while
+/// the consumer is stopping or ending: the release carries the committed checkpoint, and so
+/// does SHARD_END, with no checkpoint write of their own before (the lease's counter counts
+/// its writes; checkpoints are otherwise written at once here).
+#[tokio::test(start_paused = true)]
+async fn a_stop_and_a_shard_end_each_write_the_lease_once() {
+    for end in [false, true] {
+        let stream = MemoryStream::new(1, Clock::starting_at(0));
+        let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
+        let (gate, open) = watch::channel(false);
+        let ports = NodePorts {
+            table: Arc::new(leases.clone()),
+            reader: Arc::new(stream.clone()),
+            warehouse: Arc::new(Gated { inner: warehouse.clone(), open }),
+            mapper: Arc::new(mapper()),
+        };
+        let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
+        let mut config = node_config("n");
+        config.consumer.checkpoint_interval = Duration::ZERO;
+        config.cluster.shard_sync_interval = Duration::from_secs(600);
+        let mut node = Some(Node::start(config, ports, EventSink::none()).await.unwrap());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let key = proto::ShardId::numbered(0);
+        let before = leases.get(key.as_str()).await.unwrap().unwrap();
+        assert_eq!((before.counter, &before.checkpoint), (1, &Checkpoint::TrimHorizon), "assigned; the commit waits");
+        let stop = if end {
+            stream.split(&key, u128::MAX / 2).unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            None
+        } else {
+            let stopping = node.take().expect("running");
+            let stop = tokio::spawn(async move { stopping.shutdown().await });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some(stop)
+        };
+        // The commit lands now, while the consumer stops (or waits to end its shard).
+        gate.send(true).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if let Some(stop) = stop {
+            stop.await.unwrap();
+        }
+        let after = leases.get(key.as_str()).await.unwrap().unwrap();
+        let want = if end { Checkpoint::ShardEnd } else { Checkpoint::At(proto::Position::new(seq, 0)) };
+        assert_eq!((after.counter, after.checkpoint), (2, want), "end {end}: one write");
+        if let Some(node) = node {
+            node.shutdown().await;
+        }
+    }
+}
