@@ -458,6 +458,21 @@ mod tests {
         inner.get(key).await.unwrap().expect("the row exists")
     }
 
+    /// Node `a`'s heartbeat from its local counter 2, its row stored at `stored`, the table
+    /// playing `script`: the outcome and how many heartbeat calls it took.
+    async fn beat_from_2(
+        inner: &MemoryLeaseTable,
+        stored: u64,
+        script: Vec<Step>,
+    ) -> (Result<WorkerRow, ProtocolError>, u32) {
+        let a = WorkerId::new("a");
+        heartbeat_row_at(inner, &a, stored).await;
+        let t = ScriptedTable::new(inner).heartbeats(script);
+        let retry = three_attempts();
+        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
+        (r, t.heartbeat_calls())
+    }
+
     /// `inner` holds `me`'s heartbeat row with counter `n`.
     async fn heartbeat_row_at(inner: &MemoryLeaseTable, me: &WorkerId, n: u64) {
         inner.heartbeat(me, None, false).await.unwrap();
@@ -692,25 +707,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn heartbeat_whose_reply_was_lost_after_it_landed_is_ours() {
         for lost in [amb(), LeaseError::ConditionFailed] {
-            let inner = MemoryLeaseTable::new();
-            let a = WorkerId::new("a");
-            heartbeat_row_at(&inner, &a, 2).await;
-            let t = ScriptedTable::new(&inner).heartbeats(vec![Step::LandThenFail(lost.clone())]);
-            let retry = three_attempts();
-            let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await.unwrap();
-            assert_eq!((row.counter, t.heartbeat_calls()), (3, 1), "{lost:?}");
+            let (r, calls) = beat_from_2(&MemoryLeaseTable::new(), 2, vec![Step::LandThenFail(lost.clone())]).await;
+            assert_eq!((r.unwrap().counter, calls), (3, 1), "{lost:?}");
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_that_did_not_land_is_retried() {
-        let inner = MemoryLeaseTable::new();
-        let a = WorkerId::new("a");
-        heartbeat_row_at(&inner, &a, 2).await;
-        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()), Step::Pass]);
-        let retry = three_attempts();
-        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await.unwrap();
-        assert_eq!((row.counter, t.heartbeat_calls()), (3, 2));
+        let (r, calls) = beat_from_2(&MemoryLeaseTable::new(), 2, vec![Step::FailBefore(amb()), Step::Pass]).await;
+        assert_eq!((r.unwrap().counter, calls), (3, 2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -719,14 +724,11 @@ mod tests {
         // so the error is Unavailable (the keeper's grace applies), not Evicted (which stops
         // every consumer at once).
         let inner = MemoryLeaseTable::new();
-        let a = WorkerId::new("a");
-        heartbeat_row_at(&inner, &a, 2).await;
-        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()); 3]);
-        let retry = three_attempts();
-        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
+        let (r, calls) = beat_from_2(&inner, 2, vec![Step::FailBefore(amb()); 3]).await;
         assert!(matches!(r, Err(ProtocolError::Table(LeaseError::Unavailable(_)))), "{r:?}");
-        assert_eq!(t.heartbeat_calls(), 3);
+        assert_eq!(calls, 3);
         // A first heartbeat that never lands either.
+        let retry = three_attempts();
         let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()); 3]);
         let r = LeaseProtocol::new(&t, &retry).heartbeat(&WorkerId::new("new"), None, false).await;
         assert!(matches!(r, Err(ProtocolError::Table(LeaseError::Unavailable(_)))), "{r:?}");
@@ -734,13 +736,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_behind_the_stored_counter_is_evicted() {
-        let inner = MemoryLeaseTable::new();
-        let a = WorkerId::new("a");
-        heartbeat_row_at(&inner, &a, 7).await;
-        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::Pass]);
-        let retry = three_attempts();
-        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
-        assert_eq!((r, t.heartbeat_calls()), (Err(ProtocolError::Evicted { worker: a }), 1));
+        let (r, calls) = beat_from_2(&MemoryLeaseTable::new(), 7, vec![Step::Pass]).await;
+        assert_eq!((r, calls), (Err(ProtocolError::Evicted { worker: WorkerId::new("a") }), 1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -757,28 +754,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_retries_throttles_until_the_last_attempt() {
-        let inner = MemoryLeaseTable::new();
-        let a = WorkerId::new("a");
-        heartbeat_row_at(&inner, &a, 2).await;
-        let t = ScriptedTable::new(&inner).heartbeats(vec![
+        let script = vec![
             Step::FailBefore(LeaseError::Throttled),
             Step::FailBefore(LeaseError::Unavailable("503".into())),
             Step::Pass,
-        ]);
-        let retry = three_attempts();
-        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await.unwrap();
-        assert_eq!((row.counter, t.heartbeat_calls()), (3, 3));
+        ];
+        let (r, calls) = beat_from_2(&MemoryLeaseTable::new(), 2, script).await;
+        assert_eq!((r.unwrap().counter, calls), (3, 3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_gives_up_on_throttles_after_max_attempts() {
         let inner = MemoryLeaseTable::new();
-        let a = WorkerId::new("a");
-        heartbeat_row_at(&inner, &a, 2).await;
-        let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(LeaseError::Throttled); 3]);
-        let retry = three_attempts();
-        let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
-        assert_eq!((r, t.heartbeat_calls()), (Err(ProtocolError::Table(LeaseError::Throttled)), 3));
+        let (r, calls) = beat_from_2(&inner, 2, vec![Step::FailBefore(LeaseError::Throttled); 3]).await;
+        assert_eq!((r, calls), (Err(ProtocolError::Table(LeaseError::Throttled)), 3));
         assert_eq!(inner.workers().await.unwrap()[0].counter, 2);
     }
 
