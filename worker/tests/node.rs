@@ -10,10 +10,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use worker::{Node, NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
-/// A warehouse whose commits wait while the gate is closed.
+/// A warehouse whose commits wait while the gate is closed: every commit, or with `only` the
+/// commits to that table (the others go through).
 struct Gated {
     inner: MemoryWarehouse,
     open: watch::Receiver<bool>,
+    only: Option<&'static str>,
 }
 
 #[async_trait]
@@ -22,8 +24,10 @@ impl Warehouse for Gated {
         self.inner.ensure_table(table).await
     }
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
-        let mut open = self.open.clone();
-        let _ = open.wait_for(|o| *o).await;
+        if self.only.is_none_or(|t| t == batch.table.name) {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
         self.inner.commit(batch).await
     }
 }
@@ -61,7 +65,7 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(Gated { inner: warehouse.clone(), open }),
+        warehouse: Arc::new(Gated { inner: warehouse.clone(), open, only: None }),
         mapper: Arc::new(mapper()),
     };
     let mut config = NodeConfig::new(WorkerId::new("n"), ClusterSettings::with_failover(Duration::from_secs(10)));
@@ -295,7 +299,7 @@ async fn lag_grows_while_backpressure_holds_reads_and_dead_letters_count_once_co
     let ports = NodePorts {
         table: Arc::new(MemoryLeaseTable::new()),
         reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(Gated { inner: warehouse.clone(), open }),
+        warehouse: Arc::new(Gated { inner: warehouse.clone(), open, only: None }),
         mapper: Arc::new(mapper()),
     };
     let mut config = node_config("n");
@@ -384,7 +388,7 @@ async fn rows_in_flight_counts_what_waits_behind_a_stalled_commit() {
     let ports = NodePorts {
         table: Arc::new(MemoryLeaseTable::new()),
         reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(Gated { inner: MemoryWarehouse::new(), open }),
+        warehouse: Arc::new(Gated { inner: MemoryWarehouse::new(), open, only: None }),
         mapper: Arc::new(mapper()),
     };
     let mut config = node_config("n");
@@ -539,7 +543,7 @@ async fn a_drain_that_cannot_commit_gives_up_at_the_shutdown_deadline() {
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(Gated { inner: MemoryWarehouse::new(), open }),
+        warehouse: Arc::new(Gated { inner: MemoryWarehouse::new(), open, only: None }),
         mapper: Arc::new(mapper()),
     };
     let mut config = node_config("n");
@@ -593,6 +597,14 @@ fn alive(leases: &MemoryLeaseTable, node: &WorkerId) -> tokio::task::JoinHandle<
     })
 }
 
+/// Shard 0's lease, created owned by `owner` (as a node's earlier life or another node left it).
+async fn lease_of(leases: &MemoryLeaseTable, owner: &WorkerId) -> proto::Lease {
+    let mut lease = proto::Lease::for_shard(&proto::ShardId::numbered(0), vec![], None, Checkpoint::TrimHorizon);
+    lease.owner = Some(owner.clone());
+    leases.create(&lease).await.unwrap();
+    lease
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_leader_completes_a_handoff_whose_live_giver_never_clears_it() {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
@@ -600,9 +612,7 @@ async fn the_leader_completes_a_handoff_whose_live_giver_never_clears_it() {
     let shard = proto::ShardId::numbered(0);
     let (n, ghost) = (WorkerId::new("n"), WorkerId::new("ghost"));
     // The lease is ghost's; ghost is alive (it heartbeats every second) but never runs it.
-    let mut lease = proto::Lease::for_shard(&shard, vec![], None, Checkpoint::TrimHorizon);
-    lease.owner = Some(ghost.clone());
-    leases.create(&lease).await.unwrap();
+    let lease = lease_of(&leases, &ghost).await;
     let heartbeats = alive(&leases, &ghost);
     let warehouse = MemoryWarehouse::new();
     let ports = ports(&leases, &stream, &warehouse);
@@ -637,9 +647,7 @@ async fn a_restarted_node_that_leads_keeps_its_own_leases() {
     let shard = proto::ShardId::numbered(0);
     let (n, other) = (WorkerId::new("n"), WorkerId::new("other"));
     // n's lease from its previous life; `other` is alive (it heartbeats every second).
-    let mut lease = proto::Lease::for_shard(&shard, vec![], None, Checkpoint::TrimHorizon);
-    lease.owner = Some(n.clone());
-    leases.create(&lease).await.unwrap();
+    lease_of(&leases, &n).await;
     let heartbeats = alive(&leases, &other);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let warehouse = MemoryWarehouse::new();
@@ -656,27 +664,6 @@ async fn a_restarted_node_that_leads_keeps_its_own_leases() {
     node.shutdown().await;
 }
 
-/// A warehouse whose commits to one table wait while the gate is closed; others go through.
-struct GatedTable {
-    inner: MemoryWarehouse,
-    table: &'static str,
-    open: watch::Receiver<bool>,
-}
-
-#[async_trait]
-impl Warehouse for GatedTable {
-    async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
-        self.inner.ensure_table(table).await
-    }
-    async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
-        if batch.table.name == self.table {
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|o| *o).await;
-        }
-        self.inner.commit(batch).await
-    }
-}
-
 /// Acknowledgements are matched to the chunk they belong to: a later chunk committed by
 /// another sink (a dead letter) while an earlier chunk's commit still waits does not move the
 /// checkpoint past the earlier chunk's uncommitted record.
@@ -689,7 +676,7 @@ async fn a_later_chunk_committed_first_does_not_checkpoint_an_earlier_one() {
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: Arc::new(stream.clone()),
-        warehouse: Arc::new(GatedTable { inner: warehouse.clone(), table: "t", open }),
+        warehouse: Arc::new(Gated { inner: warehouse.clone(), open, only: Some("t") }),
         mapper: Arc::new(mapper()),
     };
     stream.put("a", br#"{"id":1}"#.to_vec());
@@ -797,7 +784,7 @@ async fn a_stop_and_a_shard_end_each_write_the_lease_once() {
         let ports = NodePorts {
             table: Arc::new(leases.clone()),
             reader: Arc::new(stream.clone()),
-            warehouse: Arc::new(Gated { inner: warehouse.clone(), open }),
+            warehouse: Arc::new(Gated { inner: warehouse.clone(), open, only: None }),
             mapper: Arc::new(mapper()),
         };
         let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
