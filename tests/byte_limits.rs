@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tributary::cluster::LocalCluster;
+mod processes;
+use processes::wait_count;
 use worker::{NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
 const PIPELINE: &str = r#"
@@ -31,19 +33,6 @@ fn text_of(bytes: usize, c: char) -> String {
     let text = format!("{}{}", "a".repeat(bytes - n * c.len_utf8()), c.to_string().repeat(n));
     assert_eq!(text.len(), bytes);
     text
-}
-
-/// Waits (bounded) until `query`'s single number reaches `want`.
-async fn wait_for_count(w: &PostgresWarehouse, query: &str, want: usize) -> usize {
-    let mut got = 0;
-    for _ in 0..300 {
-        got = w.query_text(query).await.ok().and_then(|r| r[0][0].as_ref()?.parse().ok()).unwrap_or(0);
-        if got >= want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    got
 }
 
 /// For characters of 2, 3 and 4 bytes: a note of exactly 65,535 bytes lands whole; one byte
@@ -90,10 +79,10 @@ async fn multibyte_text_lands_up_to_65535_bytes_and_no_further() {
     stream.put("after", br#"{"id": "after", "note": "the shard moved on"}"#.to_vec());
 
     let landed = "SELECT count(*) FROM notes";
-    let n = wait_for_count(&warehouse, landed, lands.len() + 1).await;
+    let n = wait_count(&warehouse, landed, lands.len() + 1).await;
     assert_eq!(n, lands.len() + 1, "only the notes of at most 65,535 bytes land, then the one after them");
     let records = "SELECT count(*) FROM tributary_dead_letters WHERE payload_part = 0";
-    assert_eq!(wait_for_count(&warehouse, records, dead.len()).await, dead.len(), "the notes over 65,535 bytes");
+    assert_eq!(wait_count(&warehouse, records, dead.len()).await, dead.len(), "the notes over 65,535 bytes");
     cluster.stop_all().await;
 
     let rows =

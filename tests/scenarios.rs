@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tributary::cluster::LocalCluster;
+
+mod processes;
+use processes::wait_count;
 use tributary::tickets::{self, TicketWorld};
 use worker::reference_cache::ReferenceSet;
 use worker::{NodeConfig, NodePorts, Pipeline, PipelineConfig};
@@ -56,19 +59,6 @@ async fn setup(pipeline: Pipeline, shards: u32, database: &str) -> Setup {
         cluster.start_node(None).await.unwrap();
     }
     Setup { _pg: pg, warehouse, stream, cluster }
-}
-
-/// Waits (bounded) until `query`'s single number reaches `want`.
-async fn wait_for_count(w: &PostgresWarehouse, query: &str, want: usize) -> usize {
-    let mut got = 0;
-    for _ in 0..300 {
-        got = w.query_text(query).await.ok().and_then(|r| r[0][0].as_ref()?.parse().ok()).unwrap_or(0);
-        if got >= want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    got
 }
 
 fn text(v: &Json) -> String {
@@ -244,7 +234,7 @@ async fn reference_changes_are_followed_without_restart() {
         put_json(&s.stream, &id.to_string(), serde_json::json!({"id": id, "country": codes[id % 3]}));
     }
     let count = "SELECT count(*) FROM visits";
-    assert_eq!(wait_for_count(&s.warehouse, count, 300).await, 300);
+    assert_eq!(wait_count(&s.warehouse, count, 300).await, 300);
 
     // The source renames a country while the cluster runs; each cache takes it up (bounded wait).
     let renamed_at = std::time::Instant::now();
@@ -265,7 +255,7 @@ async fn reference_changes_are_followed_without_restart() {
     for id in 300..600 {
         put_json(&s.stream, &id.to_string(), serde_json::json!({"id": id, "country": codes[id % 3]}));
     }
-    assert_eq!(wait_for_count(&s.warehouse, count, 600).await, 600);
+    assert_eq!(wait_count(&s.warehouse, count, 600).await, 600);
     s.cluster.stop_all().await;
 
     let names = |range: &str| {
@@ -339,9 +329,9 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
         s.stream.put(key, data.clone());
     }
     let raw = format!("SELECT count(*) FROM \"{}\"", tributary::ev::RAW_TABLE);
-    assert_eq!(wait_for_count(&s.warehouse, &raw, good).await, good);
+    assert_eq!(wait_count(&s.warehouse, &raw, good).await, good);
     let dead = bad.len() + malformed;
-    assert_eq!(wait_for_count(&s.warehouse, "SELECT count(*) FROM tributary_dead_letters", dead).await, dead);
+    assert_eq!(wait_count(&s.warehouse, "SELECT count(*) FROM tributary_dead_letters", dead).await, dead);
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.cluster.stop_all().await;
 
@@ -427,10 +417,10 @@ async fn values_no_column_holds_are_dead_lettered_whole_and_the_shard_moves_on()
         }
     }
     let raw = format!("SELECT count(*) FROM \"{}\"", tributary::ev::RAW_TABLE);
-    assert_eq!(wait_for_count(&s.warehouse, &raw, good).await, good, "the records behind them landed");
+    assert_eq!(wait_count(&s.warehouse, &raw, good).await, good, "the records behind them landed");
     let dead = bad.len() + malformed;
     let records = "SELECT count(*) FROM tributary_dead_letters WHERE payload_part = 0";
-    assert_eq!(wait_for_count(&s.warehouse, records, dead).await, dead);
+    assert_eq!(wait_count(&s.warehouse, records, dead).await, dead);
     s.cluster.stop_all().await;
 
     let rows = s
