@@ -12,6 +12,7 @@
 //! - shutdown: every consumer flushes, checkpoints and releases; the heartbeat row is removed.
 
 use crate::shard_consumer::{reason, ConsumerContext, ConsumerMsg, ShardConsumer, StopMode};
+use coordinator::planner::is_ready;
 use coordinator::{ClusterEvent, ClusterSettings};
 use proto::{Lease, LeaseProtocol, ProtocolError, ShardId};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -223,16 +224,16 @@ impl KeeperState {
         let Some(parent) = self.protocol().get(parent.as_str()).await? else { return Ok(()) };
         for child in &parent.child_shard_ids {
             let Some(lease) = self.protocol().get(child.as_str()).await? else { continue };
-            if lease.owner.is_some() || lease.is_finished() || self.consumers.contains_key(child) {
+            if lease.owner.is_some() || self.consumers.contains_key(child) {
                 continue;
             }
-            let mut parents_done = true;
+            // The planner's readiness rule, over consistent reads of the parents.
+            let mut parents = Vec::new();
             for p in &lease.parent_shard_ids {
-                if self.protocol().get(p.as_str()).await?.is_some_and(|l| !l.is_finished()) {
-                    parents_done = false;
-                }
+                parents.extend(self.protocol().get(p.as_str()).await?);
             }
-            if !parents_done {
+            let by_key = parents.iter().map(|l| (l.key.as_str(), l)).collect();
+            if !is_ready(&lease, &by_key) {
                 continue;
             }
             if let Ok(taken) = self.protocol().take(&lease, &me).await {
