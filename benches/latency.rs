@@ -12,12 +12,12 @@
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use proto::LeaseTable;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use testkit::local_stack::{emulator, Service};
+use testkit::postgres_server::postgres;
 
 #[path = "common.rs"]
 mod common;

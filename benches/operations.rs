@@ -30,9 +30,7 @@
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use proto::LeaseTable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,6 +38,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::local_stack::{emulator, Emulator, Service};
+use testkit::postgres_server::postgres;
 
 #[path = "common.rs"]
 mod common;

@@ -115,7 +115,7 @@ mod tests {
         let text = format!(
             "{}\n[stream]\nname = \"ev\"\n[lease_table]\nname = \"ev-leases\"\n[warehouse]\nkind = \"postgres\"\n\
              url = \"host=db.internal user=etl dbname=analytics\"\n[metrics]\nlisten = \"0.0.0.0:9898\"\n",
-            crate::ev::PIPELINE
+            testkit::ev::PIPELINE
         );
         let config = RunConfig::from_toml(&text).unwrap();
         let s = summary(&config);

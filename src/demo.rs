@@ -3,10 +3,7 @@
 //! kills a node, splits a shard, merges two, stops a node gracefully and adds a new one. At the
 //! end the SQLite file is checked against the generator's own record of what it wrote.
 
-use crate::cluster::LocalCluster;
 use crate::demo_tickets::{TicketDemo, TicketVerdict};
-use crate::ev::{self, Generator, Oracle, RAW_TABLE, SESSIONS_TABLE};
-use crate::timeline::{max, median, Figures};
 use anyhow::{bail, Context};
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryStream};
@@ -17,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::cluster::LocalCluster;
+use testkit::ev::{self, Generator, Oracle, RAW_TABLE, SESSIONS_TABLE};
+use testkit::timeline::{max, median, Figures};
 use tokio::time::Instant;
 use worker::{NodeConfig, NodePorts, DEAD_LETTER_TABLE};
 
@@ -176,14 +176,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         if producer.is_finished() && plan.is_empty() && !tickets.producing() {
             let produced = oracle.lock().unwrap().produced();
             let landed = count(&sqlite, RAW_TABLE)? + count(&sqlite, DEAD_LETTER_TABLE)?;
-            let tickets_in = count(&sqlite, crate::tickets::TARGET)? >= tickets.expected_rows();
+            let tickets_in = count(&sqlite, testkit::tickets::TARGET)? >= tickets.expected_rows();
             if (landed >= produced && tickets_in) || start.elapsed() > drain_deadline {
                 break;
             }
         }
     }
     say(start, "generator done and warehouse caught up; stopping every node gracefully");
-    let shard_parents = crate::timeline::parents(stream.list_shards().await?);
+    let shard_parents = testkit::timeline::parents(stream.list_shards().await?);
     // Let the last ticket updates land (their count was reached, their content may trail).
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.stop_all().await;
@@ -264,7 +264,7 @@ fn reset(db: &std::path::Path) -> anyhow::Result<()> {
     };
     // The EV cluster's tables, the ticket cluster's, and their tombstones and dead letters.
     let ours = |n: &String| {
-        n.starts_with("ev_charging_sessions") || n.starts_with(crate::tickets::TARGET) || n.starts_with("tributary_")
+        n.starts_with("ev_charging_sessions") || n.starts_with(testkit::tickets::TARGET) || n.starts_with("tributary_")
     };
     if let Some(other) = names.iter().find(|n| !ours(n)) {
         bail!("{} holds a table the demo did not make ({other}); choose another file with --db", db.display());
@@ -386,7 +386,7 @@ fn report(
     println!(
         "          sqlite3 {} \"SELECT ticket_id, sport_type, datetime(start_date / 1000, 'unixepoch'), customer_name, email, phone FROM {} LIMIT 5\"",
         opts.db.display(),
-        crate::tickets::TARGET
+        testkit::tickets::TARGET
     );
 }
 

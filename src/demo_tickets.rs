@@ -1,8 +1,6 @@
 //! The demo's second scenario: ticket activity as AWS DMS change records, joined with ticket,
 //! event and customer tables, phone masked and e-mail tokenized, into `sport_event_activity`.
 
-use crate::cluster::LocalCluster;
-use crate::tickets::{self, TicketWorld};
 use anyhow::Context;
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryReferenceSource, MemoryStream};
@@ -13,10 +11,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::cluster::LocalCluster;
+use testkit::tickets::{self, TicketWorld};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use worker::reference_cache::ReferenceSet;
-use worker::transform::TokenKey;
+use worker::pipeline::transform::TokenKey;
+use worker::reference_set::ReferenceSet;
 use worker::{NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
 pub struct TicketDemo {
@@ -156,7 +156,7 @@ impl TicketDemo {
                     t["seat_level"].as_str().unwrap_or("").to_owned(),
                     c["name"].as_str().map(str::to_owned),
                     c["email"].as_str().map(|m| self.key.tokenize(m)),
-                    c["phone"].as_str().map(worker::transform::mask),
+                    c["phone"].as_str().map(worker::pipeline::transform::mask),
                 )
             });
             let got = (buyer, sport, level, name, email, phone);

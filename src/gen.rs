@@ -9,7 +9,6 @@
 //! Records go out in PutRecords calls of up to 500; refused records are sent again.
 
 use crate::template::Template;
-use crate::tickets::TicketWorld;
 use adapters::kinesis::Kinesis;
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{
@@ -21,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value as Json;
 use std::io::Write;
 use std::time::Duration;
+use testkit::tickets::TicketWorld;
 use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -151,7 +151,7 @@ pub async fn run(mut opts: GenOptions) -> anyhow::Result<()> {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let now_ms = proto::clock::system_ms();
-    let mut ev = crate::ev::Generator::new(now_ms);
+    let mut ev = testkit::ev::Generator::new(now_ms);
     let mut tickets = TicketWorld::new(&mut rng, 20, 50, 500, now_ms);
     let mut backlog: Vec<(String, Vec<u8>)> = Vec::new();
     if opts.preset == Preset::Tickets && opts.template.is_none() {

@@ -33,7 +33,7 @@ async fn lag(reader: &Kinesis, lease: &Lease) -> String {
         _ => StartingPosition::TrimHorizon,
     };
     let Ok(iterator) = reader.iterator(&lease.shard_id(), &from).await else { return "?".into() };
-    match reader.read(&iterator, 1).await {
+    match reader.read(&lease.shard_id(), &iterator, 1).await {
         Ok(batch) if batch.records.is_empty() && batch.millis_behind_latest == 0 => "0s".into(),
         Ok(batch) => format!("{:.1}s", batch.millis_behind_latest as f64 / 1000.0),
         Err(_) => "?".into(),

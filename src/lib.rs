@@ -10,21 +10,14 @@
 //! | `template.rs` | `gen --template`: record templates with random placeholders |
 //! | `metrics_server.rs` | the node's HTTP listener (`[metrics] listen`): `/metrics`, `/healthz`, `/readyz` |
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
-//! | `cluster.rs` | `LocalCluster`: several nodes in one process (demo, simulation tests) |
-//! | `timeline.rs` | cluster events and the failover / handoff / child-start figures |
-//! | `ev.rs` | the EV charging-session generator and its oracle |
 //! | `demo.rs` | `tributary demo`: the embedded one-command run |
 
 pub mod check;
-pub mod cluster;
 pub mod demo;
 pub mod demo_tickets;
-pub mod ev;
 pub mod gen;
 pub mod leases;
 pub mod metrics_server;
 pub mod run;
 pub mod run_config;
 pub mod template;
-pub mod tickets;
-pub mod timeline;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 use worker::observed::{Observed, ObservedReferences};
-use worker::reference_cache::ReferenceSet;
+use worker::reference_set::ReferenceSet;
 use worker::{Node, NodeConfig, NodeMetrics, NodePorts, Pipeline};
 
 /// The PostgreSQL settings: the config's connection string, completed from libpq's variables

@@ -25,7 +25,7 @@
 use proto::Checkpoint;
 use serde::Deserialize;
 use std::time::Duration;
-use worker::pipeline_config::{parse_duration, ConfigError};
+use worker::pipeline::config::{parse_duration, ConfigError};
 use worker::PipelineConfig;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -167,7 +167,7 @@ impl Template {
                     Field::AlphaNumeric(n) => {
                         out.extend((0..*n).map(|_| char::from(rng.sample(rand::distributions::Alphanumeric))))
                     }
-                    Field::Now => out.push_str(&crate::tickets::iso(now_ms)),
+                    Field::Now => out.push_str(&testkit::tickets::iso(now_ms)),
                     Field::EpochMs => {
                         let _ = write!(out, "{now_ms}");
                     }

@@ -4,7 +4,6 @@
 //! pipeline holds every warehouse to Redshift's 65,535 bytes.
 
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use base64::Engine;
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryStream};
@@ -12,7 +11,8 @@ use proto::{Clock, WorkerId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tributary::cluster::LocalCluster;
+use testkit::cluster::LocalCluster;
+use testkit::postgres_server::postgres;
 mod processes;
 use processes::wait_count;
 use worker::{NodeConfig, NodePorts, Pipeline, PipelineConfig};

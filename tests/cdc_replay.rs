@@ -12,15 +12,15 @@
 //! of versions.
 
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use proto::{Batch, Position, Row, SequenceNumber, ShardId, Warehouse};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use worker::kpl::UserRecord;
-use worker::{Pipeline, PipelineConfig, RecordMapper};
+use testkit::postgres_server::postgres;
+use worker::UserRecord;
+use worker::{Pipeline, PipelineConfig, RecordMapper, TableId, Target};
 
 const PIPELINE: &str = r#"
 format = "dms"
@@ -255,8 +255,8 @@ fn rows(records: &[Sent], order: &[usize], pipeline: &Pipeline) -> Vec<Row> {
             error: None,
         };
         let mut out = Vec::new();
-        pipeline.map(&shard, &record, false, &mut out);
-        assert!(out.iter().all(|(t, _)| *t == 0), "no dead letters: {out:?}");
+        pipeline.map(&shard, std::slice::from_ref(&record), false, &mut out);
+        assert!(out.iter().all(|(t, _)| *t == Target::Table(TableId::new(0))), "no dead letters: {out:?}");
         rows.extend(out.into_iter().map(|(_, r)| r));
     }
     rows

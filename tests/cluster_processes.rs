@@ -9,9 +9,7 @@
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use processes::{consumer_spans, count, database, NodeProcess};
 use proto::{LeaseTable, ShardInfo, ShardReader};
 use rand::SeedableRng;
@@ -19,9 +17,11 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
-use tributary::ev;
-use tributary::tickets::{self, TicketWorld};
-use worker::transform::mask;
+use testkit::ev;
+use testkit::local_stack::{emulator, Service};
+use testkit::postgres_server::postgres;
+use testkit::tickets::{self, TicketWorld};
+use worker::pipeline::transform::mask;
 
 mod known_tokens;
 mod processes;
@@ -304,12 +304,12 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
         .enumerate()
         .flat_map(|(i, n)| consumer_spans(&n.name, &n.log(), origin, if i == 0 { killed } else { None }))
         .collect();
-    let parents = tributary::timeline::parents(ev_kinesis.list_shards().await.unwrap());
+    let parents = testkit::timeline::parents(ev_kinesis.list_shards().await.unwrap());
     assert_eq!(parents.len(), 3, "two split children and one merged child: {parents:?}");
     for child in parents.keys() {
         assert!(spans.iter().any(|s| &s.shard == child), "{child} was consumed: {spans:#?}");
     }
-    let breaches = tributary::timeline::ordering_breaches(&spans, &parents);
+    let breaches = testkit::timeline::ordering_breaches(&spans, &parents);
     assert!(breaches.is_empty(), "{breaches:#?}");
     assert!(table.workers().await.unwrap().is_empty());
     for e in &events {

@@ -12,14 +12,14 @@
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use processes::{database, ev_record, metrics_port, wait_count};
 use proto::LeaseTable;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::local_stack::{emulator, Emulator, Service};
+use testkit::postgres_server::postgres;
 
 mod processes;
 mod prometheus;
@@ -29,7 +29,7 @@ fn repo() -> &'static Path {
 }
 
 fn ops() -> PathBuf {
-    adapters::local_stack::stack_dir().join("ops")
+    testkit::local_stack::stack_dir().join("ops")
 }
 
 struct Output {
@@ -334,7 +334,7 @@ async fn node_on_the_local_stack(image: &str, dir: &Path) -> NodeRun {
             "{}\n[node]\nshutdown_deadline = \"20s\"\n[stream]\nname = \"{stream}\"\n\
              [lease_table]\nname = \"{lease_table}\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n",
-            tributary::ev::PIPELINE
+            testkit::ev::PIPELINE
         ),
     )
     .unwrap();

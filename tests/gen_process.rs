@@ -3,12 +3,12 @@
 //! stream, rendered from the template (bounds, choices, sequence) under its templated key.
 
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Service};
 use proto::{ShardReader, StartingPosition};
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
+use testkit::local_stack::{emulator, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gen_writes_templated_records() {
@@ -49,7 +49,9 @@ async fn gen_writes_templated_records() {
     for shard in reader.list_shards().await.unwrap() {
         let mut iterator = reader.iterator(&shard.id, &StartingPosition::TrimHorizon).await.unwrap();
         for _ in 0..20 {
-            let batch = reader.read(&iterator, 1000).await.unwrap();
+            // Five reads a second per shard at most: the reader leaves pacing to its caller.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let batch = reader.read(&shard.id, &iterator, 1000).await.unwrap();
             let empty = batch.records.is_empty();
             for r in batch.records {
                 let v: Json = serde_json::from_slice(&r.data).expect("a rendered template is json");

@@ -42,7 +42,7 @@ impl Drop for TempDir {
 
 /// The npm tools of deploy/local/ops-npm (`deploy/local/ops-tools.sh node`).
 fn ops_node() -> PathBuf {
-    adapters::local_stack::stack_dir().join("ops/node")
+    testkit::local_stack::stack_dir().join("ops/node")
 }
 
 /// Grafana's TypeScript types of each panel type's options (a module under

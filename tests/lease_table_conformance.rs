@@ -3,7 +3,6 @@
 //! for DynamoDB only, a lease table written the way KCL writes it is read and resumed.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
-use adapters::local_stack::{emulator, Emulator, Service};
 use aws_sdk_dynamodb::types::AttributeValue;
 use proto::memory::MemoryLeaseTable;
 use proto::{
@@ -12,6 +11,7 @@ use proto::{
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use testkit::local_stack::{emulator, Emulator, Service};
 
 fn at(seq: &str, sub: u64) -> Checkpoint {
     Checkpoint::At(Position::new(SequenceNumber::parse(seq).unwrap(), sub))

@@ -6,7 +6,7 @@ use proto::memory::MemoryReferenceSource;
 use std::sync::Arc;
 use std::time::Duration;
 use tributary::metrics_server::Served;
-use worker::reference_cache::{ReferenceSet, ReferenceSpec};
+use worker::reference_set::{ReferenceSet, ReferenceSpec};
 use worker::NodeMetrics;
 
 mod prometheus;

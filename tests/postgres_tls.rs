@@ -5,9 +5,9 @@
 //! trusted CA for another host name is refused.
 
 use adapters::postgres::{PostgresConfig, PostgresWarehouse};
-use adapters::postgres_server::postgres_tls;
 use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
 use std::sync::Arc;
+use testkit::postgres_server::postgres_tls;
 
 /// A CA, and a server certificate for `names` (host names or addresses) signed by it:
 /// (CA PEM, cert PEM, key PEM).

@@ -5,15 +5,15 @@
 //! Helm chart's KEDA query returns one series. The nodes then stop on SIGTERM with exit 0.
 
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use processes::{database, wait_count, NodeProcess};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tributary::tickets::{self, TicketWorld};
+use testkit::local_stack::{emulator, Service};
+use testkit::postgres_server::postgres;
+use testkit::tickets::{self, TicketWorld};
 
 mod grafana;
 mod helm;

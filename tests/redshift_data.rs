@@ -3,15 +3,15 @@
 //! statuses, one transaction per batch, the 100 KB statement limit, throttling and
 //! ActiveStatementsExceeded. (The conformance property itself is in `warehouse_conformance.rs`.)
 
-use adapters::local_stack::sdk_config_for;
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
 use redshift_data_endpoint::Endpoint;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::local_stack::sdk_config_for;
+use testkit::postgres_server::postgres;
 
 mod redshift_data_endpoint;
 
@@ -52,14 +52,14 @@ fn row(id: usize, version: u64, note: &str) -> Row {
 
 async fn setup(
     database: &str,
-) -> (adapters::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
+) -> (testkit::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
     setup_with_timeout(database, Duration::from_secs(60)).await
 }
 
 async fn setup_with_timeout(
     database: &str,
     timeout: Duration,
-) -> (adapters::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
+) -> (testkit::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
     let pg = postgres().unwrap();
     let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
     admin.query_text(&format!("DROP DATABASE IF EXISTS {database}")).await.unwrap();

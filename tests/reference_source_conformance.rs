@@ -4,7 +4,6 @@
 //! stream while it changes, without a restart.
 
 use adapters::dynamodb_reference::DynamoReferenceSource;
-use adapters::local_stack::{emulator, Emulator, Service};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -16,7 +15,8 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use worker::reference_cache::{ReferenceSet, ReferenceSpec};
+use testkit::local_stack::{emulator, Emulator, Service};
+use worker::reference_set::{ReferenceSet, ReferenceSpec};
 
 #[async_trait]
 trait TableUnderTest: Send + Sync {

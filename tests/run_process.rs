@@ -5,12 +5,12 @@
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use processes::{count, database, ev_record, wait_count, NodeProcess};
 use proto::LeaseTable;
 use std::time::{Duration, Instant};
+use testkit::local_stack::{emulator, Service};
+use testkit::postgres_server::postgres;
 
 mod processes;
 mod prometheus;
@@ -44,7 +44,7 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
         format!(
             "{}\n[node]\nfailover_time = \"3s\"\nshutdown_deadline = \"20s\"\n[stream]\nname = \"{stream}\"\n\
              [lease_table]\nname = \"{lease_table}\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n",
-            tributary::ev::PIPELINE
+            testkit::ev::PIPELINE
         ),
     )
     .unwrap();
@@ -112,7 +112,7 @@ async fn sigterm_while_starting_exits_0_at_once() {
         format!(
             "{}\n[stream]\nname = \"s\"\n[lease_table]\nname = \"l\"\n[warehouse]\nkind = \"sqlite\"\nurl = \"{}\"\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n",
-            tributary::ev::PIPELINE,
+            testkit::ev::PIPELINE,
             dir.join("w.db").display()
         ),
     )
@@ -163,7 +163,7 @@ fn check_validates_offline_and_names_the_bad_field() {
     };
     let base = format!(
         "{}\n[stream]\nname = \"ev\"\n[lease_table]\nname = \"ev-leases\"\n[warehouse]\nkind = \"postgres\"\n",
-        tributary::ev::PIPELINE
+        testkit::ev::PIPELINE
     );
     let (code, text) = check("good.toml", &format!("{base}url = \"host=db.internal dbname=analytics\"\n"));
     assert_eq!(code, Some(0), "{text}");

@@ -3,9 +3,7 @@
 //! mid-run so that replays happen, and the warehouse compared with the generator's oracle.
 
 use adapters::dynamodb_reference::DynamoReferenceSource;
-use adapters::local_stack::{emulator, Service};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::{postgres, PgHandle};
 use aws_sdk_dynamodb::types::ScalarAttributeType;
 use base64::Engine;
 use coordinator::ClusterSettings;
@@ -17,12 +15,14 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tributary::cluster::LocalCluster;
+use testkit::cluster::LocalCluster;
+use testkit::local_stack::{emulator, Service};
+use testkit::postgres_server::{postgres, PgHandle};
 
 mod processes;
 use processes::wait_count;
-use tributary::tickets::{self, TicketWorld};
-use worker::reference_cache::ReferenceSet;
+use testkit::tickets::{self, TicketWorld};
+use worker::reference_set::ReferenceSet;
 use worker::{NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
 mod known_tokens;
@@ -144,7 +144,7 @@ async fn ticket_activity_lands_denormalized_masked_and_tokenized() {
                 ticket["ticket_price"].as_f64().unwrap().to_string(),
                 text(&customer["name"]),
                 known_tokens::token(known_tokens::SCENARIOS, customer["email"].as_str().unwrap()).to_owned(),
-                worker::transform::mask(customer["phone"].as_str().unwrap()),
+                worker::pipeline::transform::mask(customer["phone"].as_str().unwrap()),
                 a.created_at.clone(),
                 a.updated_at.clone(),
                 text(&event["start_date"]),
@@ -274,10 +274,10 @@ async fn reference_changes_are_followed_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
-    let config = PipelineConfig::from_toml(&format!("max_record_bytes = 4096\n{}", tributary::ev::PIPELINE)).unwrap();
+    let config = PipelineConfig::from_toml(&format!("max_record_bytes = 4096\n{}", testkit::ev::PIPELINE)).unwrap();
     let mut s = setup(Pipeline::without_references(&config).unwrap(), 4, "raw_landing").await;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let mut generator = tributary::ev::Generator::new(1_700_000_000_000);
+    let mut generator = testkit::ev::Generator::new(1_700_000_000_000);
     let (mut good, mut malformed) = (0usize, 0usize);
     let mut kwh = BTreeMap::new();
     // (partition key, payload) of every user record written, what the raw table must hold.
@@ -328,7 +328,7 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
     for (key, data) in &bad {
         s.stream.put(key, data.clone());
     }
-    let raw = format!("SELECT count(*) FROM \"{}\"", tributary::ev::RAW_TABLE);
+    let raw = format!("SELECT count(*) FROM \"{}\"", testkit::ev::RAW_TABLE);
     assert_eq!(wait_count(&s.warehouse, &raw, good).await, good);
     let dead = bad.len() + malformed;
     assert_eq!(wait_count(&s.warehouse, "SELECT count(*) FROM tributary_dead_letters", dead).await, dead);
@@ -341,7 +341,7 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
         .query_text(&format!(
             "SELECT count(*) FROM (SELECT shard_id, sequence_number, sub_sequence FROM \"{}\" \
              GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
-            tributary::ev::RAW_TABLE
+            testkit::ev::RAW_TABLE
         ))
         .await
         .unwrap();
@@ -350,7 +350,7 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
     assert_eq!(landed[0][0].as_deref(), Some(good.to_string().as_str()), "nothing beyond the records written");
     let aggregated = s
         .warehouse
-        .query_text(&format!("SELECT count(*) FROM \"{}\" WHERE sub_sequence > 0", tributary::ev::RAW_TABLE))
+        .query_text(&format!("SELECT count(*) FROM \"{}\" WHERE sub_sequence > 0", testkit::ev::RAW_TABLE))
         .await
         .unwrap();
     assert!(aggregated[0][0].as_deref().unwrap().parse::<usize>().unwrap() >= 2 * 100, "aggregates were split");
@@ -359,7 +359,7 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
         .warehouse
         .query_text(&format!(
             "SELECT partition_key, payload, approximate_arrival_timestamp FROM \"{}\"",
-            tributary::ev::RAW_TABLE
+            testkit::ev::RAW_TABLE
         ))
         .await
         .unwrap();
@@ -397,7 +397,7 @@ async fn raw_landing_is_replay_safe_and_bad_records_become_dead_letters() {
 /// PostgreSQL never refuses a batch for it, and the records behind it still land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_no_column_holds_are_dead_lettered_whole_and_the_shard_moves_on() {
-    let mut s = setup(tributary::ev::mapper(), 1, "warehouse_limits").await;
+    let mut s = setup(testkit::ev::mapper(), 1, "warehouse_limits").await;
     let big_valid = format!(r#"{{"_id":"big","kWhDelivered":1.5,"note":"{}"}}"#, "n".repeat(100_000));
     let big_broken = format!(r#"{{"_id":"broken","note":"{}"#, "b".repeat(150_000));
     let nul = r#"{"_id":"nul","stationID":"a\u0000b","kWhDelivered":2.5}"#.to_owned();
@@ -406,7 +406,7 @@ async fn values_no_column_holds_are_dead_lettered_whole_and_the_shard_moves_on()
         s.stream.put(key, data.clone().into_bytes());
     }
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let mut generator = tributary::ev::Generator::new(1_700_000_000_000);
+    let mut generator = testkit::ev::Generator::new(1_700_000_000_000);
     let (mut good, mut malformed) = (0, 0);
     for _ in 0..100 {
         let (key, payload, session) = generator.next(&mut rng);
@@ -416,7 +416,7 @@ async fn values_no_column_holds_are_dead_lettered_whole_and_the_shard_moves_on()
             None => malformed += 1,
         }
     }
-    let raw = format!("SELECT count(*) FROM \"{}\"", tributary::ev::RAW_TABLE);
+    let raw = format!("SELECT count(*) FROM \"{}\"", testkit::ev::RAW_TABLE);
     assert_eq!(wait_count(&s.warehouse, &raw, good).await, good, "the records behind them landed");
     let dead = bad.len() + malformed;
     let records = "SELECT count(*) FROM tributary_dead_letters WHERE payload_part = 0";

@@ -4,13 +4,13 @@
 //! merge with their lineage and ChildShards at the parents' ends.
 
 use adapters::kinesis::Kinesis;
-use adapters::local_stack::{emulator, Service};
 use async_trait::async_trait;
 use proto::memory::{hash_key, MemoryStream};
 use proto::{Clock, KinesisRecord, ReadError, ShardId, ShardInfo, ShardReader, StartingPosition};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use testkit::local_stack::{emulator, Service};
 
 /// What the suite needs besides reading: writing and resharding.
 #[async_trait]
@@ -59,9 +59,13 @@ impl StreamUnderTest for Kinesis {
 }
 
 /// One GetRecords, waiting out throttles (bounded).
-async fn read(reader: &dyn ShardReader, iterator: &proto::ShardIterator) -> Result<proto::ReadBatch, ReadError> {
+async fn read(
+    reader: &dyn ShardReader,
+    shard: &ShardId,
+    iterator: &proto::ShardIterator,
+) -> Result<proto::ReadBatch, ReadError> {
     for _ in 0..50 {
-        match reader.read(iterator, 1000).await {
+        match reader.read(shard, iterator, 1000).await {
             Err(ReadError::Throttled) => tokio::time::sleep(Duration::from_millis(250)).await,
             other => return other,
         }
@@ -79,7 +83,7 @@ async fn drain(
     let mut iterator = reader.iterator(shard, &from).await.unwrap();
     let mut records = Vec::new();
     for _ in 0..100 {
-        let batch = read(reader, &iterator).await.unwrap();
+        let batch = read(reader, shard, &iterator).await.unwrap();
         let empty = batch.records.is_empty();
         records.extend(batch.records);
         match batch.next_iterator {

@@ -9,17 +9,16 @@
 //! one. A failure prints its seed.
 
 use coordinator::ClusterSettings;
-use proto::memory::{
-    FaultConfig, FaultyLeaseTable, FaultyReader, FaultyWarehouse, MemoryLeaseTable, MemoryStream, MemoryWarehouse,
-};
+use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
 use proto::{Clock, LeaseTable, ShardId, ShardReader, Value, WorkerId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tributary::cluster::LocalCluster;
-use tributary::timeline::{max, median, Figures};
+use testkit::cluster::LocalCluster;
+use testkit::faults::{FaultConfig, FaultyLeaseTable, FaultyReader, FaultyWarehouse};
+use testkit::timeline::{max, median, Figures};
 use worker::{NodeConfig, NodePorts, DEAD_LETTER_TABLE};
 
 mod common;
@@ -262,7 +261,7 @@ async fn run_seed(seed: u64) -> Result<Outcome, String> {
     {
         return Err(format!("lease {} still owned by {:?} after every node stopped", held.key, held.owner));
     }
-    let shard_parents = tributary::timeline::parents(stream.list_shards().await.map_err(|e| e.to_string())?);
+    let shard_parents = testkit::timeline::parents(stream.list_shards().await.map_err(|e| e.to_string())?);
     // Ordering: no shard consumed by two nodes at once, no child before its parents stopped.
     let breaches = cluster.timeline.ordering_breaches(&shard_parents);
     if !breaches.is_empty() {
@@ -279,6 +278,9 @@ fn run(seed: u64) -> Result<Outcome, String> {
             .try_init();
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+    // The retries' jitter draws from this thread's generator (the runtime runs here): seeded,
+    // a seed's run replays.
+    fastrand::seed(seed);
     rt.block_on(run_seed(seed))
 }
 

@@ -7,8 +7,8 @@ use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
 use proto::{Clock, ShardId, ShardReader, WorkerId};
 use std::sync::Arc;
 use std::time::Duration;
-use tributary::cluster::LocalCluster;
-use tributary::timeline::max;
+use testkit::cluster::LocalCluster;
+use testkit::timeline::max;
 use worker::{NodeConfig, NodePorts};
 
 mod common;
@@ -87,7 +87,7 @@ async fn failover_handoff_and_child_start_meet_their_targets() {
     stream.merge(&open[2].id, &open[3].id).unwrap();
     produce(&stream, Duration::from_secs(5), &mut n).await;
 
-    let parents = tributary::timeline::parents(stream.list_shards().await.unwrap());
+    let parents = testkit::timeline::parents(stream.list_shards().await.unwrap());
     let figures = cluster.timeline.figures(&parents);
     let breaches = cluster.timeline.ordering_breaches(&parents);
     assert!(breaches.is_empty(), "{breaches:#?}");

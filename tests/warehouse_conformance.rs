@@ -10,7 +10,6 @@
 
 use adapters::merge_sql::{create_tables, Dialect, MergeSql};
 use adapters::postgres::PostgresWarehouse;
-use adapters::postgres_server::postgres;
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use adapters::sqlite::SqliteWarehouse;
 use proptest::prelude::*;
@@ -21,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::postgres_server::postgres;
 
 mod redshift_data_endpoint;
 
@@ -455,7 +455,7 @@ fn redshift_data_api_warehouse_conforms() {
     let rt = runtime();
     let endpoint = rt.block_on(redshift_data_endpoint::Endpoint::start(&pg.url));
     let w = Arc::new(RedshiftDataWarehouse::new(
-        &adapters::local_stack::sdk_config_for(&endpoint.url),
+        &testkit::local_stack::sdk_config_for(&endpoint.url),
         RedshiftDataConfig {
             target: Target::Cluster { identifier: "etl".into() },
             database: "dev".into(),

@@ -1,11 +1,7 @@
 //! Kinesis Data Streams (aws-sdk-kinesis): the `ShardReader` port, plus the calls `gen` and the
 //! tests use to write and reshard. One thin function per API call; each error is classified
 //! retryable or not; retries go through the caller's `RetryPolicy`.
-//!
-//! Per-shard read limits are kept here, whatever the caller does: GetRecords at most 5 times a
-//! second per shard, and after a read of B bytes the next waits B / 2 MB/s (so a shard read at
-//! full speed stays under 2 MB/s instead of being throttled for five seconds by the service).
-//! The iterator handed to callers carries its shard id for that.
+//! GetRecords is not paced here: the shard's consumer keeps to its limits (`shard_cursor.rs`).
 
 use crate::aws::{classify, Failure};
 use async_trait::async_trait;
@@ -16,15 +12,8 @@ use proto::{
     ChildShard, HashKeyRange, KinesisRecord, ReadBatch, ReadError, RetryPolicy, SequenceNumber, ShardId, ShardInfo,
     ShardIterator, ShardReader, StartingPosition,
 };
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
-
-/// Least time between two GetRecords calls on one shard (5 per second).
-const MIN_READ_GAP: Duration = Duration::from_millis(200);
-/// Read bandwidth per shard.
-const BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
 
 /// One stream.
 #[derive(Clone)]
@@ -32,8 +21,6 @@ pub struct Kinesis {
     client: Client,
     stream: String,
     retry: RetryPolicy,
-    /// Per shard: the earliest time of the next GetRecords.
-    next_read: Arc<Mutex<HashMap<ShardId, Instant>>>,
 }
 
 fn read_error(f: Failure) -> ReadError {
@@ -84,12 +71,7 @@ pub fn refused_only<T>(batch: Vec<T>, refused: &[Refused]) -> Vec<T> {
 
 impl Kinesis {
     pub fn new(config: &aws_config::SdkConfig, stream: impl Into<String>) -> Self {
-        Self {
-            client: Client::new(config),
-            stream: stream.into(),
-            retry: RetryPolicy::default(),
-            next_read: Arc::default(),
-        }
+        Self { client: Client::new(config), stream: stream.into(), retry: RetryPolicy::default() }
     }
 
     pub fn stream(&self) -> &str {
@@ -166,30 +148,16 @@ impl Kinesis {
         };
         let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
         let iterator = out.shard_iterator().ok_or_else(|| ReadError::Fatal("no shard iterator returned".into()))?;
-        Ok(wrap(shard, iterator))
+        Ok(ShardIterator(iterator.to_owned()))
     }
 
     async fn get_records(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
-        let (shard, aws_iterator) = unwrap(iterator)?;
-        self.pace(&shard).await;
         let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
-        let result = self.client.get_records().shard_iterator(aws_iterator).limit(limit).send().await;
-        let out = match result {
-            Ok(out) => out,
-            Err(e) => {
-                let error = read_error(classify(&e));
-                if error == ReadError::Throttled {
-                    // Kinesis throttles a shard for up to a second past the limit.
-                    self.delay_next_read(&shard, Duration::from_secs(1));
-                }
-                return Err(error);
-            }
-        };
-        let mut bytes = 0usize;
+        let result = self.client.get_records().shard_iterator(&iterator.0).limit(limit).send().await;
+        let out = result.map_err(|e| read_error(classify(&e)))?;
         let mut records = Vec::with_capacity(out.records().len());
         for r in out.records() {
             let key = r.partition_key().unwrap_or_default();
-            bytes += r.data().as_ref().len() + key.len();
             records.push(KinesisRecord {
                 sequence: sequence(r.sequence_number())?,
                 partition_key: key.to_owned(),
@@ -197,7 +165,6 @@ impl Kinesis {
                 arrival_ms: r.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok()).unwrap_or(0),
             });
         }
-        self.delay_next_read(&shard, MIN_READ_GAP.max(Duration::from_secs_f64(bytes as f64 / BYTES_PER_SECOND)));
         let mut child_shards = Vec::new();
         for c in out.child_shards() {
             let range = c.hash_key_range();
@@ -212,24 +179,10 @@ impl Kinesis {
         }
         Ok(ReadBatch {
             records,
-            next_iterator: out.next_shard_iterator().map(|i| wrap(&shard, i)),
+            next_iterator: out.next_shard_iterator().map(|i| ShardIterator(i.to_owned())),
             millis_behind_latest: out.millis_behind_latest().unwrap_or(0).max(0) as u64,
             child_shards,
         })
-    }
-
-    fn delay_next_read(&self, shard: &ShardId, gap: Duration) {
-        let at = Instant::now() + gap;
-        let mut next = self.next_read.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = next.entry(shard.clone()).or_insert(at);
-        *slot = (*slot).max(at);
-    }
-
-    async fn pace(&self, shard: &ShardId) {
-        let at = self.next_read.lock().unwrap_or_else(|e| e.into_inner()).get(shard).copied();
-        if let Some(at) = at {
-            tokio::time::sleep_until(at).await;
-        }
     }
 
     /// PutRecords: the entries the stream refused (throttled or failed), by index.
@@ -323,18 +276,6 @@ impl Kinesis {
     }
 }
 
-fn wrap(shard: &ShardId, iterator: &str) -> ShardIterator {
-    ShardIterator(format!("{shard} {iterator}"))
-}
-
-fn unwrap(iterator: &ShardIterator) -> Result<(ShardId, &str), ReadError> {
-    iterator
-        .0
-        .split_once(' ')
-        .map(|(shard, it)| (ShardId::new(shard), it))
-        .ok_or_else(|| ReadError::Fatal("not an iterator of this reader".into()))
-}
-
 #[async_trait]
 impl ShardReader for Kinesis {
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ReadError> {
@@ -347,7 +288,7 @@ impl ShardReader for Kinesis {
 
     /// One GetRecords call: throttles and outages go back to the consumer, which backs off (a
     /// retry here would hold its actor).
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
+    async fn read(&self, _shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
         self.get_records(iterator, limit).await
     }
 }

@@ -10,17 +10,13 @@
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
-//! | `postgres_server.rs` | a throwaway PostgreSQL on 127.0.0.1 for tests and local runs |
-//! | `local_stack.rs` | the Kinesis and DynamoDB emulators on 127.0.0.1 for tests and local runs |
 
 pub mod aws;
 pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;
 pub mod kinesis;
-pub mod local_stack;
 pub mod merge_sql;
 pub mod postgres;
-pub mod postgres_server;
 pub mod redshift_data;
 pub mod sqlite;
 

@@ -142,6 +142,7 @@ impl<'a> LeaseProtocol<'a> {
     /// untouched (try again), or someone else changed it (lost).
     async fn write(&self, key: &str, expect: &Expect, change: &LeaseChange) -> Result<Lease, ProtocolError> {
         let mut attempt = 1;
+        let mut backoff = self.retry.backoff();
         loop {
             let outcome = self.table.update(key, expect, change).await;
             let retry_allowed = attempt < self.retry.max_attempts;
@@ -163,7 +164,7 @@ impl<'a> LeaseProtocol<'a> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
         }
     }
@@ -179,6 +180,7 @@ impl<'a> LeaseProtocol<'a> {
     ) -> Result<WorkerRow, ProtocolError> {
         let mut expected = local;
         let mut attempt = 1;
+        let mut backoff = self.retry.backoff();
         loop {
             let retry_allowed = attempt < self.retry.max_attempts;
             match self.table.heartbeat(me, expected, draining).await {
@@ -205,7 +207,7 @@ impl<'a> LeaseProtocol<'a> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
         }
     }
@@ -228,11 +230,11 @@ fn landed(expect: &Expect, change: &LeaseChange, row: &Lease) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{FaultConfig, FaultyLeaseTable, MemoryLeaseTable};
+    use crate::memory::MemoryLeaseTable;
     use crate::{Position, SequenceNumber, ShardId};
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     fn at(seq: u128) -> Checkpoint {
         Checkpoint::At(Position::new(SequenceNumber::from_u128(seq), 0))
@@ -285,8 +287,14 @@ mod tests {
         let retry = RetryPolicy::default();
         let a = WorkerId::new("a");
         let lease = owned_lease(&inner, &retry, &a).await;
-        let faulty =
-            FaultyLeaseTable::new(Arc::new(inner.clone()), FaultConfig { fail_before: 0.0, fail_after: 1.0 }, 7);
+        let faulty = ScriptedTable::new(&inner)
+            .updates(vec![Step::LandThenFail(LeaseError::ConditionFailed), Step::LandThenFail(amb())])
+            // The first heartbeat's row landed: it carries on from its counter, one more write.
+            .heartbeats(vec![
+                Step::LandThenFail(amb()),
+                Step::LandThenFail(LeaseError::ConditionFailed),
+                Step::LandThenFail(amb()),
+            ]);
         let p = LeaseProtocol::new(&faulty, &retry);
         let renewed = p.renew(&lease, &a).await.unwrap();
         assert_eq!(renewed.counter, lease.counter + 1);
@@ -302,8 +310,9 @@ mod tests {
     async fn throttled_writes_are_retried_and_a_vanished_heartbeat_row_means_evicted() {
         let inner = MemoryLeaseTable::new();
         let retry = RetryPolicy { max_attempts: 50, ..RetryPolicy::default() };
+        let throttled = || Step::FailBefore(LeaseError::Throttled);
         let faulty =
-            FaultyLeaseTable::new(Arc::new(inner.clone()), FaultConfig { fail_before: 0.5, fail_after: 0.0 }, 3);
+            ScriptedTable::new(&inner).heartbeats(vec![throttled(), throttled(), Step::Pass, throttled(), Step::Pass]);
         let p = LeaseProtocol::new(&faulty, &retry);
         let a = WorkerId::new("a");
         let hb = p.heartbeat(&a, None, false).await.unwrap();

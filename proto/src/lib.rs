@@ -42,7 +42,7 @@ pub use lease_protocol::{LeaseProtocol, ProtocolError};
 pub use lease_table::{LeaseError, LeaseTable};
 pub use record::{ChildShard, KinesisRecord, ReadBatch, ShardInfo, ShardIterator, StartingPosition};
 pub use reference_source::{Item, ReferenceChange, ReferenceError, ReferenceSource, Snapshot};
-pub use retry::RetryPolicy;
+pub use retry::{Backoff, RetryPolicy};
 pub use row::{
     unsendable_row, unstorable_text, Batch, Column, Row, RowOp, SqlType, TableSchema, Value, MAX_ROW_SQL_BYTES,
     MAX_TEXT_BYTES, MAX_VERSION_BYTES, TIMESTAMP_RANGE,

@@ -40,6 +40,7 @@ pub trait ShardReader: Send + Sync + 'static {
     /// Every shard of the stream still within retention, open and closed.
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ReadError>;
     async fn iterator(&self, shard: &ShardId, from: &StartingPosition) -> Result<ShardIterator, ReadError>;
-    /// At most `limit` records from the iterator's position.
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError>;
+    /// At most `limit` records from the position of an iterator of `shard`. Calls are not
+    /// paced here: the caller keeps to the shard's read limits.
+    async fn read(&self, shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError>;
 }

@@ -31,7 +31,7 @@ pub fn chart_dir() -> PathBuf {
 
 /// Where `deploy/local/ops-tools.sh` installs the operations tools.
 pub fn ops_dir() -> PathBuf {
-    adapters::local_stack::stack_dir().join("ops")
+    testkit::local_stack::stack_dir().join("ops")
 }
 
 /// An installed tool under the ops directory; fails the test naming the install command.

@@ -4,12 +4,12 @@
 // Each test binary that includes this module uses a part of it.
 #![allow(dead_code)]
 
-use adapters::local_stack::Emulator;
 use adapters::postgres::PostgresWarehouse;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
-use tributary::timeline::{Mark, Span};
+use testkit::local_stack::Emulator;
+use testkit::timeline::{Mark, Span};
 
 /// A `tributary run` process, killed if the test ends without stopping it.
 pub struct NodeProcess {

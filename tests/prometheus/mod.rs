@@ -52,7 +52,7 @@ pub fn promtool(args: &[&str], stdin: &str) -> String {
 /// A YAML file as JSON, read by PyYAML from the operations venv
 /// (`deploy/local/ops-tools.sh python`; `.ci/run` installs it).
 pub fn yaml(path: &std::path::Path) -> serde_json::Value {
-    let python = adapters::local_stack::stack_dir().join("ops/venv/bin/python");
+    let python = testkit::local_stack::stack_dir().join("ops/venv/bin/python");
     let out = Command::new(&python)
         .args(["-c", "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)"])
         .arg(path)

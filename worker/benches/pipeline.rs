@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
-use worker::kpl::UserRecord;
-use worker::reference_cache::ReferenceSet;
-use worker::transform::TokenKey;
+use worker::pipeline::transform::TokenKey;
+use worker::reference_set::ReferenceSet;
+use worker::UserRecord;
 use worker::{Pipeline, PipelineConfig, RecordMapper};
 
 const STATIONS: usize = 10_000;
@@ -130,7 +130,7 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
     let mut n = 0;
     for chunk in records.chunks(5_000) {
         rows.clear();
-        assert_eq!(p.map_run(shard, chunk, false, &mut rows), (chunk.len(), worker::MapOutcome::Done));
+        assert_eq!(p.map(shard, chunk, false, &mut rows), (chunk.len(), worker::MapOutcome::Done));
         text.clear();
         adapters::merge_sql::values_text(rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
         n += black_box(text.len());
@@ -257,7 +257,7 @@ fn main() {
 
     // Same output from both (a spot check that they do the same work).
     let mut rows = Vec::new();
-    pipeline.map(&shard, &user_records[0], false, &mut rows);
+    pipeline.map(&shard, &user_records[..1], false, &mut rows);
     assert_eq!(rows.len(), 1, "no dead letters");
 
     println!("{RECORDS} records of {avg} bytes; {STATIONS} stations and {USERS} users cached");

@@ -6,10 +6,10 @@
 //! the magic prefix is a plain record (sub-sequence 0). A record with the prefix whose body is
 //! truncated or corrupt is reported as such (it goes to the dead letters).
 
+use crate::record_mapper::UserRecord;
 use md5::{Digest, Md5};
 use prost::Message;
 use proto::{KinesisRecord, Position};
-use std::sync::Arc;
 
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 const DIGEST_LEN: usize = 16;
@@ -42,17 +42,6 @@ pub struct Tag {
     pub key: String,
     #[prost(string, optional, tag = "2")]
     pub value: Option<String>,
-}
-
-/// One user record: a plain Kinesis record, or one entry of an aggregate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct UserRecord {
-    pub position: Position,
-    pub partition_key: String,
-    pub data: Arc<[u8]>,
-    pub arrival_ms: i64,
-    /// Why the Kinesis record could not be split into user records (then `data` is all of it).
-    pub error: Option<String>,
 }
 
 /// Splits a Kinesis record into its user records.

@@ -7,14 +7,14 @@
 //! - every `poll_interval`: start consumers for owned leases (not finished, no handoff pending to
 //!   us from another node), stop consumers whose lease moved (gracefully when the leader handed
 //!   it off, at once when it was taken);
-//! - a consumer that fails is restarted after 1 s, 2 s, 4 s … (≤ 30 s); after 5 failures in
-//!   10 minutes the lease is released so that another node tries it;
+//! - a consumer that fails is restarted after 1 s, 2 s, 4 s … (≤ 30 s, each up to twice that with
+//!   jitter); after 5 failures in 10 minutes the lease is released so that another node tries it;
 //! - shutdown: every consumer flushes, checkpoints and releases; the heartbeat row is removed.
 
 use crate::shard_consumer::{reason, ConsumerContext, ConsumerMsg, ShardConsumer, StopMode};
 use coordinator::planner::is_ready;
 use coordinator::{ClusterEvent, ClusterSettings};
-use proto::{Lease, LeaseProtocol, ProtocolError, ShardId};
+use proto::{Backoff, Lease, LeaseProtocol, ProtocolError, RetryPolicy, ShardId};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -39,6 +39,23 @@ impl Default for RestartPolicy {
             max_failures: 5,
             window: Duration::from_secs(600),
         }
+    }
+}
+
+/// A shard's recent consumer failures.
+struct Failures {
+    /// When each failure within the policy's window happened.
+    history: VecDeque<Instant>,
+    /// No restart before this.
+    not_before: Instant,
+    /// The waits of this run of failures.
+    backoff: Backoff,
+}
+
+impl RestartPolicy {
+    fn backoff(&self) -> Backoff {
+        RetryPolicy { max_attempts: u32::MAX, initial_backoff: self.initial_backoff, max_backoff: self.max_backoff }
+            .backoff()
     }
 }
 
@@ -71,7 +88,7 @@ pub struct KeeperState {
     last_heartbeat: Instant,
     consumers: BTreeMap<ShardId, Running>,
     by_actor: BTreeMap<ActorId, ShardId>,
-    failures: BTreeMap<ShardId, (VecDeque<Instant>, Instant)>,
+    failures: BTreeMap<ShardId, Failures>,
     /// The leases the last poll found owned by this node.
     known: BTreeSet<ShardId>,
     /// When this node told the leader it is stopping.
@@ -162,7 +179,7 @@ impl KeeperState {
             let startable = |l: &Lease| {
                 l.is_owned_by(&me) && !l.is_finished() && l.checkpoint_owner.as_ref().is_none_or(|prev| prev == &me)
             };
-            let backing_off = self.failures.get(&shard).is_some_and(|(_, not_before)| now < *not_before);
+            let backing_off = self.failures.get(&shard).is_some_and(|f| now < f.not_before);
             if silent || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
                 continue;
             }
@@ -249,14 +266,20 @@ impl KeeperState {
     fn failed(&mut self, shard: &ShardId) -> bool {
         let policy = &self.args.restart;
         let now = Instant::now();
-        let (history, not_before) = self.failures.entry(shard.clone()).or_insert_with(|| (VecDeque::new(), now));
-        while history.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
-            history.pop_front();
+        let failures = self.failures.entry(shard.clone()).or_insert_with(|| Failures {
+            history: VecDeque::new(),
+            not_before: now,
+            backoff: policy.backoff(),
+        });
+        while failures.history.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            failures.history.pop_front();
         }
-        history.push_back(now);
-        let n = history.len() as u32;
-        *not_before = now + (policy.initial_backoff * (1 << (n - 1).min(16))).min(policy.max_backoff);
-        history.len() >= policy.max_failures
+        if failures.history.is_empty() {
+            failures.backoff = policy.backoff();
+        }
+        failures.history.push_back(now);
+        failures.not_before = now + failures.backoff.next_wait();
+        failures.history.len() >= policy.max_failures
     }
 
     async fn give_up(&mut self, shard: &ShardId) {

@@ -6,7 +6,7 @@
 //! gathered (`NodeMetrics::gather`), so those gauges are never older than the scrape.
 
 use crate::health::NodeHealth;
-use crate::reference_cache::ReferenceSet;
+use crate::reference_set::ReferenceSet;
 use coordinator::cluster_view::{LEASE_STATES, NODE_STATES};
 use coordinator::ClusterView;
 use prometheus::core::Collector;

@@ -4,12 +4,12 @@
 //! orchestrator, and its leases fail over like a crash).
 
 use crate::lease_keeper::{KeeperArgs, KeeperMsg, LeaseKeeper, RestartPolicy};
-use crate::mapper::RecordMapper;
 use crate::metrics::NodeMetrics;
+use crate::record_mapper::RecordMapper;
 use crate::shard_consumer::{ConsumerContext, ConsumerSettings};
-use crate::sink::{Sink, SinkArgs, SinkMsg, SinkSettings};
+use crate::sink::{Sink, SinkArgs, SinkSettings, Sinks};
 use coordinator::{ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink};
-use proto::{LeaseTable, RetryPolicy, ShardId, ShardReader, Warehouse, WorkerId};
+use proto::{LeaseTable, RetryPolicy, ShardId, ShardReader, TableSchema, Warehouse, WorkerId};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,19 +95,24 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut sinks: Vec<ActorRef<SinkMsg>> = Vec::new();
-        let tables = args.ports.mapper.tables();
-        let names = tables.iter().map(|t| t.name.clone()).collect();
-        for table in tables {
+        let spawn_sink = |table: Arc<TableSchema>, dead_letters: bool| {
             let sink_args = SinkArgs {
                 table,
                 warehouse: args.ports.warehouse.clone(),
                 settings: args.config.sink.clone(),
                 retry: args.config.retry.clone(),
                 metrics: args.metrics.clone(),
+                dead_letters,
             };
-            sinks.push(Actor::spawn_linked(None, Sink, sink_args, myself.get_cell()).await?.0);
+            Actor::spawn_linked(None, Sink, sink_args, myself.get_cell())
+        };
+        let mut tables = Vec::new();
+        for table in args.ports.mapper.tables() {
+            tables.push((table.name.clone(), spawn_sink(table, false).await?.0));
         }
+        let dead_letters = Arc::new(crate::pipeline::dead_letter::schema());
+        let dead_letters = (dead_letters.name.clone(), spawn_sink(dead_letters, true).await?.0);
+        let sinks = Sinks::new(tables, dead_letters);
         let ctx = Arc::new(ConsumerContext {
             me: args.config.me.clone(),
             table: args.ports.table.clone(),
@@ -118,7 +123,6 @@ impl Actor for NodeSupervisor {
             retry: args.config.retry.clone(),
             events: args.events.clone(),
             metrics: args.metrics.clone(),
-            tables: names,
         });
         let coordinator = spawn_coordinator(&args, myself.get_cell()).await?;
         let keeper_args =

@@ -75,8 +75,8 @@ impl ShardReader for Observed<dyn ShardReader> {
     async fn iterator(&self, shard: &ShardId, from: &StartingPosition) -> Result<ShardIterator, ReadError> {
         self.count(self.service, self.inner.iterator(shard, from).await, ReadError::kind)
     }
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
-        self.count(self.service, self.inner.read(iterator, limit).await, ReadError::kind)
+    async fn read(&self, shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
+        self.count(self.service, self.inner.read(shard, iterator, limit).await, ReadError::kind)
     }
 }
 

@@ -13,17 +13,14 @@
 //! past an eighth of it. Those rebuilds run on the runtime's blocking pool.
 
 use arc_swap::ArcSwap;
-use proto::{Item, ReferenceChange, ReferenceError, ReferenceSource};
+use proto::{Item, ReferenceChange, ReferenceError};
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
 
 /// Keys come from the operator's own tables; ahash is fast and still seeded per process.
 type HashMap<K, V> = ahash::AHashMap<K, V>;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
-use tracing::{info, warn};
 
 #[derive(Default)]
 struct Snapshot {
@@ -160,7 +157,7 @@ impl ReferenceCache {
         self.refresh_failures.load(Ordering::Relaxed)
     }
 
-    fn refreshed(&self, ok: bool) {
+    pub(crate) fn refreshed(&self, ok: bool) {
         if ok {
             *self.fresh_at.lock().expect("never poisoned") = tokio::time::Instant::now();
         } else {
@@ -261,167 +258,23 @@ impl ReferenceCache {
     }
 }
 
-/// How one reference table is loaded and kept fresh.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReferenceSpec {
-    pub name: String,
-    /// The table in the reference source.
-    pub table: String,
-    /// The attribute holding the lookup key.
-    pub key: String,
-    /// The attributes kept (the ones the pipeline reads).
-    pub attributes: Vec<String>,
-    /// Full reload period when the table has no change feed.
-    pub refresh_interval: Duration,
-    /// How often the change feed is read when there is one.
-    pub poll_interval: Duration,
-    /// Refuse to hold more than this many items (a cache that silently dropped rows would join
-    /// wrong values).
-    pub max_items: usize,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("reference {name}: {source}")]
     Source { name: String, source: ReferenceError },
     #[error("reference {name} holds {items} items, more than its max_items {max}")]
     TooLarge { name: String, items: usize, max: usize },
-}
-
-/// Every reference table of a pipeline, kept fresh by one task each; the tasks stop when the
-/// set is dropped.
-pub struct ReferenceSet {
-    caches: BTreeMap<String, Arc<ReferenceCache>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for ReferenceSet {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Runs a rebuild of the cache's tables (a full load, a batch of changes, a fold: whole seconds
-/// of CPU for millions of rows) on the blocking pool, so the runtime's workers keep serving
-/// consumers and heartbeats meanwhile.
-async fn rebuild<R: Send + 'static>(
-    cache: &Arc<ReferenceCache>,
-    work: impl FnOnce(&ReferenceCache) -> Result<(), R> + Send + 'static,
-) -> Result<(), R> {
-    let cache = cache.clone();
-    match tokio::task::spawn_blocking(move || work(&cache)).await {
-        Ok(outcome) => outcome,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Cancelled: the runtime is shutting down.
-        Err(_) => Ok(()),
-    }
-}
-
-async fn load(
-    source: &dyn ReferenceSource,
-    spec: &ReferenceSpec,
-    cache: &Arc<ReferenceCache>,
-) -> Result<Option<String>, CacheError> {
-    let snapshot = source
-        .load(&spec.table, &spec.key)
-        .await
-        .map_err(|e| CacheError::Source { name: spec.name.clone(), source: e })?;
-    if snapshot.items.len() > spec.max_items {
-        return Err(CacheError::TooLarge { name: spec.name.clone(), items: snapshot.items.len(), max: spec.max_items });
-    }
-    rebuild(cache, move |cache| {
-        cache.replace(snapshot.items);
-        Ok::<_, CacheError>(())
-    })
-    .await?;
-    Ok(snapshot.cursor)
-}
-
-async fn refresh(
-    source: Arc<dyn ReferenceSource>,
-    spec: ReferenceSpec,
-    cache: Arc<ReferenceCache>,
-    mut cursor: Option<String>,
-) {
-    let mut failed = false;
-    loop {
-        // After a failure, wait a full refresh interval: a refusal (max_items) would otherwise
-        // repeat every poll, and turn into a full scan each time once the cursor expires.
-        let pause = if cursor.is_some() && !failed { spec.poll_interval } else { spec.refresh_interval };
-        tokio::time::sleep(pause).await;
-        let outcome = match &cursor {
-            Some(c) => match source.changes(&spec.table, &spec.key, c).await {
-                Ok(Some((changes, next))) => {
-                    let max = spec.max_items;
-                    rebuild(&cache, move |cache| cache.apply(changes, max)).await.map(|()| Some(next))
-                }
-                Ok(None) | Err(ReferenceError::CursorExpired) => load(source.as_ref(), &spec, &cache).await,
-                Err(e) => Err(CacheError::Source { name: spec.name.clone(), source: e }),
-            },
-            None => load(source.as_ref(), &spec, &cache).await,
-        };
-        cache.refreshed(outcome.is_ok());
-        failed = outcome.is_err();
-        match outcome {
-            Ok(next) => cursor = next,
-            Err(e) => warn!(error = %e, "reference refresh failed; serving the last snapshot"),
-        }
-    }
-}
-
-impl ReferenceSet {
-    /// No reference tables.
-    pub fn empty() -> Self {
-        Self { caches: BTreeMap::new(), tasks: Vec::new() }
-    }
-
-    /// Loads every table (failing if one cannot be loaded) and starts their refreshers.
-    pub async fn start(source: Arc<dyn ReferenceSource>, specs: &[ReferenceSpec]) -> Result<Self, CacheError> {
-        let mut set = ReferenceSet { caches: BTreeMap::new(), tasks: Vec::new() };
-        for spec in specs {
-            let mut cache = ReferenceCache::new(&spec.name, spec.attributes.clone());
-            cache.refresh_interval = spec.refresh_interval;
-            let cache = Arc::new(cache);
-            let cursor = load(source.as_ref(), spec, &cache).await?;
-            info!(reference = %spec.name, items = cache.len(), bytes = cache.bytes(), change_feed = cursor.is_some(), "reference loaded");
-            set.tasks.push(tokio::spawn(refresh(source.clone(), spec.clone(), cache.clone(), cursor)));
-            set.caches.insert(spec.name.clone(), cache);
-        }
-        Ok(set)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Arc<ReferenceCache>> {
-        self.caches.get(name)
-    }
-
-    /// Every table's cache, by name.
-    pub fn caches(&self) -> impl Iterator<Item = &Arc<ReferenceCache>> {
-        self.caches.values()
-    }
+    #[error("reference refreshers could not start: {0}")]
+    Refreshers(String),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::memory::MemoryReferenceSource;
     use serde_json::json;
 
     fn item(name: &str) -> Item {
         json!({ "name": name }).as_object().unwrap().clone()
-    }
-
-    fn spec(name: &str) -> ReferenceSpec {
-        ReferenceSpec {
-            name: name.into(),
-            table: name.into(),
-            key: "code".into(),
-            attributes: vec!["name".into()],
-            refresh_interval: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
-            max_items: 1_000_000,
-        }
     }
 
     #[test]
@@ -474,37 +327,5 @@ mod tests {
         let slot = std::mem::size_of::<(Key, StoredRow)>() + 1;
         let spilled = cache.snapshot.load().base.values().next().unwrap().capacity() * std::mem::size_of::<RefValue>();
         assert_eq!(cache.bytes(), 4 * slot + 30 + spilled + 40);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn follows_a_change_feed_and_refreshes_without_one() {
-        let source = MemoryReferenceSource::new();
-        source.create_table("country", true);
-        source.create_table("plain", false);
-        source.put("country", "FR", item("France"));
-        source.put("plain", "a", item("A"));
-        let set = ReferenceSet::start(Arc::new(source.clone()), &[spec("country"), spec("plain")]).await.unwrap();
-        source.put("country", "FR", item("République française"));
-        source.put("plain", "a", item("A2"));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(set.get("country").unwrap().get_attr("FR", "name").unwrap(), "République française");
-        assert_eq!(set.get("plain").unwrap().get_attr("a", "name").unwrap(), "A", "no feed: wait for the refresh");
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(set.get("plain").unwrap().get_attr("a", "name").unwrap(), "A2");
-    }
-
-    #[tokio::test]
-    async fn a_missing_or_oversized_table_fails_at_start() {
-        let source = MemoryReferenceSource::new();
-        assert!(ReferenceSet::start(Arc::new(source.clone()), &[spec("nope")]).await.is_err());
-        source.create_table("big", false);
-        for i in 0..5 {
-            source.put("big", &i.to_string(), item("x"));
-        }
-        let err = ReferenceSet::start(Arc::new(source), &[ReferenceSpec { max_items: 3, ..spec("big") }])
-            .await
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("max_items"), "{err}");
     }
 }

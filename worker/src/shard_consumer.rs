@@ -1,26 +1,27 @@
-//! The shard consumer actor, one per owned lease: read → map → hand rows to the sinks → on acks,
-//! checkpoint the highest position whose rows all committed.
+//! The shard consumer actor, one per owned lease: read (`shard_cursor.rs`) → map → hand rows to
+//! the sinks in chunks → on acks, checkpoint the end of the committed prefix
+//! (`chunk_progress.rs`) → at the shard's end, its children's leases and SHARD_END.
 //!
-//! Positions travel with the data in *chunks* (the records of one GetRecords call). A chunk is
-//! done when every sink it touched acked it; the checkpoint only ever moves to the end of the
-//! longest done prefix, so nothing uncommitted is ever checkpointed. Reading pauses while the
-//! rows in flight exceed a budget, so a slow warehouse slows the reads, not the memory.
+//! Reading pauses while the rows in flight exceed a budget, so a slow warehouse slows the reads,
+//! not the memory.
 
-use crate::kpl::{deaggregate, UserRecord};
-use crate::mapper::{MapOutcome, RecordMapper};
+use crate::chunk_progress::ChunkProgress;
+use crate::kpl::deaggregate;
 use crate::metrics::NodeMetrics;
-use crate::sink::{Ack, SinkMsg};
+use crate::record_mapper::{MapOutcome, RecordMapper, Target, UserRecord};
+use crate::shard_cursor::{Fetched, ShardCursor};
+use crate::sink::{Ack, ChunkCommit, SinkMsg, Sinks};
 use coordinator::{ClusterEvent, EventSink};
 use proto::{
     Checkpoint, ChildShard, Lease, LeaseProtocol, LeaseTable, Position, ProtocolError, ReadError, RetryPolicy, Row,
-    ShardId, ShardIterator, ShardReader, StartingPosition, WorkerId,
+    ShardId, ShardReader, WorkerId,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConsumerSettings {
@@ -57,13 +58,11 @@ pub struct ConsumerContext {
     pub table: Arc<dyn LeaseTable>,
     pub reader: Arc<dyn ShardReader>,
     pub mapper: Arc<dyn RecordMapper>,
-    pub sinks: Vec<ActorRef<SinkMsg>>,
+    pub sinks: Sinks,
     pub settings: ConsumerSettings,
     pub retry: RetryPolicy,
     pub events: EventSink,
     pub metrics: Arc<NodeMetrics>,
-    /// The target tables' names, in `sinks` order (for the metrics).
-    pub tables: Vec<String>,
 }
 
 /// How a consumer ends on request.
@@ -79,9 +78,25 @@ pub enum ConsumerMsg {
     Read,
     /// A deferred checkpoint is due.
     Checkpoint,
-    Acked(u64),
-    Nacked(u64, String),
+    /// A sink committed (or could not commit) its rows of a chunk.
+    Commit(ChunkCommit),
     Stop(StopMode),
+}
+
+impl From<ChunkCommit> for ConsumerMsg {
+    fn from(commit: ChunkCommit) -> Self {
+        ConsumerMsg::Commit(commit)
+    }
+}
+
+impl TryFrom<ConsumerMsg> for ChunkCommit {
+    type Error = ConsumerMsg;
+    fn try_from(msg: ConsumerMsg) -> Result<Self, ConsumerMsg> {
+        match msg {
+            ConsumerMsg::Commit(commit) => Ok(commit),
+            other => Err(other),
+        }
+    }
 }
 
 /// Why a consumer stopped: the reason string its supervisor sees.
@@ -92,39 +107,26 @@ pub mod reason {
     pub const LOST: &str = "lost";
 }
 
-struct Chunk {
-    id: u64,
-    last: Position,
-    pending: usize,
-    /// Rows it handed to each sink.
-    rows: Vec<usize>,
-}
-
 pub struct ShardConsumer;
 
 pub struct ConsumerState {
     ctx: Arc<ConsumerContext>,
     lease: Lease,
     shard: ShardId,
-    iterator: Option<ShardIterator>,
-    /// The last Kinesis record fetched (resume point after an expired iterator).
-    fetched_upto: Option<Position>,
+    cursor: ShardCursor,
+    /// Where the sinks send their acks (this actor).
+    acks: DerivedActorRef<ChunkCommit>,
     /// Fetched user records not mapped yet (a join is waiting for reference data).
     pending: VecDeque<UserRecord>,
     /// Since when the first pending record has been waiting.
     waiting_since: Option<Instant>,
     /// The last position handed to the sinks.
     read_upto: Option<Position>,
-    chunks: VecDeque<Chunk>,
-    next_chunk: u64,
-    /// Rows handed to each sink and not acked yet (the sum is what `max_in_flight_rows` bounds).
-    in_flight_by_sink: Vec<usize>,
-    /// End of the longest committed prefix.
-    committed: Option<Position>,
+    /// The chunks handed to the sinks (their in-flight rows are what `max_in_flight_rows` bounds).
+    progress: ChunkProgress,
     last_checkpoint: Instant,
     read_scheduled: bool,
     checkpoint_scheduled: bool,
-    consecutive_errors: u32,
     ended: Option<Vec<ChildShard>>,
     stopping: Option<StopMode>,
 }
@@ -146,27 +148,7 @@ impl ConsumerState {
     }
 
     fn in_flight_rows(&self) -> usize {
-        self.in_flight_by_sink.iter().sum()
-    }
-
-    fn error_backoff(&mut self) -> Duration {
-        self.consecutive_errors += 1;
-        (Duration::from_millis(200) * (1 << self.consecutive_errors.min(6))).min(Duration::from_secs(10))
-    }
-
-    /// Where to resume: after the last Kinesis record fetched (all its user records are
-    /// pending or done), else at the lease's checkpoint record, whose user records up to the
-    /// checkpoint are then skipped (a checkpoint may stop inside a KPL aggregate).
-    fn starting_position(&self) -> StartingPosition {
-        if let Some(fetched) = &self.fetched_upto {
-            return StartingPosition::AfterSequence(fetched.sequence.clone());
-        }
-        match &self.lease.checkpoint {
-            Checkpoint::At(p) => StartingPosition::AtSequence(p.sequence.clone()),
-            Checkpoint::Latest => StartingPosition::Latest,
-            Checkpoint::AtTimestamp => StartingPosition::AtTimestamp(self.ctx.settings.at_timestamp_ms.unwrap_or(0)),
-            Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartingPosition::TrimHorizon,
-        }
+        self.progress.in_flight_rows()
     }
 
     fn done_upto(&self) -> Option<&Position> {
@@ -182,7 +164,7 @@ impl ConsumerState {
             return Ok(());
         }
         if !self.pending.is_empty() {
-            self.hand_on(myself)?;
+            self.hand_on()?;
             if !self.pending.is_empty() {
                 // Still waiting for reference data: look again soon, read nothing new.
                 self.schedule_read(myself, self.ctx.settings.idle_delay);
@@ -195,36 +177,16 @@ impl ConsumerState {
         if self.ended.is_some() {
             return Ok(());
         }
-        let iterator = match self.iterator.take() {
-            Some(it) => it,
-            None => match self.ctx.reader.iterator(&self.shard, &self.starting_position()).await {
-                Ok(it) => it,
-                Err(e) if e.is_retryable() => {
-                    let backoff = self.error_backoff();
-                    self.schedule_read(myself, backoff);
-                    return Ok(());
-                }
-                Err(ReadError::NotFound(why)) => return self.shard_gone(myself, why).await,
-                Err(e) => return Err(e.into()),
-            },
-        };
-        let batch = match self.ctx.reader.read(&iterator, self.ctx.settings.max_records).await {
-            Ok(batch) => batch,
-            Err(ReadError::ExpiredIterator) => {
-                debug!(shard = %self.shard, "iterator expired; resuming from the last position");
-                self.schedule_read(myself, Duration::ZERO);
-                return Ok(());
-            }
-            Err(e) if e.is_retryable() => {
-                self.iterator = Some(iterator);
-                let backoff = self.error_backoff();
-                self.schedule_read(myself, backoff);
+        let fetched = self.cursor.fetch(self.ctx.reader.as_ref(), &self.lease.checkpoint, &self.ctx.settings).await;
+        let batch = match fetched {
+            Ok(Fetched::Batch(batch)) => batch,
+            Ok(Fetched::Again(after)) => {
+                self.schedule_read(myself, after);
                 return Ok(());
             }
             Err(ReadError::NotFound(why)) => return self.shard_gone(myself, why).await,
             Err(e) => return Err(e.into()),
         };
-        self.consecutive_errors = 0;
         let metrics = &self.ctx.metrics;
         let shard = [self.shard.as_str()];
         metrics.shard_read(self.shard.as_str(), batch.millis_behind_latest);
@@ -237,15 +199,11 @@ impl ConsumerState {
         }
         metrics.records_read.inc_by(batch.records.len() as u64);
         metrics.bytes_read.inc_by(batch.records.iter().map(|r| r.data.len() as u64).sum());
-        if let Some(last) = batch.records.last() {
-            self.fetched_upto = Some(last.position());
-        }
         self.pending.extend(batch.records.iter().flat_map(deaggregate));
-        self.hand_on(myself)?;
+        self.hand_on()?;
         // Records that made no rows (another source table, a control record) are done at once.
         self.checkpoint_soon(myself).await;
-        self.iterator = batch.next_iterator;
-        if self.iterator.is_none() {
+        if batch.next_iterator.is_none() {
             info!(shard = %self.shard, children = batch.child_shards.len(), "reached the end of the shard");
             self.create_children(&batch.child_shards).await?;
             self.ended = Some(batch.child_shards);
@@ -255,12 +213,7 @@ impl ConsumerState {
             }
             return self.maybe_finish(myself).await;
         }
-        let delay = if got_records && self.pending.is_empty() {
-            self.ctx.settings.read_delay
-        } else {
-            self.ctx.settings.idle_delay
-        };
-        self.schedule_read(myself, delay);
+        self.schedule_read(myself, self.cursor.pace(got_records, self.pending.is_empty(), &self.ctx.settings));
         Ok(())
     }
 
@@ -285,8 +238,8 @@ impl ConsumerState {
 
     /// Maps pending records into rows (up to one whose join must wait), sends them to the
     /// sinks as one chunk.
-    fn hand_on(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
-        let mut out: Vec<(usize, Row)> = Vec::new();
+    fn hand_on(&mut self) -> Result<(), ActorProcessingErr> {
+        let mut out: Vec<(Target, Row)> = Vec::new();
         let skip_upto = self.done_upto().cloned();
         while self.pending.front().is_some_and(|r| skip_upto.as_ref().is_some_and(|done| &r.position <= done)) {
             self.pending.pop_front();
@@ -295,7 +248,7 @@ impl ConsumerState {
         let mut mapped = 0;
         while mapped < records.len() {
             let waited = self.waiting_since.map(|t| t.elapsed());
-            let (n, outcome) = self.ctx.mapper.map_run(&self.shard, &records[mapped..], false, &mut out);
+            let (n, outcome) = self.ctx.mapper.map(&self.shard, &records[mapped..], false, &mut out);
             if n > 0 {
                 self.waiting_since = None;
                 mapped += n;
@@ -304,7 +257,7 @@ impl ConsumerState {
                 MapOutcome::Done => break,
                 // The first record has waited long enough: it is dead-lettered, the run goes on.
                 MapOutcome::Wait(max_wait) if n == 0 && waited.is_some_and(|w| w >= max_wait) => {
-                    self.ctx.mapper.map_run(&self.shard, &records[mapped..=mapped], true, &mut out);
+                    self.ctx.mapper.map(&self.shard, &records[mapped..=mapped], true, &mut out);
                     self.waiting_since = None;
                     mapped += 1;
                 }
@@ -317,44 +270,30 @@ impl ConsumerState {
         let Some(last) = self.pending.drain(..mapped).next_back().map(|r| r.position) else { return Ok(()) };
         self.read_upto = Some(last.clone());
         let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
-        for (i, row) in out {
-            per_sink[i].push(row);
+        for (target, row) in out {
+            per_sink[self.ctx.sinks.index(target)].push(row);
         }
-        let id = self.next_chunk;
-        self.next_chunk += 1;
-        let mut pending = 0;
+        let chunk = self.progress.next_id();
         let rows: Vec<usize> = per_sink.iter().map(Vec::len).collect();
         for (sink, rows) in self.ctx.sinks.iter().zip(per_sink) {
             if !rows.is_empty() {
-                pending += 1;
-                sink.cast(SinkMsg::Write { rows, ack: Ack { consumer: myself.clone(), chunk: id } })?;
+                sink.cast(SinkMsg::Write { rows, ack: Ack { to: self.acks.clone(), chunk } })?;
             }
         }
-        for (total, n) in self.in_flight_by_sink.iter_mut().zip(&rows) {
-            *total += n;
-        }
-        self.chunks.push_back(Chunk { id, last, pending, rows });
-        self.advance();
+        self.progress.push(last, rows);
+        self.report_in_flight();
         Ok(())
     }
 
-    /// Pops the done prefix of chunks; moves `committed` forward.
-    fn advance(&mut self) {
-        while self.chunks.front().is_some_and(|c| c.pending == 0) {
-            let chunk = self.chunks.pop_front().expect("front exists");
-            for (total, n) in self.in_flight_by_sink.iter_mut().zip(&chunk.rows) {
-                *total -= n;
-            }
-            self.committed = Some(chunk.last);
-        }
-        let tables = self.ctx.tables.iter().cloned();
-        let rows = self.in_flight_by_sink.iter().map(|n| *n as i64);
+    fn report_in_flight(&self) {
+        let tables = self.ctx.sinks.names().iter().cloned();
+        let rows = self.progress.in_flight_by_sink().iter().map(|n| *n as i64);
         self.ctx.metrics.shard_in_flight(self.shard.as_str(), tables.zip(rows));
     }
 
     /// The checkpoint the committed prefix allows, if it is ahead of the lease's.
     fn next_checkpoint(&self) -> Option<Checkpoint> {
-        let cp = Checkpoint::At(self.committed.clone()?);
+        let cp = Checkpoint::At(self.progress.committed()?.clone());
         matches!(cp.progress_cmp(&self.lease.checkpoint), Some(std::cmp::Ordering::Greater)).then_some(cp)
     }
 
@@ -402,7 +341,7 @@ impl ConsumerState {
 
     /// Once nothing is in flight: the final write of a stop, or SHARD_END.
     async fn maybe_finish(&mut self, myself: &ActorRef<ConsumerMsg>) -> Result<(), ActorProcessingErr> {
-        if !self.chunks.is_empty() {
+        if !self.progress.all_committed() {
             return Ok(());
         }
         let me = self.ctx.me.clone();
@@ -467,24 +406,20 @@ impl Actor for ShardConsumer {
         let shard = lease.shard_id();
         ctx.events.emit(ClusterEvent::ConsumerStarted { node: ctx.me.clone(), shard: shard.clone() });
         ctx.metrics.consumer_started(shard.as_str());
-        let sinks = ctx.sinks.len();
+        let progress = ChunkProgress::new(ctx.sinks.len());
         let mut state = ConsumerState {
             ctx,
             lease,
+            cursor: ShardCursor::new(shard.clone()),
             shard,
-            iterator: None,
-            fetched_upto: None,
+            acks: myself.get_derived(),
             pending: VecDeque::new(),
             waiting_since: None,
             read_upto: None,
-            chunks: VecDeque::new(),
-            next_chunk: 0,
-            in_flight_by_sink: vec![0; sinks],
-            committed: None,
+            progress,
             last_checkpoint: Instant::now(),
             read_scheduled: false,
             checkpoint_scheduled: false,
-            consecutive_errors: 0,
             ended: None,
             stopping: None,
         };
@@ -500,11 +435,9 @@ impl Actor for ShardConsumer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::Read => state.read(&myself).await?,
-            ConsumerMsg::Acked(id) => {
-                if let Some(chunk) = state.chunks.iter_mut().find(|c| c.id == id) {
-                    chunk.pending -= 1;
-                }
-                state.advance();
+            ConsumerMsg::Commit(ChunkCommit::Committed(chunk)) => {
+                state.progress.acked(chunk);
+                state.report_in_flight();
                 state.checkpoint_soon(&myself).await;
                 state.maybe_finish(&myself).await?;
                 if state.in_flight_rows() < state.ctx.settings.max_in_flight_rows {
@@ -517,13 +450,13 @@ impl Actor for ShardConsumer {
                     state.checkpoint(&myself).await;
                 }
             }
-            ConsumerMsg::Nacked(_, why) => {
+            ConsumerMsg::Commit(ChunkCommit::Failed(_, why)) => {
                 return Err(format!("shard {}: rows not committed: {why}", state.shard).into());
             }
             ConsumerMsg::Stop(mode) => {
                 if state.stopping.is_none() {
                     state.stopping = Some(mode);
-                    for sink in &state.ctx.sinks {
+                    for sink in state.ctx.sinks.iter() {
                         let _ = sink.cast(SinkMsg::Flush);
                     }
                     state.maybe_finish(&myself).await?;

@@ -7,9 +7,9 @@
 //! restart from their last checkpoint.
 
 use crate::metrics::NodeMetrics;
-use crate::shard_consumer::ConsumerMsg;
+use crate::record_mapper::Target;
 use proto::{Batch, RetryPolicy, Row, TableSchema, Value, Warehouse, WarehouseError};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -39,10 +39,17 @@ impl Default for SinkSettings {
     }
 }
 
-/// Who to tell when rows committed.
+/// What a sink tells the writer of a chunk once its rows are committed, or cannot be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChunkCommit {
+    Committed(u64),
+    Failed(u64, String),
+}
+
+/// Who to tell when a chunk's rows committed: any actor that takes `ChunkCommit`s.
 #[derive(Clone)]
 pub struct Ack {
-    pub consumer: ActorRef<ConsumerMsg>,
+    pub to: DerivedActorRef<ChunkCommit>,
     pub chunk: u64,
 }
 
@@ -59,12 +66,53 @@ pub enum SinkMsg {
 
 pub struct Sink;
 
+/// A node's sinks: one per target table in `TableId` order, then the dead-letter sink.
+pub struct Sinks {
+    refs: Vec<ActorRef<SinkMsg>>,
+    names: Vec<String>,
+}
+
+impl Sinks {
+    pub fn new(tables: Vec<(String, ActorRef<SinkMsg>)>, dead_letters: (String, ActorRef<SinkMsg>)) -> Self {
+        let (names, refs) = tables.into_iter().chain([dead_letters]).unzip();
+        Self { refs, names }
+    }
+
+    /// How many sinks there are (the dead-letter sink included).
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    /// Where a target's sink stands in `iter` and `names`.
+    pub fn index(&self, target: Target) -> usize {
+        match target {
+            Target::Table(id) => id.index(),
+            Target::DeadLetters => self.refs.len() - 1,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ActorRef<SinkMsg>> {
+        self.refs.iter()
+    }
+
+    /// The tables' names, in `iter` order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
 pub struct SinkArgs {
     pub table: Arc<TableSchema>,
     pub warehouse: Arc<dyn Warehouse>,
     pub settings: SinkSettings,
     pub retry: RetryPolicy,
     pub metrics: Arc<NodeMetrics>,
+    /// This sink writes the dead letters: what it commits is counted as such.
+    pub dead_letters: bool,
 }
 
 pub struct SinkState {
@@ -128,18 +176,18 @@ impl SinkState {
                 m.rows_committed.with_label_values(&[table[0], "upsert"]).inc_by(stats.upserted);
                 m.rows_committed.with_label_values(&[table[0], "delete"]).inc_by(stats.deleted);
                 m.rows_fenced.with_label_values(&table).inc_by(stats.fenced);
-                if table[0] == crate::DEAD_LETTER_TABLE {
+                if self.args.dead_letters {
                     // Counted once committed: a record re-read after a restart is fenced, not new.
                     m.dead_letters.inc_by(stats.upserted);
                 }
                 for ack in acks {
-                    let _ = ack.consumer.cast(ConsumerMsg::Acked(ack.chunk));
+                    let _ = ack.to.send_message(ChunkCommit::Committed(ack.chunk));
                 }
             }
             Err(e) => {
                 warn!(table = %self.args.table.name, error = %e, rows = batch.rows.len(), "batch not committed");
                 for ack in acks {
-                    let _ = ack.consumer.cast(ConsumerMsg::Nacked(ack.chunk, e.to_string()));
+                    let _ = ack.to.send_message(ChunkCommit::Failed(ack.chunk, e.to_string()));
                 }
             }
         }
@@ -207,14 +255,14 @@ mod tests {
         }
     }
 
-    /// Stands in for the consumers the acks go to.
-    struct Consumer;
+    /// Takes the acks.
+    struct Writer;
 
-    impl Actor for Consumer {
-        type Msg = ConsumerMsg;
+    impl Actor for Writer {
+        type Msg = ChunkCommit;
         type State = ();
         type Arguments = ();
-        async fn pre_start(&self, _: ActorRef<ConsumerMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        async fn pre_start(&self, _: ActorRef<ChunkCommit>, _: ()) -> Result<(), ActorProcessingErr> {
             Ok(())
         }
     }
@@ -250,12 +298,13 @@ mod tests {
             settings,
             retry: RetryPolicy::default(),
             metrics: Arc::new(NodeMetrics::default()),
+            dead_letters: false,
         };
         let (sink, sink_task) = Actor::spawn(None, Sink, args).await.unwrap();
-        let (consumer, consumer_task) = Actor::spawn(None, Consumer, ()).await.unwrap();
-        let write = |rows: Vec<Row>, chunk| {
-            sink.cast(SinkMsg::Write { rows, ack: Ack { consumer: consumer.clone(), chunk } }).unwrap()
-        };
+        let (writer, writer_task) = Actor::spawn(None, Writer, ()).await.unwrap();
+        let acks: DerivedActorRef<ChunkCommit> = writer.get_derived();
+        let write =
+            |rows: Vec<Row>, chunk| sink.cast(SinkMsg::Write { rows, ack: Ack { to: acks.clone(), chunk } }).unwrap();
         let committed = || warehouse.0.lock().unwrap().clone();
         let settle = || tokio::time::sleep(Duration::from_millis(10));
 
@@ -282,8 +331,8 @@ mod tests {
         assert_eq!(committed(), vec![12, 3, 1]);
 
         sink.stop(None);
-        consumer.stop(None);
+        writer.stop(None);
         sink_task.await.unwrap();
-        consumer_task.await.unwrap();
+        writer_task.await.unwrap();
     }
 }

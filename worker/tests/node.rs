@@ -175,7 +175,7 @@ async fn waiting_pipeline(max_wait: &str) -> (Pipeline, proto::memory::MemoryRef
     ))
     .unwrap();
     let set =
-        worker::reference_cache::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
+        worker::reference_set::ReferenceSet::start(Arc::new(refs.clone()), &config.reference_specs()).await.unwrap();
     (Pipeline::new(&config, Arc::new(set)).unwrap(), refs)
 }
 
@@ -265,11 +265,11 @@ impl worker::RecordMapper for NoRows {
     fn map(
         &self,
         _shard: &proto::ShardId,
-        _record: &worker::kpl::UserRecord,
-        _give_up: bool,
-        _out: &mut Vec<(usize, proto::Row)>,
-    ) -> worker::MapOutcome {
-        worker::MapOutcome::Done
+        records: &[worker::UserRecord],
+        _give_up_first: bool,
+        _out: &mut Vec<(worker::Target, proto::Row)>,
+    ) -> (usize, worker::MapOutcome) {
+        (records.len(), worker::MapOutcome::Done)
     }
 }
 
@@ -447,11 +447,16 @@ impl proto::ShardReader for Outage {
     ) -> Result<proto::ShardIterator, proto::ReadError> {
         self.inner.iterator(shard, from).await
     }
-    async fn read(&self, iterator: &proto::ShardIterator, limit: usize) -> Result<proto::ReadBatch, proto::ReadError> {
+    async fn read(
+        &self,
+        shard: &proto::ShardId,
+        iterator: &proto::ShardIterator,
+        limit: usize,
+    ) -> Result<proto::ReadBatch, proto::ReadError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(proto::ReadError::Unavailable("planted outage".into()));
         }
-        self.inner.read(iterator, limit).await
+        self.inner.read(shard, iterator, limit).await
     }
 }
 

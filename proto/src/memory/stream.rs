@@ -201,13 +201,16 @@ impl ShardReader for MemoryStream {
         Ok(ShardIterator(token))
     }
 
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
+    async fn read(&self, shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap();
         let it = st.iterators.get(&iterator.0).ok_or(ReadError::ExpiredIterator)?;
         if now.duration_since(it.issued) > ITERATOR_TTL {
             st.iterators.remove(&iterator.0);
             return Err(ReadError::ExpiredIterator);
+        }
+        if it.shard != *shard {
+            return Err(ReadError::Fatal(format!("an iterator of shard {}, not {shard}", it.shard)));
         }
         let (shard_id, index) = (it.shard.clone(), it.index);
         let shard = st.shards.get_mut(&shard_id).ok_or_else(|| ReadError::NotFound(shard_id.to_string()))?;
@@ -260,7 +263,7 @@ mod tests {
         let mid = shards[0].hash_range.end / 2;
         let (a, b) = stream.split(&s0, mid).unwrap();
         let it = stream.iterator(&s0, &StartingPosition::TrimHorizon).await.unwrap();
-        let batch = stream.read(&it, 10_000).await.unwrap();
+        let batch = stream.read(&s0, &it, 10_000).await.unwrap();
         assert!(batch.next_iterator.is_none());
         assert_eq!(batch.child_shards.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![a.clone(), b.clone()]);
         let child = stream.merge(&a, &b).unwrap();
@@ -277,16 +280,16 @@ mod tests {
         stream.put("a", b"2".to_vec());
         let it = stream.iterator(&shard, &StartingPosition::AfterSequence(first)).await.unwrap();
         tokio::time::advance(Duration::from_secs(301)).await;
-        assert_eq!(stream.read(&it, 10).await.unwrap_err(), ReadError::ExpiredIterator);
+        assert_eq!(stream.read(&shard, &it, 10).await.unwrap_err(), ReadError::ExpiredIterator);
         let mut it = stream.iterator(&shard, &StartingPosition::TrimHorizon).await.unwrap();
-        let batch = stream.read(&it, 1).await.unwrap();
+        let batch = stream.read(&shard, &it, 1).await.unwrap();
         assert_eq!(batch.records[0].data.as_ref(), b"1");
         it = batch.next_iterator.unwrap();
         for _ in 0..4 {
-            it = stream.read(&it, 1).await.unwrap().next_iterator.unwrap();
+            it = stream.read(&shard, &it, 1).await.unwrap().next_iterator.unwrap();
         }
-        assert_eq!(stream.read(&it, 1).await.unwrap_err(), ReadError::Throttled);
+        assert_eq!(stream.read(&shard, &it, 1).await.unwrap_err(), ReadError::Throttled);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(stream.read(&it, 1).await.is_ok());
+        assert!(stream.read(&shard, &it, 1).await.is_ok());
     }
 }

@@ -2,7 +2,6 @@
 //! their key, columns, joins and transforms. Parsed with unknown fields refused, then checked by
 //! `validate`, whose errors name the field (`table[0].column[2].from: …`).
 
-use crate::decode::Format;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,6 +24,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// How records are encoded (`decode.rs` reads each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Dms,
 }
 
 const fn default_refresh() -> Duration {
@@ -322,7 +329,7 @@ impl PipelineConfig {
     }
 
     /// What the reference caches need to know.
-    pub fn reference_specs(&self) -> Vec<crate::reference_cache::ReferenceSpec> {
+    pub fn reference_specs(&self) -> Vec<crate::reference_set::ReferenceSpec> {
         // Each reference keeps only the attributes some column or join key reads through it.
         let mut used: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
         for table in &self.tables {
@@ -346,7 +353,7 @@ impl PipelineConfig {
         }
         self.references
             .iter()
-            .map(|r| crate::reference_cache::ReferenceSpec {
+            .map(|r| crate::reference_set::ReferenceSpec {
                 name: r.name.clone(),
                 table: r.table.clone().unwrap_or_else(|| r.name.clone()),
                 key: r.key.clone(),

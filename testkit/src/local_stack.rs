@@ -78,7 +78,7 @@ pub fn sdk_config_for(endpoint: &str) -> SdkConfig {
             "local-stack",
         )))
         .retry_config(aws_config::retry::RetryConfig::disabled())
-        .timeout_config(crate::aws::timeouts())
+        .timeout_config(adapters::aws::timeouts())
         .build()
 }
 

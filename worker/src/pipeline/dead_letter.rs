@@ -1,63 +1,41 @@
-//! The seam between a shard consumer and the record pipeline: `RecordMapper` turns one user
-//! record into rows for the target tables, and the dead-letter table every pipeline ends with.
+//! Dead letters: the record that cannot be mapped lands, with its reason, in the dead-letter
+//! table every node writes, keyed by its position so a replay lands it once. Its payload is
+//! kept whole in base64, split over several rows when one text column cannot hold it. The
+//! node counts them (`dead_letter_rows_total`) once committed.
 
-use crate::kpl::UserRecord;
-use proto::{Column, Row, ShardId, SqlType, TableSchema};
-use std::sync::Arc;
-use std::time::Duration;
+use crate::record_mapper::{Target, UserRecord};
+use base64::Engine;
+use proto::{Column, Row, RowOp, ShardId, SqlType, TableSchema, Value, MAX_TEXT_BYTES};
 
-/// What became of a record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapOutcome {
-    /// Its rows (or its dead letter) were appended.
-    Done,
-    /// A join waits for reference data: try again later; after this long, call `map` with
-    /// `give_up` so the record is dead-lettered.
-    Wait(Duration),
-}
-
-/// Maps user records onto the rows of every target table; table `i` goes to sink `i`.
-pub trait RecordMapper: Send + Sync + 'static {
-    /// The target tables; the last one is the dead-letter table.
-    fn tables(&self) -> Vec<Arc<TableSchema>>;
-    /// Appends `(table index, row)` pairs for one record: all of its rows, or one dead letter.
-    fn map(&self, shard: &ShardId, record: &UserRecord, give_up: bool, out: &mut Vec<(usize, Row)>) -> MapOutcome;
-
-    /// Maps records in order until one must wait: how many were mapped, and that record's
-    /// `Wait` (or `Done` when all were). `give_up_first` is `map`'s `give_up` for the first
-    /// record. A mapper overrides it to take what records share (reference snapshots) once
-    /// per run rather than once per record.
-    fn map_run(
-        &self,
-        shard: &ShardId,
-        records: &[UserRecord],
-        give_up_first: bool,
-        out: &mut Vec<(usize, Row)>,
-    ) -> (usize, MapOutcome) {
-        map_each(records, give_up_first, |record, give_up| self.map(shard, record, give_up, out))
+/// A record's dead-letter rows, appended to `out`: one per `DEAD_LETTER_PART_BYTES` of its
+/// payload (at least one), each with the reason, all of them storable whatever the record holds.
+pub fn rows(shard: &ShardId, record: &UserRecord, reason: &str, out: &mut Vec<(Target, Row)>) {
+    let version = record.position.version();
+    let parts: Vec<&[u8]> =
+        if record.data.is_empty() { vec![&[]] } else { record.data.chunks(DEAD_LETTER_PART_BYTES).collect() };
+    let (reason, partition_key) = (storable(reason, MAX_REASON_BYTES), storable(&record.partition_key, MAX_TEXT_BYTES));
+    for (i, part) in parts.iter().enumerate() {
+        let values = vec![
+            Value::Text(shard.to_string()),
+            Value::Text(record.position.sequence.to_string()),
+            Value::Int(record.position.sub_sequence as i64),
+            Value::Text(partition_key.clone()),
+            Value::Timestamp(record.arrival_ms),
+            Value::Text(reason.clone()),
+            Value::Text(base64::engine::general_purpose::STANDARD.encode(part)),
+            Value::Int(i as i64),
+            Value::Int(parts.len() as i64),
+        ];
+        out.push((Target::DeadLetters, Row { op: RowOp::Upsert, version: version.clone(), values }));
     }
-}
-
-/// `map_run`'s loop: maps records in order with `map_one` until one must wait.
-pub fn map_each(
-    records: &[UserRecord],
-    give_up_first: bool,
-    mut map_one: impl FnMut(&UserRecord, bool) -> MapOutcome,
-) -> (usize, MapOutcome) {
-    for (i, record) in records.iter().enumerate() {
-        if let MapOutcome::Wait(d) = map_one(record, give_up_first && i == 0) {
-            return (i, MapOutcome::Wait(d));
-        }
-    }
-    (records.len(), MapOutcome::Done)
 }
 
 /// The name of the dead-letter table.
-pub const DEAD_LETTER_TABLE: &str = "tributary_dead_letters";
+pub const TABLE: &str = "tributary_dead_letters";
 
 /// Where a record came from: the key of the dead-letter table and of raw landing tables
 /// (shard, sequence number, sub-sequence), so a replayed record lands once.
-pub fn record_origin_columns() -> Vec<Column> {
+fn record_origin_columns() -> Vec<Column> {
     vec![
         Column::new("shard_id", SqlType::Text),
         Column::new("sequence_number", SqlType::Text),
@@ -95,18 +73,13 @@ pub const DEAD_LETTER_PART_BYTES: usize = 48_000;
 /// The dead-letter table: each record that could not be mapped, keyed by its position, with
 /// the reason and the payload in base64. A payload too big for one text column is split over
 /// `payload_parts` rows (`payload_part` 0, 1, …), so nothing of it is lost.
-pub fn dead_letter_schema() -> TableSchema {
+pub fn schema() -> TableSchema {
     let mut columns = record_origin_columns();
     columns.push(Column::new("reason", SqlType::Text));
     columns.push(Column::new("payload_base64", SqlType::Text));
     columns.push(Column::new("payload_part", SqlType::BigInt));
     columns.push(Column::new("payload_parts", SqlType::BigInt));
-    TableSchema {
-        name: DEAD_LETTER_TABLE.to_owned(),
-        columns,
-        key: vec![0, 1, 2, 7],
-        version_column: "_version".to_owned(),
-    }
+    TableSchema { name: TABLE.to_owned(), columns, key: vec![0, 1, 2, 7], version_column: "_version".to_owned() }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //!   parsed once, straight into its slots (what every record goes through).
 //! - `Doc`: every field of an object, in order (DMS envelopes, paths into nested objects).
 
-use proto::{SqlType, Value};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -187,54 +186,6 @@ pub fn raw_key(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn found(ty: SqlType, what: &str) -> Result<Value, String> {
-    Err(format!("expected {}, found {what}", format!("{ty:?}").to_lowercase()))
-}
-
-/// A raw JSON value as a column of type `ty`, with the same leniency as for parsed values:
-/// numeric strings for numbers, numbers and booleans as text, ISO timestamps.
-pub fn typed_raw(raw: Option<&RawValue>, ty: SqlType) -> Result<Value, String> {
-    let Some(raw) = raw else { return Ok(Value::Null) };
-    let t = raw.get();
-    let first = t.as_bytes().first().copied().unwrap_or(b'n');
-    match first {
-        b'n' => Ok(Value::Null),
-        b'"' => {
-            let s = raw_str(raw).ok_or("a malformed string")?;
-            match ty {
-                SqlType::Text => Ok(Value::Text(s.into_owned())),
-                SqlType::Boolean if s == "true" || s == "false" => Ok(Value::Bool(s == "true")),
-                SqlType::BigInt => s.trim().parse().map(Value::Int).or_else(|_| found(ty, "a non-integer string")),
-                SqlType::Double => match s.trim().parse::<f64>() {
-                    Ok(f) if f.is_finite() => Ok(Value::Float(f)),
-                    _ => found(ty, "a non-numeric string"),
-                },
-                SqlType::Timestamp => crate::pipeline::parse_timestamp(&s)
-                    .map(Value::Timestamp)
-                    .ok_or_else(|| format!("expected {}, found a string that is not a timestamp", "timestamp")),
-                SqlType::Boolean => found(ty, "a string"),
-            }
-        }
-        b't' | b'f' => match ty {
-            SqlType::Boolean => Ok(Value::Bool(first == b't')),
-            SqlType::Text => Ok(Value::Text(t.to_owned())),
-            _ => found(ty, "a boolean"),
-        },
-        b'{' => found(ty, "an object"),
-        b'[' => found(ty, "an array"),
-        _ => match ty {
-            SqlType::Text => Ok(Value::Text(t.to_owned())),
-            SqlType::BigInt | SqlType::Timestamp => match t.parse::<i64>() {
-                Ok(i) if ty == SqlType::BigInt => Ok(Value::Int(i)),
-                Ok(i) => Ok(Value::Timestamp(i)),
-                Err(_) => found(ty, "a non-integer number"),
-            },
-            SqlType::Double => t.parse::<f64>().map(Value::Float).or_else(|_| found(ty, "a malformed number")),
-            SqlType::Boolean => found(ty, "a number"),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,16 +195,10 @@ mod tests {
         let text = r#"{"a": "x\"y", "b": 12, "c": {"d": [1], "e": "deep"}, "f": null, "g": "1.5"}"#;
         let doc = Doc::parse(text).unwrap();
         assert_eq!(raw_str(doc.get("a").unwrap()).unwrap(), "x\"y");
-        assert_eq!(typed_raw(doc.get("b"), SqlType::BigInt), Ok(Value::Int(12)));
-        assert_eq!(typed_raw(doc.get("b"), SqlType::Text), Ok(Value::Text("12".into())));
-        assert_eq!(
-            typed_raw(walk(doc.get("c").unwrap(), &["e".into()]), SqlType::Text),
-            Ok(Value::Text("deep".into()))
-        );
-        assert_eq!(typed_raw(doc.get("f"), SqlType::Double), Ok(Value::Null));
-        assert_eq!(typed_raw(doc.get("g"), SqlType::Double), Ok(Value::Float(1.5)));
-        assert_eq!(typed_raw(doc.get("missing"), SqlType::Text), Ok(Value::Null));
-        assert!(typed_raw(doc.get("c"), SqlType::Text).unwrap_err().contains("an object"));
+        assert_eq!(doc.get("b").unwrap().get(), "12");
+        assert_eq!(raw_str(walk(doc.get("c").unwrap(), &["e".into()]).unwrap()).unwrap(), "deep");
+        assert_eq!(doc.get("f").unwrap().get(), "null");
+        assert!(doc.get("missing").is_none());
         assert_eq!(raw_key(doc.get("b").unwrap()).unwrap(), "12");
         assert!(Doc::parse("[1]").unwrap_err().starts_with("payload is not a json object"));
         assert!(Doc::parse("{\"a\":").unwrap_err().starts_with("payload is not json"));

@@ -2,14 +2,11 @@
 //! land but whose reply is lost (an ambiguous error, or the condition failure a client-side
 //! retry of a landed write gets). Seeded, so a simulation run can be replayed.
 
-use crate::ids::{ShardId, WorkerId};
-use crate::lease::{Expect, Lease, LeaseChange, WorkerRow};
-use crate::lease_table::{LeaseError, LeaseTable};
-use crate::record::{ReadBatch, ShardInfo, ShardIterator, StartingPosition};
-use crate::row::{Batch, TableSchema};
-use crate::shard_reader::{ReadError, ShardReader};
-use crate::warehouse::{CommitStats, Warehouse, WarehouseError};
 use async_trait::async_trait;
+use proto::{
+    Batch, CommitStats, Expect, Lease, LeaseChange, LeaseError, LeaseTable, ReadBatch, ReadError, ShardId, ShardInfo,
+    ShardIterator, ShardReader, StartingPosition, TableSchema, Warehouse, WarehouseError, WorkerId, WorkerRow,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,9 +192,9 @@ impl ShardReader for FaultyReader {
             _ => Err(ReadError::Unavailable("injected outage".into())),
         }
     }
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
+    async fn read(&self, shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
         match self.faults.draw() {
-            Fault::None => self.inner.read(iterator, limit).await,
+            Fault::None => self.inner.read(shard, iterator, limit).await,
             Fault::Before => Err(ReadError::Unavailable("injected outage".into())),
             Fault::After => Err(ReadError::ExpiredIterator),
         }

@@ -9,19 +9,13 @@
 //!   An update that changed the primary key (seen in the before-image) also deletes the old
 //!   key; a before-image that is not an object (`null`) is no before-image.
 
-use crate::doc::{Doc, FieldSlots, Slots};
+use super::config::Format;
+use super::doc::{Doc, FieldSlots, Slots};
 use proto::{Position, Version};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt::Write as _;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Json,
-    Dms,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeOp {
