@@ -161,11 +161,11 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let mut node_config = NodeConfig::new(me.clone(), cluster);
     node_config.shutdown_deadline = config.node.shutdown_deadline;
     node_config.consumer.checkpoint_interval = config.node.checkpoint_interval;
-    node_config.consumer.read_delay = config.node.read_interval;
-    node_config.consumer.idle_delay = config.node.idle_read_interval;
-    node_config.sink.max_latency = config.node.batch_latency;
-    node_config.sink.max_rows = config.node.batch_rows;
-    node_config.sink.max_bytes = config.node.batch_bytes;
+    node_config.consumer.read_interval = config.node.read_interval;
+    node_config.consumer.idle_read_interval = config.node.idle_read_interval;
+    node_config.sink.batch_latency = config.node.batch_latency;
+    node_config.sink.batch_rows = config.node.batch_rows;
+    node_config.sink.batch_bytes = config.node.batch_bytes;
     let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics).await?;
     Ok(Started { me, node, table, stop_metrics, metrics_task })
 }

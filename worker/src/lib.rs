@@ -2,6 +2,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
+//! | `settings.rs` | `NodeSettings`, `ConsumerSettings`, `SinkSettings`: what a node runs with, and the keys of node.toml's `[node]` |
 //! | `node.rs` | `Node`: the supervisor actor that starts everything, `start` / `shutdown` / `kill` |
 //! | `lease_keeper.rs` | heartbeat, finding assigned leases, starting/stopping consumers, restart policy |
 //! | `shard_consumer.rs` | one actor per lease: read → map → sinks → checkpoint what committed |
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod pipeline_config;
 pub mod process_metrics;
 pub mod reference_cache;
+pub mod settings;
 pub mod shard_consumer;
 pub mod sink;
 pub mod transform;
@@ -42,5 +44,4 @@ pub use metrics::NodeMetrics;
 pub use node::{Node, NodeConfig, NodePorts};
 pub use pipeline::Pipeline;
 pub use pipeline_config::PipelineConfig;
-pub use shard_consumer::ConsumerSettings;
-pub use sink::SinkSettings;
+pub use settings::{ConsumerSettings, NodeSettings, SinkSettings};
