@@ -18,8 +18,11 @@ fn duration(d: std::time::Duration) -> String {
 /// config, and the warehouse shows only where it is.
 pub fn summary(config: &RunConfig) -> String {
     let mut out = String::new();
-    let n = &config.node;
-    let _ = writeln!(out, "stream       {} (start at {} without a checkpoint)", config.stream.name, n.initial_position);
+    let start = match config.cluster.initial_position {
+        proto::Checkpoint::Latest => "latest",
+        _ => "trim_horizon",
+    };
+    let _ = writeln!(out, "stream       {} (start at {start} without a checkpoint)", config.stream.name);
     let _ = writeln!(out, "lease table  {} (DynamoDB)", config.lease_table.name);
     let w = &config.warehouse;
     let warehouse = match w.kind {
@@ -97,11 +100,11 @@ pub fn summary(config: &RunConfig) -> String {
     let _ = writeln!(
         out,
         "node         failover {}, shutdown deadline {}, batches commit at {} rows, {} bytes or {}",
-        duration(n.failover_time),
-        duration(n.shutdown_deadline),
-        n.batch_rows,
-        n.batch_bytes,
-        duration(n.batch_latency)
+        duration(config.cluster.failover_time),
+        duration(config.node.shutdown_deadline),
+        config.sink.batch_rows,
+        config.sink.batch_bytes,
+        duration(config.sink.batch_latency)
     );
     out
 }

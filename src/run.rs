@@ -11,7 +11,7 @@ use adapters::kinesis::Kinesis;
 use adapters::postgres::{Host, PostgresConfig, SslMode};
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use anyhow::Context;
-use coordinator::{ClusterSettings, EventSink};
+use coordinator::EventSink;
 use proto::{LeaseTable, ReferenceSource, ShardReader, Warehouse, WorkerId};
 use std::future::Future;
 use std::path::PathBuf;
@@ -121,7 +121,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
             if let Ok(addr) = listener.local_addr() {
                 eprintln!("tributary: metrics on http://{addr}/metrics");
             }
-            let served = Served { node: metrics.clone(), heartbeat_stale_after: config.node.failover_time };
+            let served = Served { node: metrics.clone(), heartbeat_stale_after: config.cluster.failover_time };
             let stopped = async move {
                 let _ = metrics_stopped.await;
             };
@@ -136,7 +136,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let table = DynamoLeaseTable::with_attempt_timeout(
         &sdk,
         &config.lease_table.name,
-        (config.node.failover_time / 3).max(Duration::from_secs(1)),
+        (config.cluster.failover_time / 3).max(Duration::from_secs(1)),
     );
     table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     let table = Arc::new(table);
@@ -156,16 +156,10 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
         warehouse: Arc::new(Observed::new(warehouse, warehouse_service, metrics.clone())),
         mapper: Arc::new(mapper),
     };
-    let mut cluster = ClusterSettings::with_failover(config.node.failover_time);
-    cluster.initial_position = config.initial_position()?;
-    let mut node_config = NodeConfig::new(me.clone(), cluster);
+    let mut node_config = NodeConfig::new(me.clone(), config.cluster.clone());
+    node_config.consumer = config.consumer.clone();
+    node_config.sink = config.sink.clone();
     node_config.shutdown_deadline = config.node.shutdown_deadline;
-    node_config.consumer.checkpoint_interval = config.node.checkpoint_interval;
-    node_config.consumer.read_interval = config.node.read_interval;
-    node_config.consumer.idle_read_interval = config.node.idle_read_interval;
-    node_config.sink.batch_latency = config.node.batch_latency;
-    node_config.sink.batch_rows = config.node.batch_rows;
-    node_config.sink.batch_bytes = config.node.batch_bytes;
     let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics).await?;
     Ok(Started { me, node, table, stop_metrics, metrics_task })
 }

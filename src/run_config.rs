@@ -22,104 +22,12 @@
 //! ...
 //! ```
 
-use proto::Checkpoint;
+use coordinator::ClusterSettings;
 use serde::Deserialize;
 use std::time::Duration;
-use worker::pipeline_config::{parse_duration, ConfigError};
+use worker::pipeline_config::ConfigError;
+use worker::settings::{keys, ConsumerSettings, NodeSettings, SinkSettings};
 use worker::PipelineConfig;
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSection {
-    /// This node's worker id; default: `$POD_NAME`, else `$HOSTNAME`, else the host name, plus
-    /// the process id (a restarted process is a new node).
-    pub id: Option<String>,
-    #[serde(default = "default_failover", deserialize_with = "duration")]
-    pub failover_time: Duration,
-    /// Where a shard without a checkpoint starts: `trim_horizon` or `latest`.
-    #[serde(default = "default_initial")]
-    pub initial_position: String,
-    /// How long a SIGTERM waits for consumers to flush, checkpoint and release.
-    #[serde(default = "default_shutdown", deserialize_with = "duration")]
-    pub shutdown_deadline: Duration,
-    /// Least time between two checkpoint writes of a shard (each is one DynamoDB write; a
-    /// longer interval costs only re-reading after a crash, never a duplicate effect).
-    #[serde(default = "default_checkpoint", deserialize_with = "duration")]
-    pub checkpoint_interval: Duration,
-    /// Pause between two reads of a shard that returned records (Kinesis allows 5 reads/s).
-    #[serde(default = "default_read_interval", deserialize_with = "duration")]
-    pub read_interval: Duration,
-    /// Pause after a read that returned nothing.
-    #[serde(default = "default_idle_interval", deserialize_with = "duration")]
-    pub idle_read_interval: Duration,
-    /// Longest a row waits in a sink's batch before the batch commits.
-    #[serde(default = "default_batch_latency", deserialize_with = "duration")]
-    pub batch_latency: Duration,
-    /// A sink's batch commits once it holds this many rows…
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// …or this many bytes of values (whichever comes first, or `batch_latency`).
-    #[serde(default = "default_batch_bytes")]
-    pub batch_bytes: usize,
-}
-
-impl Default for NodeSection {
-    fn default() -> Self {
-        Self {
-            id: None,
-            failover_time: default_failover(),
-            initial_position: default_initial(),
-            shutdown_deadline: default_shutdown(),
-            checkpoint_interval: default_checkpoint(),
-            read_interval: default_read_interval(),
-            idle_read_interval: default_idle_interval(),
-            batch_latency: default_batch_latency(),
-            batch_rows: default_batch_rows(),
-            batch_bytes: default_batch_bytes(),
-        }
-    }
-}
-
-const fn default_failover() -> Duration {
-    Duration::from_secs(10)
-}
-
-const fn default_read_interval() -> Duration {
-    Duration::from_millis(200)
-}
-
-const fn default_idle_interval() -> Duration {
-    Duration::from_millis(500)
-}
-
-const fn default_batch_latency() -> Duration {
-    Duration::from_millis(500)
-}
-
-const fn default_batch_rows() -> usize {
-    5_000
-}
-
-const fn default_batch_bytes() -> usize {
-    8 << 20
-}
-
-const fn default_checkpoint() -> Duration {
-    Duration::from_secs(1)
-}
-
-const fn default_shutdown() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_initial() -> String {
-    "trim_horizon".into()
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -180,9 +88,16 @@ pub struct MetricsSection {
     pub listen: std::net::SocketAddr,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
-    pub node: NodeSection,
+    /// `[node]`: one flat section whose keys are the fields of these four settings (`id` and
+    /// `shutdown_deadline` here; `failover_time`, `initial_position` in `cluster`;
+    /// `read_interval`, `idle_read_interval`, `checkpoint_interval` in `consumer`; `batch_rows`,
+    /// `batch_bytes`, `batch_latency` in `sink`).
+    pub node: NodeSettings,
+    pub cluster: ClusterSettings,
+    pub consumer: ConsumerSettings,
+    pub sink: SinkSettings,
     pub stream: StreamSection,
     pub lease_table: LeaseTableSection,
     pub warehouse: WarehouseSection,
@@ -191,15 +106,55 @@ pub struct RunConfig {
     pub pipeline: PipelineConfig,
 }
 
+/// `value` as a `T`; an error names the key it is in (`node.failover_time: …`).
+fn parse<T: for<'de> Deserialize<'de>>(value: toml::Value, name: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { name.to_owned() } else { format!("{name}.{path}") };
+        ConfigError::new(field, e.into_inner().message())
+    })
+}
+
 fn section<T: for<'de> Deserialize<'de>>(table: &mut toml::Table, name: &str) -> Result<Option<T>, ConfigError> {
-    match table.remove(name) {
-        None => Ok(None),
-        Some(value) => serde_path_to_error::deserialize(value).map(Some).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { name.to_owned() } else { format!("{name}.{path}") };
-            ConfigError::new(field, e.into_inner().message())
-        }),
+    table.remove(name).map(|value| parse(value, name)).transpose()
+}
+
+/// The keys of `[node]`: those of its four settings types.
+pub fn node_keys() -> Vec<&'static str> {
+    [keys::<NodeSettings>(), keys::<ClusterSettings>(), keys::<ConsumerSettings>(), keys::<SinkSettings>()].concat()
+}
+
+/// Every key of each section the node reads, as its parser reads them (the tests of the docs and
+/// of the Helm chart compare theirs with these).
+pub fn keys_by_section() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("node", node_keys()),
+        ("stream", keys::<StreamSection>().to_vec()),
+        ("lease_table", keys::<LeaseTableSection>().to_vec()),
+        ("warehouse", keys::<WarehouseSection>().to_vec()),
+        ("metrics", keys::<MetricsSection>().to_vec()),
+    ]
+}
+
+/// `[node]`, one flat section over four settings types. Each type reads the keys it declares (its
+/// `Deserialize` refuses any other); a key none of them declares is refused here, as serde would.
+/// Not `serde(flatten)`: it reads through a buffer that loses the key an error is in.
+fn node_section(
+    table: &mut toml::Table,
+) -> Result<(NodeSettings, ClusterSettings, ConsumerSettings, SinkSettings), ConfigError> {
+    let node: toml::Table = section(table, "node")?.unwrap_or_default();
+    let all = node_keys();
+    if let Some(key) = node.keys().find(|k| !all.contains(&k.as_str())) {
+        let expected: Vec<String> = all.iter().map(|k| format!("`{k}`")).collect();
+        let problem = format!("unknown field `{key}`, expected one of {}", expected.join(", "));
+        return Err(ConfigError::new(format!("node.{key}"), problem));
     }
+    fn part<T: for<'de> Deserialize<'de>>(node: &toml::Table) -> Result<T, ConfigError> {
+        let own = keys::<T>();
+        let part = node.iter().filter(|(k, _)| own.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone()));
+        parse(toml::Value::Table(part.collect()), "node")
+    }
+    Ok((part(&node)?, part(&node)?, part(&node)?, part(&node)?))
 }
 
 fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
@@ -209,13 +164,13 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
 impl RunConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::new("config", e.message()))?;
-        let node = section(&mut table, "node")?.unwrap_or_default();
+        let (node, cluster, consumer, sink) = node_section(&mut table)?;
         let stream = required(section(&mut table, "stream")?, "stream")?;
         let lease_table = required(section(&mut table, "lease_table")?, "lease_table")?;
         let warehouse = required(section(&mut table, "warehouse")?, "warehouse")?;
         let metrics = section(&mut table, "metrics")?;
         let pipeline = PipelineConfig::from_table(table)?;
-        let config = Self { node, stream, lease_table, warehouse, metrics, pipeline };
+        let config = Self { node, cluster, consumer, sink, stream, lease_table, warehouse, metrics, pipeline };
         config.validate()?;
         Ok(config)
     }
@@ -227,25 +182,24 @@ impl RunConfig {
         if self.lease_table.name.is_empty() {
             return Err(ConfigError::new("lease_table.name", "must not be empty"));
         }
-        if self.node.failover_time < Duration::from_secs(1) {
+        if self.cluster.failover_time < Duration::from_secs(1) {
             return Err(ConfigError::new("node.failover_time", "must be at least 1s"));
         }
-        if self.node.read_interval < Duration::from_millis(200) {
+        if self.consumer.read_interval < Duration::from_millis(200) {
             return Err(ConfigError::new("node.read_interval", "must be at least 200ms (5 reads/s per shard)"));
         }
-        if self.node.idle_read_interval < self.node.read_interval {
+        if self.consumer.idle_read_interval < self.consumer.read_interval {
             return Err(ConfigError::new("node.idle_read_interval", "must not be shorter than read_interval"));
         }
-        if self.node.batch_latency.is_zero() {
+        if self.sink.batch_latency.is_zero() {
             return Err(ConfigError::new("node.batch_latency", "must be above zero"));
         }
-        if self.node.batch_rows == 0 {
+        if self.sink.batch_rows == 0 {
             return Err(ConfigError::new("node.batch_rows", "must be above zero"));
         }
-        if self.node.batch_bytes == 0 {
+        if self.sink.batch_bytes == 0 {
             return Err(ConfigError::new("node.batch_bytes", "must be above zero"));
         }
-        self.initial_position()?;
         if self.warehouse.url.contains("password") {
             return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
         }
@@ -280,14 +234,6 @@ impl RunConfig {
             _ => {}
         }
         Ok(())
-    }
-
-    pub fn initial_position(&self) -> Result<Checkpoint, ConfigError> {
-        match self.node.initial_position.as_str() {
-            "trim_horizon" => Ok(Checkpoint::TrimHorizon),
-            "latest" => Ok(Checkpoint::Latest),
-            other => Err(ConfigError::new("node.initial_position", format!("{other:?} is not trim_horizon or latest"))),
-        }
     }
 
     /// This node's worker id.
@@ -333,9 +279,9 @@ url = "host=127.0.0.1"
     #[test]
     fn reads_the_sections_and_the_pipeline() {
         let c = config(&format!("[node]\nfailover_time = \"4s\"\n{BASE}")).unwrap();
-        assert_eq!(c.node.failover_time, Duration::from_secs(4));
+        assert_eq!(c.cluster, ClusterSettings::with_failover(Duration::from_secs(4)));
         assert_eq!(c.pipeline.tables.len(), 1);
-        assert_eq!(c.initial_position().unwrap(), Checkpoint::TrimHorizon);
+        assert_eq!(c.cluster.initial_position, proto::Checkpoint::TrimHorizon);
     }
 
     #[test]
