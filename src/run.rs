@@ -4,12 +4,12 @@
 //! release, heartbeat row removed. Returns an error if the node stopped on its own.
 
 use crate::metrics_server::Served;
-use crate::run_config::{RunConfig, WarehouseKind};
+use crate::run_config::{PostgresSection, RunConfig, SqliteSection, WarehouseSection};
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
 use adapters::postgres::{Host, PostgresConfig, SslMode};
-use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
+use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse};
 use anyhow::Context;
 use coordinator::EventSink;
 use proto::{LeaseTable, ReferenceSource, ShardReader, Warehouse, WorkerId};
@@ -53,45 +53,31 @@ async fn warehouse(
     config: &RunConfig,
     sdk: &aws_config::SdkConfig,
 ) -> anyhow::Result<(Arc<dyn Warehouse>, &'static str)> {
-    let service = match config.warehouse.kind {
-        WarehouseKind::Postgres => "postgres",
-        WarehouseKind::Redshift => "redshift_data",
-        WarehouseKind::Sqlite => "sqlite",
-    };
-    let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
-        WarehouseKind::Postgres => {
-            let (pg, roots) = postgres_config(&config.warehouse.url)?;
-            Arc::new(
-                adapters::postgres::PostgresWarehouse::connect_with(pg, roots.as_deref())
-                    .await
-                    .context("warehouse: cannot connect to postgresql")?,
-            )
+    Ok(match &config.warehouse {
+        WarehouseSection::Postgres(PostgresSection { url }) => {
+            let (pg, roots) = postgres_config(url)?;
+            let warehouse = adapters::postgres::PostgresWarehouse::connect_with(pg, roots.as_deref())
+                .await
+                .context("warehouse: cannot connect to postgresql")?;
+            (Arc::new(warehouse), "postgres")
         }
-        WarehouseKind::Redshift => {
-            let w = &config.warehouse;
-            let target = match (&w.cluster, &w.workgroup) {
-                (Some(identifier), _) => Target::Cluster { identifier: identifier.clone() },
-                (None, Some(name)) => Target::Workgroup { name: name.clone() },
-                (None, None) => unreachable!("validated"),
+        WarehouseSection::Redshift(w) => {
+            let config = RedshiftDataConfig {
+                target: w.target.clone(),
+                database: w.database.clone(),
+                secret_arn: w.secret_arn.clone(),
+                db_user: w.db_user.clone(),
+                timeout: Duration::from_secs(600),
+                lock_tables: w.lock_tables,
             };
-            Arc::new(RedshiftDataWarehouse::new(
-                sdk,
-                RedshiftDataConfig {
-                    target,
-                    database: w.database.clone().expect("validated"),
-                    secret_arn: w.secret_arn.clone(),
-                    db_user: w.db_user.clone(),
-                    timeout: Duration::from_secs(600),
-                    lock_tables: w.lock_tables,
-                },
-            ))
+            (Arc::new(RedshiftDataWarehouse::new(sdk, config)), "redshift_data")
         }
-        WarehouseKind::Sqlite => Arc::new(
-            adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(&config.warehouse.url))
-                .with_context(|| format!("warehouse: cannot open {}", config.warehouse.url))?,
-        ),
-    };
-    Ok((warehouse, service))
+        WarehouseSection::Sqlite(SqliteSection { url }) => {
+            let warehouse = adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(url))
+                .with_context(|| format!("warehouse: cannot open {url}"))?;
+            (Arc::new(warehouse), "sqlite")
+        }
+    })
 }
 
 /// A node that started, with what its stop needs.

@@ -22,6 +22,7 @@
 //! ...
 //! ```
 
+use adapters::redshift_data::Target;
 use coordinator::ClusterSettings;
 use serde::Deserialize;
 use std::time::Duration;
@@ -43,41 +44,83 @@ pub struct LeaseTableSection {
     pub name: String,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum WarehouseKind {
-    Postgres,
-    Sqlite,
+/// `[warehouse]`: `kind` names the warehouse, and only that kind's keys may follow.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WarehouseSection {
+    Postgres(PostgresSection),
+    Sqlite(SqliteSection),
     /// Amazon Redshift through the Data API.
-    Redshift,
+    Redshift(RedshiftSection),
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct WarehouseSection {
-    pub kind: WarehouseKind,
-    /// PostgreSQL: a libpq-style connection string without the password; SQLite: a file path.
-    #[serde(default)]
+pub struct PostgresSection {
+    /// A libpq-style connection string (or URL) without the password (`PGPASSWORD`).
     pub url: String,
-    /// Redshift: the provisioned cluster's identifier…
-    pub cluster: Option<String>,
-    /// …or the Serverless workgroup.
-    pub workgroup: Option<String>,
-    /// Redshift: the database.
-    pub database: Option<String>,
-    /// Redshift: credentials from Secrets Manager (the secret's ARN, not the secret)…
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSection {
+    /// The database file.
+    pub url: String,
+}
+
+/// `workgroup` (Serverless) or `cluster`, `database`, and `secret_arn` (or, with a cluster,
+/// `db_user`: temporary credentials), as the Data API takes them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(try_from = "RedshiftKeys")]
+pub struct RedshiftSection {
+    /// `cluster` (a provisioned cluster's identifier) or `workgroup`: exactly one.
+    pub target: Target,
+    pub database: String,
+    /// Credentials from Secrets Manager (the secret's ARN, not the secret)…
     pub secret_arn: Option<String>,
     /// …or temporary credentials of this database user (clusters).
     pub db_user: Option<String>,
-    /// Redshift: lock a table while a batch merges into it (readers wait that long). Needed
-    /// under SNAPSHOT isolation, the default: two nodes committing one new key would both
-    /// insert it. `false` only for a database set to SERIALIZABLE.
-    #[serde(default = "default_lock_tables")]
+    /// Lock a table while a batch merges into it (readers wait that long). Needed under
+    /// SNAPSHOT isolation, the default: two nodes committing one new key would both insert it.
+    /// `false` only for a database set to SERIALIZABLE.
     pub lock_tables: bool,
 }
 
-const fn default_lock_tables() -> bool {
-    true
+#[derive(Deserialize)]
+#[serde(rename = "RedshiftSection", deny_unknown_fields)]
+struct RedshiftKeys {
+    cluster: Option<String>,
+    workgroup: Option<String>,
+    database: String,
+    secret_arn: Option<String>,
+    db_user: Option<String>,
+    #[serde(default = "RedshiftSection::lock_tables_default")]
+    lock_tables: bool,
+}
+
+impl RedshiftSection {
+    const fn lock_tables_default() -> bool {
+        true
+    }
+}
+
+/// The rules over several keys; each message names its key first (`parse` puts it in the path).
+impl TryFrom<RedshiftKeys> for RedshiftSection {
+    type Error = &'static str;
+
+    fn try_from(k: RedshiftKeys) -> Result<Self, Self::Error> {
+        let target = match (k.cluster, k.workgroup) {
+            (Some(identifier), None) => Target::Cluster { identifier },
+            (None, Some(name)) => Target::Workgroup { name },
+            _ => return Err("`cluster`: set exactly one of cluster and workgroup"),
+        };
+        let temporary = k.db_user.is_some() && matches!(target, Target::Cluster { .. });
+        if k.secret_arn.is_none() && !temporary {
+            return Err("`secret_arn`: set secret_arn, or db_user with a cluster (temporary credentials)");
+        }
+        let (database, secret_arn, db_user, lock_tables) = (k.database, k.secret_arn, k.db_user, k.lock_tables);
+        Ok(Self { target, database, secret_arn, db_user, lock_tables })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -106,12 +149,45 @@ pub struct RunConfig {
     pub pipeline: PipelineConfig,
 }
 
-/// `value` as a `T`; an error names the key it is in (`node.failover_time: …`).
+/// `value` as a `T`; an error names the key it is in (`node.failover_time: …`). serde reports a
+/// missing field, an unknown field of a tagged enum's variant and a rule over several fields at
+/// the struct: their key is the one the message names first.
 fn parse<T: for<'de> Deserialize<'de>>(value: toml::Value, name: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { name.to_owned() } else { format!("{name}.{path}") };
-        ConfigError::new(field, e.into_inner().message())
+        let message = e.into_inner().message().to_owned();
+        if path != "." {
+            return ConfigError::new(format!("{name}.{path}"), message);
+        }
+        let named = ["missing field `", "unknown field `", "`"].iter().find_map(|p| message.strip_prefix(p));
+        match named.and_then(|rest| rest.split_once('`')) {
+            Some((key, rest)) if message.starts_with('`') => {
+                ConfigError::new(format!("{name}.{key}"), rest.trim_start_matches(": "))
+            }
+            Some((key, _)) => ConfigError::new(format!("{name}.{key}"), message),
+            None => ConfigError::new(name, message),
+        }
+    })
+}
+
+/// `[warehouse]`. serde reads a tagged enum's variant from a buffer that forgets the key of an
+/// error in it (`lock_tables = "no"`): then that kind's own type reads it again, to name the key.
+fn warehouse_section(table: &mut toml::Table) -> Result<WarehouseSection, ConfigError> {
+    let value = required(table.remove("warehouse"), "warehouse")?;
+    parse(value.clone(), "warehouse").map_err(|e| {
+        if e.field != "warehouse" {
+            return e;
+        }
+        let mut keys = value.as_table().cloned().unwrap_or_default();
+        let kind = keys.remove("kind");
+        let keys = toml::Value::Table(keys);
+        let again = match kind.as_ref().and_then(toml::Value::as_str) {
+            Some("postgres") => parse::<PostgresSection>(keys, "warehouse").err(),
+            Some("sqlite") => parse::<SqliteSection>(keys, "warehouse").err(),
+            Some("redshift") => parse::<RedshiftSection>(keys, "warehouse").err(),
+            _ => None,
+        };
+        again.unwrap_or(e)
     })
 }
 
@@ -131,9 +207,20 @@ pub fn keys_by_section() -> Vec<(&'static str, Vec<&'static str>)> {
         ("node", node_keys()),
         ("stream", keys::<StreamSection>().to_vec()),
         ("lease_table", keys::<LeaseTableSection>().to_vec()),
-        ("warehouse", keys::<WarehouseSection>().to_vec()),
+        ("warehouse", warehouse_keys()),
         ("metrics", keys::<MetricsSection>().to_vec()),
     ]
+}
+
+/// `kind` and the keys of every kind.
+fn warehouse_keys() -> Vec<&'static str> {
+    let mut all = vec!["kind"];
+    for key in [keys::<PostgresSection>(), keys::<SqliteSection>(), keys::<RedshiftSection>()].concat() {
+        if !all.contains(&key) {
+            all.push(key);
+        }
+    }
+    all
 }
 
 /// `[node]`, one flat section over four settings types. Each type reads the keys it declares (its
@@ -167,7 +254,7 @@ impl RunConfig {
         let (node, cluster, consumer, sink) = node_section(&mut table)?;
         let stream = required(section(&mut table, "stream")?, "stream")?;
         let lease_table = required(section(&mut table, "lease_table")?, "lease_table")?;
-        let warehouse = required(section(&mut table, "warehouse")?, "warehouse")?;
+        let warehouse = warehouse_section(&mut table)?;
         let metrics = section(&mut table, "metrics")?;
         let pipeline = PipelineConfig::from_table(table)?;
         let config = Self { node, cluster, consumer, sink, stream, lease_table, warehouse, metrics, pipeline };
@@ -200,38 +287,26 @@ impl RunConfig {
         if self.sink.batch_bytes == 0 {
             return Err(ConfigError::new("node.batch_bytes", "must be above zero"));
         }
-        if self.warehouse.url.contains("password") {
+        let url = match &self.warehouse {
+            WarehouseSection::Postgres(PostgresSection { url }) | WarehouseSection::Sqlite(SqliteSection { url }) => {
+                url
+            }
+            WarehouseSection::Redshift(_) => return Ok(()),
+        };
+        if url.is_empty() {
+            return Err(ConfigError::new("warehouse.url", "must not be empty"));
+        }
+        if url.contains("password") {
             return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
         }
-        let w = &self.warehouse;
-        match w.kind {
-            WarehouseKind::Postgres | WarehouseKind::Sqlite if w.url.is_empty() => {
-                return Err(ConfigError::new("warehouse.url", "is required for postgres and sqlite"));
+        if let WarehouseSection::Postgres(_) = self.warehouse {
+            // The parser's message never quotes the string (it may hold a secret).
+            let parsed = url
+                .parse::<adapters::postgres::PostgresConfig>()
+                .map_err(|e| ConfigError::new("warehouse.url", format!("not a postgresql connection string ({e})")))?;
+            if parsed.get_password().is_some() {
+                return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
             }
-            WarehouseKind::Postgres => {
-                // The parser's message never quotes the string (it may hold a secret).
-                let parsed = w.url.parse::<adapters::postgres::PostgresConfig>().map_err(|e| {
-                    ConfigError::new("warehouse.url", format!("not a postgresql connection string ({e})"))
-                })?;
-                if parsed.get_password().is_some() {
-                    return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
-                }
-            }
-            WarehouseKind::Redshift => {
-                if w.cluster.is_some() == w.workgroup.is_some() {
-                    return Err(ConfigError::new("warehouse.cluster", "set exactly one of cluster and workgroup"));
-                }
-                if w.database.is_none() {
-                    return Err(ConfigError::new("warehouse.database", "is required for redshift"));
-                }
-                if w.secret_arn.is_none() && (w.db_user.is_none() || w.workgroup.is_some()) {
-                    return Err(ConfigError::new(
-                        "warehouse.secret_arn",
-                        "set secret_arn, or db_user with a cluster (temporary credentials)",
-                    ));
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
@@ -320,11 +395,59 @@ url = "host=127.0.0.1"
             "kind = \"postgres\"\nurl = \"host=127.0.0.1\"",
             "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"dev\"\nsecret_arn = \"arn:s\"",
         );
-        let c = config(&redshift).unwrap();
-        assert_eq!(c.warehouse.kind, WarehouseKind::Redshift);
-        assert!(c.warehouse.lock_tables, "lock_tables must default to true");
-        let c = config(&format!("{redshift}\nlock_tables = false\n")).unwrap();
-        assert!(!c.warehouse.lock_tables);
+        let lock_tables = |text: &str| match config(text).unwrap().warehouse {
+            WarehouseSection::Redshift(r) => r.lock_tables,
+            other => panic!("{other:?}"),
+        };
+        assert!(lock_tables(&redshift), "lock_tables must default to true");
+        assert!(!lock_tables(&format!("{redshift}\nlock_tables = false\n")));
+    }
+
+    /// A `[warehouse]` holds one kind's keys and nothing that kind cannot use; every mistake is
+    /// refused at load, naming its key.
+    #[test]
+    fn a_warehouse_is_one_kind_with_its_own_keys() {
+        let warehouse = |keys: &str| config(&BASE.replace("kind = \"postgres\"\nurl = \"host=127.0.0.1\"", keys));
+        let refused = |keys: &str| warehouse(keys).unwrap_err().to_string();
+        let w = warehouse("kind = \"redshift\"\ncluster = \"c\"\ndatabase = \"dev\"\ndb_user = \"etl\"").unwrap();
+        let want = RedshiftSection {
+            target: Target::Cluster { identifier: "c".into() },
+            database: "dev".into(),
+            secret_arn: None,
+            db_user: Some("etl".into()),
+            lock_tables: true,
+        };
+        assert_eq!(w.warehouse, WarehouseSection::Redshift(want));
+        let w = warehouse("kind = \"sqlite\"\nurl = \"/data/t.db\"").unwrap();
+        assert_eq!(w.warehouse, WarehouseSection::Sqlite(SqliteSection { url: "/data/t.db".into() }));
+        for (keys, field, says) in [
+            ("url = \"x\"", "warehouse.kind:", "missing field `kind`"),
+            ("kind = \"mysql\"", "warehouse.kind:", "unknown variant `mysql`, expected one of `postgres`, `sqlite`"),
+            ("kind = \"sqlite\"", "warehouse.url:", "missing field `url`"),
+            ("kind = \"sqlite\"\nurl = \"\"", "warehouse.url:", "must not be empty"),
+            ("kind = \"sqlite\"\nurl = 5", "warehouse.url:", "invalid type: integer `5`, expected a string"),
+            ("kind = \"postgres\"\nurl = \"host=x\"\nlock_tables = false", "warehouse.lock_tables:", "unknown field"),
+            ("kind = \"redshift\"\nurl = \"host=x\"", "warehouse.url:", "unknown field `url`"),
+            (
+                "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"d\"\nsecret_arn = \"s\"\nlock_tables = \"no\"",
+                "warehouse.lock_tables:",
+                "expected a boolean",
+            ),
+            (
+                "kind = \"redshift\"\nworkgroup = \"w\"\ncluster = \"c\"\ndatabase = \"d\"\nsecret_arn = \"s\"",
+                "warehouse.cluster:",
+                "set exactly one of cluster and workgroup",
+            ),
+            ("kind = \"redshift\"\ndatabase = \"d\"\nsecret_arn = \"s\"", "warehouse.cluster:", "set exactly one"),
+            (
+                "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"d\"\ndb_user = \"etl\"",
+                "warehouse.secret_arn:",
+                "db_user with a cluster",
+            ),
+        ] {
+            let e = refused(keys);
+            assert!(e.starts_with(field) && e.contains(says) && e.lines().count() == 1, "{keys}: {e}");
+        }
     }
 
     /// README: the node id is `$POD_NAME` plus the process id, so a container restarted in its
