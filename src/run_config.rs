@@ -4,23 +4,12 @@
 //! Secrets never live here: AWS credentials come from the default provider chain, the
 //! PostgreSQL password from `PGPASSWORD`, the tokenize key from the variable the pipeline names.
 //!
-//! ```toml
-//! [node]
-//! failover_time = "10s"          # KCL's failoverTime
-//! [stream]
-//! name = "ev-sessions"           # or the stream's ARN
-//! [lease_table]
-//! name = "tributary-ev"          # created on demand (on-demand billing)
-//! [warehouse]
-//! kind = "postgres"            # or "sqlite" (url = a file), or "redshift" (the Data API):
-//! url = "host=127.0.0.1 port=5432 user=etl dbname=analytics"
-//! # kind = "redshift", workgroup = "analytics" (or cluster = "…"), database = "dev",
-//! # secret_arn = "arn:aws:secretsmanager:…" (or db_user = "etl" with a cluster)
-//! [metrics]
-//! listen = "0.0.0.0:9898"        # optional: Prometheus's GET /metrics
-//! [[table]]
-//! ...
-//! ```
+//! The types are the settings the node runs with: `[node]` is read by `worker::NodeSettings`,
+//! `coordinator::ClusterSettings`, `worker::ConsumerSettings` and `worker::SinkSettings` (each
+//! field a key, each type's `Default` the defaults), `[warehouse]` by the tagged enum
+//! `WarehouseSection`. An example and every key's default: README.md ("Running it on AWS"),
+//! which `tests/config_examples.rs` holds to this parser. Loading is parsing (unknown keys,
+//! wrong types and impossible combinations are refused there), then `validate` (values).
 
 use adapters::redshift_data::Target;
 use coordinator::ClusterSettings;
