@@ -3,7 +3,8 @@
 //! validation as `tributary run`, so a file that passes here fails `run` only on what needs the
 //! services (credentials, a stream or table that does not exist, a warehouse that refuses).
 
-use crate::run_config::{RunConfig, WarehouseKind};
+use crate::run_config::{PostgresSection, RunConfig, SqliteSection, WarehouseSection};
+use adapters::redshift_data::Target;
 use std::fmt::Write;
 
 fn duration(d: std::time::Duration) -> String {
@@ -18,13 +19,15 @@ fn duration(d: std::time::Duration) -> String {
 /// config, and the warehouse shows only where it is.
 pub fn summary(config: &RunConfig) -> String {
     let mut out = String::new();
-    let n = &config.node;
-    let _ = writeln!(out, "stream       {} (start at {} without a checkpoint)", config.stream.name, n.initial_position);
+    let start = match config.cluster.initial_position {
+        proto::Checkpoint::Latest => "latest",
+        _ => "trim_horizon",
+    };
+    let _ = writeln!(out, "stream       {} (start at {start} without a checkpoint)", config.stream.name);
     let _ = writeln!(out, "lease table  {} (DynamoDB)", config.lease_table.name);
-    let w = &config.warehouse;
-    let warehouse = match w.kind {
-        WarehouseKind::Postgres => {
-            let pg: Result<adapters::postgres::PostgresConfig, _> = w.url.parse();
+    let warehouse = match &config.warehouse {
+        WarehouseSection::Postgres(PostgresSection { url }) => {
+            let pg: Result<adapters::postgres::PostgresConfig, _> = url.parse();
             let hosts = pg
                 .map(|pg| {
                     let hosts: Vec<String> = pg
@@ -40,19 +43,14 @@ pub fn summary(config: &RunConfig) -> String {
                 .unwrap_or_default();
             format!("postgresql at {hosts}")
         }
-        WarehouseKind::Sqlite => format!("sqlite file {}", w.url),
-        WarehouseKind::Redshift => {
-            let target = match (&w.cluster, &w.workgroup) {
-                (Some(c), _) => format!("cluster {c}"),
-                (None, Some(g)) => format!("workgroup {g}"),
-                (None, None) => String::new(),
+        WarehouseSection::Sqlite(SqliteSection { url }) => format!("sqlite file {url}"),
+        WarehouseSection::Redshift(w) => {
+            let target = match &w.target {
+                Target::Cluster { identifier } => format!("cluster {identifier}"),
+                Target::Workgroup { name } => format!("workgroup {name}"),
             };
             let auth = if w.secret_arn.is_some() { "secret" } else { "temporary credentials" };
-            format!(
-                "redshift data api, {target} database {} ({auth}; lock_tables {})",
-                w.database.as_deref().unwrap_or_default(),
-                w.lock_tables
-            )
+            format!("redshift data api, {target} database {} ({auth}; lock_tables {})", w.database, w.lock_tables)
         }
     };
     let _ = writeln!(out, "warehouse    {warehouse}");
@@ -97,11 +95,11 @@ pub fn summary(config: &RunConfig) -> String {
     let _ = writeln!(
         out,
         "node         failover {}, shutdown deadline {}, batches commit at {} rows, {} bytes or {}",
-        duration(n.failover_time),
-        duration(n.shutdown_deadline),
-        n.batch_rows,
-        n.batch_bytes,
-        duration(n.batch_latency)
+        duration(config.cluster.failover_time),
+        duration(config.node.shutdown_deadline),
+        config.sink.batch_rows,
+        config.sink.batch_bytes,
+        duration(config.sink.batch_latency)
     );
     out
 }

@@ -81,8 +81,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         mapper: Arc::new(ev::mapper()),
     };
     let mut template = NodeConfig::new(WorkerId::new("demo"), ClusterSettings::with_failover(opts.failover));
-    template.consumer.idle_delay = Duration::from_millis(200);
-    template.sink.max_latency = Duration::from_millis(300);
+    template.consumer.idle_read_interval = Duration::from_millis(200);
+    template.sink.batch_latency = Duration::from_millis(300);
     let mut cluster = LocalCluster::new(ports, template);
     for _ in 0..opts.nodes {
         cluster.start_node(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -71,8 +71,8 @@ impl TicketDemo {
             mapper: Arc::new(pipeline),
         };
         let mut template = NodeConfig::new(WorkerId::new("t"), ClusterSettings::with_failover(failover));
-        template.consumer.idle_delay = Duration::from_millis(200);
-        template.sink.max_latency = Duration::from_millis(300);
+        template.consumer.idle_read_interval = Duration::from_millis(200);
+        template.sink.batch_latency = Duration::from_millis(300);
         let mut cluster = LocalCluster::new(ports, template);
         for i in 0..2 {
             cluster

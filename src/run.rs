@@ -4,14 +4,14 @@
 //! release, heartbeat row removed. Returns an error if the node stopped on its own.
 
 use crate::metrics_server::Served;
-use crate::run_config::{RunConfig, WarehouseKind};
+use crate::run_config::{PostgresSection, RunConfig, SqliteSection, WarehouseSection};
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
 use adapters::postgres::{Host, PostgresConfig, SslMode};
-use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
+use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse};
 use anyhow::Context;
-use coordinator::{ClusterSettings, EventSink};
+use coordinator::EventSink;
 use proto::{LeaseTable, ReferenceSource, ShardReader, Warehouse, WorkerId};
 use std::future::Future;
 use std::path::PathBuf;
@@ -53,45 +53,31 @@ async fn warehouse(
     config: &RunConfig,
     sdk: &aws_config::SdkConfig,
 ) -> anyhow::Result<(Arc<dyn Warehouse>, &'static str)> {
-    let service = match config.warehouse.kind {
-        WarehouseKind::Postgres => "postgres",
-        WarehouseKind::Redshift => "redshift_data",
-        WarehouseKind::Sqlite => "sqlite",
-    };
-    let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
-        WarehouseKind::Postgres => {
-            let (pg, roots) = postgres_config(&config.warehouse.url)?;
-            Arc::new(
-                adapters::postgres::PostgresWarehouse::connect_with(pg, roots.as_deref())
-                    .await
-                    .context("warehouse: cannot connect to postgresql")?,
-            )
+    Ok(match &config.warehouse {
+        WarehouseSection::Postgres(PostgresSection { url }) => {
+            let (pg, roots) = postgres_config(url)?;
+            let warehouse = adapters::postgres::PostgresWarehouse::connect_with(pg, roots.as_deref())
+                .await
+                .context("warehouse: cannot connect to postgresql")?;
+            (Arc::new(warehouse), "postgres")
         }
-        WarehouseKind::Redshift => {
-            let w = &config.warehouse;
-            let target = match (&w.cluster, &w.workgroup) {
-                (Some(identifier), _) => Target::Cluster { identifier: identifier.clone() },
-                (None, Some(name)) => Target::Workgroup { name: name.clone() },
-                (None, None) => unreachable!("validated"),
+        WarehouseSection::Redshift(w) => {
+            let config = RedshiftDataConfig {
+                target: w.target.clone(),
+                database: w.database.clone(),
+                secret_arn: w.secret_arn.clone(),
+                db_user: w.db_user.clone(),
+                timeout: Duration::from_secs(600),
+                lock_tables: w.lock_tables,
             };
-            Arc::new(RedshiftDataWarehouse::new(
-                sdk,
-                RedshiftDataConfig {
-                    target,
-                    database: w.database.clone().expect("validated"),
-                    secret_arn: w.secret_arn.clone(),
-                    db_user: w.db_user.clone(),
-                    timeout: Duration::from_secs(600),
-                    lock_tables: w.lock_tables,
-                },
-            ))
+            (Arc::new(RedshiftDataWarehouse::new(sdk, config)), "redshift_data")
         }
-        WarehouseKind::Sqlite => Arc::new(
-            adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(&config.warehouse.url))
-                .with_context(|| format!("warehouse: cannot open {}", config.warehouse.url))?,
-        ),
-    };
-    Ok((warehouse, service))
+        WarehouseSection::Sqlite(SqliteSection { url }) => {
+            let warehouse = adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(url))
+                .with_context(|| format!("warehouse: cannot open {url}"))?;
+            (Arc::new(warehouse), "sqlite")
+        }
+    })
 }
 
 /// A node that started, with what its stop needs.
@@ -121,7 +107,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
             if let Ok(addr) = listener.local_addr() {
                 eprintln!("tributary: metrics on http://{addr}/metrics");
             }
-            let served = Served { node: metrics.clone(), heartbeat_stale_after: config.node.failover_time };
+            let served = Served { node: metrics.clone(), heartbeat_stale_after: config.cluster.failover_time };
             let stopped = async move {
                 let _ = metrics_stopped.await;
             };
@@ -136,7 +122,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let table = DynamoLeaseTable::with_attempt_timeout(
         &sdk,
         &config.lease_table.name,
-        (config.node.failover_time / 3).max(Duration::from_secs(1)),
+        (config.cluster.failover_time / 3).max(Duration::from_secs(1)),
     );
     table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     let table = Arc::new(table);
@@ -156,16 +142,10 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
         warehouse: Arc::new(Observed::new(warehouse, warehouse_service, metrics.clone())),
         mapper: Arc::new(mapper),
     };
-    let mut cluster = ClusterSettings::with_failover(config.node.failover_time);
-    cluster.initial_position = config.initial_position()?;
-    let mut node_config = NodeConfig::new(me.clone(), cluster);
+    let mut node_config = NodeConfig::new(me.clone(), config.cluster.clone());
+    node_config.consumer = config.consumer.clone();
+    node_config.sink = config.sink.clone();
     node_config.shutdown_deadline = config.node.shutdown_deadline;
-    node_config.consumer.checkpoint_interval = config.node.checkpoint_interval;
-    node_config.consumer.read_delay = config.node.read_interval;
-    node_config.consumer.idle_delay = config.node.idle_read_interval;
-    node_config.sink.max_latency = config.node.batch_latency;
-    node_config.sink.max_rows = config.node.batch_rows;
-    node_config.sink.max_bytes = config.node.batch_bytes;
     let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics).await?;
     Ok(Started { me, node, table, stop_metrics, metrics_task })
 }

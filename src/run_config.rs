@@ -4,122 +4,20 @@
 //! Secrets never live here: AWS credentials come from the default provider chain, the
 //! PostgreSQL password from `PGPASSWORD`, the tokenize key from the variable the pipeline names.
 //!
-//! ```toml
-//! [node]
-//! failover_time = "10s"          # KCL's failoverTime
-//! [stream]
-//! name = "ev-sessions"           # or the stream's ARN
-//! [lease_table]
-//! name = "tributary-ev"          # created on demand (on-demand billing)
-//! [warehouse]
-//! kind = "postgres"            # or "sqlite" (url = a file), or "redshift" (the Data API):
-//! url = "host=127.0.0.1 port=5432 user=etl dbname=analytics"
-//! # kind = "redshift", workgroup = "analytics" (or cluster = "…"), database = "dev",
-//! # secret_arn = "arn:aws:secretsmanager:…" (or db_user = "etl" with a cluster)
-//! [metrics]
-//! listen = "0.0.0.0:9898"        # optional: Prometheus's GET /metrics
-//! [[table]]
-//! ...
-//! ```
+//! The types are the settings the node runs with: `[node]` is read by `worker::NodeSettings`,
+//! `coordinator::ClusterSettings`, `worker::ConsumerSettings` and `worker::SinkSettings` (each
+//! field a key, each type's `Default` the defaults), `[warehouse]` by the tagged enum
+//! `WarehouseSection`. An example and every key's default: README.md ("Running it on AWS"),
+//! which `tests/config_examples.rs` holds to this parser. Loading is parsing (unknown keys,
+//! wrong types and impossible combinations are refused there), then `validate` (values).
 
-use proto::Checkpoint;
+use adapters::redshift_data::Target;
+use coordinator::ClusterSettings;
 use serde::Deserialize;
 use std::time::Duration;
-use worker::pipeline::config::{parse_duration, ConfigError};
+use worker::pipeline::config::ConfigError;
+use worker::settings::{keys, ConsumerSettings, NodeSettings, SinkSettings};
 use worker::PipelineConfig;
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSection {
-    /// This node's worker id; default: `$POD_NAME`, else `$HOSTNAME`, else the host name, plus
-    /// the process id (a restarted process is a new node).
-    pub id: Option<String>,
-    #[serde(default = "default_failover", deserialize_with = "duration")]
-    pub failover_time: Duration,
-    /// Where a shard without a checkpoint starts: `trim_horizon` or `latest`.
-    #[serde(default = "default_initial")]
-    pub initial_position: String,
-    /// How long a SIGTERM waits for consumers to flush, checkpoint and release.
-    #[serde(default = "default_shutdown", deserialize_with = "duration")]
-    pub shutdown_deadline: Duration,
-    /// Least time between two checkpoint writes of a shard (each is one DynamoDB write; a
-    /// longer interval costs only re-reading after a crash, never a duplicate effect).
-    #[serde(default = "default_checkpoint", deserialize_with = "duration")]
-    pub checkpoint_interval: Duration,
-    /// Pause between two reads of a shard that returned records (Kinesis allows 5 reads/s).
-    #[serde(default = "default_read_interval", deserialize_with = "duration")]
-    pub read_interval: Duration,
-    /// Pause after a read that returned nothing.
-    #[serde(default = "default_idle_interval", deserialize_with = "duration")]
-    pub idle_read_interval: Duration,
-    /// Longest a row waits in a sink's batch before the batch commits.
-    #[serde(default = "default_batch_latency", deserialize_with = "duration")]
-    pub batch_latency: Duration,
-    /// A sink's batch commits once it holds this many rows…
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// …or this many bytes of values (whichever comes first, or `batch_latency`).
-    #[serde(default = "default_batch_bytes")]
-    pub batch_bytes: usize,
-}
-
-impl Default for NodeSection {
-    fn default() -> Self {
-        Self {
-            id: None,
-            failover_time: default_failover(),
-            initial_position: default_initial(),
-            shutdown_deadline: default_shutdown(),
-            checkpoint_interval: default_checkpoint(),
-            read_interval: default_read_interval(),
-            idle_read_interval: default_idle_interval(),
-            batch_latency: default_batch_latency(),
-            batch_rows: default_batch_rows(),
-            batch_bytes: default_batch_bytes(),
-        }
-    }
-}
-
-const fn default_failover() -> Duration {
-    Duration::from_secs(10)
-}
-
-const fn default_read_interval() -> Duration {
-    Duration::from_millis(200)
-}
-
-const fn default_idle_interval() -> Duration {
-    Duration::from_millis(500)
-}
-
-const fn default_batch_latency() -> Duration {
-    Duration::from_millis(500)
-}
-
-const fn default_batch_rows() -> usize {
-    5_000
-}
-
-const fn default_batch_bytes() -> usize {
-    8 << 20
-}
-
-const fn default_checkpoint() -> Duration {
-    Duration::from_secs(1)
-}
-
-const fn default_shutdown() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_initial() -> String {
-    "trim_horizon".into()
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -135,41 +33,83 @@ pub struct LeaseTableSection {
     pub name: String,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum WarehouseKind {
-    Postgres,
-    Sqlite,
+/// `[warehouse]`: `kind` names the warehouse, and only that kind's keys may follow.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WarehouseSection {
+    Postgres(PostgresSection),
+    Sqlite(SqliteSection),
     /// Amazon Redshift through the Data API.
-    Redshift,
+    Redshift(RedshiftSection),
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct WarehouseSection {
-    pub kind: WarehouseKind,
-    /// PostgreSQL: a libpq-style connection string without the password; SQLite: a file path.
-    #[serde(default)]
+pub struct PostgresSection {
+    /// A libpq-style connection string (or URL) without the password (`PGPASSWORD`).
     pub url: String,
-    /// Redshift: the provisioned cluster's identifier…
-    pub cluster: Option<String>,
-    /// …or the Serverless workgroup.
-    pub workgroup: Option<String>,
-    /// Redshift: the database.
-    pub database: Option<String>,
-    /// Redshift: credentials from Secrets Manager (the secret's ARN, not the secret)…
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSection {
+    /// The database file.
+    pub url: String,
+}
+
+/// `workgroup` (Serverless) or `cluster`, `database`, and `secret_arn` (or, with a cluster,
+/// `db_user`: temporary credentials), as the Data API takes them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(try_from = "RedshiftKeys")]
+pub struct RedshiftSection {
+    /// `cluster` (a provisioned cluster's identifier) or `workgroup`: exactly one.
+    pub target: Target,
+    pub database: String,
+    /// Credentials from Secrets Manager (the secret's ARN, not the secret)…
     pub secret_arn: Option<String>,
     /// …or temporary credentials of this database user (clusters).
     pub db_user: Option<String>,
-    /// Redshift: lock a table while a batch merges into it (readers wait that long). Needed
-    /// under SNAPSHOT isolation, the default: two nodes committing one new key would both
-    /// insert it. `false` only for a database set to SERIALIZABLE.
-    #[serde(default = "default_lock_tables")]
+    /// Lock a table while a batch merges into it (readers wait that long). Needed under
+    /// SNAPSHOT isolation, the default: two nodes committing one new key would both insert it.
+    /// `false` only for a database set to SERIALIZABLE.
     pub lock_tables: bool,
 }
 
-const fn default_lock_tables() -> bool {
-    true
+#[derive(Deserialize)]
+#[serde(rename = "RedshiftSection", deny_unknown_fields)]
+struct RedshiftKeys {
+    cluster: Option<String>,
+    workgroup: Option<String>,
+    database: String,
+    secret_arn: Option<String>,
+    db_user: Option<String>,
+    #[serde(default = "RedshiftSection::lock_tables_default")]
+    lock_tables: bool,
+}
+
+impl RedshiftSection {
+    const fn lock_tables_default() -> bool {
+        true
+    }
+}
+
+/// The rules over several keys; each message names its key first (`parse` puts it in the path).
+impl TryFrom<RedshiftKeys> for RedshiftSection {
+    type Error = &'static str;
+
+    fn try_from(k: RedshiftKeys) -> Result<Self, Self::Error> {
+        let target = match (k.cluster, k.workgroup) {
+            (Some(identifier), None) => Target::Cluster { identifier },
+            (None, Some(name)) => Target::Workgroup { name },
+            _ => return Err("`cluster`: set exactly one of cluster and workgroup"),
+        };
+        let temporary = k.db_user.is_some() && matches!(target, Target::Cluster { .. });
+        if k.secret_arn.is_none() && !temporary {
+            return Err("`secret_arn`: set secret_arn, or db_user with a cluster (temporary credentials)");
+        }
+        let (database, secret_arn, db_user, lock_tables) = (k.database, k.secret_arn, k.db_user, k.lock_tables);
+        Ok(Self { target, database, secret_arn, db_user, lock_tables })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -180,9 +120,16 @@ pub struct MetricsSection {
     pub listen: std::net::SocketAddr,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
-    pub node: NodeSection,
+    /// `[node]`: one flat section whose keys are the fields of these four settings (`id` and
+    /// `shutdown_deadline` here; `failover_time`, `initial_position` in `cluster`;
+    /// `read_interval`, `idle_read_interval`, `checkpoint_interval` in `consumer`; `batch_rows`,
+    /// `batch_bytes`, `batch_latency` in `sink`).
+    pub node: NodeSettings,
+    pub cluster: ClusterSettings,
+    pub consumer: ConsumerSettings,
+    pub sink: SinkSettings,
     pub stream: StreamSection,
     pub lease_table: LeaseTableSection,
     pub warehouse: WarehouseSection,
@@ -191,15 +138,99 @@ pub struct RunConfig {
     pub pipeline: PipelineConfig,
 }
 
+/// `value` as a `T`; an error names the key it is in (`node.failover_time: …`). serde reports a
+/// missing field, an unknown field of a tagged enum's variant and a rule over several fields at
+/// the struct: their key is the one the message names first.
+fn parse<T: for<'de> Deserialize<'de>>(value: toml::Value, name: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().message().to_owned();
+        if path != "." {
+            return ConfigError::new(format!("{name}.{path}"), message);
+        }
+        let named = ["missing field `", "unknown field `", "`"].iter().find_map(|p| message.strip_prefix(p));
+        match named.and_then(|rest| rest.split_once('`')) {
+            Some((key, rest)) if message.starts_with('`') => {
+                ConfigError::new(format!("{name}.{key}"), rest.trim_start_matches(": "))
+            }
+            Some((key, _)) => ConfigError::new(format!("{name}.{key}"), message),
+            None => ConfigError::new(name, message),
+        }
+    })
+}
+
+/// `[warehouse]`. serde reads a tagged enum's variant from a buffer that forgets the key of an
+/// error in it (`lock_tables = "no"`): then that kind's own type reads it again, to name the key.
+fn warehouse_section(table: &mut toml::Table) -> Result<WarehouseSection, ConfigError> {
+    let value = required(table.remove("warehouse"), "warehouse")?;
+    parse(value.clone(), "warehouse").map_err(|e| {
+        if e.field != "warehouse" {
+            return e;
+        }
+        let mut keys = value.as_table().cloned().unwrap_or_default();
+        let kind = keys.remove("kind");
+        let keys = toml::Value::Table(keys);
+        let again = match kind.as_ref().and_then(toml::Value::as_str) {
+            Some("postgres") => parse::<PostgresSection>(keys, "warehouse").err(),
+            Some("sqlite") => parse::<SqliteSection>(keys, "warehouse").err(),
+            Some("redshift") => parse::<RedshiftSection>(keys, "warehouse").err(),
+            _ => None,
+        };
+        again.unwrap_or(e)
+    })
+}
+
 fn section<T: for<'de> Deserialize<'de>>(table: &mut toml::Table, name: &str) -> Result<Option<T>, ConfigError> {
-    match table.remove(name) {
-        None => Ok(None),
-        Some(value) => serde_path_to_error::deserialize(value).map(Some).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { name.to_owned() } else { format!("{name}.{path}") };
-            ConfigError::new(field, e.into_inner().message())
-        }),
+    table.remove(name).map(|value| parse(value, name)).transpose()
+}
+
+/// The keys of `[node]`: those of its four settings types.
+pub fn node_keys() -> Vec<&'static str> {
+    [keys::<NodeSettings>(), keys::<ClusterSettings>(), keys::<ConsumerSettings>(), keys::<SinkSettings>()].concat()
+}
+
+/// Every key of each section the node reads, as its parser reads them (the tests of the docs and
+/// of the Helm chart compare theirs with these).
+pub fn keys_by_section() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("node", node_keys()),
+        ("stream", keys::<StreamSection>().to_vec()),
+        ("lease_table", keys::<LeaseTableSection>().to_vec()),
+        ("warehouse", warehouse_keys()),
+        ("metrics", keys::<MetricsSection>().to_vec()),
+    ]
+}
+
+/// `kind` and the keys of every kind.
+fn warehouse_keys() -> Vec<&'static str> {
+    let mut all = vec!["kind"];
+    for key in [keys::<PostgresSection>(), keys::<SqliteSection>(), keys::<RedshiftSection>()].concat() {
+        if !all.contains(&key) {
+            all.push(key);
+        }
     }
+    all
+}
+
+/// `[node]`, one flat section over four settings types. Each type reads the keys it declares (its
+/// `Deserialize` refuses any other); a key none of them declares is refused here, as serde would.
+/// Not `serde(flatten)`: it reads through a buffer that loses the key an error is in.
+fn node_section(
+    table: &mut toml::Table,
+) -> Result<(NodeSettings, ClusterSettings, ConsumerSettings, SinkSettings), ConfigError> {
+    let node: toml::Table = section(table, "node")?.unwrap_or_default();
+    let all = node_keys();
+    if let Some(key) = node.keys().find(|k| !all.contains(&k.as_str())) {
+        let expected: Vec<String> = all.iter().map(|k| format!("`{k}`")).collect();
+        let problem = format!("unknown field `{key}`, expected one of {}", expected.join(", "));
+        return Err(ConfigError::new(format!("node.{key}"), problem));
+    }
+    fn part<T: for<'de> Deserialize<'de>>(node: &toml::Table) -> Result<T, ConfigError> {
+        let own = keys::<T>();
+        let part = node.iter().filter(|(k, _)| own.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone()));
+        parse(toml::Value::Table(part.collect()), "node")
+    }
+    Ok((part(&node)?, part(&node)?, part(&node)?, part(&node)?))
 }
 
 fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
@@ -209,13 +240,13 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
 impl RunConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::new("config", e.message()))?;
-        let node = section(&mut table, "node")?.unwrap_or_default();
+        let (node, cluster, consumer, sink) = node_section(&mut table)?;
         let stream = required(section(&mut table, "stream")?, "stream")?;
         let lease_table = required(section(&mut table, "lease_table")?, "lease_table")?;
-        let warehouse = required(section(&mut table, "warehouse")?, "warehouse")?;
+        let warehouse = warehouse_section(&mut table)?;
         let metrics = section(&mut table, "metrics")?;
         let pipeline = PipelineConfig::from_table(table)?;
-        let config = Self { node, stream, lease_table, warehouse, metrics, pipeline };
+        let config = Self { node, cluster, consumer, sink, stream, lease_table, warehouse, metrics, pipeline };
         config.validate()?;
         Ok(config)
     }
@@ -227,67 +258,46 @@ impl RunConfig {
         if self.lease_table.name.is_empty() {
             return Err(ConfigError::new("lease_table.name", "must not be empty"));
         }
-        if self.node.failover_time < Duration::from_secs(1) {
+        if self.cluster.failover_time < Duration::from_secs(1) {
             return Err(ConfigError::new("node.failover_time", "must be at least 1s"));
         }
-        if self.node.read_interval < Duration::from_millis(200) {
+        if self.consumer.read_interval < Duration::from_millis(200) {
             return Err(ConfigError::new("node.read_interval", "must be at least 200ms (5 reads/s per shard)"));
         }
-        if self.node.idle_read_interval < self.node.read_interval {
+        if self.consumer.idle_read_interval < self.consumer.read_interval {
             return Err(ConfigError::new("node.idle_read_interval", "must not be shorter than read_interval"));
         }
-        if self.node.batch_latency.is_zero() {
+        if self.sink.batch_latency.is_zero() {
             return Err(ConfigError::new("node.batch_latency", "must be above zero"));
         }
-        if self.node.batch_rows == 0 {
+        if self.sink.batch_rows == 0 {
             return Err(ConfigError::new("node.batch_rows", "must be above zero"));
         }
-        if self.node.batch_bytes == 0 {
+        if self.sink.batch_bytes == 0 {
             return Err(ConfigError::new("node.batch_bytes", "must be above zero"));
         }
-        self.initial_position()?;
-        if self.warehouse.url.contains("password") {
+        let url = match &self.warehouse {
+            WarehouseSection::Postgres(PostgresSection { url }) | WarehouseSection::Sqlite(SqliteSection { url }) => {
+                url
+            }
+            WarehouseSection::Redshift(_) => return Ok(()),
+        };
+        if url.is_empty() {
+            return Err(ConfigError::new("warehouse.url", "must not be empty"));
+        }
+        if url.contains("password") {
             return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
         }
-        let w = &self.warehouse;
-        match w.kind {
-            WarehouseKind::Postgres | WarehouseKind::Sqlite if w.url.is_empty() => {
-                return Err(ConfigError::new("warehouse.url", "is required for postgres and sqlite"));
+        if let WarehouseSection::Postgres(_) = self.warehouse {
+            // The parser's message never quotes the string (it may hold a secret).
+            let parsed = url
+                .parse::<adapters::postgres::PostgresConfig>()
+                .map_err(|e| ConfigError::new("warehouse.url", format!("not a postgresql connection string ({e})")))?;
+            if parsed.get_password().is_some() {
+                return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
             }
-            WarehouseKind::Postgres => {
-                // The parser's message never quotes the string (it may hold a secret).
-                let parsed = w.url.parse::<adapters::postgres::PostgresConfig>().map_err(|e| {
-                    ConfigError::new("warehouse.url", format!("not a postgresql connection string ({e})"))
-                })?;
-                if parsed.get_password().is_some() {
-                    return Err(ConfigError::new("warehouse.url", "must not hold a password (set PGPASSWORD)"));
-                }
-            }
-            WarehouseKind::Redshift => {
-                if w.cluster.is_some() == w.workgroup.is_some() {
-                    return Err(ConfigError::new("warehouse.cluster", "set exactly one of cluster and workgroup"));
-                }
-                if w.database.is_none() {
-                    return Err(ConfigError::new("warehouse.database", "is required for redshift"));
-                }
-                if w.secret_arn.is_none() && (w.db_user.is_none() || w.workgroup.is_some()) {
-                    return Err(ConfigError::new(
-                        "warehouse.secret_arn",
-                        "set secret_arn, or db_user with a cluster (temporary credentials)",
-                    ));
-                }
-            }
-            _ => {}
         }
         Ok(())
-    }
-
-    pub fn initial_position(&self) -> Result<Checkpoint, ConfigError> {
-        match self.node.initial_position.as_str() {
-            "trim_horizon" => Ok(Checkpoint::TrimHorizon),
-            "latest" => Ok(Checkpoint::Latest),
-            other => Err(ConfigError::new("node.initial_position", format!("{other:?} is not trim_horizon or latest"))),
-        }
     }
 
     /// This node's worker id.
@@ -333,9 +343,9 @@ url = "host=127.0.0.1"
     #[test]
     fn reads_the_sections_and_the_pipeline() {
         let c = config(&format!("[node]\nfailover_time = \"4s\"\n{BASE}")).unwrap();
-        assert_eq!(c.node.failover_time, Duration::from_secs(4));
+        assert_eq!(c.cluster, ClusterSettings::with_failover(Duration::from_secs(4)));
         assert_eq!(c.pipeline.tables.len(), 1);
-        assert_eq!(c.initial_position().unwrap(), Checkpoint::TrimHorizon);
+        assert_eq!(c.cluster.initial_position, proto::Checkpoint::TrimHorizon);
     }
 
     #[test]
@@ -374,11 +384,59 @@ url = "host=127.0.0.1"
             "kind = \"postgres\"\nurl = \"host=127.0.0.1\"",
             "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"dev\"\nsecret_arn = \"arn:s\"",
         );
-        let c = config(&redshift).unwrap();
-        assert_eq!(c.warehouse.kind, WarehouseKind::Redshift);
-        assert!(c.warehouse.lock_tables, "lock_tables must default to true");
-        let c = config(&format!("{redshift}\nlock_tables = false\n")).unwrap();
-        assert!(!c.warehouse.lock_tables);
+        let lock_tables = |text: &str| match config(text).unwrap().warehouse {
+            WarehouseSection::Redshift(r) => r.lock_tables,
+            other => panic!("{other:?}"),
+        };
+        assert!(lock_tables(&redshift), "lock_tables must default to true");
+        assert!(!lock_tables(&format!("{redshift}\nlock_tables = false\n")));
+    }
+
+    /// A `[warehouse]` holds one kind's keys and nothing that kind cannot use; every mistake is
+    /// refused at load, naming its key.
+    #[test]
+    fn a_warehouse_is_one_kind_with_its_own_keys() {
+        let warehouse = |keys: &str| config(&BASE.replace("kind = \"postgres\"\nurl = \"host=127.0.0.1\"", keys));
+        let refused = |keys: &str| warehouse(keys).unwrap_err().to_string();
+        let w = warehouse("kind = \"redshift\"\ncluster = \"c\"\ndatabase = \"dev\"\ndb_user = \"etl\"").unwrap();
+        let want = RedshiftSection {
+            target: Target::Cluster { identifier: "c".into() },
+            database: "dev".into(),
+            secret_arn: None,
+            db_user: Some("etl".into()),
+            lock_tables: true,
+        };
+        assert_eq!(w.warehouse, WarehouseSection::Redshift(want));
+        let w = warehouse("kind = \"sqlite\"\nurl = \"/data/t.db\"").unwrap();
+        assert_eq!(w.warehouse, WarehouseSection::Sqlite(SqliteSection { url: "/data/t.db".into() }));
+        for (keys, field, says) in [
+            ("url = \"x\"", "warehouse.kind:", "missing field `kind`"),
+            ("kind = \"mysql\"", "warehouse.kind:", "unknown variant `mysql`, expected one of `postgres`, `sqlite`"),
+            ("kind = \"sqlite\"", "warehouse.url:", "missing field `url`"),
+            ("kind = \"sqlite\"\nurl = \"\"", "warehouse.url:", "must not be empty"),
+            ("kind = \"sqlite\"\nurl = 5", "warehouse.url:", "invalid type: integer `5`, expected a string"),
+            ("kind = \"postgres\"\nurl = \"host=x\"\nlock_tables = false", "warehouse.lock_tables:", "unknown field"),
+            ("kind = \"redshift\"\nurl = \"host=x\"", "warehouse.url:", "unknown field `url`"),
+            (
+                "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"d\"\nsecret_arn = \"s\"\nlock_tables = \"no\"",
+                "warehouse.lock_tables:",
+                "expected a boolean",
+            ),
+            (
+                "kind = \"redshift\"\nworkgroup = \"w\"\ncluster = \"c\"\ndatabase = \"d\"\nsecret_arn = \"s\"",
+                "warehouse.cluster:",
+                "set exactly one of cluster and workgroup",
+            ),
+            ("kind = \"redshift\"\ndatabase = \"d\"\nsecret_arn = \"s\"", "warehouse.cluster:", "set exactly one"),
+            (
+                "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"d\"\ndb_user = \"etl\"",
+                "warehouse.secret_arn:",
+                "db_user with a cluster",
+            ),
+        ] {
+            let e = refused(keys);
+            assert!(e.starts_with(field) && e.contains(says) && e.lines().count() == 1, "{keys}: {e}");
+        }
     }
 
     /// README: the node id is `$POD_NAME` plus the process id, so a container restarted in its

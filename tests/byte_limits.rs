@@ -56,8 +56,8 @@ async fn multibyte_text_lands_up_to_65535_bytes_and_no_further() {
         mapper: Arc::new(pipeline),
     };
     let mut template = NodeConfig::new(WorkerId::new("t"), ClusterSettings::with_failover(Duration::from_secs(3)));
-    template.consumer.idle_delay = Duration::from_millis(100);
-    template.sink.max_latency = Duration::from_millis(200);
+    template.consumer.idle_read_interval = Duration::from_millis(100);
+    template.sink.batch_latency = Duration::from_millis(200);
     let mut cluster = LocalCluster::new(ports, template);
     cluster.start_node(None).await.unwrap();
 

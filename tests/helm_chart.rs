@@ -5,7 +5,8 @@
 //! custom resources that match KEDA's and prometheus-operator's CRDs (`@kubernetes-models`, plus
 //! `tsc` for unknown fields: `tests/helm/crds.mjs`) and nothing checkov objects to beyond four
 //! justified skips. The objects agree with each other (selectors, port names, probe paths), the
-//! schema holds exactly node.toml's keys (`src/run_config.rs`) and refuses misspelt ones, the
+//! schema holds exactly the keys the node's parser reads, typed as it reads them, and refuses
+//! misspelt ones, the
 //! ConfigMap's node.toml loads with the node's own parser and passes `tributary check`, the pods
 //! are hardened by default, the config checksum rolls them, render-time checks refuse what would
 //! break a drain or over-scale, an autoscaler keeps replicaCount's standby node, the PrometheusRule
@@ -276,9 +277,8 @@ fn node_toml_loads_with_the_node_parser_and_passes_tributary_check() {
         let toml = node_toml(&objects);
         let config = tributary::run_config::RunConfig::from_toml(&toml)
             .unwrap_or_else(|e| panic!("{}: the chart's node.toml does not load: {e}\n{toml}", case.name));
-        if config.warehouse.kind == tributary::run_config::WarehouseKind::Redshift {
-            assert!(config.warehouse.url.is_empty(), "{}: no postgres url left in a redshift [warehouse]", case.name);
-        }
+        // (The node refuses a key of another kind, e.g. a postgres url left in a redshift
+        // [warehouse]: the chart leaves them out.)
         // The kubelet's SIGKILL comes after the grace period: a drain (bounded by the node at
         // shutdown_deadline + DRAIN_MARGIN) must end before.
         let grace =
@@ -419,91 +419,21 @@ fn render_time_checks_refuse_what_would_break_a_drain_or_overscale() {
     assert!(documents(&relaxed, "PodDisruptionBudget")[0].contains("\n  unhealthyPodEvictionPolicy: IfHealthyBudget\n"));
 }
 
-/// The fields of `pub struct <name>` in `source` (Rust), each with its type.
-fn struct_fields(source: &str, name: &str) -> Vec<(String, String)> {
-    let code = code_only(source);
-    let start = code.find(&format!("pub struct {name} {{")).unwrap_or_else(|| panic!("no struct {name}"));
-    let open = start + code[start..].find('{').unwrap();
-    code[open + 1..block_end(&code, open) - 1]
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub "))
-        .map(|field| {
-            let (name, ty) = field.split_once(':').unwrap_or_else(|| panic!("a field: {field}"));
-            (name.trim().to_owned(), ty.trim().trim_end_matches(',').to_owned())
-        })
-        .collect()
-}
-
-/// The variants of `pub enum <name>` in `source`.
-fn enum_variants(source: &str, name: &str) -> Vec<String> {
-    let code = code_only(source);
-    let start = code.find(&format!("pub enum {name} {{")).unwrap_or_else(|| panic!("no enum {name}"));
-    let open = start + code[start..].find('{').unwrap();
-    code[open + 1..block_end(&code, open) - 1]
-        .split(',')
-        .map(|v| v.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect::<String>())
-        .filter(|v| !v.is_empty())
-        .collect()
+/// What the node says of `[section] key = value` in `config` (a node.toml that loads), when it
+/// refuses that key's value: the problem, or `None` if it loads or fails at another key.
+fn refusal(config: &toml::Table, section: &str, key: &str, value: toml::Value) -> Option<String> {
+    let mut config = config.clone();
+    config[section].as_table_mut().unwrap().insert(key.to_owned(), value);
+    let e = tributary::run_config::RunConfig::from_toml(&toml::to_string(&config).unwrap()).err()?;
+    (e.field == format!("{section}.{key}")).then_some(e.problem)
 }
 
 #[test]
 fn the_schema_holds_exactly_the_config_keys_the_node_reads() {
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(helm::chart_dir().join("values.schema.json")).unwrap()).unwrap();
-    let source = std::fs::read_to_string(repo().join("src/run_config.rs")).unwrap();
     let config = at(&schema, "/properties/config/properties");
-    let sections = [
-        ("node", "NodeSection"),
-        ("stream", "StreamSection"),
-        ("lease_table", "LeaseTableSection"),
-        ("warehouse", "WarehouseSection"),
-    ];
-    for (section, rust) in sections {
-        let schema = &config[section];
-        assert_eq!(schema["additionalProperties"], false, "config.{section} refuses unknown keys");
-        let properties = schema["properties"].as_object().unwrap();
-        let fields = struct_fields(&source, rust);
-        let keys: BTreeSet<&str> = properties.keys().map(String::as_str).collect();
-        assert_eq!(keys, fields.iter().map(|(f, _)| f.as_str()).collect(), "config.{section}: {rust}'s fields");
-        for (field, ty) in &fields {
-            let property = &properties[field.as_str()];
-            let strings = |p: &Value| {
-                p["type"] == "string" || p["enum"].as_array().is_some_and(|e| e.iter().all(Value::is_string))
-            };
-            let fits = match ty.as_str() {
-                "Duration" => property["$ref"] == "#/definitions/duration",
-                "usize" => property["type"] == "integer" && property["minimum"].as_u64().is_some_and(|m| m >= 1),
-                "bool" => property["type"] == "boolean",
-                "String" | "Option<String>" => strings(property),
-                "WarehouseKind" => {
-                    let variants: Vec<String> =
-                        enum_variants(&source, "WarehouseKind").iter().map(|v| v.to_lowercase()).collect();
-                    let listed: BTreeSet<&str> =
-                        property["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-                    listed == variants.iter().map(String::as_str).collect()
-                }
-                other => panic!("config.{section}.{field}: map the type {other} to the schema in this test"),
-            };
-            assert!(fits, "config.{section}.{field} ({ty}) is typed {property} in values.schema.json");
-        }
-    }
-    // [metrics] is the chart's own (listen on metrics.port): no config.metrics.
-    let metrics: Vec<String> = struct_fields(&source, "MetricsSection").into_iter().map(|(f, _)| f).collect();
-    assert_eq!(metrics, ["listen"], "a new [metrics] key: give the chart a value for it");
-    assert!(config.get("metrics").is_none());
-
-    // A misspelt key in any section is refused before anything is made…
-    for (section, key) in [("node", "failover_tme"), ("stream", "nmae"), ("lease_table", "nme"), ("warehouse", "kidn")]
-    {
-        let set = format!("config.{section}.{key}=x");
-        let says = format!("at '/config/{section}': additional properties '{key}' not allowed");
-        let err = try_render(&[], &["--set", &set]).err().unwrap_or_else(|| panic!("--set {set} rendered"));
-        assert!(err.contains(&says), "helm template --set {set}: {err}");
-        let out = helm::helm(&["lint", "--strict", ".", "--set", &set]);
-        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success() && printed.contains(&says), "helm lint --set {set}:\n{printed}");
-    }
-    // …and every key the schema types renders into a node.toml the node loads.
+    // Rendered node.toml files that load, among them setting every key the schema types.
     let every_key = [
         "config.node.id=node-a",
         "config.node.failover_time=12s",
@@ -522,12 +452,74 @@ fn the_schema_holds_exactly_the_config_keys_the_node_reads() {
         "config.warehouse.lock_tables=false",
     ];
     let args: Vec<&str> = every_key.iter().flat_map(|kv| ["--set", kv]).collect();
-    let loaded = tributary::run_config::RunConfig::from_toml(&node_toml(&rendered_objects(&render(&[], &args))))
+    let cases = [case("defaults"), case("irsa-keda-monitoring")];
+    let rendered: Vec<toml::Table> = [render(&[], &args), render_case(cases[0], &[]), render_case(cases[1], &[])]
+        .iter()
+        .map(|r| toml::from_str(&node_toml(&rendered_objects(r))).unwrap())
+        .collect();
+    for (section, keys) in tributary::run_config::keys_by_section() {
+        if section == "metrics" {
+            // [metrics] is the chart's own (listen on metrics.port): no config.metrics.
+            assert_eq!(keys, ["listen"], "a new [metrics] key: give the chart a value for it");
+            assert!(config.get("metrics").is_none());
+            continue;
+        }
+        let schema = &config[section];
+        assert_eq!(schema["additionalProperties"], false, "config.{section} refuses unknown keys");
+        let properties = schema["properties"].as_object().unwrap();
+        let listed: BTreeSet<&str> = properties.keys().map(String::as_str).collect();
+        assert_eq!(listed, keys.iter().copied().collect(), "config.{section}: the keys the node reads");
+        // Each key is typed as the node reads it: a value of another type (or past the
+        // minimum, or not in the enum) is refused at that key, naming what the node expects.
+        for (key, property) in properties {
+            let loaded = rendered.iter().find(|t| t[section].get(key).is_some());
+            let loaded = loaded.unwrap_or_else(|| panic!("no rendered node.toml sets {section}.{key}: add it above"));
+            let says = |value: toml::Value| refusal(loaded, section, key, value).unwrap_or_default();
+            let string = |s: &str| toml::Value::String(s.into());
+            let fits = if property["$ref"] == "#/definitions/duration" || property["type"] == "string" {
+                says(toml::Value::Boolean(true)).contains("expected a string")
+            } else if property["type"] == "integer" {
+                let minimum = property["minimum"].as_i64().unwrap_or(i64::MIN);
+                says(string("x")).contains("expected usize")
+                    && !says(toml::Value::Integer(minimum - 1)).is_empty()
+                    && says(toml::Value::Integer(minimum)).is_empty()
+            } else if property["type"] == "boolean" {
+                says(string("x")).contains("expected a boolean")
+            } else if let Some(values) = property["enum"].as_array() {
+                let problem = says(string("bogus"));
+                let expected = problem.split_once("expected").map_or("", |(_, e)| e);
+                let named: BTreeSet<&str> = expected.split('`').skip(1).step_by(2).collect();
+                named == values.iter().map(|v| v.as_str().unwrap()).collect()
+            } else {
+                panic!("config.{section}.{key}: map the schema's {property} to a probe in this test")
+            };
+            assert!(fits, "config.{section}.{key} is typed {property} in values.schema.json, not as the node reads it");
+        }
+    }
+
+    // A misspelt key in any section is refused before anything is made…
+    for (section, key) in [("node", "failover_tme"), ("stream", "nmae"), ("lease_table", "nme"), ("warehouse", "kidn")]
+    {
+        let set = format!("config.{section}.{key}=x");
+        let says = format!("at '/config/{section}': additional properties '{key}' not allowed");
+        let err = try_render(&[], &["--set", &set]).err().unwrap_or_else(|| panic!("--set {set} rendered"));
+        assert!(err.contains(&says), "helm template --set {set}: {err}");
+        let out = helm::helm(&["lint", "--strict", ".", "--set", &set]);
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success() && printed.contains(&says), "helm lint --set {set}:\n{printed}");
+    }
+    // …and every key the schema types renders into a node.toml the node loads.
+    let loaded = tributary::run_config::RunConfig::from_toml(&toml::to_string(&rendered[0]).unwrap())
         .expect("every typed key loads");
     assert_eq!(loaded.node.id.as_deref(), Some("node-a"));
-    assert_eq!((loaded.node.batch_rows, loaded.node.batch_bytes), (1000, 1 << 20));
-    assert_eq!(loaded.node.read_interval, std::time::Duration::from_millis(250));
-    assert!(!loaded.warehouse.lock_tables && loaded.warehouse.db_user.as_deref() == Some("etl"));
+    assert_eq!((loaded.sink.batch_rows, loaded.sink.batch_bytes), (1000, 1 << 20));
+    assert_eq!(loaded.consumer.read_interval, std::time::Duration::from_millis(250));
+    match loaded.warehouse {
+        tributary::run_config::WarehouseSection::Redshift(w) => {
+            assert!(!w.lock_tables && w.db_user.as_deref() == Some("etl"), "{w:?}")
+        }
+        other => panic!("not redshift: {other:?}"),
+    }
 }
 
 #[test]

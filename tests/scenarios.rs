@@ -52,8 +52,8 @@ async fn setup(pipeline: Pipeline, shards: u32, database: &str) -> Setup {
         mapper: Arc::new(pipeline),
     };
     let mut template = NodeConfig::new(WorkerId::new("t"), ClusterSettings::with_failover(Duration::from_secs(3)));
-    template.consumer.idle_delay = Duration::from_millis(100);
-    template.sink.max_latency = Duration::from_millis(200);
+    template.consumer.idle_read_interval = Duration::from_millis(100);
+    template.sink.batch_latency = Duration::from_millis(200);
     let mut cluster = LocalCluster::new(ports, template);
     for _ in 0..3 {
         cluster.start_node(None).await.unwrap();

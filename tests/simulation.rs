@@ -70,11 +70,11 @@ async fn run_seed(seed: u64) -> Result<Outcome, String> {
         mapper: Arc::new(mapper()),
     };
     let mut template = NodeConfig::new(WorkerId::new("template"), ClusterSettings::with_failover(FAILOVER));
-    template.consumer.idle_delay = Duration::from_millis(250);
+    template.consumer.idle_read_interval = Duration::from_millis(250);
     template.consumer.max_records = 200;
     template.consumer.max_in_flight_rows = 400;
-    template.sink.max_rows = 300;
-    template.sink.max_latency = Duration::from_millis(300);
+    template.sink.batch_rows = 300;
+    template.sink.batch_latency = Duration::from_millis(300);
     let mut cluster = LocalCluster::new(ports, template);
     let mut down: Vec<WorkerId> = Vec::new();
     for i in 0..5 {

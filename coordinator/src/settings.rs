@@ -1,7 +1,9 @@
 //! Timing of the lease protocol, shared by the coordinator and the workers. Defaults follow
-//! KCL's where KCL has one (failover 10 s).
+//! KCL's where KCL has one (failover 10 s). Two of them are keys of node.toml's `[node]`:
+//! `failover_time` and `initial_position`.
 
 use proto::Checkpoint;
+use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +40,127 @@ impl ClusterSettings {
             shard_sync_interval: Duration::from_secs(10),
             initial_position: Checkpoint::TrimHorizon,
             leader_key: "tributary:leader".to_owned(),
+        }
+    }
+}
+
+/// The keys of `[node]` that set the cluster: `failover_time` (`"10s"`) and `initial_position`
+/// (`"trim_horizon"` or `"latest"`). Not a derive: the heartbeat follows `failover_time` (a third
+/// of it), so the settings are made by `with_failover`; a key not written keeps its `Default`.
+impl<'de> Deserialize<'de> for ClusterSettings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum InitialPosition {
+            TrimHorizon,
+            Latest,
+        }
+        #[derive(Default, Deserialize)]
+        #[serde(rename = "ClusterSettings", deny_unknown_fields, default)]
+        struct Keys {
+            #[serde(deserialize_with = "duration::some")]
+            failover_time: Option<Duration>,
+            initial_position: Option<InitialPosition>,
+        }
+        let keys = Keys::deserialize(d)?;
+        let mut settings = keys.failover_time.map_or_else(Self::default, Self::with_failover);
+        match keys.initial_position {
+            Some(InitialPosition::TrimHorizon) => settings.initial_position = Checkpoint::TrimHorizon,
+            Some(InitialPosition::Latest) => settings.initial_position = Checkpoint::Latest,
+            None => {}
+        }
+        Ok(settings)
+    }
+}
+
+/// The durations of node.toml, through `humantime`: `500ms`, `10s`, `1m`, `1.5s`, `1h 30m`…, and
+/// a bare number of seconds (`"7"`, `"0.5"`), which node.toml has always taken and the Helm chart
+/// writes.
+pub mod duration {
+    use serde::{de::Error, Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let invalid = |why: &dyn std::fmt::Display| format!("invalid duration {text:?}: {why} (e.g. 30s, 500ms, 2m)");
+        let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+        if unit.is_empty() {
+            let seconds: f64 = number.parse().map_err(|e| invalid(&e))?;
+            return Duration::try_from_secs_f64(seconds).map_err(|e| invalid(&e));
+        }
+        // humantime wants digits on both sides of a decimal point; node.toml took `.5s` and `5.s`
+        // too. Zeros around the number change no value.
+        let padded = if number.contains('.') { format!("0{number}0{unit}") } else { text.to_owned() };
+        humantime::parse_duration(&padded).map_err(|e| invalid(&e))
+    }
+
+    /// For `#[serde(deserialize_with = "duration::deserialize")]`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(D::Error::custom)
+    }
+
+    /// For an `Option<Duration>` with `#[serde(default)]`: present is `Some`.
+    pub fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Result<ClusterSettings, String> {
+        toml::from_str(toml).map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn failover_time_sets_the_heartbeat_and_missing_keys_keep_the_defaults() {
+        assert_eq!(settings("").unwrap(), ClusterSettings::default());
+        let s = settings("failover_time = \"4s\"\ninitial_position = \"latest\"").unwrap();
+        assert_eq!(
+            s,
+            ClusterSettings {
+                initial_position: Checkpoint::Latest,
+                ..ClusterSettings::with_failover(Duration::from_secs(4))
+            }
+        );
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(4) / 3);
+        let e = settings("initial_position = \"oldest\"").unwrap_err();
+        assert!(e.contains("unknown variant `oldest`, expected `trim_horizon` or `latest`"), "{e}");
+        let e = settings("heartbeat_interval = \"1s\"").unwrap_err();
+        assert!(
+            e.contains("unknown field `heartbeat_interval`, expected `failover_time` or `initial_position`"),
+            "{e}"
+        );
+    }
+
+    /// Every form node.toml took before humantime (the Helm chart's pattern
+    /// `^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$`, and a point without digits on one side), and humantime's.
+    #[test]
+    fn durations_keep_every_form_they_had() {
+        let ms = |n| Ok(Duration::from_millis(n));
+        for (text, want) in [
+            ("500ms", ms(500)),
+            ("10s", ms(10_000)),
+            ("1m", ms(60_000)),
+            ("2h", ms(7_200_000)),
+            ("1.5s", ms(1_500)),
+            ("0.5m", ms(30_000)),
+            ("7", ms(7_000)),
+            ("0.25", ms(250)),
+            (".5", ms(500)),
+            ("0", ms(0)),
+            (".5s", ms(500)),
+            ("5.s", ms(5_000)),
+            ("01.50m", ms(90_000)),
+            ("1h 30m", ms(5_400_000)),
+            ("1min", ms(60_000)),
+        ] {
+            assert_eq!(duration::parse(text), want, "{text}");
+        }
+        for bad in ["", "fast", "3 parsecs", "-1s", "1..5", "."] {
+            let e = duration::parse(bad).unwrap_err();
+            assert!(e.starts_with(&format!("invalid duration {bad:?}")), "{e}");
         }
     }
 }

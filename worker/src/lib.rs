@@ -5,6 +5,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
+//! | `settings.rs` | `NodeSettings`, `ConsumerSettings`, `SinkSettings`: what a node runs with, and the keys of node.toml's `[node]` |
 //! | `node.rs` | `Node`: the supervisor actor that starts everything, `start` / `shutdown` / `kill` |
 //! | `lease_keeper.rs` | heartbeat, finding assigned leases, starting/stopping consumers, restart policy |
 //! | `shard_consumer.rs` | one actor per lease: read → map → sinks → checkpoint what committed → shard end |
@@ -33,6 +34,7 @@ pub mod process_metrics;
 pub mod record_mapper;
 pub mod reference_cache;
 pub mod reference_set;
+pub mod settings;
 pub mod shard_consumer;
 pub mod shard_cursor;
 pub mod sink;
@@ -43,5 +45,4 @@ pub use node::{Node, NodeConfig, NodePorts};
 pub use pipeline::dead_letter::TABLE as DEAD_LETTER_TABLE;
 pub use pipeline::{Pipeline, PipelineConfig};
 pub use record_mapper::{MapOutcome, RecordMapper, TableId, Target, UserRecord};
-pub use shard_consumer::ConsumerSettings;
-pub use sink::SinkSettings;
+pub use settings::{ConsumerSettings, NodeSettings, SinkSettings};

@@ -6,8 +6,9 @@
 use crate::lease_keeper::{KeeperArgs, KeeperMsg, LeaseKeeper, RestartPolicy};
 use crate::metrics::NodeMetrics;
 use crate::record_mapper::RecordMapper;
-use crate::shard_consumer::{ConsumerContext, ConsumerSettings};
-use crate::sink::{Sink, SinkArgs, SinkSettings, Sinks};
+use crate::settings::{ConsumerSettings, SinkSettings};
+use crate::shard_consumer::ConsumerContext;
+use crate::sink::{Sink, SinkArgs, Sinks};
 use coordinator::{ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink};
 use proto::{LeaseTable, RetryPolicy, ShardId, ShardReader, TableSchema, Warehouse, WorkerId};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -36,7 +37,7 @@ impl NodeConfig {
             sink: SinkSettings::default(),
             restart: RestartPolicy::default(),
             retry: RetryPolicy::default(),
-            shutdown_deadline: Duration::from_secs(30),
+            shutdown_deadline: crate::settings::NodeSettings::DEFAULT.shutdown_deadline,
         }
     }
 }

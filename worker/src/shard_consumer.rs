@@ -23,34 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConsumerSettings {
-    /// `Limit` of one GetRecords call.
-    pub max_records: usize,
-    /// Pause after a read that returned nothing.
-    pub idle_delay: Duration,
-    /// Pause between reads that returned records (5 reads/s/shard is Kinesis's limit).
-    pub read_delay: Duration,
-    /// Reading pauses while this many rows are read but not yet committed.
-    pub max_in_flight_rows: usize,
-    /// Least time between two checkpoint writes (the final ones are always written).
-    pub checkpoint_interval: Duration,
-    /// Milliseconds since the epoch, for leases that start AT_TIMESTAMP.
-    pub at_timestamp_ms: Option<i64>,
-}
-
-impl Default for ConsumerSettings {
-    fn default() -> Self {
-        Self {
-            max_records: 10_000,
-            idle_delay: Duration::from_millis(500),
-            read_delay: Duration::from_millis(200),
-            max_in_flight_rows: 50_000,
-            checkpoint_interval: Duration::from_secs(1),
-            at_timestamp_ms: None,
-        }
-    }
-}
+use crate::settings::ConsumerSettings;
 
 /// What every consumer of a node shares.
 pub struct ConsumerContext {
@@ -167,7 +140,7 @@ impl ConsumerState {
             self.hand_on()?;
             if !self.pending.is_empty() {
                 // Still waiting for reference data: look again soon, read nothing new.
-                self.schedule_read(myself, self.ctx.settings.idle_delay);
+                self.schedule_read(myself, self.ctx.settings.idle_read_interval);
                 return Ok(());
             }
             if self.ended.is_some() {
@@ -209,7 +182,7 @@ impl ConsumerState {
             self.ended = Some(batch.child_shards);
             if !self.pending.is_empty() {
                 // A join still waits: keep looking (the pending branch above finishes).
-                self.schedule_read(myself, self.ctx.settings.idle_delay);
+                self.schedule_read(myself, self.ctx.settings.idle_read_interval);
             }
             return self.maybe_finish(myself).await;
         }

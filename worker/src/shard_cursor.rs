@@ -1,10 +1,10 @@
 //! Reading one shard: the iterator, where to resume when it expires or a read fails, and how
 //! long to wait before the next read. The shard's read limits are kept here, and only here:
-//! GetRecords at most 5 times a second (`read_delay`), after a read of B bytes the next waits
+//! GetRecords at most 5 times a second (`read_interval`), after a read of B bytes the next waits
 //! B / 2 MiB/s (so a shard read at full speed stays under its 2 MB/s instead of being throttled
 //! for seconds by the service), and a throttled read waits at least a second.
 
-use crate::shard_consumer::ConsumerSettings;
+use crate::settings::ConsumerSettings;
 use proto::{
     Backoff, Checkpoint, Position, ReadBatch, ReadError, RetryPolicy, ShardId, ShardIterator, ShardReader,
     StartingPosition,
@@ -107,11 +107,11 @@ impl ShardCursor {
         Ok(Fetched::Batch(batch))
     }
 
-    /// The pause after a batch before the next read: `read_delay` after records when nothing
-    /// waits to be mapped, `idle_delay` after an empty read or while records wait for
+    /// The pause after a batch before the next read: `read_interval` after records when nothing
+    /// waits to be mapped, `idle_read_interval` after an empty read or while records wait for
     /// reference data; never less than the last batch's bytes take at the shard's bandwidth.
     pub fn pace(&self, got_records: bool, nothing_pending: bool, settings: &ConsumerSettings) -> Duration {
-        let delay = if got_records && nothing_pending { settings.read_delay } else { settings.idle_delay };
+        let delay = if got_records && nothing_pending { settings.read_interval } else { settings.idle_read_interval };
         delay.max(Duration::from_secs_f64(self.last_batch_bytes as f64 / SHARD_READ_BYTES_PER_SECOND))
     }
 }
@@ -142,7 +142,7 @@ mod tests {
         assert_eq!(first.records[0].sequence, sequences[0]);
         let pause = cursor.pace(true, true, &settings);
         assert!(pause >= Duration::from_millis(500) && pause < Duration::from_millis(600), "{pause:?}");
-        assert_eq!(cursor.pace(false, true, &settings), settings.idle_delay.max(pause));
+        assert_eq!(cursor.pace(false, true, &settings), settings.idle_read_interval.max(pause));
 
         tokio::time::advance(Duration::from_secs(301)).await;
         assert!(

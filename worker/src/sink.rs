@@ -11,33 +11,9 @@ use crate::record_mapper::Target;
 use proto::{Batch, RetryPolicy, Row, TableSchema, Value, Warehouse, WarehouseError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::warn;
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct SinkSettings {
-    pub max_rows: usize,
-    pub max_bytes: usize,
-    pub max_latency: Duration,
-    /// Retries of a commit the warehouse could not take (outage, lost reply).
-    pub commit_retry: RetryPolicy,
-}
-
-impl Default for SinkSettings {
-    fn default() -> Self {
-        Self {
-            max_rows: 5_000,
-            max_bytes: 8 << 20,
-            max_latency: Duration::from_millis(500),
-            // About an hour of retries, at most 30 s apart.
-            commit_retry: RetryPolicy {
-                max_attempts: 150,
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(30),
-            },
-        }
-    }
-}
+use crate::settings::SinkSettings;
 
 /// What a sink tells the writer of a chunk once its rows are committed, or cannot be.
 #[derive(Clone, Debug, PartialEq)]
@@ -219,11 +195,12 @@ impl Actor for Sink {
                 state.bytes += rows.iter().map(row_bytes).sum::<usize>();
                 state.rows.extend(rows);
                 state.acks.push(ack);
-                if state.rows.len() >= state.args.settings.max_rows || state.bytes >= state.args.settings.max_bytes {
+                if state.rows.len() >= state.args.settings.batch_rows || state.bytes >= state.args.settings.batch_bytes
+                {
                     state.commit().await;
                 } else if first {
                     let generation = state.generation;
-                    myself.send_after(state.args.settings.max_latency, move || SinkMsg::Deadline(generation));
+                    myself.send_after(state.args.settings.batch_latency, move || SinkMsg::Deadline(generation));
                 }
             }
             SinkMsg::Flush => state.commit().await,
@@ -239,6 +216,7 @@ mod tests {
     use super::*;
     use proto::{Column, CommitStats, RowOp, SqlType, Version};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// Records the size of each committed batch.
     #[derive(Default)]
@@ -287,9 +265,9 @@ mod tests {
             version_column: "_version".into(),
         });
         let settings = SinkSettings {
-            max_rows: 10,
-            max_bytes: 3_000,
-            max_latency: Duration::from_secs(1),
+            batch_rows: 10,
+            batch_bytes: 3_000,
+            batch_latency: Duration::from_secs(1),
             ..SinkSettings::default()
         };
         let args = SinkArgs {
@@ -323,7 +301,7 @@ mod tests {
         write(rows(1, 1_000), 5);
         settle().await;
         assert_eq!(committed(), vec![12, 3]);
-        // Latency: one row waits max_latency from the batch's first write, then commits alone.
+        // Latency: one row waits batch_latency from the batch's first write, then commits alone.
         write(rows(1, 1), 6);
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(committed(), vec![12, 3]);

@@ -71,8 +71,8 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     let mut config = NodeConfig::new(WorkerId::new("n"), ClusterSettings::with_failover(Duration::from_secs(10)));
     config.consumer.max_records = 50;
     config.consumer.max_in_flight_rows = 100;
-    config.sink.max_rows = 1_000;
-    config.sink.max_latency = Duration::from_millis(100);
+    config.sink.batch_rows = 1_000;
+    config.sink.batch_latency = Duration::from_millis(100);
     let node = Node::start(config, ports, EventSink::none()).await.unwrap();
 
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -394,8 +394,8 @@ async fn rows_in_flight_counts_what_waits_behind_a_stalled_commit() {
     let mut config = node_config("n");
     config.consumer.max_records = 50;
     config.consumer.max_in_flight_rows = 200;
-    config.sink.max_rows = 1_000;
-    config.sink.max_latency = Duration::from_millis(100);
+    config.sink.batch_rows = 1_000;
+    config.sink.batch_latency = Duration::from_millis(100);
     let node = Node::start(config, ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let text = node.metrics.gather();
@@ -579,7 +579,7 @@ async fn idle_reads_do_not_move_the_last_read_timestamp() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let first = last_read().expect("the first record was read");
     assert!(first > 0.0);
-    // idle_delay is 500 ms: several reads that return nothing.
+    // idle_read_interval is 500 ms: several reads that return nothing.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     assert_eq!(last_read(), Some(first), "idle reads are not new records");
     stream.put("b", br#"{"id":2}"#.to_vec());
@@ -712,7 +712,7 @@ async fn a_deferred_checkpoint_is_written_when_the_interval_ends() {
     let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
     let mut config = node_config("n");
     config.consumer.checkpoint_interval = Duration::from_secs(5);
-    config.consumer.idle_delay = Duration::from_secs(20);
+    config.consumer.idle_read_interval = Duration::from_secs(20);
     let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
     let checkpoint = || async { leases.get("shardId-000000000000").await.unwrap().unwrap().checkpoint };
     tokio::time::sleep(Duration::from_secs(2)).await;
