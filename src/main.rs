@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// How long the generator writes, e.g. `24s`, `1m`.
-        #[arg(long, default_value = "24s", value_parser = worker::pipeline::config::parse_duration)]
+        #[arg(long, default_value = "24s", value_parser = proto::duration::parse)]
         duration: Duration,
         /// Records per second the generator writes.
         #[arg(long, default_value_t = 200)]
@@ -40,7 +40,7 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         shards: u32,
         /// After how long a silent node is declared dead (KCL's failoverTime).
-        #[arg(long, default_value = "10s", value_parser = worker::pipeline::config::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = proto::duration::parse)]
         failover: Duration,
     },
     /// Run one node of a cluster on the real services (until SIGTERM or Ctrl-C).
@@ -64,7 +64,7 @@ enum Command {
         /// Records per second.
         #[arg(long, default_value_t = 100)]
         rate: u32,
-        #[arg(long, default_value = "60s", value_parser = worker::pipeline::config::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = proto::duration::parse)]
         duration: Duration,
         #[arg(long, default_value_t = 1)]
         seed: u64,

@@ -18,10 +18,11 @@
 #   planner   coordinator/src/planner.rs                     (none: the planner is pure)
 #   lease     proto/src/{lease,lease_protocol,checkpoint}.rs lease_table_conformance (in-memory and
 #                                                            DynamoDB), timing, simulation (20 seeds)
-#   decode    worker/src/{decode,kpl}.rs                     cdc_replay, byte_limits on PostgreSQL
+#   decode    worker/src/{pipeline/decode,kpl}.rs            cdc_replay, byte_limits on PostgreSQL
 #   merge     adapters/src/merge_sql.rs                      warehouse_conformance, redshift_data
 #   limits    proto/src/row.rs                               byte_limits, worker and adapters units
-#   consumer  worker/src/shard_consumer.rs (checkpoint path) node tests, simulation (20 seeds)
+#   consumer  worker/src/{shard_consumer,chunk_progress}.rs  node tests, simulation (20 seeds)
+#             (the checkpoint path)
 #
 # Pass 1 leaves the tree as it found it; do not edit the checkout while a pass runs (--in-place
 # mutates the files themselves and restores each one, also on ^C).
@@ -76,7 +77,7 @@ lease() {
     -- proto,tributary --lib --test lease_table_conformance --test timing --test simulation
 }
 decode() {
-  run decode -f worker/src/decode.rs -f worker/src/kpl.rs -- worker,tributary --lib --test cdc_replay --test byte_limits
+  run decode -f worker/src/pipeline/decode.rs -f worker/src/kpl.rs -- worker,tributary --lib --test cdc_replay --test byte_limits
 }
 merge() {
   run merge -f adapters/src/merge_sql.rs -- adapters,tributary --lib --test warehouse_conformance --test redshift_data
@@ -86,8 +87,8 @@ limits() {
 }
 consumer() {
   # The checkpoint path: what is acknowledged, when a checkpoint is written, how a shard ends.
-  run consumer -f worker/src/shard_consumer.rs \
-    --re 'done_upto|checkpoint|advance|maybe_finish|create_children|hand_on' \
+  run consumer -f worker/src/shard_consumer.rs -f worker/src/chunk_progress.rs \
+    --re 'done_upto|checkpoint|advance|acked|push|maybe_finish|create_children|hand_on' \
     -- worker,tributary --lib --test node --test simulation
 }
 

@@ -13,14 +13,16 @@
 //! | `row.rs` | warehouse values, table schemas, rows and batches |
 //! | `warehouse.rs` | the `Warehouse` port |
 //! | `reference_source.rs` | the `ReferenceSource` port |
-//! | `retry.rs` | the one retry policy |
+//! | `retry.rs` | the one retry policy: exponential back-off with jitter (backon), for calls and for actors' own waits |
 //! | `civil.rs` | civil dates ⇄ days since 1970 (timestamp parsing, SQL literals, ISO text) |
+//! | `duration.rs` | durations as configs write them (humantime, plus bare seconds) |
 //! | `clock.rs` | wall-clock milliseconds that follow tokio's (paused) clock |
-//! | `memory/` | in-memory implementations of the four ports, and fault injection around them |
+//! | `memory/` | in-memory implementations of the four ports (the demo, the simulation) |
 
 pub mod checkpoint;
 pub mod civil;
 pub mod clock;
+pub mod duration;
 pub mod ids;
 pub mod lease;
 pub mod lease_protocol;

@@ -4,7 +4,7 @@
 //! `NodeSettings` (the node's own keys), `coordinator::ClusterSettings` (`failover_time`,
 //! `initial_position`), `ConsumerSettings` and `SinkSettings`; `keys` tells which keys each reads.
 
-pub use coordinator::settings::duration;
+use proto::duration;
 use proto::RetryPolicy;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
