@@ -8,11 +8,13 @@
 //! that was committed first (the last of it within its batch), present for an upsert, absent
 //! for a delete. An older or equal version never replaces what a commit wrote.
 
-use adapters::merge_sql::{create_tables, Dialect, MergeSql};
+use adapters::dialect::Dialect;
+use adapters::merge_sql::MergeSql;
 use adapters::postgres::PostgresWarehouse;
 use adapters::postgres_server::postgres;
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use adapters::sqlite::SqliteWarehouse;
+use adapters::warehouse_ddl::create_tables;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use proto::memory::MemoryWarehouse;

@@ -6,7 +6,11 @@
 //! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
 //! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema |
 //! | `dynamodb_reference.rs` | `DynamoReferenceSource`: reference tables by Scan, followed through DynamoDB Streams |
-//! | `merge_sql.rs` | the portable SQL of one batch commit (stage, dedupe, fence, replace, tombstones) and `quote_ident` |
+//! | `sql_text.rs` | `quote_ident`, `sql_literal`, `values_text`: the one audited place where names and values enter SQL text |
+//! | `dialect.rs` | `Dialect`: what differs between SQLite, PostgreSQL and Redshift SQL (column types, placeholders) |
+//! | `warehouse_ddl.rs` | the target and tombstone tables: which schemas they serve, `create_tables` |
+//! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
+//! | `merge_sql.rs` | `MergeSql`: the portable statements of one batch commit (stage, dedupe, fence, replace, tombstones) |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
@@ -14,6 +18,8 @@
 //! | `local_stack.rs` | the Kinesis and DynamoDB emulators on 127.0.0.1 for tests and local runs |
 
 pub mod aws;
+pub mod column_check;
+pub mod dialect;
 pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;
 pub mod kinesis;
@@ -22,7 +28,9 @@ pub mod merge_sql;
 pub mod postgres;
 pub mod postgres_server;
 pub mod redshift_data;
+pub mod sql_text;
 pub mod sqlite;
+pub mod warehouse_ddl;
 
 /// An error and its sources in one line (`error performing tls handshake: invalid peer
 /// certificate: UnknownIssuer`): what the adapters report when a call fails below the service.

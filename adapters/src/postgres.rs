@@ -8,7 +8,10 @@
 //! CAs). Without it
 //! the connection is plain TCP (`prefer` does not fall back silently to an unverified TLS).
 
-use crate::merge_sql::{create_tables, expected_columns, missing_columns, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
+use crate::column_check::{expected_columns, missing_columns};
+use crate::dialect::Dialect;
+use crate::merge_sql::{MergeSql, OP_DELETE, OP_UPSERT};
+use crate::warehouse_ddl::create_tables;
 use async_trait::async_trait;
 use proto::{Batch, CommitStats, RowOp, TableSchema, Value, Warehouse, WarehouseError};
 use std::collections::HashMap;

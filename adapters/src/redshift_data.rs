@@ -15,7 +15,10 @@
 //! otherwise (bad SQL or values: it will fail again).
 
 use crate::aws::{classify, Failure};
-use crate::merge_sql::{column_probes, create_tables, Dialect, MergeSql};
+use crate::column_check::column_probes;
+use crate::dialect::Dialect;
+use crate::merge_sql::MergeSql;
+use crate::warehouse_ddl::{create_tables, tombstone_table};
 use async_trait::async_trait;
 use aws_sdk_redshiftdata::types::StatusString;
 use aws_sdk_redshiftdata::Client;
@@ -227,7 +230,7 @@ impl Warehouse for RedshiftDataWarehouse {
             WarehouseError::Rejected(m) => WarehouseError::Rejected(format!(
                 "table {:?} (or its {:?}) lacks a column the sink writes, or cannot be created: {m}",
                 table.name,
-                crate::merge_sql::tombstone_table(&table.name)
+                tombstone_table(&table.name)
             )),
             other => other,
         })

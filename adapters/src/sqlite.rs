@@ -1,10 +1,11 @@
 //! The embedded warehouse: SQLite (bundled) behind the `Warehouse` port. Each batch commits in
 //! one `BEGIN IMMEDIATE` transaction running the shared upsert SQL of `merge_sql.rs`.
 
-use crate::merge_sql::{
-    create_tables, expected_columns, missing_columns, quote_ident, tombstone_table, Dialect, MergeSql, OP_DELETE,
-    OP_UPSERT,
-};
+use crate::column_check::{expected_columns, missing_columns};
+use crate::dialect::Dialect;
+use crate::merge_sql::{MergeSql, OP_DELETE, OP_UPSERT};
+use crate::sql_text::quote_ident;
+use crate::warehouse_ddl::{create_tables, tombstone_table};
 use async_trait::async_trait;
 use proto::memory::{MemoryWarehouse, StoredRow};
 use proto::{Batch, CommitStats, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
