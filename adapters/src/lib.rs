@@ -11,6 +11,7 @@
 //! | `warehouse_ddl.rs` | the target and tombstone tables: which schemas they serve, `create_tables` |
 //! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
 //! | `merge_sql.rs` | `MergeSql`: the portable statements of one batch commit (stage, dedupe, fence, replace, tombstones) |
+//! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
@@ -19,6 +20,7 @@
 
 pub mod aws;
 pub mod column_check;
+pub mod commit_plan;
 pub mod dialect;
 pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;

@@ -1,15 +1,19 @@
 //! The statements of one batch commit, shared by every SQL warehouse (SQLite, PostgreSQL,
-//! Redshift), for one table and dialect: stage the batch → keep the latest row per key → drop
-//! staged rows that are not newer than the target (or than a remembered delete) → delete the
-//! target rows being replaced → insert the upserts → remember the deletes. Only portable SQL: no
-//! ON CONFLICT, no MERGE, no VALUES list as a table, no DELETE … USING, no reliance on unique
+//! Redshift), for one table and dialect: stage the batch (bound or as literals) → keep the
+//! latest row per key → drop staged rows that are not newer than the target (or than a
+//! remembered delete) → delete the target rows being replaced → insert the upserts → remember
+//! the deletes. Their order is written once, in `commit_plan.rs`. Only portable SQL: no ON
+//! CONFLICT, no MERGE, no VALUES list as a table, no DELETE … USING, no reliance on unique
 //! constraints (Redshift does not enforce them). Names and values enter the text only through
 //! `sql_text.rs`.
 
 use crate::dialect::Dialect;
 use crate::sql_text::SqlError;
 use crate::warehouse_ddl::{check_schema, key_columns};
-use proto::TableSchema;
+use proto::{Row, RowOp, TableSchema, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 // The paths `src/demo_tickets.rs`, `worker/benches/pipeline.rs` and the warehouse conformance
 // suite name these by (`adapters::merge_sql::…`): their home is `sql_text.rs` and
@@ -37,11 +41,12 @@ pub struct MergeSql {
     /// SQLite and PostgreSQL (`None` here); two on Redshift, which refuses correlated
     /// subqueries under OR.
     pub dedupe_ties: Option<String>,
-    /// `LOCK` of the target and its tombstones, for `literal_statements(…, lock = true)`: on
-    /// Redshift under SNAPSHOT isolation (the default of serverless workgroups and of clusters
-    /// created since May 2024) two commits inserting the same new key both succeed, so commits
-    /// to a table must take turns. Redshift's LOCK is exclusive: readers wait during the merge.
-    lock_target: String,
+    /// `LOCK` of the target and its tombstones, how the Data API's commits take turns when asked
+    /// to (`CommitPlan::literal(…, take_turns = true)`): on Redshift under SNAPSHOT isolation
+    /// (the default of serverless workgroups and of clusters created since May 2024) two commits
+    /// inserting the same new key both succeed, so commits to a table must take turns.
+    /// Redshift's LOCK is exclusive: readers wait during the merge.
+    pub lock_target: String,
     /// Drop staged rows not newer than the target's row…
     pub fence_by_target: String,
     /// …or than a remembered delete (two statements: Redshift refuses correlated subqueries
@@ -58,6 +63,14 @@ pub struct MergeSql {
 /// `a.k1 = b.k1 AND a.k2 = b.k2`
 fn key_match(keys: &[String], a: &str, b: &str) -> String {
     keys.iter().map(|k| format!("{a}.{k} = {b}.{k}")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// The values a row is staged with, in the stage's column order: its columns, then its version,
+/// its operation and its place in the batch (`ord`).
+fn stage_row(row: &Row, ord: usize) -> impl Iterator<Item = Cow<'_, Value>> {
+    let op = if row.op == RowOp::Delete { OP_DELETE } else { OP_UPSERT };
+    let own = [Value::Text(row.version.as_str().to_owned()), Value::Text(op.to_owned()), Value::Int(ord as i64)];
+    row.values.iter().map(Cow::Borrowed).chain(own.into_iter().map(Cow::Owned))
 }
 
 impl MergeSql {
@@ -146,30 +159,33 @@ impl MergeSql {
         format!("INSERT INTO {} ({}) VALUES {}", self.stage, self.stage_columns.join(", "), tuples.join(", "))
     }
 
-    /// The whole commit of `rows` as SQL text with literal values (the Redshift Data API takes
-    /// no parameters in a batch): create the stage, insert the rows in statements of at most
-    /// `max_statement_bytes` each, then dedupe, (with `lock`, lock the target and tombstones,)
-    /// fence, replace, remember deletes, drop the stage. Run in order in one transaction.
-    pub fn literal_statements(
-        &self,
-        rows: &[proto::Row],
-        max_statement_bytes: usize,
-        lock: bool,
-    ) -> Result<Vec<String>, SqlError> {
-        let mut out = vec![self.create_stage.clone()];
-        out.extend(self.index_stage.clone());
+    /// The batch's rows as stage INSERTs with placeholders, each binding at most `max_params`
+    /// values (one row at least): each INSERT's SQL, and its values in placeholder order.
+    pub fn bound_inserts<'s, 'r: 's>(
+        &'s self,
+        rows: &'r [Row],
+        max_params: usize,
+    ) -> impl Iterator<Item = (String, Vec<Cow<'r, Value>>)> + 's {
+        let per_insert = self.rows_per_insert(max_params);
+        rows.chunks(per_insert).enumerate().map(move |(chunk_index, chunk)| {
+            let mut values = Vec::with_capacity(chunk.len() * self.params_per_row());
+            for (i, row) in chunk.iter().enumerate() {
+                values.extend(stage_row(row, chunk_index * per_insert + i));
+            }
+            (self.insert_stage(chunk.len()), values)
+        })
+    }
+
+    /// The batch's rows as stage INSERTs with literal values (the Redshift Data API takes no
+    /// parameters in a batch), in statements of at most `max_statement_bytes` each.
+    pub fn literal_inserts(&self, rows: &[Row], max_statement_bytes: usize) -> Result<Vec<String>, SqlError> {
+        let mut out = Vec::new();
         let head = format!("INSERT INTO {} ({}) VALUES ", self.stage, self.stage_columns.join(", "));
         let mut insert = String::new();
         let mut tuple = String::new();
         for (ord, row) in rows.iter().enumerate() {
             tuple.clear();
-            let op = if row.op == proto::RowOp::Delete { OP_DELETE } else { OP_UPSERT };
-            let extra = [
-                proto::Value::Text(row.version.as_str().to_owned()),
-                proto::Value::Text(op.to_owned()),
-                proto::Value::Int(ord as i64),
-            ];
-            let values: Vec<proto::Value> = row.values.iter().cloned().chain(extra).collect();
+            let values: Vec<Value> = stage_row(row, ord).map(Cow::into_owned).collect();
             values_text([&values[..]], &mut tuple)?;
             if head.len() + tuple.len() > max_statement_bytes {
                 return Err(SqlError::BadValue(format!(
@@ -190,20 +206,6 @@ impl MergeSql {
         if !insert.is_empty() {
             out.push(insert);
         }
-        out.push(self.dedupe_stage.clone());
-        out.extend(self.dedupe_ties.clone());
-        if lock {
-            out.push(self.lock_target.clone());
-        }
-        out.extend([
-            self.fence_by_target.clone(),
-            self.fence_by_tombstone.clone(),
-            self.delete_replaced.clone(),
-            self.delete_replaced_tombstones.clone(),
-            self.insert_upserts.clone(),
-            self.insert_tombstones.clone(),
-            self.drop_stage.clone(),
-        ]);
         Ok(out)
     }
 
@@ -213,50 +215,53 @@ impl MergeSql {
     }
 }
 
+/// Each table's statements, built once per schema (again if a table's schema changes).
+pub struct MergeSqlCache {
+    dialect: Dialect,
+    tables: Mutex<HashMap<String, (TableSchema, Arc<MergeSql>)>>,
+}
+
+impl MergeSqlCache {
+    pub fn new(dialect: Dialect) -> Self {
+        Self { dialect, tables: Mutex::new(HashMap::new()) }
+    }
+
+    /// The statements of `table`; refuses a schema the SQL cannot serve.
+    pub fn get(&self, table: &TableSchema) -> Result<Arc<MergeSql>, SqlError> {
+        // A panic while the lock was held left the map whole: it only inserts built statements.
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((schema, sql)) = tables.get(&table.name) {
+            if schema == table {
+                return Ok(sql.clone());
+            }
+        }
+        let sql = Arc::new(MergeSql::new(table, self.dialect)?);
+        tables.insert(table.name.clone(), (table.clone(), sql.clone()));
+        Ok(sql)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::warehouse_ddl::tests::sample;
     use proto::{Column, SqlType};
 
-    #[test]
-    fn redshift_statements_have_no_correlated_or() {
-        let sql = MergeSql::new(&sample(), Dialect::Redshift).unwrap();
-        let rows = [proto::Row {
-            op: proto::RowOp::Upsert,
-            version: proto::Version::from_text("v1"),
-            values: vec![proto::Value::Text("k\\'".into()); sample().columns.len()],
-        }];
-        let all = sql.literal_statements(&rows, 100 * 1024, false).unwrap();
-        assert!(all.iter().all(|s| !s.contains(" OR ")), "{all:?}");
-        assert!(
-            sql.dedupe_ties.is_some() && MergeSql::new(&sample(), Dialect::Postgres).unwrap().dedupe_ties.is_none()
-        );
-        assert!(all.iter().any(|s| s.contains("'k\\\\'''")), "backslash and quote doubled: {all:?}");
-        assert!(sql.literal_statements(&rows, 50, false).is_err(), "a row over the statement limit is refused");
-    }
-
     /// The stage's own columns (`_op` text, `_ord` integer) on each engine.
     #[test]
     fn stage_columns_follow_the_dialect() {
-        let schema = TableSchema {
-            name: "t".into(),
-            columns: vec![Column::new("id", SqlType::Text), Column::new("n", SqlType::BigInt)],
-            key: vec![0],
-            version_column: "_version".into(),
-        };
         for (dialect, op, ord) in [
             (Dialect::Sqlite, "\"_op\" TEXT", "\"_ord\" INTEGER"),
             (Dialect::Postgres, "\"_op\" VARCHAR(256)", "\"_ord\" BIGINT"),
             (Dialect::Redshift, "\"_op\" VARCHAR(256)", "\"_ord\" BIGINT"),
         ] {
-            let stage = MergeSql::new(&schema, dialect).unwrap().create_stage;
+            let stage = MergeSql::new(&sample(), dialect).unwrap().create_stage;
             assert!(stage.contains(op) && stage.contains(ord), "{dialect:?}: {stage}");
         }
     }
 
-    /// In the literal path each stage row carries its version, its operation (`U` or `D`) and
-    /// its place in the batch, and no statement is empty.
+    /// Each stage row carries its version, its operation (`U` or `D`) and its place in the batch,
+    /// in the literal form and bound: the place counts on across INSERTs.
     #[test]
     fn stage_rows_carry_version_operation_and_order() {
         use proto::{Row, RowOp, Value, Version};
@@ -268,19 +273,36 @@ mod tests {
         };
         let sql = MergeSql::new(&schema, Dialect::Redshift).unwrap();
         let row = |op, id: &str| Row { op, version: Version::from_text("v1"), values: vec![Value::Text(id.into())] };
-        let all = sql.literal_statements(&[row(RowOp::Upsert, "a"), row(RowOp::Delete, "b")], 100 * 1024, false);
-        let all = all.unwrap();
-        assert!(all.iter().all(|s| !s.trim().is_empty()), "{all:?}");
-        let inserts: Vec<&String> = all.iter().filter(|s| s.starts_with("INSERT INTO \"t__stage\"")).collect();
-        assert_eq!(inserts.len(), 1, "{all:?}");
+        let rows = [row(RowOp::Upsert, "a"), row(RowOp::Delete, "b")];
+        let inserts = sql.literal_inserts(&rows, 100 * 1024).unwrap();
+        assert_eq!(inserts.len(), 1, "{inserts:?}");
+        assert!(inserts[0].starts_with("INSERT INTO \"t__stage\""), "{}", inserts[0]);
         assert!(inserts[0].ends_with("VALUES ('a', 'v1', 'U', 0), ('b', 'v1', 'D', 1)"), "{}", inserts[0]);
         // Rows share a statement up to its byte limit exactly, the ", " between them counted.
         let two = inserts[0].len();
-        let stage_inserts = |max: usize| {
-            let all = sql.literal_statements(&[row(RowOp::Upsert, "a"), row(RowOp::Delete, "b")], max, false);
-            all.unwrap().into_iter().filter(|s| s.starts_with("INSERT INTO \"t__stage\"")).count()
-        };
+        let stage_inserts = |max: usize| sql.literal_inserts(&rows, max).unwrap().len();
         assert_eq!((stage_inserts(two), stage_inserts(two - 1)), (1, 2));
+
+        let sql = MergeSql::new(&schema, Dialect::Postgres).unwrap();
+        let rows = [row(RowOp::Upsert, "a"), row(RowOp::Delete, "b"), row(RowOp::Upsert, "c")];
+        let bound: Vec<_> = sql.bound_inserts(&rows, 2 * sql.params_per_row()).collect();
+        let text = |v: &str| Cow::Owned(Value::Text(v.into()));
+        assert_eq!(bound.len(), 2);
+        assert_eq!(bound[0].0, sql.insert_stage(2));
+        assert_eq!(
+            bound[0].1,
+            [
+                text("a"),
+                text("v1"),
+                text("U"),
+                Cow::Owned(Value::Int(0)),
+                text("b"),
+                text("v1"),
+                text("D"),
+                Cow::Owned(Value::Int(1))
+            ]
+        );
+        assert_eq!(bound[1], (sql.insert_stage(1), vec![text("c"), text("v1"), text("U"), Cow::Owned(Value::Int(2))]));
     }
 
     #[test]
@@ -331,12 +353,7 @@ mod tests {
             version_column: "_version".into(),
         };
         let sql = MergeSql::new(&schema, Dialect::Redshift).unwrap();
-        let inserts = |rows: &[Row], max: usize| {
-            let all = sql.literal_statements(rows, max, false)?;
-            Ok::<_, SqlError>(
-                all.into_iter().filter(|s| s.starts_with("INSERT INTO \"notes__stage\"")).collect::<Vec<_>>(),
-            )
-        };
+        let inserts = |rows: &[Row], max: usize| sql.literal_inserts(rows, max);
         for c in ['é', '€', '𝄞'] {
             let row = |id: usize, a: usize, b: usize, version: &str| Row {
                 op: RowOp::Upsert,

@@ -14,6 +14,13 @@ pub enum SqlError {
     BadSchema { table: String, reason: String },
 }
 
+/// SQL that cannot be written will not be written on a retry either.
+impl From<SqlError> for proto::WarehouseError {
+    fn from(e: SqlError) -> Self {
+        proto::WarehouseError::Rejected(e.to_string())
+    }
+}
+
 /// The one function that puts a name into SQL: double quotes, embedded quotes doubled.
 pub fn quote_ident(name: &str) -> Result<String, SqlError> {
     if name.is_empty() || name.contains('\0') {
