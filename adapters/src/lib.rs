@@ -4,7 +4,10 @@
 //! |---|---|
 //! | `aws.rs` | the SDK configuration (default credential chain, no SDK retries) and SDK error classification |
 //! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
-//! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema |
+//! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema (every lease-table SDK call) |
+//! | `kcl_lease_item.rs` | KCL's lease item: a lease as a DynamoDB row and back, plus tributary's leader and membership rows |
+//! | `dynamodb_expr.rs` | `Expr`: the update and condition expressions of one conditional write |
+//! | `lease_table_admin.rs` | the lease table's definition (key, owner index, billing) and the wait until it is active |
 //! | `dynamodb_reference.rs` | `DynamoReferenceSource`: reference tables by Scan, followed through DynamoDB Streams |
 //! | `sql_text.rs` | `quote_ident`, `sql_literal`, `values_text`: the one audited place where names and values enter SQL text |
 //! | `dialect.rs` | `Dialect`: what differs between SQLite, PostgreSQL and Redshift SQL (column types, placeholders) |
@@ -22,9 +25,12 @@ pub mod aws;
 pub mod column_check;
 pub mod commit_plan;
 pub mod dialect;
+pub mod dynamodb_expr;
 pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;
+pub mod kcl_lease_item;
 pub mod kinesis;
+pub mod lease_table_admin;
 pub mod local_stack;
 pub mod merge_sql;
 pub mod postgres;
