@@ -2,6 +2,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
+//! | `lib.rs` | this table, and `error_chain` (an error and its sources in one line) |
 //! | `aws.rs` | the SDK configuration (default credential chain, no SDK retries) and SDK error classification |
 //! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
 //! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema (every lease-table SDK call) |
@@ -13,7 +14,7 @@
 //! | `dialect.rs` | `Dialect`: what differs between SQLite, PostgreSQL and Redshift SQL (column types, placeholders) |
 //! | `warehouse_ddl.rs` | the target and tombstone tables: which schemas they serve, `create_tables` |
 //! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
-//! | `merge_sql.rs` | `MergeSql`: the portable statements of one batch commit (stage, dedupe, fence, replace, tombstones) |
+//! | `merge_sql.rs` | `MergeSql`: the portable statements of one batch commit (stage, dedupe, fence, replace, tombstones), cached per table |
 //! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
