@@ -127,7 +127,7 @@ impl TicketDemo {
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT ticket_id, purchased_by, sport_type, seat_level, customer_name, email, phone FROM {}",
-                adapters::merge_sql::quote_ident(tickets::TARGET)?
+                adapters::sql_text::quote_ident(tickets::TARGET)?
             ))
             .context("reading sport_event_activity")?;
         let mut seen = BTreeMap::new();

@@ -19,7 +19,8 @@
 #   lease     proto/src/{lease,lease_protocol,checkpoint}.rs lease_table_conformance (in-memory and
 #                                                            DynamoDB), timing, simulation (20 seeds)
 #   decode    worker/src/{pipeline/decode,kpl}.rs            cdc_replay, byte_limits on PostgreSQL
-#   merge     adapters/src/merge_sql.rs                      warehouse_conformance, redshift_data
+#   merge     adapters/src/{merge_sql,commit_plan,sql_text,  warehouse_conformance, redshift_data
+#             warehouse_ddl}.rs
 #   limits    proto/src/row.rs                               byte_limits, worker and adapters units
 #   consumer  worker/src/{shard_consumer,chunk_progress}.rs  node tests, simulation (20 seeds)
 #             (the checkpoint path)
@@ -80,7 +81,8 @@ decode() {
   run decode -f worker/src/pipeline/decode.rs -f worker/src/kpl.rs -- worker,tributary --lib --test cdc_replay --test byte_limits
 }
 merge() {
-  run merge -f adapters/src/merge_sql.rs -- adapters,tributary --lib --test warehouse_conformance --test redshift_data
+  run merge -f adapters/src/merge_sql.rs -f adapters/src/commit_plan.rs -f adapters/src/sql_text.rs \
+    -f adapters/src/warehouse_ddl.rs -- adapters,tributary --lib --test warehouse_conformance --test redshift_data
 }
 limits() {
   run limits -f proto/src/row.rs -- proto,worker,adapters,tributary --lib --test byte_limits

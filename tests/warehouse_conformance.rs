@@ -8,10 +8,12 @@
 //! that was committed first (the last of it within its batch), present for an upsert, absent
 //! for a delete. An older or equal version never replaces what a commit wrote.
 
-use adapters::merge_sql::{create_tables, Dialect, MergeSql};
+use adapters::dialect::Dialect;
+use adapters::merge_sql::MergeSql;
 use adapters::postgres::PostgresWarehouse;
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use adapters::sqlite::SqliteWarehouse;
+use adapters::warehouse_ddl::create_tables;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use proto::memory::MemoryWarehouse;
@@ -210,7 +212,7 @@ fn by_key(rows: impl IntoIterator<Item = (Vec<Value>, String)>) -> Held {
 /// Every row of the table on PostgreSQL, read back as text and typed by hand (the timestamp as
 /// milliseconds since the epoch), so it compares with the oracle's values.
 fn pg_held(rt: &tokio::runtime::Runtime, w: &PostgresWarehouse, t: &TableSchema) -> Held {
-    let name = adapters::merge_sql::quote_ident(&t.name).unwrap();
+    let name = adapters::sql_text::quote_ident(&t.name).unwrap();
     let sql = format!(
         "SELECT \"id\", \"amount\", \"n\", \"ok\", (extract(epoch FROM \"at\") * 1000)::bigint, \"note\", \"_version\" \
          FROM {name}"
@@ -276,7 +278,7 @@ fn an_existing_table_missing_a_column_fails_at_start() {
     let pg = postgres().expect("a postgresql for the tests");
     let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
     let table = schema(&fresh_name());
-    let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+    let name = adapters::sql_text::quote_ident(&table.name).unwrap();
     rt.block_on(w.query_text(&format!("CREATE TABLE {name} (\"id\" TEXT, \"amount\" FLOAT, \"_version\" TEXT)")))
         .unwrap();
     let e = rt.block_on(w.ensure_table(&table)).unwrap_err().to_string();
@@ -326,7 +328,7 @@ fn concurrent_postgres_commits_leave_one_row_per_key() {
             })
             .collect(),
     };
-    let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+    let name = adapters::sql_text::quote_ident(&table.name).unwrap();
     for round in 0..8u64 {
         // Round r: one connection replays version 2r+1, the other writes 2r+2 (or the same
         // replay, every other round).
@@ -356,7 +358,7 @@ fn a_postgres_batch_lands_whole_or_not_at_all() {
     let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
     let table = schema(&fresh_name());
     rt.block_on(w.ensure_table(&table)).unwrap();
-    let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+    let name = adapters::sql_text::quote_ident(&table.name).unwrap();
     rt.block_on(w.query_text(&format!("ALTER TABLE {name} ADD CONSTRAINT small CHECK (\"n\" < 1000)"))).unwrap();
     let upsert = |k: u8, n: i64| Row {
         op: RowOp::Upsert,
@@ -377,7 +379,7 @@ fn a_postgres_batch_lands_whole_or_not_at_all() {
     let e = rt.block_on(w.commit(&Batch { table: table.clone(), rows: rows.clone() })).unwrap_err();
     assert!(matches!(e, proto::WarehouseError::Rejected(_)) && e.to_string().contains("small"), "{e:?}");
     assert_eq!(pg_held(&rt, &w, &table), Held::new(), "nothing of the refused batch stayed");
-    let deleted = adapters::merge_sql::quote_ident(&adapters::merge_sql::tombstone_table(&table.name)).unwrap();
+    let deleted = adapters::sql_text::quote_ident(&adapters::warehouse_ddl::tombstone_table(&table.name)).unwrap();
     let tombstones = rt.block_on(w.query_text(&format!("SELECT count(*) FROM {deleted}"))).unwrap();
     assert_eq!(tombstones[0][0].as_deref(), Some("0"), "no tombstone of the refused batch either");
     rows.pop();
@@ -397,7 +399,7 @@ fn a_postgres_commit_waits_its_turn_and_blocks_no_reader() {
         let w = PostgresWarehouse::connect(&pg.url).await.unwrap();
         let table = schema(&fresh_name());
         w.ensure_table(&table).await.unwrap();
-        let name = adapters::merge_sql::quote_ident(&table.name).unwrap();
+        let name = adapters::sql_text::quote_ident(&table.name).unwrap();
         // Another committer's turn, held in an open transaction on a connection of its own.
         let (holder, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
@@ -539,7 +541,7 @@ fn sql_literals_round_trip_through_postgres() {
         })
         .collect();
     let mut sql = "INSERT INTO literal_check VALUES ".to_owned();
-    adapters::merge_sql::values_text(rows.iter().map(|r| &r[..]), &mut sql).unwrap();
+    adapters::sql_text::values_text(rows.iter().map(|r| &r[..]), &mut sql).unwrap();
     let back = rt.block_on(async {
         // Redshift reads backslashes in literals as escapes; PostgreSQL does when told so.
         w.query_text("SET standard_conforming_strings = off").await.unwrap();

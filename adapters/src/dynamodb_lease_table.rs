@@ -10,49 +10,25 @@
 //! Every write is conditional. Errors are classified: a refused condition is `ConditionFailed`;
 //! a write without an answer (or a 5xx) is `Ambiguous`, and the lease protocol settles it by
 //! re-reading the row, so a write that landed is never taken for a lost lease.
+//!
+//! The table's definition and the wait for it to be active are in `lease_table_admin.rs`, the
+//! item codec in `kcl_lease_item.rs`, the expression builder in `dynamodb_expr.rs`. Every SDK
+//! call is sent from here (`tests/helm_chart.rs` reads this file for the IAM actions the node
+//! needs).
 
 use crate::aws::{classify, Failure};
+use crate::dynamodb_expr::Expr;
+use crate::kcl_lease_item::{
+    attr, bad, from_item, n, s, ss, to_item, worker_row, Item, MEMBERSHIP_ENTITY, MEMBERSHIP_KEY,
+};
+use crate::lease_table_admin::{kcl_table, wait_active, OWNER_INDEX};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ReturnValue, ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
-use proto::{
-    Checkpoint, EntityType, Expect, HashKeyRange, Lease, LeaseChange, LeaseError, LeaseTable, ShardId, WorkerId,
-    WorkerRow,
-};
+use proto::{EntityType, Expect, Lease, LeaseChange, LeaseError, LeaseTable, WorkerId, WorkerRow};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-
-type Item = HashMap<String, AttributeValue>;
-
-pub const OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
-/// The key of the membership row (heartbeats).
-pub const MEMBERSHIP_KEY: &str = "__tributary_membership";
-const LEADER_ENTITY: &str = "tributary-leader";
-const MEMBERSHIP_ENTITY: &str = "tributary-membership";
-
-mod attr {
-    pub const KEY: &str = "leaseKey";
-    pub const OWNER: &str = "leaseOwner";
-    pub const COUNTER: &str = "leaseCounter";
-    pub const CHECKPOINT: &str = "checkpoint";
-    pub const CHECKPOINT_SUB: &str = "checkpointSubSequenceNumber";
-    pub const PENDING: &str = "pendingCheckpoint";
-    pub const PENDING_SUB: &str = "pendingCheckpointSubSequenceNumber";
-    pub const PENDING_STATE: &str = "pendingCheckpointState";
-    pub const SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
-    pub const PARENTS: &str = "parentShardId";
-    pub const CHILDREN: &str = "childShardIds";
-    pub const START_HASH: &str = "startingHashKey";
-    pub const END_HASH: &str = "endingHashKey";
-    pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
-    pub const THROUGHPUT: &str = "throughputKBps";
-    pub const ENTITY: &str = "entityType";
-    pub const WORKERS: &str = "workers";
-}
 
 /// The lease table of one application.
 pub struct DynamoLeaseTable {
@@ -95,210 +71,6 @@ fn lease_error(f: Failure, call: Call) -> LeaseError {
             Failure::NoAnswer(m) | Failure::NotSent(m) => LeaseError::Unavailable(m),
             other => LeaseError::Fatal(other.to_string()),
         },
-    }
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn bad(key: &str, what: &str) -> LeaseError {
-    LeaseError::Fatal(format!("lease row {key:?}: bad {what}"))
-}
-
-fn get_s<'i>(item: &'i Item, name: &str) -> Option<&'i str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
-}
-
-fn get_n<T: std::str::FromStr>(item: &Item, key: &str, name: &str) -> Result<Option<T>, LeaseError> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::N(text)) => text.parse().map(Some).map_err(|_| bad(key, name)),
-        Some(_) => Err(bad(key, name)),
-    }
-}
-
-/// A string set, sorted: DynamoDB keeps no order in sets, and rows are compared after writes.
-fn get_ss(item: &Item, name: &str) -> Vec<ShardId> {
-    let mut ids: Vec<ShardId> = match item.get(name) {
-        Some(AttributeValue::Ss(v)) => v.iter().map(ShardId::new).collect(),
-        Some(AttributeValue::S(v)) => vec![ShardId::new(v)],
-        _ => Vec::new(),
-    };
-    ids.sort();
-    ids
-}
-
-/// A row as a lease; `None` for rows that are not leases or the leader lock.
-fn from_item(item: &Item) -> Result<Option<Lease>, LeaseError> {
-    let key = get_s(item, attr::KEY).ok_or_else(|| bad("?", attr::KEY))?.to_owned();
-    let entity = match get_s(item, attr::ENTITY) {
-        None | Some("lease" | "LEASE") => EntityType::Lease,
-        Some(LEADER_ENTITY) => EntityType::Leader,
-        Some(_) => return Ok(None),
-    };
-    let checkpoint = match get_s(item, attr::CHECKPOINT) {
-        Some(text) => Checkpoint::from_attributes(text, get_n(item, &key, attr::CHECKPOINT_SUB)?.unwrap_or(0))
-            .map_err(|_| bad(&key, attr::CHECKPOINT))?,
-        None => Checkpoint::TrimHorizon,
-    };
-    let pending_checkpoint = match get_s(item, attr::PENDING) {
-        Some(text) => Some(
-            Checkpoint::from_attributes(text, get_n(item, &key, attr::PENDING_SUB)?.unwrap_or(0))
-                .map_err(|_| bad(&key, attr::PENDING))?,
-        ),
-        None => None,
-    };
-    let hash_range = match (get_s(item, attr::START_HASH), get_s(item, attr::END_HASH)) {
-        (Some(a), Some(b)) => Some(HashKeyRange {
-            start: a.parse().map_err(|_| bad(&key, attr::START_HASH))?,
-            end: b.parse().map_err(|_| bad(&key, attr::END_HASH))?,
-        }),
-        _ => None,
-    };
-    Ok(Some(Lease {
-        entity,
-        owner: get_s(item, attr::OWNER).map(WorkerId::new),
-        counter: get_n(item, &key, attr::COUNTER)?.unwrap_or(0),
-        checkpoint,
-        pending_checkpoint,
-        pending_checkpoint_state: item
-            .get(attr::PENDING_STATE)
-            .and_then(|v| v.as_b().ok())
-            .map(|b| b.as_ref().to_vec()),
-        owner_switches_since_checkpoint: get_n(item, &key, attr::SWITCHES)?.unwrap_or(0),
-        parent_shard_ids: get_ss(item, attr::PARENTS),
-        child_shard_ids: get_ss(item, attr::CHILDREN),
-        hash_range,
-        checkpoint_owner: get_s(item, attr::CHECKPOINT_OWNER).map(WorkerId::new),
-        throughput_kbps: get_n(item, &key, attr::THROUGHPUT)?,
-        key,
-    }))
-}
-
-fn to_item(lease: &Lease) -> Item {
-    let mut item = Item::new();
-    item.insert(attr::KEY.into(), s(&lease.key));
-    if lease.entity == EntityType::Leader {
-        item.insert(attr::ENTITY.into(), s(LEADER_ENTITY));
-    }
-    if let Some(o) = &lease.owner {
-        item.insert(attr::OWNER.into(), s(o.as_str()));
-    }
-    item.insert(attr::COUNTER.into(), n(lease.counter));
-    item.insert(attr::CHECKPOINT.into(), s(lease.checkpoint.as_attribute()));
-    item.insert(attr::CHECKPOINT_SUB.into(), n(lease.checkpoint.sub_sequence()));
-    if let Some(p) = &lease.pending_checkpoint {
-        item.insert(attr::PENDING.into(), s(p.as_attribute()));
-        item.insert(attr::PENDING_SUB.into(), n(p.sub_sequence()));
-    }
-    if let Some(state) = &lease.pending_checkpoint_state {
-        item.insert(attr::PENDING_STATE.into(), AttributeValue::B(state.clone().into()));
-    }
-    item.insert(attr::SWITCHES.into(), n(lease.owner_switches_since_checkpoint));
-    if !lease.parent_shard_ids.is_empty() {
-        item.insert(attr::PARENTS.into(), ss(&lease.parent_shard_ids));
-    }
-    if !lease.child_shard_ids.is_empty() {
-        item.insert(attr::CHILDREN.into(), ss(&lease.child_shard_ids));
-    }
-    if let Some(r) = lease.hash_range {
-        item.insert(attr::START_HASH.into(), s(r.start.to_string()));
-        item.insert(attr::END_HASH.into(), s(r.end.to_string()));
-    }
-    if let Some(o) = &lease.checkpoint_owner {
-        item.insert(attr::CHECKPOINT_OWNER.into(), s(o.as_str()));
-    }
-    if let Some(t) = lease.throughput_kbps {
-        item.insert(attr::THROUGHPUT.into(), n(t));
-    }
-    item
-}
-
-fn ss(ids: &[ShardId]) -> AttributeValue {
-    let mut v: Vec<String> = ids.iter().map(|s| s.as_str().to_owned()).collect();
-    v.sort();
-    v.dedup();
-    AttributeValue::Ss(v)
-}
-
-/// Builds one conditional write: expression text with `#names` and `:values`.
-#[derive(Default)]
-struct Expr {
-    names: HashMap<String, String>,
-    values: Item,
-    condition: Vec<String>,
-    set: Vec<String>,
-    remove: Vec<String>,
-}
-
-impl Expr {
-    fn name(&mut self, attribute: &str) -> String {
-        let alias = format!("#{attribute}");
-        self.names.insert(alias.clone(), attribute.to_owned());
-        alias
-    }
-
-    fn value(&mut self, v: AttributeValue) -> String {
-        let alias = format!(":v{}", self.values.len());
-        self.values.insert(alias.clone(), v);
-        alias
-    }
-
-    /// `attribute = value`, or `attribute_not_exists(attribute)` for `None`.
-    fn expect_optional(&mut self, attribute: &str, value: Option<&str>) {
-        let name = self.name(attribute);
-        let clause = match value {
-            Some(v) => format!("{name} = {}", self.value(s(v))),
-            None => format!("attribute_not_exists({name})"),
-        };
-        self.condition.push(clause);
-    }
-
-    fn set(&mut self, attribute: &str, value: AttributeValue) {
-        let (name, value) = (self.name(attribute), self.value(value));
-        self.set.push(format!("{name} = {value}"));
-    }
-
-    fn remove(&mut self, attribute: &str) {
-        let name = self.name(attribute);
-        self.remove.push(name);
-    }
-
-    fn expect(&mut self, expect: &Expect) {
-        let key = self.name(attr::KEY);
-        self.condition.push(format!("attribute_exists({key})"));
-        if let Some(c) = expect.counter {
-            let (name, value) = (self.name(attr::COUNTER), self.value(n(c)));
-            self.condition.push(format!("{name} = {value}"));
-        }
-        if let Some(o) = &expect.owner {
-            self.expect_optional(attr::OWNER, o.as_ref().map(WorkerId::as_str));
-        }
-        if let Some(o) = &expect.checkpoint_owner {
-            self.expect_optional(attr::CHECKPOINT_OWNER, o.as_ref().map(WorkerId::as_str));
-        }
-    }
-
-    fn update_text(&self) -> String {
-        let mut text = String::new();
-        if !self.set.is_empty() {
-            text.push_str("SET ");
-            text.push_str(&self.set.join(", "));
-        }
-        if !self.remove.is_empty() {
-            text.push_str(" REMOVE ");
-            text.push_str(&self.remove.join(", "));
-        }
-        text
-    }
-
-    fn condition_text(&self) -> String {
-        self.condition.join(" AND ")
     }
 }
 
@@ -346,54 +118,20 @@ impl DynamoLeaseTable {
     /// Creates the table if it does not exist (on-demand billing, the owner index), waits until
     /// it is active, learns whether it has the owner index, and creates the membership row.
     pub async fn ensure_table(&self) -> Result<(), LeaseError> {
-        let definitions = [attr::KEY, attr::OWNER].map(|a| {
-            AttributeDefinition::builder()
-                .attribute_name(a)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("name and type set")
-        });
-        let key = |a: &str, t: KeyType| KeySchemaElement::builder().attribute_name(a).key_type(t).build().expect("set");
-        let index = GlobalSecondaryIndex::builder()
-            .index_name(OWNER_INDEX)
-            .key_schema(key(attr::OWNER, KeyType::Hash))
-            .key_schema(key(attr::KEY, KeyType::Range))
-            .projection(Projection::builder().projection_type(ProjectionType::All).build())
-            .build()
-            .expect("index fields set");
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .set_attribute_definitions(Some(definitions.to_vec()))
-            .key_schema(key(attr::KEY, KeyType::Hash))
-            .global_secondary_indexes(index)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
+        let created = kcl_table(self.client.create_table().table_name(&self.table)).send().await;
         if let Err(e) = created {
             let f = classify(&e);
             if f.code() != "ResourceInUseException" {
                 return Err(lease_error(f, Call::Read));
             }
         }
-        for _ in 0..600 {
-            let out = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| lease_error(classify(&e), Call::Read))?;
-            let table = out.table().ok_or_else(|| LeaseError::Fatal("describe_table returned no table".into()))?;
-            if table.table_status() == Some(&TableStatus::Active) {
-                let has_index = table.global_secondary_indexes().iter().any(|i| i.index_name() == Some(OWNER_INDEX));
-                self.owner_index.store(has_index, Ordering::Relaxed);
-                return self.ensure_membership().await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(LeaseError::Unavailable(format!("table {} not active after a minute", self.table)))
+        let describe = || async {
+            let out = self.client.describe_table().table_name(&self.table).send().await;
+            out.map_err(|e| lease_error(classify(&e), Call::Read))
+        };
+        let has_index = wait_active(&self.table, describe).await?;
+        self.owner_index.store(has_index, Ordering::Relaxed);
+        self.ensure_membership().await
     }
 
     async fn ensure_membership(&self) -> Result<(), LeaseError> {
@@ -481,15 +219,6 @@ impl DynamoLeaseTable {
         }
         unreachable!("the loop returns")
     }
-}
-
-fn worker_row(id: &WorkerId, entry: &AttributeValue) -> Option<WorkerRow> {
-    let m = entry.as_m().ok()?;
-    Some(WorkerRow {
-        id: id.clone(),
-        counter: m.get("counter")?.as_n().ok()?.parse().ok()?,
-        draining: m.get("draining").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
-    })
 }
 
 #[async_trait]
@@ -689,39 +418,5 @@ impl LeaseTable for DynamoLeaseTable {
         e.condition.push(format!("{workers}.#w.#n = {was}"));
         e.remove.push(format!("{workers}.#w"));
         self.update_membership(&e).await.map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::{Position, SequenceNumber};
-
-    #[test]
-    fn rows_round_trip_through_kcl_attributes() {
-        let mut lease = Lease::for_shard(
-            &ShardId::new("shardId-000000000004"),
-            vec![ShardId::new("shardId-000000000001"), ShardId::new("shardId-000000000002")],
-            Some(HashKeyRange { start: 0, end: u128::MAX / 2 }),
-            Checkpoint::At(Position::new(
-                SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898").unwrap(),
-                3,
-            )),
-        );
-        lease.owner = Some(WorkerId::new("node-a"));
-        lease.counter = 17;
-        lease.checkpoint_owner = Some(WorkerId::new("node-b"));
-        lease.throughput_kbps = Some(12.5);
-        lease.child_shard_ids = vec![ShardId::new("shardId-000000000009")];
-        let item = to_item(&lease);
-        assert_eq!(item.get("parentShardId").unwrap().as_ss().unwrap().len(), 2);
-        assert!(!item.contains_key("entityType"), "lease rows look like KCL's");
-        assert_eq!(from_item(&item).unwrap().unwrap(), lease);
-        let leader = Lease::leader_lock("__leader", &WorkerId::new("node-a"));
-        assert_eq!(from_item(&to_item(&leader)).unwrap().unwrap(), leader);
-        let mut membership = Item::new();
-        membership.insert("leaseKey".into(), s(MEMBERSHIP_KEY));
-        membership.insert("entityType".into(), s(MEMBERSHIP_ENTITY));
-        assert_eq!(from_item(&membership).unwrap(), None);
     }
 }

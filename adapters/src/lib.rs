@@ -2,23 +2,40 @@
 //!
 //! | file | what it holds |
 //! |---|---|
+//! | `lib.rs` | this table, and `error_chain` (an error and its sources in one line) |
 //! | `aws.rs` | the SDK configuration (default credential chain, no SDK retries) and SDK error classification |
 //! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
-//! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema |
+//! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema (every lease-table SDK call) |
+//! | `kcl_lease_item.rs` | KCL's lease item: a lease as a DynamoDB row and back, plus tributary's leader and membership rows |
+//! | `dynamodb_expr.rs` | `Expr`: the update and condition expressions of one conditional write |
+//! | `lease_table_admin.rs` | the lease table's definition (key, owner index, billing) and the wait until it is active |
 //! | `dynamodb_reference.rs` | `DynamoReferenceSource`: reference tables by Scan, followed through DynamoDB Streams |
-//! | `merge_sql.rs` | the portable SQL of one batch commit (stage, dedupe, fence, replace, tombstones) and `quote_ident` |
+//! | `sql_text.rs` | `quote_ident`, `sql_literal`, `values_text`: the one audited place where names and values enter SQL text |
+//! | `dialect.rs` | `Dialect`: what differs between SQLite, PostgreSQL and Redshift SQL (column types, placeholders) |
+//! | `warehouse_ddl.rs` | the target and tombstone tables: which schemas they serve, `create_tables` |
+//! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
+//! | `merge_sql.rs` | `MergeSql`: the portable statements of one batch commit (stage, dedupe, fence, replace, tombstones), cached per table |
+//! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
 
 pub mod aws;
+pub mod column_check;
+pub mod commit_plan;
+pub mod dialect;
+pub mod dynamodb_expr;
 pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;
+pub mod kcl_lease_item;
 pub mod kinesis;
+pub mod lease_table_admin;
 pub mod merge_sql;
 pub mod postgres;
 pub mod redshift_data;
+pub mod sql_text;
 pub mod sqlite;
+pub mod warehouse_ddl;
 
 /// An error and its sources in one line (`error performing tls handshake: invalid peer
 /// certificate: UnknownIssuer`): what the adapters report when a call fails below the service.

@@ -1,6 +1,7 @@
-//! PostgreSQL (15+) behind the `Warehouse` port, over tokio-postgres: one transaction per batch,
-//! the batch staged by multi-row parameterized INSERTs into a temporary table, then the shared
-//! upsert SQL of `merge_sql.rs` (the same statements Redshift runs).
+//! PostgreSQL (15+) behind the `Warehouse` port, over tokio-postgres: one transaction per batch
+//! running the shared commit plan (`commit_plan.rs`, the same statements Redshift runs), the
+//! batch staged by multi-row parameterized INSERTs into a temporary table, commits to a table
+//! taking turns by an advisory lock.
 //!
 //! TLS: `sslmode=require` in the connection string turns it on, and then the server's
 //! certificate chain and host name are always verified (libpq's `verify-full`), against the
@@ -8,15 +9,17 @@
 //! CAs). Without it
 //! the connection is plain TCP (`prefer` does not fall back silently to an unverified TLS).
 
-use crate::merge_sql::{create_tables, expected_columns, missing_columns, Dialect, MergeSql, OP_DELETE, OP_UPSERT};
+use crate::column_check::{expected_columns, missing_columns};
+use crate::commit_plan::{CommitPlan, Step};
+use crate::dialect::Dialect;
+use crate::merge_sql::{MergeSql, MergeSqlCache};
+use crate::warehouse_ddl::create_tables;
 use async_trait::async_trait;
-use proto::{Batch, CommitStats, RowOp, TableSchema, Value, Warehouse, WarehouseError};
-use std::collections::HashMap;
-use std::sync::Arc;
+use proto::{Batch, CommitStats, TableSchema, Value, Warehouse, WarehouseError};
 use tokio::sync::Mutex;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres::{Client, NoTls, Socket, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::warn;
 
@@ -32,7 +35,7 @@ pub struct PostgresWarehouse {
     /// Set when the configuration asks for TLS.
     tls: Option<MakeRustlsConnect>,
     client: Mutex<Option<Client>>,
-    sql: std::sync::Mutex<HashMap<String, Arc<MergeSql>>>,
+    sql: MergeSqlCache,
 }
 
 #[derive(Debug)]
@@ -167,7 +170,7 @@ impl PostgresWarehouse {
             }
             _ => None,
         };
-        let w = Self { config, tls, client: Mutex::new(None), sql: Default::default() };
+        let w = Self { config, tls, client: Mutex::new(None), sql: MergeSqlCache::new(Dialect::Postgres) };
         drop(w.client().await?);
         Ok(w)
     }
@@ -183,17 +186,6 @@ impl PostgresWarehouse {
             *guard = Some(client.map_err(|e| classify(e, false))?);
         }
         Ok(guard)
-    }
-
-    fn statements(&self, table: &TableSchema) -> Result<Arc<MergeSql>, WarehouseError> {
-        let mut cache = self.sql.lock().unwrap();
-        if let Some(sql) = cache.get(&table.name) {
-            return Ok(sql.clone());
-        }
-        let sql =
-            Arc::new(MergeSql::new(table, Dialect::Postgres).map_err(|e| WarehouseError::Rejected(e.to_string()))?);
-        cache.insert(table.name.clone(), sql.clone());
-        Ok(sql)
     }
 
     /// Runs a query and returns its rows as text (for tests and checks).
@@ -219,7 +211,7 @@ const DDL_LOCK_KEY: i64 = 0x7472_6962_7574_6172;
 #[async_trait]
 impl Warehouse for PostgresWarehouse {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
-        let ddl = create_tables(table, Dialect::Postgres).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        let ddl = create_tables(table, Dialect::Postgres)?;
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected");
         // `CREATE TABLE IF NOT EXISTS` is not safe against itself: nodes starting together
@@ -242,65 +234,52 @@ impl Warehouse for PostgresWarehouse {
                 .await
                 .map_err(|e| classify(e, false))?;
             let existing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            missing_columns(&name, &wanted, &existing).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+            missing_columns(&name, &wanted, &existing)?;
         }
         tx.commit().await.map_err(|e| classify(e, false))?;
         Ok(())
     }
 
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
-        let sql = self.statements(&batch.table)?;
+        let sql = self.sql.get(&batch.table)?;
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected");
         let tx = client.transaction().await.map_err(|e| classify(e, false))?;
         let run = |e| classify(e, false);
-        tx.batch_execute(&sql.create_stage).await.map_err(run)?;
-        let per_insert = sql.rows_per_insert(MAX_PARAMS);
-        let upsert = Value::Text(OP_UPSERT.to_owned());
-        let delete = Value::Text(OP_DELETE.to_owned());
-        let mut at = 0usize;
-        for chunk in batch.rows.chunks(per_insert) {
-            if chunk.iter().any(|r| r.values.len() != batch.table.columns.len()) {
-                return Err(WarehouseError::Rejected(format!(
-                    "a row does not have the {} columns of {}",
-                    batch.table.columns.len(),
-                    batch.table.name
-                )));
-            }
-            let versions: Vec<Value> = chunk.iter().map(|r| Value::Text(r.version.as_str().to_owned())).collect();
-            let ords: Vec<Value> = (at..at + chunk.len()).map(|i| Value::Int(i as i64)).collect();
-            let mut params: Vec<Param<'_>> = Vec::with_capacity(chunk.len() * sql.params_per_row());
-            for (i, row) in chunk.iter().enumerate() {
-                params.extend(row.values.iter().map(Param));
-                params.push(Param(&versions[i]));
-                params.push(Param(if row.op == RowOp::Delete { &delete } else { &upsert }));
-                params.push(Param(&ords[i]));
-            }
-            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            tx.execute(sql.insert_stage(chunk.len()).as_str(), &refs).await.map_err(run)?;
-            at += chunk.len();
-        }
         let mut stats = CommitStats::default();
-        stats.fenced += tx.execute(sql.dedupe_stage.as_str(), &[]).await.map_err(run)?;
-        if let Some(ties) = &sql.dedupe_ties {
-            stats.fenced += tx.execute(ties.as_str(), &[]).await.map_err(run)?;
+        for step in CommitPlan::new(&sql).steps() {
+            match step {
+                Step::Ddl(ddl) => tx.batch_execute(ddl).await.map_err(run)?,
+                Step::StageRows => stage_rows(&tx, &sql, batch).await?,
+                // READ COMMITTED transactions do not see each other's rows. A transaction-scoped
+                // advisory lock on the table's name orders tributary's committers only: readers,
+                // the operator's own writes and VACUUM are not blocked (as LOCK TABLE would
+                // block VACUUM).
+                Step::TakeTurns => {
+                    let lock_name = format!("tributary commit {}", batch.table.name);
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name]).await.map_err(run)?;
+                }
+                Step::Run { sql, tally } => tally.add(&mut stats, tx.execute(sql, &[]).await.map_err(run)?),
+            }
         }
-        // Commits to one table take turns from here (before the target is read): READ
-        // COMMITTED transactions do not see each other's rows, so two nodes committing a key
-        // at once (a stale owner's replay, one key written from two shards) would each delete
-        // what they see and both insert. A transaction-scoped advisory lock on the table's
-        // name orders tributary's committers only: readers, the operator's own writes and
-        // VACUUM are not blocked (as LOCK TABLE would block VACUUM).
-        let lock_name = format!("tributary commit {}", batch.table.name);
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name]).await.map_err(run)?;
-        stats.fenced += tx.execute(sql.fence_by_target.as_str(), &[]).await.map_err(run)?;
-        stats.fenced += tx.execute(sql.fence_by_tombstone.as_str(), &[]).await.map_err(run)?;
-        tx.execute(sql.delete_replaced.as_str(), &[]).await.map_err(run)?;
-        tx.execute(sql.delete_replaced_tombstones.as_str(), &[]).await.map_err(run)?;
-        stats.upserted = tx.execute(sql.insert_upserts.as_str(), &[]).await.map_err(run)?;
-        stats.deleted = tx.execute(sql.insert_tombstones.as_str(), &[]).await.map_err(run)?;
-        tx.batch_execute(&sql.drop_stage).await.map_err(run)?;
         tx.commit().await.map_err(|e| classify(e, true))?;
         Ok(stats)
     }
+}
+
+/// The batch's rows into the stage, by multi-row INSERTs of bound parameters.
+async fn stage_rows(tx: &Transaction<'_>, sql: &MergeSql, batch: &Batch) -> Result<(), WarehouseError> {
+    if batch.rows.iter().any(|r| r.values.len() != batch.table.columns.len()) {
+        return Err(WarehouseError::Rejected(format!(
+            "a row does not have the {} columns of {}",
+            batch.table.columns.len(),
+            batch.table.name
+        )));
+    }
+    for (insert, values) in sql.bound_inserts(&batch.rows, MAX_PARAMS) {
+        let params: Vec<Param<'_>> = values.iter().map(|v| Param(v)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        tx.execute(insert.as_str(), &refs).await.map_err(|e| classify(e, false))?;
+    }
+    Ok(())
 }

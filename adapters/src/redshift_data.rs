@@ -1,7 +1,7 @@
 //! Amazon Redshift through the Data API (aws-sdk-redshiftdata): the `Warehouse` port.
 //!
-//! A commit is the shared upsert SQL in the Redshift dialect with literal values (the Data API
-//! takes no parameters in a batch): BatchExecuteStatement runs its SQL strings in order as one
+//! A commit is the shared commit plan (`commit_plan.rs`) in the Redshift dialect with literal
+//! values (the Data API takes no parameters in a batch): BatchExecuteStatement runs its SQL strings in order as one
 //! transaction, and DescribeStatement is polled (back-off 50 ms → 1 s) until the batch finished,
 //! failed or was aborted. Each SQL string stays under the API's 100 KB limit (the stage inserts
 //! are split); a batch needing more than the API's 40 strings is committed as several
@@ -15,13 +15,15 @@
 //! otherwise (bad SQL or values: it will fail again).
 
 use crate::aws::{classify, Failure};
-use crate::merge_sql::{column_probes, create_tables, Dialect, MergeSql};
+use crate::column_check::column_probes;
+use crate::commit_plan::{CommitPlan, Tally};
+use crate::dialect::Dialect;
+use crate::merge_sql::{MergeSql, MergeSqlCache};
+use crate::warehouse_ddl::{create_tables, tombstone_table};
 use async_trait::async_trait;
 use aws_sdk_redshiftdata::types::StatusString;
 use aws_sdk_redshiftdata::Client;
 use proto::{Batch, CommitStats, Row, TableSchema, Warehouse, WarehouseError};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The API's limit on one SQL string, less a margin.
@@ -50,7 +52,7 @@ pub struct RedshiftDataConfig {
     pub db_user: Option<String>,
     /// How long one batch may take before the commit is reported as failed.
     pub timeout: Duration,
-    /// Lock the target while merging (`MergeSql::literal_statements`): needed under SNAPSHOT
+    /// Lock the target while merging (`CommitPlan::literal`): needed under SNAPSHOT
     /// isolation, Redshift's default; a SERIALIZABLE database aborts one of two conflicting
     /// commits instead (retried), so it can do without and keep readers from waiting.
     pub lock_tables: bool,
@@ -59,7 +61,7 @@ pub struct RedshiftDataConfig {
 pub struct RedshiftDataWarehouse {
     client: Client,
     config: RedshiftDataConfig,
-    statements: Mutex<HashMap<String, Arc<MergeSql>>>,
+    statements: MergeSqlCache,
 }
 
 fn api_error(f: Failure) -> WarehouseError {
@@ -110,18 +112,7 @@ fn failed(error: &str) -> WarehouseError {
 
 impl RedshiftDataWarehouse {
     pub fn new(sdk: &aws_config::SdkConfig, config: RedshiftDataConfig) -> Self {
-        Self { client: Client::new(sdk), config, statements: Mutex::new(HashMap::new()) }
-    }
-
-    fn merge_sql(&self, table: &TableSchema) -> Result<Arc<MergeSql>, WarehouseError> {
-        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sql) = cache.get(&table.name) {
-            return Ok(sql.clone());
-        }
-        let sql =
-            Arc::new(MergeSql::new(table, Dialect::Redshift).map_err(|e| WarehouseError::Rejected(e.to_string()))?);
-        cache.insert(table.name.clone(), sql.clone());
-        Ok(sql)
+        Self { client: Client::new(sdk), config, statements: MergeSqlCache::new(Dialect::Redshift) }
     }
 
     /// BatchExecuteStatement: the statement id.
@@ -191,10 +182,8 @@ impl RedshiftDataWarehouse {
 
     /// One transaction for `rows`, or several when the statements would not fit one call.
     async fn commit_rows(&self, sql: &MergeSql, rows: &[Row]) -> Result<CommitStats, WarehouseError> {
-        let statements = sql
-            .literal_statements(rows, MAX_STATEMENT_BYTES, self.config.lock_tables)
-            .map_err(|e| WarehouseError::Rejected(e.to_string()))?;
-        if statements.len() > MAX_STATEMENTS && rows.len() > 1 {
+        let commit = CommitPlan::new(sql).literal(rows, MAX_STATEMENT_BYTES, self.config.lock_tables)?;
+        if commit.len() > MAX_STATEMENTS && rows.len() > 1 {
             let (a, b) = rows.split_at(rows.len() / 2);
             let first = Box::pin(self.commit_rows(sql, a)).await?;
             let second = Box::pin(self.commit_rows(sql, b)).await?;
@@ -204,30 +193,26 @@ impl RedshiftDataWarehouse {
                 fenced: first.fenced + second.fenced,
             });
         }
-        let n = statements.len();
+        let (statements, tallies): (Vec<String>, Vec<Tally>) = commit.into_iter().unzip();
         let id = self.submit(statements).await?;
         let counts = self.wait(&id).await?;
-        // The tail is fixed: … dedupe (1 or 2), the lock (no rows), fence ×2, delete ×2, insert
-        // upserts, insert tombstones, drop stage.
-        let at = |back: usize| counts.get(n.wrapping_sub(back)).copied().unwrap_or(0);
-        let fences = if sql.dedupe_ties.is_some() { 4 } else { 3 } + usize::from(self.config.lock_tables);
-        Ok(CommitStats { upserted: at(3), deleted: at(2), fenced: (6..6 + fences).map(at).sum() })
+        Ok(Tally::stats(tallies.into_iter().zip(counts)))
     }
 }
 
 #[async_trait]
 impl Warehouse for RedshiftDataWarehouse {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
-        let mut ddl = create_tables(table, Dialect::Redshift).map_err(|e| WarehouseError::Rejected(e.to_string()))?;
+        let mut ddl = create_tables(table, Dialect::Redshift)?;
         // A table that existed without a column the sink writes fails here, at the node's
         // start, rather than every batch later.
-        ddl.extend(column_probes(table).map_err(|e| WarehouseError::Rejected(e.to_string()))?);
+        ddl.extend(column_probes(table)?);
         let id = self.submit(ddl).await?;
         self.wait(&id).await.map(|_| ()).map_err(|e| match e {
             WarehouseError::Rejected(m) => WarehouseError::Rejected(format!(
                 "table {:?} (or its {:?}) lacks a column the sink writes, or cannot be created: {m}",
                 table.name,
-                crate::merge_sql::tombstone_table(&table.name)
+                tombstone_table(&table.name)
             )),
             other => other,
         })
@@ -245,7 +230,7 @@ impl Warehouse for RedshiftDataWarehouse {
                 batch.table.name
             )));
         }
-        let sql = self.merge_sql(&batch.table)?;
+        let sql = self.statements.get(&batch.table)?;
         // A batch too big for one call commits in parts, one transaction each, where a later
         // part's change of a version an earlier part committed would be fenced: keep each key's
         // latest row (the later on a tie) first, as one transaction's dedupe does.

@@ -1,16 +1,19 @@
 //! The embedded warehouse: SQLite (bundled) behind the `Warehouse` port. Each batch commits in
-//! one `BEGIN IMMEDIATE` transaction running the shared upsert SQL of `merge_sql.rs`.
+//! one `BEGIN IMMEDIATE` transaction running the shared commit plan (`commit_plan.rs`), the stage
+//! rows bound as parameters.
 
-use crate::merge_sql::{
-    create_tables, expected_columns, missing_columns, quote_ident, tombstone_table, Dialect, MergeSql, OP_DELETE,
-    OP_UPSERT,
-};
+use crate::column_check::{expected_columns, missing_columns};
+use crate::commit_plan::{CommitPlan, Step};
+use crate::dialect::Dialect;
+use crate::merge_sql::{MergeSql, MergeSqlCache};
+use crate::sql_text::{quote_ident, SqlError};
+use crate::warehouse_ddl::{create_tables, tombstone_table};
 use async_trait::async_trait;
 use proto::memory::{MemoryWarehouse, StoredRow};
-use proto::{Batch, CommitStats, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
+use proto::{Batch, CommitStats, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue};
-use rusqlite::{Connection, ErrorCode, ToSql, TransactionBehavior};
-use std::collections::{BTreeMap, HashMap};
+use rusqlite::{Connection, ErrorCode, ToSql, Transaction, TransactionBehavior};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,8 +23,7 @@ const MAX_PARAMS: usize = 32_766;
 
 pub struct SqliteWarehouse {
     conn: Arc<Mutex<Connection>>,
-    /// Statements per table name, built once per schema.
-    sql: Mutex<HashMap<String, (TableSchema, Arc<MergeSql>)>>,
+    sql: MergeSqlCache,
 }
 
 struct Param<'a>(&'a Value);
@@ -45,10 +47,6 @@ fn classify(e: rusqlite::Error) -> WarehouseError {
         }
         _ => WarehouseError::Rejected(e.to_string().to_lowercase()),
     }
-}
-
-fn rejected(e: impl std::fmt::Display) -> WarehouseError {
-    WarehouseError::Rejected(e.to_string())
 }
 
 /// A panic while the lock was held rolled its transaction back (the `Transaction` guard drops
@@ -87,7 +85,7 @@ impl SqliteWarehouse {
     }
 
     fn from_connection(conn: Connection) -> Self {
-        Self { conn: Arc::new(Mutex::new(conn)), sql: Mutex::new(HashMap::new()) }
+        Self { conn: Arc::new(Mutex::new(conn)), sql: MergeSqlCache::new(Dialect::Sqlite) }
     }
 
     /// How long a commit waits for another writer of the same file before it gives up with
@@ -97,15 +95,7 @@ impl SqliteWarehouse {
     }
 
     fn statements(&self, table: &TableSchema) -> Result<Arc<MergeSql>, WarehouseError> {
-        let mut cache = lock(&self.sql);
-        if let Some((schema, sql)) = cache.get(&table.name) {
-            if schema == table {
-                return Ok(sql.clone());
-            }
-        }
-        let sql = Arc::new(MergeSql::new(table, Dialect::Sqlite).map_err(rejected)?);
-        cache.insert(table.name.clone(), (table.clone(), sql.clone()));
-        Ok(sql)
+        Ok(self.sql.get(table)?)
     }
 
     // The readers below are for checks, tests and the demo. They block the calling thread on
@@ -113,7 +103,7 @@ impl SqliteWarehouse {
 
     /// Number of rows in a table (the target or its `__deleted` table).
     pub fn count(&self, table: &str) -> Result<u64, WarehouseError> {
-        let sql = format!("SELECT count(*) FROM {}", quote_ident(table).map_err(rejected)?);
+        let sql = format!("SELECT count(*) FROM {}", quote_ident(table)?);
         let n: i64 = lock(&self.conn).query_row(&sql, [], |r| r.get(0)).map_err(classify)?;
         Ok(n as u64)
     }
@@ -125,9 +115,8 @@ impl SqliteWarehouse {
             .iter()
             .map(|c| quote_ident(&c.name))
             .chain([quote_ident(&table.version_column)])
-            .collect::<Result<_, _>>()
-            .map_err(rejected)?;
-        let sql = format!("SELECT {} FROM {}", cols.join(", "), quote_ident(&table.name).map_err(rejected)?);
+            .collect::<Result<_, SqlError>>()?;
+        let sql = format!("SELECT {} FROM {}", cols.join(", "), quote_ident(&table.name)?);
         let n = table.columns.len();
         let conn = lock(&self.conn);
         let mut stmt = conn.prepare(&sql).map_err(classify)?;
@@ -162,17 +151,13 @@ impl SqliteWarehouse {
     /// The remembered deletes of a table: key (as in [`SqliteWarehouse::rows_by_key`]) → version.
     pub fn tombstones(&self, table: &TableSchema) -> Result<BTreeMap<String, Version>, WarehouseError> {
         self.statements(table)?; // checks the key indexes
-        let keys: Vec<String> = table
-            .key
-            .iter()
-            .map(|&i| quote_ident(&table.columns[i].name))
-            .collect::<Result<_, _>>()
-            .map_err(rejected)?;
+        let keys: Vec<String> =
+            table.key.iter().map(|&i| quote_ident(&table.columns[i].name)).collect::<Result<_, SqlError>>()?;
         let sql = format!(
             "SELECT {}, {} FROM {}",
             keys.join(", "),
-            quote_ident(&table.version_column).map_err(rejected)?,
-            quote_ident(&tombstone_table(&table.name)).map_err(rejected)?
+            quote_ident(&table.version_column)?,
+            quote_ident(&tombstone_table(&table.name))?
         );
         let n = keys.len();
         let conn = lock(&self.conn);
@@ -195,41 +180,26 @@ impl SqliteWarehouse {
 
 fn commit_blocking(conn: &mut Connection, sql: &MergeSql, batch: &Batch) -> Result<CommitStats, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(&sql.create_stage, [])?;
-    if let Some(index) = &sql.index_stage {
-        tx.execute(index, [])?;
-    }
-    let per_insert = sql.rows_per_insert(MAX_PARAMS);
-    let ords: Vec<Value> = (0..batch.rows.len()).map(|i| Value::Int(i as i64)).collect();
-    let versions: Vec<Value> = batch.rows.iter().map(|r| Value::Text(r.version.as_str().to_owned())).collect();
-    let upsert = Value::Text(OP_UPSERT.to_owned());
-    let delete = Value::Text(OP_DELETE.to_owned());
-    for (chunk_index, chunk) in batch.rows.chunks(per_insert).enumerate() {
-        let mut stmt = tx.prepare_cached(&sql.insert_stage(chunk.len()))?;
-        let mut params: Vec<Param<'_>> = Vec::with_capacity(chunk.len() * sql.params_per_row());
-        for (i, row) in chunk.iter().enumerate() {
-            let at = chunk_index * per_insert + i;
-            params.extend(row.values.iter().map(Param));
-            params.push(Param(&versions[at]));
-            params.push(Param(if row.op == RowOp::Delete { &delete } else { &upsert }));
-            params.push(Param(&ords[at]));
-        }
-        stmt.execute(rusqlite::params_from_iter(params.iter()))?;
-    }
     let mut stats = CommitStats::default();
-    stats.fenced += tx.execute(&sql.dedupe_stage, [])? as u64;
-    if let Some(ties) = &sql.dedupe_ties {
-        stats.fenced += tx.execute(ties, [])? as u64;
+    for step in CommitPlan::new(sql).steps() {
+        match step {
+            Step::Ddl(ddl) => _ = tx.execute(ddl, [])?,
+            Step::StageRows => stage_rows(&tx, sql, batch)?,
+            // `BEGIN IMMEDIATE` took the database's write lock: commits already take turns.
+            Step::TakeTurns => {}
+            Step::Run { sql, tally } => tally.add(&mut stats, tx.execute(sql, [])? as u64),
+        }
     }
-    stats.fenced += tx.execute(&sql.fence_by_target, [])? as u64;
-    stats.fenced += tx.execute(&sql.fence_by_tombstone, [])? as u64;
-    tx.execute(&sql.delete_replaced, [])?;
-    tx.execute(&sql.delete_replaced_tombstones, [])?;
-    stats.upserted = tx.execute(&sql.insert_upserts, [])? as u64;
-    stats.deleted = tx.execute(&sql.insert_tombstones, [])? as u64;
-    tx.execute(&sql.drop_stage, [])?;
     tx.commit()?;
     Ok(stats)
+}
+
+fn stage_rows(tx: &Transaction<'_>, sql: &MergeSql, batch: &Batch) -> Result<(), rusqlite::Error> {
+    for (insert, values) in sql.bound_inserts(&batch.rows, MAX_PARAMS) {
+        let mut stmt = tx.prepare_cached(&insert)?;
+        stmt.execute(rusqlite::params_from_iter(values.iter().map(|v| Param(v))))?;
+    }
+    Ok(())
 }
 
 /// Refuses, before any I/O, a batch that could never commit: a row with the wrong number of
@@ -259,7 +229,7 @@ fn check_batch(batch: &Batch) -> Result<(), WarehouseError> {
 #[async_trait]
 impl Warehouse for SqliteWarehouse {
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), WarehouseError> {
-        let ddl = create_tables(table, Dialect::Sqlite).map_err(rejected)?;
+        let ddl = create_tables(table, Dialect::Sqlite)?;
         let (conn, table) = (self.conn.clone(), table.clone());
         tokio::task::spawn_blocking(move || {
             let conn = lock(&conn);
@@ -270,7 +240,7 @@ impl Warehouse for SqliteWarehouse {
                 let mut columns = conn.prepare("SELECT name FROM pragma_table_info(?1)").map_err(classify)?;
                 let existing: Vec<String> =
                     columns.query_map([&name], |r| r.get(0)).and_then(Iterator::collect).map_err(classify)?;
-                missing_columns(&name, &wanted, &existing).map_err(rejected)?;
+                missing_columns(&name, &wanted, &existing)?;
             }
             Ok(())
         })
@@ -296,7 +266,7 @@ impl Warehouse for SqliteWarehouse {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proto::{Column, Row};
+    use proto::{Column, Row, RowOp};
 
     fn schema() -> Arc<TableSchema> {
         Arc::new(TableSchema {

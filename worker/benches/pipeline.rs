@@ -132,7 +132,7 @@ fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize 
         rows.clear();
         assert_eq!(p.map(shard, chunk, false, &mut rows), (chunk.len(), worker::MapOutcome::Done));
         text.clear();
-        adapters::merge_sql::values_text(rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
+        adapters::sql_text::values_text(rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
         n += black_box(text.len());
     }
     n
