@@ -1,4 +1,5 @@
-//! The `tributary` binary's library: configuration and wiring of the crates.
+//! The `tributary` binary's library: configuration and wiring of the crates. Errors become
+//! `anyhow` here, at the edge, and nowhere else.
 //!
 //! | file | what it holds |
 //! |---|---|
@@ -10,7 +11,9 @@
 //! | `template.rs` | `gen --template`: record templates with random placeholders |
 //! | `metrics_server.rs` | the node's HTTP listener (`[metrics] listen`): `/metrics`, `/healthz`, `/readyz` |
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
-//! | `demo.rs` | `tributary demo`: the embedded one-command run |
+//! | `demo.rs` | `tributary demo`: the embedded one-command run (cluster, generators and oracles from `testkit`) |
+//! | `demo_tickets.rs` | the demo's second stream: ticket activity as AWS DMS records, joined and tokenized |
+//! | `lib.rs` | this table |
 
 pub mod check;
 pub mod demo;

@@ -157,6 +157,7 @@ impl<'a> Doc<'a> {
 }
 
 /// Follows a path of field names into nested objects.
+#[inline]
 pub fn walk<'a>(mut at: &'a RawValue, path: &[String]) -> Option<&'a RawValue> {
     for segment in path {
         let inner: Doc<'a> = serde_json::from_str(at.get()).ok()?;
@@ -166,6 +167,7 @@ pub fn walk<'a>(mut at: &'a RawValue, path: &[String]) -> Option<&'a RawValue> {
 }
 
 /// A raw JSON value's text as a string (no copy unless it holds escapes).
+#[inline]
 pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     let t = raw.get();
     let inner = t.strip_prefix('"')?.strip_suffix('"')?;
@@ -177,6 +179,7 @@ pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 }
 
 /// The lookup-key text of a raw value: a string's contents, or a number / boolean as written.
+#[inline]
 pub fn raw_key(raw: &RawValue) -> Option<Cow<'_, str>> {
     let t = raw.get();
     match t.as_bytes().first()? {

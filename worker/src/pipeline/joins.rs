@@ -8,6 +8,7 @@ use super::resolve::{Context, Unmapped};
 
 /// Joins a table's reference rows into `ctx.joined`, in join order (later joins may key on
 /// earlier ones). With `give_up`, a join that would wait makes a dead letter instead.
+#[inline]
 pub fn join_rows(joins: &[CompiledJoin], ctx: &mut Context<'_, '_>, give_up: bool) -> Result<(), Unmapped> {
     ctx.joined.clear();
     let snapshots = ctx.snapshots;

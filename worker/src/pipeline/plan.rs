@@ -71,6 +71,7 @@ pub struct CompiledTable {
 impl CompiledTable {
     /// Whether a change of `source` (`schema.table`, or none for plain JSON) is this table's:
     /// its `source_table` alone or after a schema, or any when it names none.
+    #[inline]
     pub fn takes(&self, source: Option<&str>) -> bool {
         let (Some(want), Some(got)) = (&self.source_table, source) else { return true };
         got == want

@@ -45,6 +45,7 @@ pub enum Found<'r> {
 
 impl Found<'_> {
     /// The value as a column of type `ty`; `Err` says why it cannot be one.
+    #[inline]
     pub fn typed(self, ty: SqlType) -> Result<Value, String> {
         in_range(match self {
             Found::Missing => Ok(Value::Null),
@@ -55,6 +56,7 @@ impl Found<'_> {
     }
 
     /// The text a reference table is keyed by.
+    #[inline]
     pub fn key(&self) -> Option<Cow<'_, str>> {
         match self {
             Found::Missing => None,
@@ -68,11 +70,13 @@ impl Found<'_> {
 }
 
 /// A record field: its top-level field's slot, then the rest of its path.
+#[inline]
 pub fn record_field<'a>(slots: &[Option<&'a RawValue>], slot: usize, path: &[String]) -> Option<&'a RawValue> {
     slots[slot].and_then(|raw| walk(raw, &path[1..]))
 }
 
 /// Follows a path into a joined row's nested object.
+#[inline]
 fn walk_json<'j>(mut at: &'j Map<String, Json>, path: &[String]) -> Option<&'j Json> {
     for (i, segment) in path.iter().enumerate() {
         let v = at.get(segment)?;
@@ -85,6 +89,7 @@ fn walk_json<'j>(mut at: &'j Map<String, Json>, path: &[String]) -> Option<&'j J
 }
 
 impl Context<'_, '_> {
+    #[inline]
     pub fn resolve<'s>(&'s self, source: &'s Source) -> Found<'s> {
         match source {
             Source::Record(slot, path) => {

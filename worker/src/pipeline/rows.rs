@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 /// The rows of one change for one table, appended to `out`: a delete of the old key first
 /// when the change moved the key.
+#[inline]
 pub fn table_rows(
     plan: &Plan,
     table: &CompiledTable,
@@ -44,6 +45,7 @@ pub fn table_rows(
 }
 
 /// One row: an upsert of every column, or a delete that carries the key columns only.
+#[inline]
 fn row(
     plan: &Plan,
     table: &CompiledTable,

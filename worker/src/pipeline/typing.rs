@@ -47,6 +47,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 }
 
 /// Text as a column of type `ty` (a JSON string, or a key's text).
+#[inline]
 fn typed_text(s: &str, ty: SqlType) -> Result<Value, String> {
     match ty {
         SqlType::Text => Ok(Value::Text(s.to_owned())),
@@ -102,6 +103,7 @@ impl<'a> From<&'a RefValue> for Scalar<'a> {
 impl<'a> Scalar<'a> {
     /// The text a reference table is keyed by: strings as they are, numbers in their JSON
     /// form, booleans as `true` / `false`.
+    #[inline]
     pub fn key_text(self) -> Option<Cow<'a, str>> {
         match self {
             Scalar::Str(s) => Some(Cow::Borrowed(s)),
@@ -113,6 +115,7 @@ impl<'a> Scalar<'a> {
 }
 
 /// A parsed JSON value as a column of type `ty`.
+#[inline]
 pub fn typed(value: Scalar<'_>, ty: SqlType) -> Result<Value, String> {
     match (ty, value) {
         (_, Scalar::Null) => Ok(Value::Null),
@@ -132,6 +135,7 @@ pub fn typed(value: Scalar<'_>, ty: SqlType) -> Result<Value, String> {
     }
 }
 
+#[inline]
 fn typed_bool(b: bool, ty: SqlType) -> Result<Value, String> {
     match ty {
         SqlType::Boolean => Ok(Value::Bool(b)),
@@ -142,6 +146,7 @@ fn typed_bool(b: bool, ty: SqlType) -> Result<Value, String> {
 
 /// A record's raw JSON value as a column of type `ty`: as `typed`, but a number keeps the text
 /// it was written with.
+#[inline]
 pub fn typed_raw(raw: Option<&RawValue>, ty: SqlType) -> Result<Value, String> {
     let Some(raw) = raw else { return Ok(Value::Null) };
     let t = raw.get();
@@ -167,6 +172,7 @@ pub fn typed_raw(raw: Option<&RawValue>, ty: SqlType) -> Result<Value, String> {
 
 /// A metadata value (`@shard_id`, `@arrival_time`, …) as a column of another type (text takes
 /// anything).
+#[inline]
 pub fn coerce(v: Value, ty: SqlType) -> Result<Value, String> {
     Ok(match (v, ty) {
         (Value::Null, _) => Value::Null,
@@ -183,6 +189,7 @@ pub fn coerce(v: Value, ty: SqlType) -> Result<Value, String> {
 }
 
 /// A typed value a warehouse can hold: timestamps within years 1 to 9999.
+#[inline]
 pub fn in_range(value: Value) -> Result<Value, String> {
     match value {
         Value::Timestamp(ms) if !proto::TIMESTAMP_RANGE.contains(&ms) => {
