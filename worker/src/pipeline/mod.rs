@@ -17,6 +17,7 @@
 //! | `transform.rs` | `mask` and `tokenize` (HMAC-SHA256) |
 //! | `rows.rs` | one table's rows of one change (the old key's delete first when the key moved) |
 //! | `dead_letter.rs` | the dead-letter table: its schema, its rows, what they keep |
+//! | `tests.rs` | the pipeline end to end: records in, rows or dead letters out |
 
 pub mod config;
 pub mod dead_letter;
