@@ -296,6 +296,14 @@ impl ConsumerState {
                 let shard = [self.shard.as_str()];
                 self.ctx.metrics.shard_last_checkpoint.with_label_values(&shard).set(crate::metrics::unix_now());
             }
+            // The leader moved the lease with this node as its checkpointOwner: a handoff this
+            // consumer has not been told of yet. It finishes it as if told (flush, checkpoint what
+            // committed, clear checkpointOwner), rather than stopping as lost and leaving the
+            // taker to start from an older checkpoint.
+            Err(ProtocolError::Lost { current: Some(row), .. }) if row.checkpoint_owner.as_ref() == Some(&me) => {
+                info!(shard = %self.shard, node = %me, "lease handed to another node; finishing the handoff");
+                let _ = myself.cast(ConsumerMsg::Stop(StopMode::HandOff));
+            }
             Err(ProtocolError::Lost { .. }) => self.stop(myself, reason::LOST),
             Err(e) => warn!(shard = %self.shard, error = %e, "checkpoint failed; will retry"),
         }

@@ -776,6 +776,39 @@ async fn a_running_consumer_finishes_its_handoff_at_once() {
     node.shutdown().await;
 }
 
+/// A handoff the consumer learns of from its own checkpoint write (the leader moved the lease
+/// between two of the keeper's looks) is finished all the same: the consumer flushes, writes what
+/// it committed and clears checkpointOwner. It does not stop as "lost" and leave the taker to
+/// start from an older checkpoint, re-sending what was committed since.
+#[tokio::test(start_paused = true)]
+async fn a_handoff_met_by_a_checkpoint_write_is_finished_with_what_committed() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
+    let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
+    let mut config = node_config("n");
+    // The keeper looks at its leases every 2 s (the consumer starts at 2 s); the committed
+    // record's checkpoint is due 3 s after that, at 5 s, between the keeper's looks at 4 and 6 s.
+    config.cluster.poll_interval = Duration::from_secs(2);
+    config.consumer.checkpoint_interval = Duration::from_secs(3);
+    let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(warehouse.rows("t").len(), 1);
+    let (n, y) = (WorkerId::new("n"), WorkerId::new("y"));
+    let taker = alive(&leases, &y);
+    let key = proto::ShardId::numbered(0);
+    let lease = leases.get(key.as_str()).await.unwrap().unwrap();
+    assert_eq!((lease.owner.as_ref(), &lease.checkpoint), (Some(&n), &Checkpoint::TrimHorizon));
+    let handoff =
+        proto::LeaseChange { owner: Some(Some(y.clone())), checkpoint_owner: Some(Some(n)), ..Default::default() };
+    leases.update(key.as_str(), &proto::Expect::unchanged(&lease), &handoff).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let lease = leases.get(key.as_str()).await.unwrap().unwrap();
+    assert_eq!((lease.owner, lease.checkpoint_owner), (Some(y), None), "the handoff is finished at 5 s");
+    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(seq, 0)), "with what it committed");
+    taker.abort();
+    node.shutdown().await;
+}
+
 /// Stopping and ending each take one write of the lease, even when the last commit lands while
 /// the consumer is stopping or ending: the release carries the committed checkpoint, and so
 /// does SHARD_END, with no checkpoint write of their own before (the lease's counter counts
