@@ -36,6 +36,9 @@ const fn default_format() -> Format {
 fn default_key_env() -> String {
     "TRIBUTARY_TOKENIZE_KEY".to_owned()
 }
+fn default_before_image_field() -> String {
+    "before-image".to_owned()
+}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +52,9 @@ pub struct PipelineConfig {
     /// The environment variable holding the `tokenize` key (never the key itself).
     #[serde(default = "default_key_env")]
     pub tokenize_key_env: String,
+    /// Where DMS puts a row's old values: the task's `BeforeImageSettings.FieldName`.
+    #[serde(default = "default_before_image_field")]
+    pub before_image_field: String,
     #[serde(default, rename = "reference")]
     pub references: Vec<ReferenceConfig>,
     #[serde(rename = "table")]

@@ -1,13 +1,17 @@
 //! Record formats: a user record's bytes → the changes it carries.
 //!
 //! - `json`: one JSON object, an upsert.
-//! - `dms`: the AWS DMS envelope (`data`, `metadata`, optional `before-image`). Data records
-//!   with operation load / insert / update are upserts, delete is a delete; control records
-//!   carry no rows. The version orders changes of a key: full-load rows before every change,
-//!   then (commit-timestamp, stream-position compared as a log position, transaction-record-id)
-//!   when DMS includes transaction details, then the record's position in the Kinesis shard.
-//!   An update that changed the primary key (seen in the before-image) also deletes the old
-//!   key; a before-image that is not an object (`null`) is no before-image.
+//! - `dms`: the AWS DMS envelope (`data`, `metadata`, and the before-image under the task's
+//!   `BeforeImageSettings.FieldName`, `before-image` unless configured). Data records with
+//!   operation load / insert / update are upserts, delete is a delete; control records carry no
+//!   rows. The version orders changes of a key: full-load rows before every change; then, when
+//!   DMS includes transaction details, (commit-timestamp, stream-position compared as a log
+//!   position, transaction-record-id); without them (DMS's default), the record's
+//!   `metadata.timestamp` then its position in its Kinesis shard, so changes of one key that
+//!   landed on different shards still order by time and a producer's retry of an older change
+//!   does not win over a newer one. An update that changed the primary key (seen in the
+//!   before-image) also deletes the old key; a before-image that is not an object (`null`) is no
+//!   before-image.
 
 use super::config::Format;
 use super::doc::{Doc, FieldSlots, Slots};
@@ -27,6 +31,9 @@ pub enum ChangeOp {
 #[derive(Debug)]
 pub struct Change<'a> {
     pub op: ChangeOp,
+    /// What the source says happened: DMS's `load`, `insert`, `update` or `delete`; `upsert`
+    /// for plain JSON.
+    pub operation: &'static str,
     /// `schema.table` for DMS records; `None` for plain JSON.
     pub source_table: Option<String>,
     /// The row's wanted fields, by slot.
@@ -41,6 +48,7 @@ pub struct Change<'a> {
 /// no row (DMS control records).
 pub fn decode<'a>(
     format: Format,
+    before_image_field: &str,
     text: &'a str,
     position: &Position,
     wanted: &FieldSlots,
@@ -48,12 +56,13 @@ pub fn decode<'a>(
     match format {
         Format::Json => Ok(Some(Change {
             op: ChangeOp::Upsert,
+            operation: "upsert",
             source_table: None,
             data: wanted.parse(text)?,
             before: None,
             version: position.version(),
         })),
-        Format::Dms => dms(&Doc::parse(text)?, position, wanted),
+        Format::Dms => dms(&Doc::parse(text)?, before_image_field, position, wanted),
     }
 }
 
@@ -108,13 +117,21 @@ struct Metadata<'a> {
     stream_position: Option<Cow<'a, str>>,
     #[serde(rename = "transaction-record-id")]
     transaction_record_id: Option<u64>,
+    /// When DMS made the record (every record has it; the only time without transaction details).
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
 }
 
 fn object<'a>(raw: &'a RawValue, what: &str, wanted: &FieldSlots) -> Result<Slots<'a>, String> {
     wanted.parse(raw.get()).map_err(|_| format!("dms {what} is not an object"))
 }
 
-fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Option<Change<'a>>, String> {
+fn dms<'a>(
+    doc: &Doc<'a>,
+    before_image_field: &str,
+    position: &Position,
+    wanted: &FieldSlots,
+) -> Result<Option<Change<'a>>, String> {
     let meta = doc.get("metadata").ok_or("dms record has no metadata")?;
     let meta: Metadata<'_> = serde_json::from_str(meta.get()).map_err(|e| format!("dms metadata: {e}"))?;
     match meta.record_type.as_deref() {
@@ -123,9 +140,11 @@ fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Op
         other => return Err(format!("dms record-type {other:?} is neither data nor control")),
     }
     let operation = meta.operation.as_deref().ok_or("dms data record has no operation")?;
-    let op = match operation {
-        "load" | "insert" | "update" => ChangeOp::Upsert,
-        "delete" => ChangeOp::Delete,
+    let (op, operation) = match operation {
+        "load" => (ChangeOp::Upsert, "load"),
+        "insert" => (ChangeOp::Upsert, "insert"),
+        "update" => (ChangeOp::Upsert, "update"),
+        "delete" => (ChangeOp::Delete, "delete"),
         other => return Err(format!("dms operation {other:?} is not load, insert, update or delete")),
     };
     let source_table = match (meta.schema_name.as_deref(), meta.table_name.as_deref()) {
@@ -134,8 +153,8 @@ fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Op
         _ => return Err("dms record has no table-name".into()),
     };
     let data = object(doc.get("data").ok_or("dms data record has no data object")?, "data", wanted)?;
-    let before = match doc.get("before-image") {
-        Some(raw) if raw.get().starts_with('{') => Some(object(raw, "before-image", wanted)?),
+    let before = match doc.get(before_image_field) {
+        Some(raw) if raw.get().starts_with('{') => Some(object(raw, before_image_field, wanted)?),
         _ => None,
     };
     let here = position.version();
@@ -156,10 +175,14 @@ fn dms<'a>(doc: &Doc<'a>, position: &Position, wanted: &FieldSlots) -> Result<Op
             version.push_str(here.as_str());
         }
         version
+    } else if let Some(made) = meta.timestamp.as_deref() {
+        // Without transaction details: when DMS made the record, then its place in its shard
+        // (which orders records of one key on one shard made within one timestamp).
+        format!("1{}{}", normalize_timestamp(made), here.as_str())
     } else {
         format!("1{}", here.as_str())
     };
-    Ok(Some(Change { op, source_table, data, before, version: Version::from_text(version) }))
+    Ok(Some(Change { op, operation, source_table, data, before, version: Version::from_text(version) }))
 }
 
 #[cfg(test)]
@@ -196,23 +219,25 @@ mod tests {
         let mut wanted = FieldSlots::default();
         let ticket = wanted.slot("ticket_id");
         let text = dms_record("insert", None, 0);
-        let c = decode(Format::Dms, &text, &at(5), &wanted).unwrap().unwrap();
+        let c = decode(Format::Dms, "before-image", &text, &at(5), &wanted).unwrap().unwrap();
         assert_eq!((c.op, c.source_table.as_deref()), (ChangeOp::Upsert, Some("sales.ticket_activity")));
         assert_eq!(c.data[ticket].unwrap().get(), "7");
         let text = dms_record("delete", None, 0);
-        assert_eq!(decode(Format::Dms, &text, &at(6), &wanted).unwrap().unwrap().op, ChangeOp::Delete);
+        assert_eq!(decode(Format::Dms, "before-image", &text, &at(6), &wanted).unwrap().unwrap().op, ChangeOp::Delete);
         let control = r#"{"data":{},"metadata":{"record-type":"control","operation":"create-table","table-name":"t"}}"#;
-        assert!(decode(Format::Dms, control, &at(7), &wanted).unwrap().is_none());
-        assert!(decode(Format::Dms, r#"{"data":{}}"#, &at(8), &wanted).unwrap_err().contains("metadata"));
+        assert!(decode(Format::Dms, "before-image", control, &at(7), &wanted).unwrap().is_none());
+        assert!(decode(Format::Dms, "before-image", r#"{"data":{}}"#, &at(8), &wanted)
+            .unwrap_err()
+            .contains("metadata"));
         let bad_op = dms_record("truncate", None, 0);
-        assert!(decode(Format::Dms, &bad_op, &at(9), &wanted).unwrap_err().contains("truncate"));
+        assert!(decode(Format::Dms, "before-image", &bad_op, &at(9), &wanted).unwrap_err().contains("truncate"));
         // The source table is `schema.table`, or the table alone when the schema is empty or
         // absent; a record without a table name is refused.
         let named =
             |meta: &str| format!(r#"{{"data":{{}},"metadata":{{"record-type":"data","operation":"insert"{meta}}}}}"#);
         for meta in [r#","schema-name":"","table-name":"t""#, r#","table-name":"t""#] {
             let text = named(meta);
-            let c = decode(Format::Dms, &text, &at(10), &wanted).unwrap().unwrap();
+            let c = decode(Format::Dms, "before-image", &text, &at(10), &wanted).unwrap().unwrap();
             assert_eq!(c.source_table.as_deref(), Some("t"), "{meta}");
         }
         // A before-image that is not an object is none; one that is an object is read.
@@ -222,12 +247,12 @@ mod tests {
             )
         };
         let text = with_before("null");
-        assert!(decode(Format::Dms, &text, &at(12), &wanted).unwrap().unwrap().before.is_none());
+        assert!(decode(Format::Dms, "before-image", &text, &at(12), &wanted).unwrap().unwrap().before.is_none());
         let text = with_before(r#"{"ticket_id":7}"#);
-        let c = decode(Format::Dms, &text, &at(13), &wanted).unwrap().unwrap();
+        let c = decode(Format::Dms, "before-image", &text, &at(13), &wanted).unwrap().unwrap();
         assert_eq!(c.before.expect("a before-image")[ticket].unwrap().get(), "7");
         let nameless = named(r#","schema-name":"s""#);
-        assert!(decode(Format::Dms, &nameless, &at(11), &wanted).unwrap_err().contains("table-name"));
+        assert!(decode(Format::Dms, "before-image", &nameless, &at(11), &wanted).unwrap_err().contains("table-name"));
     }
 
     #[test]
@@ -235,7 +260,7 @@ mod tests {
         let wanted = FieldSlots::default();
         let v = |op, commit, id, seq| {
             let text = dms_record(op, commit, id);
-            decode(Format::Dms, &text, &at(seq), &wanted).unwrap().unwrap().version
+            decode(Format::Dms, "before-image", &text, &at(seq), &wanted).unwrap().unwrap().version
         };
         // A full-load row read late is still older than any change.
         assert!(v("load", None, 0, 900) < v("update", Some("2020-01-01T00:00:00Z"), 0, 1));
@@ -248,7 +273,7 @@ mod tests {
         // orders them, numerically, whatever their record ids and arrival order.
         let at_position = |position, id, seq| {
             let text = dms_record_at("update", Some("2024-01-01T00:00:01Z"), Some(position), id);
-            decode(Format::Dms, &text, &at(seq), &wanted).unwrap().unwrap().version
+            decode(Format::Dms, "before-image", &text, &at(seq), &wanted).unwrap().unwrap().version
         };
         let log = [
             "mysql-bin-changelog.000009:99:-1:100:7:mysql-bin-changelog.000009:80",
@@ -271,7 +296,7 @@ mod tests {
     /// record `id` of its transaction, read from the stream at sequence number `seq`.
     fn change_version(commit: &str, position: &str, id: u64, seq: u128) -> Version {
         let text = dms_record_at("update", Some(commit), Some(position), id);
-        decode(Format::Dms, &text, &at(seq), &FieldSlots::default()).unwrap().unwrap().version
+        decode(Format::Dms, "before-image", &text, &at(seq), &FieldSlots::default()).unwrap().unwrap().version
     }
 
     /// Checks that `history`, (commit-timestamp, stream-position, transaction-record-id) in the
@@ -376,9 +401,13 @@ mod tests {
     #[test]
     fn json_and_bad_payloads() {
         let wanted = FieldSlots::default();
-        let c = decode(Format::Json, r#"{"a":1}"#, &at(1), &wanted).unwrap().unwrap();
+        let c = decode(Format::Json, "before-image", r#"{"a":1}"#, &at(1), &wanted).unwrap().unwrap();
         assert_eq!((c.op, c.version), (ChangeOp::Upsert, at(1).version()));
-        assert!(decode(Format::Json, "[1]", &at(1), &wanted).unwrap_err().starts_with("payload is not a json object"));
-        assert!(decode(Format::Json, "{\"a\":", &at(1), &wanted).unwrap_err().starts_with("payload is not json"));
+        assert!(decode(Format::Json, "before-image", "[1]", &at(1), &wanted)
+            .unwrap_err()
+            .starts_with("payload is not a json object"));
+        assert!(decode(Format::Json, "before-image", "{\"a\":", &at(1), &wanted)
+            .unwrap_err()
+            .starts_with("payload is not json"));
     }
 }

@@ -93,7 +93,7 @@ impl Pipeline {
             Ok(t) => t,
             Err(e) => return reject(out, &format!("payload is not utf-8: {e}")),
         };
-        let change = match decode(plan.format, text, &record.position, &plan.fields) {
+        let change = match decode(plan.format, &plan.before_image_field, text, &record.position, &plan.fields) {
             Ok(Some(c)) => c,
             Ok(None) => return MapOutcome::Done,
             Err(e) => return reject(out, &e),

@@ -84,6 +84,8 @@ impl CompiledTable {
 /// The compiled pipeline.
 pub struct Plan {
     pub format: Format,
+    /// Where DMS records carry the old row (`before_image_field`).
+    pub before_image_field: String,
     pub max_record_bytes: usize,
     pub tables: Vec<CompiledTable>,
     pub token_key: Option<TokenKey>,
@@ -184,6 +186,7 @@ impl Plan {
         }
         Ok(Self {
             format: config.format,
+            before_image_field: config.before_image_field.clone(),
             max_record_bytes: config.max_record_bytes,
             token_key,
             max_joins: tables.iter().map(|t| t.joins.len()).max().unwrap_or(0),

@@ -1,7 +1,7 @@
 //! Resolving: what a compiled `Source` holds for one record, before typing: a field of the
 //! record (raw JSON), an attribute of a joined reference row, metadata or a constant.
 
-use super::decode::{Change, ChangeOp};
+use super::decode::Change;
 use super::doc::{raw_key, walk};
 use super::plan::{Meta, Source};
 use super::typing::{coerce, in_range, typed, typed_raw, Scalar};
@@ -114,9 +114,7 @@ impl Context<'_, '_> {
                 Meta::PartitionKey => Value::Text(self.record.partition_key.clone()),
                 Meta::ArrivalTime => Value::Timestamp(self.record.arrival_ms),
                 Meta::Payload => Value::Text(String::from_utf8_lossy(&self.record.data).into_owned()),
-                Meta::Operation => {
-                    Value::Text(if self.change.op == ChangeOp::Delete { "delete" } else { "upsert" }.into())
-                }
+                Meta::Operation => Value::Text(self.change.operation.to_owned()),
                 Meta::SourceTable => self.change.source_table.clone().map(Value::Text).unwrap_or(Value::Null),
             }),
         }

@@ -3,6 +3,7 @@ use super::*;
 use crate::record_mapper::TableId;
 use base64::Engine;
 use proto::{Position, RowOp, SequenceNumber, Value, MAX_TEXT_BYTES};
+use std::collections::BTreeMap;
 
 const T0: Target = Target::Table(TableId::new(0));
 const DEAD: Target = Target::DeadLetters;
@@ -438,4 +439,148 @@ fn source_table_and_arrival_time_columns() {
         map(dms("delete", "dms_sample", "ticket_activity", 5)),
         vec![(T0, RowOp::Delete, vec![Value::Int(5), Value::Null, Value::Null])]
     );
+}
+
+/// A DMS record as AWS documents it for a Kinesis target with the task's defaults: no
+/// transaction details, so `metadata.timestamp` is the only time it carries.
+fn dms_default(operation: &str, timestamp: &str, data: serde_json::Value, before: Option<serde_json::Value>) -> String {
+    let mut record = serde_json::json!({
+        "data": data,
+        "metadata": {
+            "timestamp": timestamp,
+            "record-type": "data",
+            "operation": operation,
+            "partition-key-type": "primary-key",
+            "schema-name": "dms_sample",
+            "table-name": "ticket_activity"
+        }
+    });
+    if let Some(before) = before {
+        record["before-image"] = before;
+    }
+    record.to_string()
+}
+
+fn ticket_pipeline(extra: &str) -> Pipeline {
+    unjoined(&format!(
+        r#"
+        format = "dms"
+        {extra}
+        [[table]]
+        name = "activity"
+        key = ["ticket_id"]
+        version = "source"
+        column = [
+            {{ name = "ticket_id", from = "ticket_id", type = "bigint" }},
+            {{ name = "price", from = "price", type = "bigint" }},
+            {{ name = "op", from = "@operation", type = "text" }},
+        ]
+        "#
+    ))
+}
+
+/// Records (payload, shard, sequence number) mapped in the order given and committed one by one
+/// to a version-fenced warehouse: what the table holds after, key → price.
+async fn land(p: &Pipeline, records: &[(String, u64, u128)]) -> BTreeMap<i64, Value> {
+    let warehouse = proto::memory::MemoryWarehouse::new();
+    let table = p.tables()[0].clone();
+    proto::Warehouse::ensure_table(&warehouse, &table).await.unwrap();
+    for (payload, shard, seq) in records {
+        let record = UserRecord { position: Position::new(SequenceNumber::from_u128(*seq), 0), ..record(payload) };
+        let mut out = Vec::new();
+        map_one(p, &ShardId::numbered(*shard), &record, false, &mut out);
+        assert!(out.iter().all(|(t, _)| *t == T0), "{out:?}");
+        let rows = out.into_iter().map(|(_, r)| r).collect();
+        proto::Warehouse::commit(&warehouse, &proto::Batch { table: table.clone(), rows }).await.unwrap();
+    }
+    warehouse
+        .rows("activity")
+        .into_values()
+        .map(|r| match (&r.values[0], &r.values[1]) {
+            (Value::Int(k), price) => (*k, price.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Without transaction details (DMS's default) and with primary-key partitioning, a key's
+/// changes land on different shards, whose sequence numbers do not compare: the update that
+/// moved ticket 701 to 700 (on a shard whose numbers are lower) still deletes 701, because the
+/// records' `metadata.timestamp` orders them, whichever shard is read first.
+#[tokio::test]
+async fn without_transaction_details_a_key_moved_across_shards_deletes_the_old_key() {
+    let p = ticket_pipeline("");
+    let insert =
+        dms_default("insert", "2024-03-01T10:00:00.000001Z", serde_json::json!({"ticket_id": 701, "price": 5}), None);
+    let moved = dms_default(
+        "update",
+        "2024-03-01T10:00:00.000002Z",
+        serde_json::json!({"ticket_id": 700, "price": 5}),
+        Some(serde_json::json!({"ticket_id": 701, "price": 5})),
+    );
+    for order in
+        [[(insert.clone(), 1, 900), (moved.clone(), 0, 100)], [(moved.clone(), 0, 100), (insert.clone(), 1, 900)]]
+    {
+        let held = land(&p, &order).await;
+        assert_eq!(held.keys().copied().collect::<Vec<_>>(), vec![700], "{held:?}");
+    }
+}
+
+/// DMS delivers at least once: a producer's retry of an older update, read after a newer one,
+/// does not overwrite it (the retry carries its original `metadata.timestamp`).
+#[tokio::test]
+async fn without_transaction_details_a_retried_older_update_does_not_win() {
+    let p = ticket_pipeline("");
+    let change =
+        |op: &str, at: &str, price: i64| dms_default(op, at, serde_json::json!({"ticket_id": 1, "price": price}), None);
+    let price_2 = change("update", "2024-03-01T10:00:02Z", 2);
+    let held = land(
+        &p,
+        &[
+            (change("insert", "2024-03-01T10:00:01Z", 1), 0, 10),
+            (price_2.clone(), 0, 11),
+            (change("update", "2024-03-01T10:00:03Z", 3), 0, 12),
+            (price_2, 0, 13),
+        ],
+    )
+    .await;
+    assert_eq!(held, BTreeMap::from([(1, Value::Int(3))]));
+}
+
+/// The before-image is read under the task's `BeforeImageSettings.FieldName`; `@operation` is
+/// DMS's own operation; a pretty-printed record reads like a compact one.
+#[tokio::test]
+async fn the_before_image_field_is_configurable_and_operation_is_dms_own() {
+    let p = ticket_pipeline(r#"before_image_field = "old""#);
+    let moved = serde_json::json!({
+        "data": {"ticket_id": 8, "price": 4},
+        "old": {"ticket_id": 7, "price": 4},
+        "metadata": {"timestamp": "2024-03-01T10:00:02Z", "record-type": "data", "operation": "update",
+                     "partition-key-type": "primary-key", "schema-name": "dms_sample", "table-name": "ticket_activity"}
+    });
+    let pretty = serde_json::to_string_pretty(&moved).unwrap();
+    let mut out = Vec::new();
+    map_one(&p, &ShardId::numbered(0), &record(&pretty), false, &mut out);
+    let rows: Vec<(RowOp, Value, Value)> =
+        out.iter().map(|(_, r)| (r.op, r.values[0].clone(), r.values[2].clone())).collect();
+    assert_eq!(
+        rows,
+        vec![(RowOp::Delete, Value::Int(7), Value::Null), (RowOp::Upsert, Value::Int(8), Value::Text("update".into()))]
+    );
+    for operation in ["load", "insert"] {
+        let mut out = Vec::new();
+        let data = serde_json::json!({"ticket_id": 1, "price": 1});
+        map_one(
+            &p,
+            &ShardId::numbered(0),
+            &record(&dms_default(operation, "2024-03-01T10:00:02Z", data, None)),
+            false,
+            &mut out,
+        );
+        assert_eq!(out[0].1.values[2], Value::Text(operation.into()));
+    }
+    // Under the default name, the same record's "old" object is just another field.
+    let mut out = Vec::new();
+    map_one(&ticket_pipeline(""), &ShardId::numbered(0), &record(&pretty), false, &mut out);
+    assert_eq!(out.len(), 1, "no before-image, no delete of the old key");
 }
