@@ -7,8 +7,8 @@
 //! source (whole-second commit times shared by several transactions, binlog positions across
 //! file rollovers, rows of one log event sharing a position), for a PostgreSQL source
 //! (microsecond commit times, hex LSNs, a transaction committed later often holding earlier
-//! LSNs), or without transaction details (then the stream's order is the only order, and the
-//! records arrive in it). The model replays the transactions in commit order and knows nothing
+//! LSNs), or without transaction details (then only `metadata.timestamp`, here the commit
+//! time, and the stream's order order them, and the records arrive in commit order). The model replays the transactions in commit order and knows nothing
 //! of versions.
 
 use adapters::postgres::PostgresWarehouse;
