@@ -267,6 +267,22 @@ impl RunConfig {
         if self.consumer.idle_read_interval < self.consumer.read_interval {
             return Err(ConfigError::new("node.idle_read_interval", "must not be shorter than read_interval"));
         }
+        let at_timestamp = self.cluster.initial_position == proto::Checkpoint::AtTimestamp;
+        match (at_timestamp, self.consumer.initial_timestamp) {
+            (true, None) => {
+                return Err(ConfigError::new(
+                    "node.initial_timestamp",
+                    "is needed with initial_position = \"at_timestamp\"",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(ConfigError::new(
+                    "node.initial_timestamp",
+                    "is read only with initial_position = \"at_timestamp\"",
+                ))
+            }
+            _ => {}
+        }
         if self.sink.batch_latency.is_zero() {
             return Err(ConfigError::new("node.batch_latency", "must be above zero"));
         }
@@ -354,6 +370,20 @@ url = "host=127.0.0.1"
         assert!(e.starts_with("node.failover:") && e.contains("unknown field `failover`"), "{e}");
         let e = config(&BASE.replace("[stream]\nname = \"s\"\n", "")).unwrap_err().to_string();
         assert!(e.starts_with("stream:"), "{e}");
+        let at = config(&format!(
+            "[node]\ninitial_position = \"at_timestamp\"\ninitial_timestamp = \"2024-03-01T00:00:01.5Z\"\n{BASE}"
+        ))
+        .unwrap();
+        assert_eq!(at.cluster.initial_position, proto::Checkpoint::AtTimestamp);
+        assert_eq!(at.consumer.initial_timestamp, Some(1_709_251_201_500));
+        for (node, field) in [
+            ("initial_position = \"at_timestamp\"", "node.initial_timestamp: is needed"),
+            ("initial_timestamp = \"2024-03-01T00:00:00Z\"", "node.initial_timestamp: is read only"),
+            ("initial_position = \"at_timestamp\"\ninitial_timestamp = \"yesterday\"", "node.initial_timestamp:"),
+        ] {
+            let e = config(&format!("[node]\n{node}\n{BASE}")).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{node}: {e}");
+        }
         let e = config(&format!("[node]\ninitial_position = \"oldest\"\n{BASE}")).unwrap_err().to_string();
         assert!(e.starts_with("node.initial_position:"), "{e}");
         let redshift =

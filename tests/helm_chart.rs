@@ -437,7 +437,8 @@ fn the_schema_holds_exactly_the_config_keys_the_node_reads() {
     let every_key = [
         "config.node.id=node-a",
         "config.node.failover_time=12s",
-        "config.node.initial_position=latest",
+        "config.node.initial_position=at_timestamp",
+        "config.node.initial_timestamp=2024-03-01T00:00:00Z",
         "config.node.shutdown_deadline=20s",
         "config.node.checkpoint_interval=2s",
         "config.node.read_interval=250ms",

@@ -45,7 +45,8 @@ impl ClusterSettings {
 }
 
 /// The keys of `[node]` that set the cluster: `failover_time` (`"10s"`) and `initial_position`
-/// (`"trim_horizon"` or `"latest"`). Not a derive: the heartbeat follows `failover_time` (a third
+/// (`"trim_horizon"`, `"latest"` or `"at_timestamp"`, whose time is the consumers'
+/// `initial_timestamp`). Not a derive: the heartbeat follows `failover_time` (a third
 /// of it), so the settings are made by `with_failover`; a key not written keeps its `Default`.
 impl<'de> Deserialize<'de> for ClusterSettings {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -54,6 +55,7 @@ impl<'de> Deserialize<'de> for ClusterSettings {
         enum InitialPosition {
             TrimHorizon,
             Latest,
+            AtTimestamp,
         }
         #[derive(Default, Deserialize)]
         #[serde(rename = "ClusterSettings", deny_unknown_fields, default)]
@@ -67,15 +69,13 @@ impl<'de> Deserialize<'de> for ClusterSettings {
         match keys.initial_position {
             Some(InitialPosition::TrimHorizon) => settings.initial_position = Checkpoint::TrimHorizon,
             Some(InitialPosition::Latest) => settings.initial_position = Checkpoint::Latest,
+            Some(InitialPosition::AtTimestamp) => settings.initial_position = Checkpoint::AtTimestamp,
             None => {}
         }
         Ok(settings)
     }
 }
 
-/// The durations of node.toml, through `humantime`: `500ms`, `10s`, `1m`, `1.5s`, `1h 30m`…, and
-/// a bare number of seconds (`"7"`, `"0.5"`), which node.toml has always taken and the Helm chart
-/// writes.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +97,10 @@ mod tests {
         );
         assert_eq!(s.heartbeat_interval, Duration::from_secs(4) / 3);
         let e = settings("initial_position = \"oldest\"").unwrap_err();
-        assert!(e.contains("unknown variant `oldest`, expected `trim_horizon` or `latest`"), "{e}");
+        assert!(
+            e.contains("unknown variant `oldest`, expected one of `trim_horizon`, `latest`, `at_timestamp`"),
+            "{e}"
+        );
         let e = settings("heartbeat_interval = \"1s\"").unwrap_err();
         assert!(
             e.contains("unknown field `heartbeat_interval`, expected `failover_time` or `initial_position`"),

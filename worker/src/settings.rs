@@ -53,9 +53,22 @@ pub struct ConsumerSettings {
     /// are always written.
     #[serde(deserialize_with = "duration::deserialize")]
     pub checkpoint_interval: Duration,
-    /// Milliseconds since the epoch, for leases that start AT_TIMESTAMP.
-    #[serde(skip)]
-    pub at_timestamp_ms: Option<i64>,
+    /// Where leases created at `initial_position = "at_timestamp"` start: a UTC time in RFC 3339
+    /// form (`"2024-03-01T00:00:00Z"`), held as milliseconds since the epoch.
+    #[serde(deserialize_with = "rfc3339_ms")]
+    pub initial_timestamp: Option<i64>,
+}
+
+/// A UTC time in RFC 3339 form (`2024-03-01T00:00:00Z`, `2024-03-01T00:00:00.5Z`) as
+/// milliseconds since the epoch; times before 1970 are refused.
+fn rfc3339_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let text = String::deserialize(d)?;
+    let time = humantime::parse_rfc3339_weak(&text)
+        .map_err(|e| de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))?;
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| de::Error::custom(format!("{text:?} is before 1970")))?;
+    Ok(Some(since.as_millis() as i64))
 }
 
 impl ConsumerSettings {
@@ -65,7 +78,7 @@ impl ConsumerSettings {
         read_interval: Duration::from_millis(200),
         max_in_flight_rows: 50_000,
         checkpoint_interval: Duration::from_secs(1),
-        at_timestamp_ms: None,
+        initial_timestamp: None,
     };
 }
 

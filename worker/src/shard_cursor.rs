@@ -57,7 +57,7 @@ impl ShardCursor {
         match checkpoint {
             Checkpoint::At(p) => StartingPosition::AtSequence(p.sequence.clone()),
             Checkpoint::Latest => StartingPosition::Latest,
-            Checkpoint::AtTimestamp => StartingPosition::AtTimestamp(settings.at_timestamp_ms.unwrap_or(0)),
+            Checkpoint::AtTimestamp => StartingPosition::AtTimestamp(settings.initial_timestamp.unwrap_or(0)),
             Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartingPosition::TrimHorizon,
         }
     }

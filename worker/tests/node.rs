@@ -858,3 +858,24 @@ async fn a_stop_and_a_shard_end_each_write_the_lease_once() {
         }
     }
 }
+
+/// `initial_position = "at_timestamp"`: a shard without a checkpoint starts at the first record
+/// that arrived at or after `initial_timestamp`; what came before is not read.
+#[tokio::test(start_paused = true)]
+async fn a_lease_created_at_a_timestamp_starts_there() {
+    let stream = MemoryStream::new(1, Clock::starting_at(0));
+    let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
+    stream.put("a", br#"{"id":1}"#.to_vec());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stream.put("a", br#"{"id":2}"#.to_vec());
+    let mut config = node_config("n");
+    config.cluster.initial_position = Checkpoint::AtTimestamp;
+    config.consumer.initial_timestamp = Some(5_000);
+    let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ids: Vec<String> = warehouse.rows("t").into_keys().collect();
+    assert_eq!(ids.len(), 1, "only the record after the timestamp: {ids:?}");
+    let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
+    assert!(matches!(lease.checkpoint, Checkpoint::At(_)), "checkpointed past it: {:?}", lease.checkpoint);
+    node.shutdown().await;
+}
