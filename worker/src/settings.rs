@@ -174,7 +174,10 @@ mod tests {
     fn the_keys_are_the_fields_that_are_not_skipped() {
         assert_eq!(keys::<NodeSettings>(), ["id", "shutdown_deadline"]);
         assert_eq!(keys::<coordinator::ClusterSettings>(), ["failover_time", "initial_position"]);
-        assert_eq!(keys::<ConsumerSettings>(), ["idle_read_interval", "read_interval", "checkpoint_interval"]);
+        assert_eq!(
+            keys::<ConsumerSettings>(),
+            ["idle_read_interval", "read_interval", "checkpoint_interval", "initial_timestamp"]
+        );
         assert_eq!(keys::<SinkSettings>(), ["batch_rows", "batch_bytes", "batch_latency"]);
     }
 
