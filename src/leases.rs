@@ -1,27 +1,40 @@
 //! `tributary leases --config FILE`: the lease table as a table (owner, checkpoint, lag behind
-//! the stream's tip, parents, children), and `--reset SHARD`: put a shard's checkpoint back to
-//! the trim horizon and release it, after a confirmation.
+//! the stream's tip, parents, children) and the nodes, each alive or silent by whether its
+//! heartbeat moved over one heartbeat interval; and `--reset SHARD`: put a shard's checkpoint
+//! back to the trim horizon and release it, after a confirmation.
 
 use crate::run_config::RunConfig;
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
 use anyhow::Context;
-use proto::{Checkpoint, Expect, Lease, LeaseChange, LeaseTable, ShardReader, StartingPosition};
+use proto::{Checkpoint, Expect, Lease, LeaseChange, LeaseTable, ShardReader, StartingPosition, WorkerRow};
 use std::io::{BufRead, Write};
 
-fn short(checkpoint: &Checkpoint) -> String {
+/// A checkpoint as the lease table holds it: the whole sequence number (a reset or a comparison
+/// with another tool needs every digit), `/sub-sequence` inside a KPL aggregate.
+fn checkpoint_text(checkpoint: &Checkpoint) -> String {
     match checkpoint {
-        Checkpoint::At(p) => {
-            let s = p.sequence.as_str();
-            let tail = &s[s.len().saturating_sub(10)..];
-            if p.sub_sequence > 0 {
-                format!("…{tail}/{}", p.sub_sequence)
-            } else {
-                format!("…{tail}")
-            }
-        }
+        Checkpoint::At(p) if p.sub_sequence > 0 => format!("{}/{}", p.sequence, p.sub_sequence),
+        Checkpoint::At(p) => p.sequence.to_string(),
         other => other.as_attribute(),
     }
+}
+
+/// The nodes of two reads of the membership one heartbeat interval apart: alive when its
+/// counter moved (or it joined between the reads), silent when not; gone ones are left out.
+fn nodes(before: &[WorkerRow], after: &[WorkerRow]) -> Vec<String> {
+    after
+        .iter()
+        .map(|w| {
+            let moved = before.iter().find(|b| b.id == w.id).is_none_or(|b| b.counter != w.counter);
+            let state = match (moved, w.draining) {
+                (false, _) => "silent: dead, or stalled",
+                (true, true) => "alive, draining",
+                (true, false) => "alive",
+            };
+            format!("{} ({state})", w.id)
+        })
+        .collect()
 }
 
 /// How far the lease's checkpoint is behind the shard's newest record (one GetRecords).
@@ -55,11 +68,12 @@ pub async fn run(config: RunConfig, reset: Option<String>, yes: bool) -> anyhow:
     if let Some(shard) = reset {
         return reset_lease(&table, &shard, yes).await;
     }
+    let started = tokio::time::Instant::now();
     let mut leases = table.scan().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     leases.sort_by(|a, b| a.key.cmp(&b.key));
-    let workers = table.workers().await.unwrap_or_default();
+    let before = table.workers().await.unwrap_or_default();
     println!(
-        "{:<22} {:<28} {:>8} {:<18} {:>8} {:<12} {:<12}",
+        "{:<22} {:<28} {:>8} {:<58} {:>8} {:<12} {:<12}",
         "shard", "owner", "counter", "checkpoint", "lag", "parents", "children"
     );
     for l in &leases {
@@ -69,21 +83,24 @@ pub async fn run(config: RunConfig, reset: Option<String>, yes: bool) -> anyhow:
             (None, _) => "-".into(),
         };
         println!(
-            "{:<22} {:<28} {:>8} {:<18} {:>8} {:<12} {:<12}",
+            "{:<22} {:<28} {:>8} {:<58} {:>8} {:<12} {:<12}",
             l.key,
             owner,
             l.counter,
-            short(&l.checkpoint),
+            checkpoint_text(&l.checkpoint),
             lag(&reader, l).await,
             list(&l.parent_shard_ids),
             list(&l.child_shard_ids)
         );
     }
-    println!("{} leases; {} nodes: {}", leases.len(), workers.len(), {
-        let names: Vec<String> =
-            workers.iter().map(|w| format!("{}{}", w.id, if w.draining { " (draining)" } else { "" })).collect();
-        names.join(", ")
-    });
+    // A node is alive if its heartbeat counter moves: look again after one heartbeat interval.
+    let heartbeat = config.cluster.heartbeat_interval + std::time::Duration::from_millis(500);
+    if !before.is_empty() {
+        tokio::time::sleep(heartbeat.saturating_sub(started.elapsed())).await;
+    }
+    let after = table.workers().await.unwrap_or_default();
+    let nodes = nodes(&before, &after);
+    println!("{} leases; {} nodes: {}", leases.len(), nodes.len(), nodes.join(", "));
     Ok(())
 }
 
@@ -92,7 +109,7 @@ async fn reset_lease(table: &DynamoLeaseTable, shard: &str, yes: bool) -> anyhow
     println!(
         "lease {shard}: owner {}, checkpoint {}. Reset to TRIM_HORIZON and release it? Its records are read again.",
         lease.owner.as_ref().map_or("-".to_owned(), |o| o.to_string()),
-        short(&lease.checkpoint)
+        checkpoint_text(&lease.checkpoint)
     );
     if !yes {
         print!("type the shard id to confirm: ");
@@ -112,4 +129,30 @@ async fn reset_lease(table: &DynamoLeaseTable, shard: &str, yes: bool) -> anyhow
     table.update(shard, &Expect::unchanged(&lease), &change).await.context("the lease changed meanwhile; try again")?;
     println!("lease {shard} reset to TRIM_HORIZON and released");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Position, SequenceNumber, WorkerId};
+
+    #[test]
+    fn checkpoints_keep_every_digit() {
+        let seq = "49590338271490256608559692538361571095921575989136588898";
+        let at = |sub| Checkpoint::At(Position::new(SequenceNumber::parse(seq).unwrap(), sub));
+        assert_eq!(checkpoint_text(&at(0)), seq);
+        assert_eq!(checkpoint_text(&at(3)), format!("{seq}/3"));
+        assert_eq!(checkpoint_text(&Checkpoint::ShardEnd), "SHARD_END");
+    }
+
+    #[test]
+    fn a_node_whose_heartbeat_did_not_move_is_silent() {
+        let row = |id: &str, counter, draining| WorkerRow { id: WorkerId::new(id), counter, draining };
+        let before = [row("a", 5, false), row("dead", 9, false), row("gone", 1, false), row("b", 2, true)];
+        let after = [row("a", 6, false), row("dead", 9, false), row("b", 3, true), row("new", 1, false)];
+        assert_eq!(
+            nodes(&before, &after),
+            ["a (alive)", "dead (silent: dead, or stalled)", "b (alive, draining)", "new (alive)"]
+        );
+    }
 }

@@ -45,7 +45,7 @@ enum Command {
     },
     /// Run one node of a cluster on the real services (until SIGTERM or Ctrl-C).
     Run {
-        /// The TOML configuration (see `src/run_config.rs`).
+        /// The TOML configuration (README.md, "Running it on AWS": every section and key).
         #[arg(long)]
         config: PathBuf,
     },

@@ -101,6 +101,33 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
     assert!(leases.iter().all(|l| l.owner.is_none() && matches!(l.checkpoint, proto::Checkpoint::At(_))), "{leases:?}");
     assert!(table.workers().await.unwrap().is_empty(), "heartbeat rows removed");
     eprintln!("node-a stopped (flush, checkpoint, release, exit) in {:.2}s", stop_time.as_secs_f64());
+
+    // `tributary leases` on that table: each checkpoint whole, and a node killed a moment ago
+    // (its heartbeat row still there, not yet evicted) shown as silent, not as a member.
+    let mut c = NodeProcess::spawn(&config, "node-c", &kinesis_stack, &dynamo_stack);
+    let started = Instant::now();
+    while table.scan().await.unwrap().iter().any(|l| l.owner.is_none()) && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.kill();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["leases", "--config", config.to_str().unwrap()])
+        .env("AWS_ENDPOINT_URL_KINESIS", &kinesis_stack.endpoint)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamo_stack.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for lease in table.scan().await.unwrap() {
+        let proto::Checkpoint::At(p) = &lease.checkpoint else { panic!("{lease:?}") };
+        assert!(text.contains(&format!(" {} ", p.sequence)), "the whole sequence number of {}:\n{text}", lease.key);
+    }
+    // node-c's id is its name plus its process id: `node-c-1234 (silent: …)`.
+    let nodes = text.lines().last().unwrap_or_default();
+    assert!(nodes.contains(&format!("node-c-{} (silent", c.pid())), "the killed node is silent:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
