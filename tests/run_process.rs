@@ -110,13 +110,8 @@ async fn two_processes_share_a_stream_and_hand_over_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.kill();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+    let out = processes::tributary_at(&kinesis_stack.endpoint, &dynamo_stack.endpoint)
         .args(["leases", "--config", config.to_str().unwrap()])
-        .env("AWS_ENDPOINT_URL_KINESIS", &kinesis_stack.endpoint)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamo_stack.endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

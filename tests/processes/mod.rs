@@ -25,6 +25,20 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The `tributary` binary pointed at these Kinesis and DynamoDB endpoints, with local
+/// credentials.
+pub fn tributary_at(kinesis: &str, dynamo: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    command
+        .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamo)
+        .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", dynamo)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local");
+    command
+}
+
 impl NodeProcess {
     /// `tributary run --config CONFIG` as node `name` against the emulators; its stderr goes to
     /// `<config dir>/<name>.log`.
@@ -35,16 +49,10 @@ impl NodeProcess {
     /// As `spawn`, against these Kinesis and DynamoDB endpoints.
     pub fn spawn_at(config: &Path, name: &str, kinesis: &str, dynamo: &str) -> Self {
         let log = config.with_file_name(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        let child = tributary_at(kinesis, dynamo)
             .args(["run", "--config"])
             .arg(config)
             .env("POD_NAME", name)
-            .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
-            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamo)
-            .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", dynamo)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "local")
-            .env("AWS_SECRET_ACCESS_KEY", "local")
             // Warnings, plus the lines that mark where each consumer starts and stops.
             .env("RUST_LOG", "warn,worker::lease_keeper=info,worker::shard_consumer=info")
             .stdout(Stdio::null())

@@ -746,19 +746,15 @@ async fn a_consumer_creates_its_children_at_shard_end() {
     node.shutdown().await;
 }
 
-/// A handoff written by the leader (owner: the taker, checkpointOwner: this node) is finished by
-/// the running consumer at once: it flushes, checkpoints what it committed and clears
-/// checkpointOwner, so the taker starts within a second, not after a stalled-handoff wait.
-#[tokio::test(start_paused = true)]
-async fn a_running_consumer_finishes_its_handoff_at_once() {
+/// One record committed, then a handoff from node `n` to a live `y` written as the leader writes
+/// it (owner: the taker, checkpointOwner: `n`) `handed_at` after the node started: `settle` later
+/// the handoff is finished, with the committed record as the checkpoint.
+async fn a_handoff_is_finished_with_what_committed(config: NodeConfig, handed_at: Duration, settle: Duration) {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
     let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
-    // Committed but not yet checkpointed when the handoff comes: only the consumer knows it.
-    let mut config = node_config("n");
-    config.consumer.checkpoint_interval = Duration::from_secs(60);
     let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(handed_at).await;
     assert_eq!(warehouse.rows("t").len(), 1);
     let (n, y) = (WorkerId::new("n"), WorkerId::new("y"));
     let taker = alive(&leases, &y);
@@ -768,12 +764,23 @@ async fn a_running_consumer_finishes_its_handoff_at_once() {
     let handoff =
         proto::LeaseChange { owner: Some(Some(y.clone())), checkpoint_owner: Some(Some(n)), ..Default::default() };
     leases.update(key.as_str(), &proto::Expect::unchanged(&lease), &handoff).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(settle).await;
     let lease = leases.get(key.as_str()).await.unwrap().unwrap();
     assert_eq!((lease.owner, lease.checkpoint_owner), (Some(y), None), "the handoff is finished");
     assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(seq, 0)), "with what it committed");
     taker.abort();
     node.shutdown().await;
+}
+
+/// A handoff written by the leader is finished by the running consumer at once: it flushes,
+/// checkpoints what it committed and clears checkpointOwner, so the taker starts within a
+/// second, not after a stalled-handoff wait.
+#[tokio::test(start_paused = true)]
+async fn a_running_consumer_finishes_its_handoff_at_once() {
+    // Committed but not yet checkpointed when the handoff comes: only the consumer knows it.
+    let mut config = node_config("n");
+    config.consumer.checkpoint_interval = Duration::from_secs(60);
+    a_handoff_is_finished_with_what_committed(config, Duration::from_secs(3), Duration::from_secs(1)).await;
 }
 
 /// A handoff the consumer learns of from its own checkpoint write (the leader moved the lease
@@ -782,31 +789,13 @@ async fn a_running_consumer_finishes_its_handoff_at_once() {
 /// start from an older checkpoint, re-sending what was committed since.
 #[tokio::test(start_paused = true)]
 async fn a_handoff_met_by_a_checkpoint_write_is_finished_with_what_committed() {
-    let stream = MemoryStream::new(1, Clock::starting_at(0));
-    let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
-    let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
     let mut config = node_config("n");
     // The keeper looks at its leases every 2 s (the consumer starts at 2 s); the committed
-    // record's checkpoint is due 3 s after that, at 5 s, between the keeper's looks at 4 and 6 s.
+    // record's checkpoint is due 3 s after that, at 5 s, between the keeper's looks at 4 and 6 s:
+    // the handoff comes at 4.5 s and is looked at 0.8 s later, before the keeper's next look.
     config.cluster.poll_interval = Duration::from_secs(2);
     config.consumer.checkpoint_interval = Duration::from_secs(3);
-    let node = Node::start(config, ports(&leases, &stream, &warehouse), EventSink::none()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
-    assert_eq!(warehouse.rows("t").len(), 1);
-    let (n, y) = (WorkerId::new("n"), WorkerId::new("y"));
-    let taker = alive(&leases, &y);
-    let key = proto::ShardId::numbered(0);
-    let lease = leases.get(key.as_str()).await.unwrap().unwrap();
-    assert_eq!((lease.owner.as_ref(), &lease.checkpoint), (Some(&n), &Checkpoint::TrimHorizon));
-    let handoff =
-        proto::LeaseChange { owner: Some(Some(y.clone())), checkpoint_owner: Some(Some(n)), ..Default::default() };
-    leases.update(key.as_str(), &proto::Expect::unchanged(&lease), &handoff).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let lease = leases.get(key.as_str()).await.unwrap().unwrap();
-    assert_eq!((lease.owner, lease.checkpoint_owner), (Some(y), None), "the handoff is finished at 5 s");
-    assert_eq!(lease.checkpoint, Checkpoint::At(proto::Position::new(seq, 0)), "with what it committed");
-    taker.abort();
-    node.shutdown().await;
+    a_handoff_is_finished_with_what_committed(config, Duration::from_millis(4_500), Duration::from_millis(800)).await;
 }
 
 /// Stopping and ending each take one write of the lease, even when the last commit lands while
