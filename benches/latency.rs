@@ -7,7 +7,8 @@
 //! `TRIBUTARY_LATENCY_RATE` (records/s, default 5000), `TRIBUTARY_LATENCY_SECS` (default 30),
 //! `TRIBUTARY_LATENCY_NODES` (default 2), and the nodes' `idle_read_interval` and
 //! `batch_latency` as `TRIBUTARY_LATENCY_IDLE_MS` / `TRIBUTARY_LATENCY_BATCH_MS` (default 500 each,
-//! the defaults of `tributary run`). The last line reads
+//! the defaults of `tributary run`), and `TRIBUTARY_LATENCY_CONSUMER` (`polling`, the default, or
+//! `efo`: enhanced fan-out, the emulator pushing an event a second). The last line reads
 //! `latency: p50 N ms, p99 M ms, max X ms; R rec/s written, W rec/s landed`.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
@@ -43,6 +44,7 @@ async fn main() {
     let kinesis = Kinesis::new(&ks.sdk_config(), &stream);
     kinesis.create_stream(8).await.unwrap();
     let (idle, batch) = (env("TRIBUTARY_LATENCY_IDLE_MS", 500), env("TRIBUTARY_LATENCY_BATCH_MS", 500));
+    let consumer = std::env::var("TRIBUTARY_LATENCY_CONSUMER").unwrap_or_else(|_| "polling".into());
     let dir = std::env::temp_dir().join(format!("tributary-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("node.toml");
@@ -51,7 +53,7 @@ async fn main() {
         &config,
         format!(
             "{pipeline}\n[node]\nfailover_time = \"10s\"\nidle_read_interval = \"{idle}ms\"\nbatch_latency = \"{batch}ms\"\n\
-             [stream]\nname = \"{stream}\"\n[lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\n\
+             [stream]\nname = \"{stream}\"\nconsumer = \"{consumer}\"\n[lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\n\
              url = \"{url}\"\n"
         ),
     )
@@ -67,7 +69,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("{nodes} nodes own the 8 shards; writing {rate} records/s for {secs}s");
+    eprintln!("{nodes} nodes own the 8 shards (reading by {consumer}); writing {rate} records/s for {secs}s");
 
     let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
@@ -155,7 +157,7 @@ async fn main() {
     assert!(!latencies.is_empty(), "no probe landed");
     println!("{} probes, {} never seen", latencies.len(), waiting.len());
     println!(
-        "latency: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} rec/s written, {} of {written} landed",
+        "latency ({consumer}): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} rec/s written, {} of {written} landed",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0),

@@ -19,11 +19,21 @@ fn duration(d: std::time::Duration) -> String {
 /// config, and the warehouse shows only where it is.
 pub fn summary(config: &RunConfig) -> String {
     let mut out = String::new();
-    let start = match config.cluster.initial_position {
-        proto::Checkpoint::Latest => "latest",
-        _ => "trim_horizon",
+    let start = match (&config.cluster.initial_position, config.consumer.initial_timestamp) {
+        (proto::Checkpoint::Latest, _) => "latest".to_owned(),
+        (proto::Checkpoint::AtTimestamp, Some(ms)) => {
+            let mut at = String::from("at_timestamp ");
+            proto::civil::push_datetime_ms(ms, &mut at);
+            at + " UTC"
+        }
+        _ => "trim_horizon".to_owned(),
     };
     let _ = writeln!(out, "stream       {} (start at {start} without a checkpoint)", config.stream.name);
+    let reading = match config.consumer_name() {
+        None => "polling (GetRecords)".to_owned(),
+        Some(name) => format!("enhanced fan-out (stream consumer {name})"),
+    };
+    let _ = writeln!(out, "reading      by {reading}");
     let _ = writeln!(out, "lease table  {} (DynamoDB)", config.lease_table.name);
     let warehouse = match &config.warehouse {
         WarehouseSection::Postgres(PostgresSection { url }) => {
@@ -129,5 +139,14 @@ mod tests {
             assert!(s.contains(want), "{want:?} missing from:\n{s}");
         }
         assert!(!s.contains("etl"), "the user is not shown:\n{s}");
+        assert!(s.contains("reading      by polling (GetRecords)"), "{s}");
+
+        let text = text.replace("name = \"ev\"\n", "name = \"ev\"\nconsumer = \"efo\"\n").replace(
+            "[stream]",
+            "[node]\ninitial_position = \"at_timestamp\"\ninitial_timestamp = \"2026-11-30T08:00:00Z\"\n[stream]",
+        );
+        let s = summary(&RunConfig::from_toml(&text).unwrap());
+        assert!(s.contains("(start at at_timestamp 2026-11-30 08:00:00.000 UTC without"), "{s}");
+        assert!(s.contains("reading      by enhanced fan-out (stream consumer ev-leases)"), "{s}");
     }
 }

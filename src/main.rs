@@ -93,6 +93,12 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Deregister the config's enhanced fan-out stream consumer (`[stream] consumer = "efo"`):
+    /// every node reading through it loses its subscriptions. Nodes never deregister it.
+    DeregisterConsumer {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<tributary::run_config::RunConfig> {
@@ -179,6 +185,20 @@ fn main() -> ExitCode {
             }
             Command::Leases { config, reset, yes } => {
                 tributary::leases::run(load_config(&config)?, reset, yes).await.map(|()| true)
+            }
+            Command::DeregisterConsumer { config } => {
+                let config = load_config(&config)?;
+                let name = config
+                    .consumer_name()
+                    .context("the config reads by polling (`[stream] consumer = \"efo\"` names a stream consumer)")?;
+                let sdk = adapters::aws::load_config().await;
+                let kinesis = adapters::kinesis::Kinesis::new(&sdk, &config.stream.name);
+                adapters::kinesis_fan_out::KinesisFanOut::new(kinesis, name)
+                    .deregister()
+                    .await
+                    .with_context(|| format!("deregistering stream consumer {name} of {}", config.stream.name))?;
+                println!("stream consumer {name} of {} deregistered", config.stream.name);
+                Ok(true)
             }
         }
     });

@@ -8,6 +8,7 @@ use crate::run_config::{PostgresSection, RunConfig, SqliteSection, WarehouseSect
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
+use adapters::kinesis_fan_out::KinesisFanOut;
 use adapters::postgres::{Host, PostgresConfig, SslMode};
 use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse};
 use anyhow::Context;
@@ -85,6 +86,7 @@ struct Started {
     me: WorkerId,
     node: Node,
     table: Arc<DynamoLeaseTable>,
+    metrics: Arc<NodeMetrics>,
     stop_metrics: tokio::sync::oneshot::Sender<()>,
     metrics_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -134,7 +136,18 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     metrics.watch_references(references.clone());
     let mapper = Pipeline::new(&config.pipeline, references.clone()).context("pipeline")?;
     let (warehouse, warehouse_service) = warehouse(config, &sdk).await?;
-    let reader: Arc<dyn ShardReader> = Arc::new(Kinesis::new(&sdk, &config.stream.name));
+    let kinesis = Kinesis::new(&sdk, &config.stream.name);
+    let reader: Arc<dyn ShardReader> = match config.consumer_name() {
+        None => Arc::new(kinesis),
+        Some(name) => {
+            let fan_out = KinesisFanOut::new(kinesis, name)
+                .register()
+                .await
+                .with_context(|| format!("stream consumer {name} (enhanced fan-out) of {}", config.stream.name))?;
+            info!(consumer = fan_out.consumer_arn(), "reading by enhanced fan-out");
+            Arc::new(fan_out)
+        }
+    };
     let lease_table: Arc<dyn LeaseTable> = table.clone();
     let ports = NodePorts {
         table: Arc::new(Observed::new(lease_table, "dynamodb", metrics.clone())),
@@ -146,8 +159,8 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     node_config.consumer = config.consumer.clone();
     node_config.sink = config.sink.clone();
     node_config.shutdown_deadline = config.node.shutdown_deadline;
-    let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics).await?;
-    Ok(Started { me, node, table, stop_metrics, metrics_task })
+    let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics.clone()).await?;
+    Ok(Started { me, node, table, metrics, stop_metrics, metrics_task })
 }
 
 /// Runs one node until `shutdown` resolves (then stops it gracefully, within the config's
@@ -156,7 +169,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     tokio::pin!(shutdown);
-    let Started { me, node, table, stop_metrics, metrics_task } = tokio::select! {
+    let Started { me, node, table, metrics, stop_metrics, metrics_task } = tokio::select! {
         node = start(&config) => node?,
         () = &mut shutdown => {
             eprintln!("tributary: stopped while starting (no lease was held)");
@@ -188,11 +201,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     }
     let calls = table.call_counts();
     eprintln!(
-        "tributary: node {me} stopped in {:.2}s; lease table: {} reads, {} writes in {:.1}s",
+        "tributary: node {me} stopped in {:.2}s; lease table: {} reads, {} writes in {:.1}s; \
+         rows already in the warehouse (re-sent or older versions): {}",
         stopping.elapsed().as_secs_f64(),
         calls.reads,
         calls.writes,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        metrics.fenced_rows_text()
     );
     drained.map_err(|_| anyhow::anyhow!("node {me} did not drain in {bound:?}; its leases fail over"))
 }

@@ -24,6 +24,24 @@ use worker::PipelineConfig;
 pub struct StreamSection {
     /// The stream's name or ARN.
     pub name: String,
+    /// How shards are read: `polling` (GetRecords, the default) or `efo` (enhanced fan-out).
+    #[serde(default)]
+    pub consumer: ConsumerKind,
+    /// With `efo`: the stream consumer registered (or reused) on the stream. Default: the lease
+    /// table's name, as KCL names it after the application.
+    #[serde(default)]
+    pub consumer_name: Option<String>,
+}
+
+/// How a node reads its shards.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerKind {
+    /// GetRecords, 5 reads a second per shard shared by every reader of the stream.
+    #[default]
+    Polling,
+    /// Enhanced fan-out: SubscribeToShard through a registered consumer, 2 MB/s per shard of its own.
+    Efo,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -237,6 +255,11 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
     value.ok_or_else(|| ConfigError::new(name, "section is missing"))
 }
 
+/// Kinesis's rule for a stream consumer's name.
+fn valid_consumer_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 impl RunConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::new("config", e.message()))?;
@@ -257,6 +280,24 @@ impl RunConfig {
         }
         if self.lease_table.name.is_empty() {
             return Err(ConfigError::new("lease_table.name", "must not be empty"));
+        }
+        match (&self.stream.consumer, &self.stream.consumer_name) {
+            (ConsumerKind::Polling, Some(_)) => {
+                return Err(ConfigError::new("stream.consumer_name", "is read only with consumer = \"efo\""))
+            }
+            (ConsumerKind::Efo, Some(name)) if !valid_consumer_name(name) => {
+                return Err(ConfigError::new(
+                    "stream.consumer_name",
+                    "must be 1 to 128 letters, digits, `_`, `.` or `-` (Kinesis's rule)",
+                ))
+            }
+            (ConsumerKind::Efo, None) if !valid_consumer_name(&self.lease_table.name) => {
+                return Err(ConfigError::new(
+                    "stream.consumer_name",
+                    "is needed: the lease table's name is not a valid consumer name",
+                ))
+            }
+            _ => {}
         }
         if self.cluster.failover_time < Duration::from_secs(1) {
             return Err(ConfigError::new("node.failover_time", "must be at least 1s"));
@@ -314,6 +355,14 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// With enhanced fan-out, the name of the stream consumer.
+    pub fn consumer_name(&self) -> Option<&str> {
+        match self.stream.consumer {
+            ConsumerKind::Polling => None,
+            ConsumerKind::Efo => Some(self.stream.consumer_name.as_deref().unwrap_or(&self.lease_table.name)),
+        }
     }
 
     /// This node's worker id.
@@ -405,6 +454,32 @@ url = "host=127.0.0.1"
         assert!(e.starts_with("node.batch_rows:"), "{e}");
         let c = config(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9898\"\n")).unwrap();
         assert_eq!(c.metrics.unwrap().listen.port(), 9898);
+    }
+
+    /// `[stream] consumer`: polling unless `efo`; the consumer is named after the lease table
+    /// unless `consumer_name` says otherwise; names Kinesis would refuse fail at load.
+    #[test]
+    fn the_stream_is_polled_unless_enhanced_fan_out_is_asked_for() {
+        let polled = config(BASE).unwrap();
+        assert_eq!((polled.stream.consumer, polled.consumer_name()), (ConsumerKind::Polling, None));
+        let efo = config(&BASE.replace("name = \"s\"\n", "name = \"s\"\nconsumer = \"efo\"\n")).unwrap();
+        assert_eq!(efo.consumer_name(), Some("t"));
+        let named = BASE.replace("name = \"s\"\n", "name = \"s\"\nconsumer = \"efo\"\nconsumer_name = \"etl.v2\"\n");
+        assert_eq!(config(&named).unwrap().consumer_name(), Some("etl.v2"));
+        for (stream, field) in [
+            ("consumer = \"push\"", "stream.consumer: unknown variant `push`"),
+            ("consumer_name = \"etl\"", "stream.consumer_name: is read only with consumer = \"efo\""),
+            ("consumer = \"efo\"\nconsumer_name = \"etl v2\"", "stream.consumer_name: must be 1 to 128"),
+        ] {
+            let e =
+                config(&BASE.replace("name = \"s\"\n", &format!("name = \"s\"\n{stream}\n"))).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{stream}: {e}");
+        }
+        let e =
+            config(&BASE.replace("name = \"s\"\n", "name = \"s\"\nconsumer = \"efo\"\n").replace("\"t\"", "\"t:1\""))
+                .unwrap_err()
+                .to_string();
+        assert!(e.starts_with("stream.consumer_name: is needed"), "{e}");
     }
 
     /// README: `lock_tables = true (the default)` for Redshift, `false` only when set.

@@ -6,6 +6,7 @@
 //! session and ticket at its last state), no shard was consumed by two nodes at overlapping
 //! times nor a child before its parents stopped (from each node's log of its consumers), every
 //! node exits 0 on SIGTERM, and the run prints the failover, handoff and lease-table figures.
+//! The whole run is made twice: nodes reading by polling (GetRecords) and by enhanced fan-out.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
@@ -28,13 +29,13 @@ mod processes;
 
 const KEY: &str = known_tokens::CLUSTER_KEY;
 
-fn write_config(dir: &Path, name: &str, pipeline: &str, stream: &str, url: &str) -> PathBuf {
+fn write_config(dir: &Path, name: &str, pipeline: &str, stream: &str, consumer: &str, url: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "{pipeline}\n[node]\nfailover_time = \"4s\"\nshutdown_deadline = \"20s\"\n[stream]\nname = \"{stream}\"\n\
-             [lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n"
+             consumer = \"{consumer}\"\n[lease_table]\nname = \"{stream}-leases\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n"
         ),
     )
     .unwrap();
@@ -152,6 +153,7 @@ async fn check_tickets(w: &PostgresWarehouse, world: &TicketWorld) -> Result<(),
 /// "lease table: R reads, W writes in Ts" from a stopped node's log.
 fn lease_calls(log: &str) -> Option<(u64, u64, f64)> {
     let line = log.lines().find(|l| l.contains("lease table:"))?;
+    let line = line.split("; rows").next()?;
     let nums: Vec<f64> = line
         .split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .filter_map(|t| t.trim_end_matches('.').parse().ok())
@@ -160,17 +162,42 @@ fn lease_calls(log: &str) -> Option<(u64, u64, f64)> {
     (n >= 3).then(|| (nums[n - 3] as u64, nums[n - 2] as u64, nums[n - 1]))
 }
 
+/// The rows of `table` a stopped node found already in the warehouse ("rows already in the
+/// warehouse (…): table=N, …" in its last line).
+fn rows_already_there(log: &str, table: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains("rows already in the warehouse"))?;
+    let counts = line.rsplit("): ").next()?;
+    counts.split(", ").find_map(|kv| kv.strip_prefix(&format!("{table}="))?.parse().ok())
+}
+
+/// The two runs take turns: each starts five node processes on two cores.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    cluster("polling").await;
+}
+
+/// The same run with every node reading by enhanced fan-out (SubscribeToShard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_reading_by_enhanced_fan_out_survives_kill_split_merge_and_join() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    cluster("efo").await;
+}
+
+async fn cluster(consumer: &str) {
     std::env::set_var(tickets::KEY_ENV, KEY);
     let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
     let pg = postgres().unwrap();
     let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
-    let (ev_url, tickets_url) =
-        (database(&admin, &pg.url, "cluster_ev").await, database(&admin, &pg.url, "cluster_tickets").await);
-    let dir = std::env::temp_dir().join(format!("tributary-cluster-{}", std::process::id()));
+    let (ev_url, tickets_url) = (
+        database(&admin, &pg.url, &format!("cluster_ev_{consumer}")).await,
+        database(&admin, &pg.url, &format!("cluster_tickets_{consumer}")).await,
+    );
+    let dir = std::env::temp_dir().join(format!("tributary-cluster-{consumer}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let tag = std::process::id();
+    let tag = format!("{consumer}-{}", std::process::id());
     let (ev_stream, ticket_stream) = (format!("ev-{tag}"), format!("tickets-{tag}"));
     let ev_kinesis = Kinesis::new(&ks.sdk_config(), &ev_stream);
     ev_kinesis.create_stream(8).await.unwrap();
@@ -180,8 +207,8 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
     let mut world = TicketWorld::new(&mut rng, 10, 20, 60, 1_700_000_000_000);
     tributary::gen::write_reference_tables(&ds.sdk_config(), &world).await.unwrap();
 
-    let ev_config = write_config(&dir, "ev", ev::PIPELINE, &ev_stream, &ev_url);
-    let ticket_config = write_config(&dir, "tickets", tickets::PIPELINE, &ticket_stream, &tickets_url);
+    let ev_config = write_config(&dir, "ev", ev::PIPELINE, &ev_stream, consumer, &ev_url);
+    let ticket_config = write_config(&dir, "tickets", tickets::PIPELINE, &ticket_stream, consumer, &tickets_url);
     let mut nodes: Vec<NodeProcess> =
         ["node-1", "node-2", "node-3"].iter().map(|n| NodeProcess::spawn(&ev_config, n, &ks, &ds)).collect();
     let mut ticket_node = NodeProcess::spawn(&ticket_config, "tickets-1", &ks, &ds);
@@ -275,6 +302,8 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
     }
     for n in nodes.iter_mut().skip(1) {
         assert!(n.is_running(), "{} stopped on its own:\n{}", n.name, n.log());
+        let by_fan_out = n.log().contains("reading by enhanced fan-out");
+        assert_eq!(by_fan_out, consumer == "efo", "{} reads by {consumer}:\n{}", n.name, n.log());
     }
     outcome.0.unwrap();
     outcome.1.unwrap();
@@ -304,6 +333,13 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
         .enumerate()
         .flat_map(|(i, n)| consumer_spans(&n.name, &n.log(), origin, if i == 0 { killed } else { None }))
         .collect();
+    // node-4 joined under load and got its shards by rebalancing handoffs only (no crash came
+    // after it joined): the old owners flushed and checkpointed before letting go, so node-4
+    // re-sent nothing. Its raw table rows are keyed by record, so a re-sent record would show.
+    let handoffs = spans.iter().filter(|s| s.node.as_str().starts_with("node-4")).count();
+    let resent = rows_already_there(&nodes[3].log(), "ev_charging_sessions_raw");
+    assert!(handoffs > 0, "node-4 got no shard: {spans:#?}");
+    assert_eq!(resent, Some(0), "records re-sent over {handoffs} handoffs to node-4:\n{}", nodes[3].log());
     let parents = testkit::timeline::parents(ev_kinesis.list_shards().await.unwrap());
     assert_eq!(parents.len(), 3, "two split children and one merged child: {parents:?}");
     for child in parents.keys() {
@@ -316,7 +352,8 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
         eprintln!("{e}");
     }
     eprintln!(
-        "{good} EV records + {} malformed, {} sessions; crash failover {:.1}s; SIGTERM handoff of {} shards {:.1}s; \
+        "reading by {consumer}: {good} EV records + {} malformed, {} sessions; crash failover {:.1}s; \
+         {handoffs} handoffs to node-4 (rebalancing under load, then node-2's SIGTERM), 0 records re-sent; SIGTERM handoff of {} shards {:.1}s; \
          lease table: {} writes by nodes 2-4 ({:.0} node-seconds), {:.1} writes per shard-minute over the \
          {:.0}s run (8 shards, checkpoints at most 1/s per shard while records flow, heartbeats every {:.2}s)",
         oracle.malformed.len(),

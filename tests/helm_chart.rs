@@ -446,6 +446,8 @@ fn the_schema_holds_exactly_the_config_keys_the_node_reads() {
         "config.node.batch_latency=750ms",
         "config.node.batch_rows=1000",
         "config.node.batch_bytes=1048576",
+        "config.stream.consumer=efo",
+        "config.stream.consumer_name=etl-efo",
         "config.warehouse.kind=redshift",
         "config.warehouse.cluster=analytics",
         "config.warehouse.database=dev",
@@ -753,8 +755,14 @@ fn the_chart_tracks_the_crate_version() {
 // instead of slipping past it.
 
 /// The adapters with AWS SDK calls.
-const ADAPTERS: [&str; 5] =
-    ["aws.rs", "kinesis.rs", "dynamodb_lease_table.rs", "dynamodb_reference.rs", "redshift_data.rs"];
+const ADAPTERS: [&str; 6] = [
+    "aws.rs",
+    "kinesis.rs",
+    "kinesis_fan_out.rs",
+    "dynamodb_lease_table.rs",
+    "dynamodb_reference.rs",
+    "redshift_data.rs",
+];
 /// The ports the node reaches the adapters through (worker/ and coordinator/ call nothing else).
 const PORTS: [&str; 4] = ["ShardReader", "LeaseTable", "ReferenceSource", "Warehouse"];
 
@@ -1093,18 +1101,18 @@ fn a_new_call_in_the_node_without_a_policy_update_fails_the_policy_check() {
     sources.edit(
         "kinesis.rs",
         "let result = self.client.get_records()",
-        "self.client.describe_stream_summary().stream_name(&self.stream).send().await.ok();\n        \
+        "self.client.describe_stream().stream_name(&self.stream).send().await.ok();\n        \
          let result = self.client.get_records()",
     );
-    assert_eq!(missing(&sources), ["kinesis:DescribeStreamSummary"]);
+    assert_eq!(missing(&sources), ["kinesis:DescribeStream"]);
     // …or src/run.rs starting to call what only gen called.
     let mut sources = Sources::read();
     sources.edit(
         "run.rs",
         "let sdk = adapters::aws::load_config().await;",
-        "let sdk = adapters::aws::load_config().await;\n    Kinesis::new(&sdk, \"s\").wait_active().await?;",
+        "let sdk = adapters::aws::load_config().await;\n    Kinesis::new(&sdk, \"s\").create_stream(1).await?;",
     );
-    assert_eq!(missing(&sources), ["kinesis:DescribeStreamSummary"]);
+    assert_eq!(missing(&sources), ["kinesis:CreateStream"]);
     // A call through something else than `self.<client>.<op>(` is refused rather than missed.
     sources.edit(
         "redshift_data.rs",

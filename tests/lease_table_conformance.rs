@@ -276,3 +276,54 @@ async fn a_kcl_lease_table_is_read_and_resumed() {
     let next = protocol.checkpoint(&mine, &worker("tributary-1"), at(seq, 3)).await.unwrap();
     assert_eq!((next.counter, next.checkpoint.clone()), (1236, at(seq, 3)));
 }
+
+/// Every row of the lease table itself, as DynamoDB holds it.
+async fn raw_rows(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<std::collections::HashMap<String, AttributeValue>> {
+    client.scan().table_name(table).send().await.unwrap().items.unwrap_or_default()
+}
+
+/// The lease table holds leases only, as a KCL application sharing it expects: the leader lock
+/// and the heartbeats are in `<table>-TributaryState`; the rows earlier versions kept among the
+/// leases are removed at start (and only they: a lease is never touched).
+#[tokio::test]
+async fn the_lease_table_holds_only_leases() {
+    let stack = emulator(Service::Dynamo).unwrap();
+    let table = dynamo_table(&stack).await;
+    let client = aws_sdk_dynamodb::Client::new(&stack.sdk_config());
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    // What an earlier version left in the lease table.
+    for (key, entity) in [("__tributary_membership", "tributary-membership"), ("tributary:leader", "tributary-leader")]
+    {
+        let put = client.put_item().table_name(table.table_name()).item("leaseKey", s(key));
+        put.item("entityType", s(entity)).item("leaseCounter", AttributeValue::N("7".into())).send().await.unwrap();
+    }
+    table.ensure_table().await.unwrap();
+    assert!(raw_rows(&client, table.table_name()).await.is_empty(), "the earlier version's rows are gone");
+
+    let (a, b) = (worker("node-a"), worker("node-b"));
+    table.create(&lease("shardId-000000000000", &[])).await.unwrap();
+    table.create(&Lease::leader_lock("tributary:leader", &a)).await.unwrap();
+    table.heartbeat(&a, None, false).await.unwrap();
+    table.heartbeat(&b, None, false).await.unwrap();
+    table.heartbeat(&a, Some(0), false).await.unwrap();
+    let leader = table.get("tributary:leader").await.unwrap().unwrap();
+    assert_eq!(leader.owner.as_ref(), Some(&a));
+    let renewed = table.update("tributary:leader", &Expect::unchanged(&leader), &LeaseChange::default()).await.unwrap();
+    assert_eq!(renewed.counter, leader.counter + 1);
+    assert_eq!(table.workers().await.unwrap().iter().map(|w| w.counter).collect::<Vec<_>>(), [1, 0]);
+
+    let rows = raw_rows(&client, table.table_name()).await;
+    let keys: Vec<&str> = rows.iter().map(|r| r["leaseKey"].as_s().unwrap().as_str()).collect();
+    assert_eq!(keys, ["shardId-000000000000"], "only the lease");
+    assert!(rows.iter().all(|r| !r.contains_key("entityType")), "a lease row as KCL writes it");
+    let state = raw_rows(&client, table.state_table_name()).await;
+    let mut state_keys: Vec<&str> = state.iter().map(|r| r["leaseKey"].as_s().unwrap().as_str()).collect();
+    state_keys.sort();
+    assert_eq!(state_keys, ["tributary:leader", "tributary:membership"]);
+    assert_eq!(table.scan().await.unwrap().len(), 1);
+    table.delete("tributary:leader", &Expect::unchanged(&renewed)).await.unwrap();
+    assert!(table.get("tributary:leader").await.unwrap().is_none());
+}

@@ -2,10 +2,14 @@
 //! and types, on-demand billing, GSI `LeaseOwnerToLeaseKeyIndex` (leaseOwner, leaseKey). A
 //! table KCL created reads as ours: its rows carry no `entityType`, and so are leases.
 //!
-//! Besides the leases the table holds two rows of tributary's own, each marked by `entityType`:
-//! the leader lock (a lease-shaped row) and the membership row, whose `workers` map holds every
-//! node's heartbeat counter, so reading all heartbeats is one strongly consistent GetItem, not a
-//! scan, and a heartbeat is one conditional UpdateItem of the node's own map entry.
+//! The lease table holds leases only, so a KCL application sharing it reads nothing foreign.
+//! Tributary's own two rows live in a state table beside it (`<lease table>-TributaryState`,
+//! as KCL v3 keeps its coordinator state apart), keyed `tributary:…`: the leader lock (a
+//! lease-shaped row) and the membership row, whose `workers` map holds every node's heartbeat
+//! counter, so reading all heartbeats is one strongly consistent GetItem, not a scan, and a
+//! heartbeat is one conditional UpdateItem of the node's own map entry. The lease-row calls
+//! (`create`, `get`, `update`, `delete`) go to the state table for keys starting `tributary:`.
+//! Earlier versions kept both rows in the lease table: `ensure_table` deletes them there.
 //!
 //! Every write is conditional. Errors are classified: a refused condition is `ConditionFailed`;
 //! a write without an answer (or a 5xx) is `Ambiguous`, and the lease protocol settles it by
@@ -19,9 +23,10 @@
 use crate::aws::{classify, Failure};
 use crate::dynamodb_expr::Expr;
 use crate::kcl_lease_item::{
-    attr, bad, from_item, n, s, ss, to_item, worker_row, Item, MEMBERSHIP_ENTITY, MEMBERSHIP_KEY,
+    attr, bad, from_item, n, s, ss, to_item, worker_row, Item, LEGACY_MEMBERSHIP_KEY, MEMBERSHIP_ENTITY,
+    MEMBERSHIP_KEY, STATE_KEY_PREFIX,
 };
-use crate::lease_table_admin::{kcl_table, wait_active, OWNER_INDEX};
+use crate::lease_table_admin::{kcl_table, state_table, state_table_name, wait_active, OWNER_INDEX};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
@@ -34,6 +39,8 @@ use std::time::Duration;
 pub struct DynamoLeaseTable {
     client: Client,
     table: String,
+    /// Tributary's own rows (leader lock, membership).
+    state_table: String,
     /// Whether the table has the owner index (tables made by old KCL versions may not).
     owner_index: AtomicBool,
     calls: Calls,
@@ -52,6 +59,9 @@ pub struct CallCounts {
     pub reads: u64,
     pub writes: u64,
 }
+
+/// The leader lock's key in earlier versions' lease tables.
+const LEGACY_LEADER_KEY: &str = "tributary:leader";
 
 enum Call {
     Read,
@@ -80,7 +90,8 @@ impl DynamoLeaseTable {
     }
 
     fn with_client(client: Client, table: String) -> Self {
-        Self { client, table, owner_index: AtomicBool::new(true), calls: Calls::default() }
+        let state_table = state_table_name(&table);
+        Self { client, table, state_table, owner_index: AtomicBool::new(true), calls: Calls::default() }
     }
 
     /// Bounds each call attempt by `attempt` (a node passes a third of its failover time): a
@@ -115,30 +126,76 @@ impl DynamoLeaseTable {
         &self.table
     }
 
-    /// Creates the table if it does not exist (on-demand billing, the owner index), waits until
-    /// it is active, learns whether it has the owner index, and creates the membership row.
+    pub fn state_table_name(&self) -> &str {
+        &self.state_table
+    }
+
+    /// The table a row of `key` lives in.
+    fn table_of(&self, key: &str) -> &str {
+        if key.starts_with(STATE_KEY_PREFIX) {
+            &self.state_table
+        } else {
+            &self.table
+        }
+    }
+
+    /// Creates the lease table and the state table if they do not exist (on-demand billing, the
+    /// lease table with the owner index), waits until both are active, learns whether the lease
+    /// table has the owner index, removes the rows earlier versions kept among the leases, and
+    /// creates the membership row.
     pub async fn ensure_table(&self) -> Result<(), LeaseError> {
-        let created = kcl_table(self.client.create_table().table_name(&self.table)).send().await;
-        if let Err(e) = created {
-            let f = classify(&e);
-            if f.code() != "ResourceInUseException" {
-                return Err(lease_error(f, Call::Read));
+        for (table, lease_table) in [(&self.table, true), (&self.state_table, false)] {
+            let create = self.client.create_table().table_name(table);
+            let create = if lease_table { kcl_table(create) } else { state_table(create) };
+            if let Err(e) = create.send().await {
+                let f = classify(&e);
+                if f.code() != "ResourceInUseException" {
+                    return Err(lease_error(f, Call::Read));
+                }
             }
         }
-        let describe = || async {
-            let out = self.client.describe_table().table_name(&self.table).send().await;
-            out.map_err(|e| lease_error(classify(&e), Call::Read))
-        };
-        let has_index = wait_active(&self.table, describe).await?;
-        self.owner_index.store(has_index, Ordering::Relaxed);
+        for table in [&self.table, &self.state_table] {
+            let describe = || async {
+                let out = self.client.describe_table().table_name(table).send().await;
+                out.map_err(|e| lease_error(classify(&e), Call::Read))
+            };
+            let has_index = wait_active(table, describe).await?;
+            if table == &self.table {
+                self.owner_index.store(has_index, Ordering::Relaxed);
+            }
+        }
+        self.remove_legacy_rows().await?;
         self.ensure_membership().await
+    }
+
+    /// Deletes the leader lock and membership row earlier versions wrote into the lease table
+    /// (only rows marked as tributary's: a lease is never touched). Nodes of such a version
+    /// still running would write them again: upgrade with all nodes stopped (README).
+    async fn remove_legacy_rows(&self) -> Result<(), LeaseError> {
+        for key in [LEGACY_MEMBERSHIP_KEY, LEGACY_LEADER_KEY] {
+            self.write_call();
+            let result = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key(attr::KEY, s(key))
+                .condition_expression("attribute_exists(#e)")
+                .expression_attribute_names("#e", attr::ENTITY)
+                .send()
+                .await;
+            match result.map_err(|e| lease_error(classify(&e), Call::Write)) {
+                Ok(_) | Err(LeaseError::ConditionFailed) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn ensure_membership(&self) -> Result<(), LeaseError> {
         let result = self
             .client
             .put_item()
-            .table_name(&self.table)
+            .table_name(&self.state_table)
             .item(attr::KEY, s(MEMBERSHIP_KEY))
             .item(attr::ENTITY, s(MEMBERSHIP_ENTITY))
             .item(attr::WORKERS, AttributeValue::M(HashMap::new()))
@@ -157,7 +214,7 @@ impl DynamoLeaseTable {
         let out = self
             .client
             .get_item()
-            .table_name(&self.table)
+            .table_name(self.table_of(key))
             .key(attr::KEY, s(key))
             .consistent_read(true)
             .send()
@@ -195,7 +252,7 @@ impl DynamoLeaseTable {
             let result = self
                 .client
                 .update_item()
-                .table_name(&self.table)
+                .table_name(&self.state_table)
                 .key(attr::KEY, s(MEMBERSHIP_KEY))
                 .update_expression(expr.update_text())
                 .condition_expression(expr.condition_text())
@@ -227,7 +284,7 @@ impl LeaseTable for DynamoLeaseTable {
         self.write_call();
         self.client
             .put_item()
-            .table_name(&self.table)
+            .table_name(self.table_of(&lease.key))
             .set_item(Some(to_item(lease)))
             .condition_expression("attribute_not_exists(#k)")
             .expression_attribute_names("#k", attr::KEY)
@@ -337,7 +394,7 @@ impl LeaseTable for DynamoLeaseTable {
         let out = self
             .client
             .update_item()
-            .table_name(&self.table)
+            .table_name(self.table_of(key))
             .key(attr::KEY, s(key))
             .update_expression(e.update_text())
             .condition_expression(e.condition_text())
@@ -357,7 +414,7 @@ impl LeaseTable for DynamoLeaseTable {
         self.write_call();
         self.client
             .delete_item()
-            .table_name(&self.table)
+            .table_name(self.table_of(key))
             .key(attr::KEY, s(key))
             .condition_expression(e.condition_text())
             .set_expression_attribute_names(Some(e.names))

@@ -1,8 +1,8 @@
 //! KCL's lease item: a lease as the attributes of a DynamoDB row (`to_item`) and back
 //! (`from_item`), in KCL's names and types. This is the compatibility surface with tables KCL
-//! wrote: a row without `entityType` is a lease. Tributary's own rows are marked by `entityType`:
-//! the leader lock (a lease-shaped row) and the membership row, whose `workers` map holds each
-//! node's heartbeat entry (`worker_row`).
+//! wrote: a row without `entityType` is a lease. Tributary's own rows, kept in a state table of
+//! their own, are marked by `entityType`: the leader lock (a lease-shaped row) and the membership
+//! row, whose `workers` map holds each node's heartbeat entry (`worker_row`).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use proto::{Checkpoint, EntityType, HashKeyRange, Lease, LeaseError, ShardId, WorkerId, WorkerRow};
@@ -11,8 +11,13 @@ use std::collections::HashMap;
 /// A row's attributes.
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
-/// The key of the membership row (heartbeats).
-pub const MEMBERSHIP_KEY: &str = "__tributary_membership";
+/// The key of the membership row (heartbeats), in the state table.
+pub const MEMBERSHIP_KEY: &str = "tributary:membership";
+/// Where earlier versions kept the membership row: in the lease table, under this key.
+pub(crate) const LEGACY_MEMBERSHIP_KEY: &str = "__tributary_membership";
+/// Keys of tributary's own rows (the leader lock, the membership row) start with this; they live
+/// in the state table, never among the leases (no shard id or KCL lease key starts so).
+pub const STATE_KEY_PREFIX: &str = "tributary:";
 const LEADER_ENTITY: &str = "tributary-leader";
 pub(crate) const MEMBERSHIP_ENTITY: &str = "tributary-membership";
 

@@ -23,7 +23,7 @@ pub struct Kinesis {
     retry: RetryPolicy,
 }
 
-fn read_error(f: Failure) -> ReadError {
+pub(crate) fn read_error(f: Failure) -> ReadError {
     match f.code() {
         "ExpiredIteratorException" => ReadError::ExpiredIterator,
         "ResourceNotFoundException" => ReadError::NotFound(f.to_string()),
@@ -47,6 +47,29 @@ fn hash_key(text: Option<&str>) -> Result<u128, ReadError> {
 
 fn sequence(text: &str) -> Result<SequenceNumber, ReadError> {
     SequenceNumber::parse(text).map_err(|_| ReadError::Fatal(format!("bad sequence number {text:?}")))
+}
+
+/// A record as GetRecords and SubscribeToShard deliver it.
+pub(crate) fn record(r: &aws_sdk_kinesis::types::Record) -> Result<KinesisRecord, ReadError> {
+    Ok(KinesisRecord {
+        sequence: sequence(r.sequence_number())?,
+        partition_key: r.partition_key().unwrap_or_default().to_owned(),
+        data: Arc::from(r.data().as_ref()),
+        arrival_ms: r.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok()).unwrap_or(0),
+    })
+}
+
+/// A child shard named at the end of a closed shard (GetRecords and SubscribeToShard alike).
+pub(crate) fn child_shard(c: &aws_sdk_kinesis::types::ChildShard) -> Result<ChildShard, ReadError> {
+    let range = c.hash_key_range();
+    Ok(ChildShard {
+        id: ShardId::new(c.shard_id()),
+        parents: c.parent_shards().iter().map(ShardId::new).collect(),
+        hash_range: HashKeyRange {
+            start: hash_key(range.map(|r| r.starting_hash_key()))?,
+            end: hash_key(range.map(|r| r.ending_hash_key()))?,
+        },
+    })
 }
 
 /// A record written by `put_records` that the stream refused (throttled), to be sent again.
@@ -78,7 +101,11 @@ impl Kinesis {
         &self.stream
     }
 
-    fn is_arn(&self) -> bool {
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn is_arn(&self) -> bool {
         self.stream.starts_with("arn:")
     }
 
@@ -155,28 +182,8 @@ impl Kinesis {
         let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
         let result = self.client.get_records().shard_iterator(&iterator.0).limit(limit).send().await;
         let out = result.map_err(|e| read_error(classify(&e)))?;
-        let mut records = Vec::with_capacity(out.records().len());
-        for r in out.records() {
-            let key = r.partition_key().unwrap_or_default();
-            records.push(KinesisRecord {
-                sequence: sequence(r.sequence_number())?,
-                partition_key: key.to_owned(),
-                data: Arc::from(r.data().as_ref()),
-                arrival_ms: r.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok()).unwrap_or(0),
-            });
-        }
-        let mut child_shards = Vec::new();
-        for c in out.child_shards() {
-            let range = c.hash_key_range();
-            child_shards.push(ChildShard {
-                id: ShardId::new(c.shard_id()),
-                parents: c.parent_shards().iter().map(ShardId::new).collect(),
-                hash_range: HashKeyRange {
-                    start: hash_key(range.map(|r| r.starting_hash_key()))?,
-                    end: hash_key(range.map(|r| r.ending_hash_key()))?,
-                },
-            });
-        }
+        let records = out.records().iter().map(record).collect::<Result<_, _>>()?;
+        let child_shards = out.child_shards().iter().map(child_shard).collect::<Result<_, _>>()?;
         Ok(ReadBatch {
             records,
             next_iterator: out.next_shard_iterator().map(|i| ShardIterator(i.to_owned())),

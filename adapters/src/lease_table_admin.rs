@@ -1,5 +1,5 @@
-//! Administration of the lease table: KCL's table definition, and the wait for a table to be
-//! active. The calls are sent by `DynamoLeaseTable::ensure_table`.
+//! Administration of the lease table and its state table: their definitions, and the wait for
+//! a table to be active. The calls are sent by `DynamoLeaseTable::ensure_table`.
 
 use crate::kcl_lease_item::attr;
 use aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder;
@@ -38,6 +38,24 @@ pub(crate) fn kcl_table(create: CreateTableFluentBuilder) -> CreateTableFluentBu
         .key_schema(key(attr::KEY, KeyType::Hash))
         .global_secondary_indexes(index)
         .billing_mode(BillingMode::PayPerRequest)
+}
+
+/// CreateTable of tributary's state table (the leader lock and the membership row): hash key
+/// `leaseKey` (S), as the lease table, so both rows keep their codec; on-demand billing, no index.
+pub(crate) fn state_table(create: CreateTableFluentBuilder) -> CreateTableFluentBuilder {
+    let definition = AttributeDefinition::builder()
+        .attribute_name(attr::KEY)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .expect("name and type set");
+    let key = KeySchemaElement::builder().attribute_name(attr::KEY).key_type(KeyType::Hash).build().expect("set");
+    create.attribute_definitions(definition).key_schema(key).billing_mode(BillingMode::PayPerRequest)
+}
+
+/// The state table of the lease table `lease_table`: `<lease_table>-TributaryState`, beside it
+/// as KCL v3's `<application>-CoordinatorState` is beside its lease table.
+pub fn state_table_name(lease_table: &str) -> String {
+    format!("{lease_table}-TributaryState")
 }
 
 /// Polls DescribeTable (`describe`) every 100 ms until `table` is active, for at most a minute:

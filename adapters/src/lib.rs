@@ -5,6 +5,7 @@
 //! | `lib.rs` | this table, and `error_chain` (an error and its sources in one line) |
 //! | `aws.rs` | the SDK configuration (default credential chain, no SDK retries) and SDK error classification |
 //! | `kinesis.rs` | `Kinesis`: the `ShardReader` port on Kinesis Data Streams, plus PutRecords and resharding |
+//! | `kinesis_fan_out.rs` | `KinesisFanOut`: the `ShardReader` port over enhanced fan-out (a registered consumer, SubscribeToShard per shard) |
 //! | `dynamodb_lease_table.rs` | `DynamoLeaseTable`: the `LeaseTable` port on DynamoDB, KCL's schema (every lease-table SDK call) |
 //! | `kcl_lease_item.rs` | KCL's lease item: a lease as a DynamoDB row and back, plus tributary's leader and membership rows |
 //! | `dynamodb_expr.rs` | `Expr`: the update and condition expressions of one conditional write |
@@ -29,6 +30,7 @@ pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;
 pub mod kcl_lease_item;
 pub mod kinesis;
+pub mod kinesis_fan_out;
 pub mod lease_table_admin;
 pub mod merge_sql;
 pub mod postgres;

@@ -20,7 +20,8 @@ pub struct ClusterSettings {
     pub shard_sync_interval: Duration,
     /// Where a new lease without parents starts.
     pub initial_position: Checkpoint,
-    /// The leader row's key in the lease table.
+    /// The leader row's key (the DynamoDB lease table keeps keys starting `tributary:` in its
+    /// state table, apart from the leases).
     pub leader_key: String,
 }
 

@@ -43,4 +43,12 @@ pub trait ShardReader: Send + Sync + 'static {
     /// At most `limit` records from the position of an iterator of `shard`. Calls are not
     /// paced here: the caller keeps to the shard's read limits.
     async fn read(&self, shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError>;
+    /// Whether records are pushed (enhanced fan-out): `read` itself waits for the next event,
+    /// so the caller reads again at once instead of keeping to GetRecords' pace.
+    fn pushes(&self) -> bool {
+        false
+    }
+    /// The shard's consumer stopped: whatever the reader holds open for it (a subscription)
+    /// can go.
+    fn release(&self, _shard: &ShardId) {}
 }

@@ -199,4 +199,10 @@ impl ShardReader for FaultyReader {
             Fault::After => Err(ReadError::ExpiredIterator),
         }
     }
+    fn pushes(&self) -> bool {
+        self.inner.pushes()
+    }
+    fn release(&self, shard: &ShardId) {
+        self.inner.release(shard)
+    }
 }

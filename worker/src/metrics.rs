@@ -290,6 +290,18 @@ impl NodeMetrics {
         self.rows_in_flight.with_label_values(&[table]);
     }
 
+    /// `rows_fenced_total` of each table, as `table=N, …` (for a node's last log line).
+    pub fn fenced_rows_text(&self) -> String {
+        let tables = self.tables.lock().expect("never poisoned").clone();
+        let counts: Vec<String> =
+            tables.iter().map(|t| format!("{t}={}", self.rows_fenced.with_label_values(&[t.as_str()]).get())).collect();
+        if counts.is_empty() {
+            "none".into()
+        } else {
+            counts.join(", ")
+        }
+    }
+
     /// A consumer of `shard` started. The first time (not after a failure and restart) the
     /// shard's last checkpoint is taken as now: the stuck-shard alert measures from here.
     pub fn consumer_started(&self, shard: &str) {

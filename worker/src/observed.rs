@@ -78,6 +78,12 @@ impl ShardReader for Observed<dyn ShardReader> {
     async fn read(&self, shard: &ShardId, iterator: &ShardIterator, limit: usize) -> Result<ReadBatch, ReadError> {
         self.count(self.service, self.inner.read(shard, iterator, limit).await, ReadError::kind)
     }
+    fn pushes(&self) -> bool {
+        self.inner.pushes()
+    }
+    fn release(&self, shard: &ShardId) {
+        self.inner.release(shard)
+    }
 }
 
 #[async_trait]

@@ -446,4 +446,11 @@ impl Actor for ShardConsumer {
         }
         Ok(())
     }
+
+    /// However it stopped (finished, handed off, lost, failed), what the reader holds open for
+    /// the shard (an enhanced fan-out subscription) is let go.
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.ctx.reader.release(&state.shard);
+        Ok(())
+    }
 }

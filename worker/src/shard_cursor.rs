@@ -40,11 +40,13 @@ pub struct ShardCursor {
     failing: Option<Backoff>,
     /// The bytes of the last batch read.
     last_batch_bytes: usize,
+    /// The reader pushes records (enhanced fan-out): its reads wait for them, so no pacing.
+    pushed: bool,
 }
 
 impl ShardCursor {
     pub fn new(shard: ShardId) -> Self {
-        Self { shard, iterator: None, fetched_upto: None, failing: None, last_batch_bytes: 0 }
+        Self { shard, iterator: None, fetched_upto: None, failing: None, last_batch_bytes: 0, pushed: false }
     }
 
     /// Where to resume: after the last Kinesis record fetched (all its user records are
@@ -74,6 +76,7 @@ impl ShardCursor {
         checkpoint: &Checkpoint,
         settings: &ConsumerSettings,
     ) -> Result<Fetched, ReadError> {
+        self.pushed = reader.pushes();
         let iterator = match self.iterator.take() {
             Some(it) => it,
             None => match reader.iterator(&self.shard, &self.starting_position(checkpoint, settings)).await {
@@ -110,7 +113,13 @@ impl ShardCursor {
     /// The pause after a batch before the next read: `read_interval` after records when nothing
     /// waits to be mapped, `idle_read_interval` after an empty read or while records wait for
     /// reference data; never less than the last batch's bytes take at the shard's bandwidth.
+    /// A pushing reader (enhanced fan-out) is read again at once unless records wait for
+    /// reference data: its reads wait for the next event themselves, and the service keeps
+    /// to the shard's rate.
     pub fn pace(&self, got_records: bool, nothing_pending: bool, settings: &ConsumerSettings) -> Duration {
+        if self.pushed {
+            return if nothing_pending { Duration::ZERO } else { settings.idle_read_interval };
+        }
         let delay = if got_records && nothing_pending { settings.read_interval } else { settings.idle_read_interval };
         delay.max(Duration::from_secs_f64(self.last_batch_bytes as f64 / SHARD_READ_BYTES_PER_SECOND))
     }
