@@ -209,3 +209,86 @@ fn check_validates_offline_and_names_the_bad_field() {
     assert!(text.contains("warehouse.url") && !text.contains("hunter2"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A KCL worker still running on the same lease table (it renews its leases: their counters
+/// move): a tributary node takes none of them and says why; once the worker stops renewing, the
+/// node takes them after `failover_time` and resumes from KCL's checkpoints, landing exactly the
+/// records after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_kcl_workers_leases_are_left_alone_until_it_stops() {
+    use proto::{Checkpoint, Expect, Lease, LeaseChange, Position, ShardReader, StartingPosition, WorkerId};
+    let (kinesis_stack, dynamo_stack) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    let url = database(&admin, &pg.url, "kcl_side_by_side").await;
+    let stream = format!("kcl-side-{}", std::process::id());
+    let kinesis = Kinesis::new(&kinesis_stack.sdk_config(), &stream);
+    kinesis.create_stream(2).await.unwrap();
+    put(&kinesis, 0..120).await;
+
+    // The KCL application processed the first 20 records of each shard and checkpointed there.
+    let lease_table = format!("kcl-side-leases-{}", std::process::id());
+    let table = DynamoLeaseTable::new(&dynamo_stack.sdk_config(), &lease_table);
+    table.ensure_table().await.unwrap();
+    let kcl = WorkerId::new("kcl-worker-1");
+    let mut after_checkpoints = 0;
+    for shard in kinesis.list_shards().await.unwrap() {
+        let iterator = kinesis.iterator(&shard.id, &StartingPosition::TrimHorizon).await.unwrap();
+        let records = kinesis.read(&shard.id, &iterator, 1000).await.unwrap().records;
+        assert!(records.len() > 20, "{} records in {}", records.len(), shard.id);
+        after_checkpoints += records.len() - 20;
+        let checkpoint = Checkpoint::At(Position::new(records[19].sequence.clone(), 0));
+        let mut lease = Lease::for_shard(&shard.id, Vec::new(), Some(shard.hash_range), checkpoint);
+        lease.owner = Some(kcl.clone());
+        table.create(&lease).await.unwrap();
+    }
+    // KCL renews each lease (counter + 1) every second while it runs.
+    let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let (renewing, table) = (renewing.clone(), DynamoLeaseTable::new(&dynamo_stack.sdk_config(), &lease_table));
+        tokio::spawn(async move {
+            while renewing.load(std::sync::atomic::Ordering::Relaxed) {
+                for lease in table.scan().await.unwrap() {
+                    if lease.owner.as_ref().is_some_and(|o| o.as_str() == "kcl-worker-1") {
+                        let _ = table.update(&lease.key, &Expect::unchanged(&lease), &LeaseChange::default()).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+
+    let dir = std::env::temp_dir().join(format!("tributary-kcl-side-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[node]\nfailover_time = \"3s\"\n[stream]\nname = \"{stream}\"\n[lease_table]\nname = \"{lease_table}\"\n\
+             [warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n",
+            testkit::ev::PIPELINE
+        ),
+    )
+    .unwrap();
+    let mut node = NodeProcess::spawn(&config, "node-a", &kinesis_stack, &dynamo_stack);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let leases = table.scan().await.unwrap();
+    assert!(leases.iter().all(|l| l.owner.as_ref() == Some(&kcl)), "three failover times on: {leases:?}");
+    let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
+    let raw = "SELECT count(*) FROM ev_charging_sessions_raw";
+    assert_eq!(count(&warehouse, raw).await, 0, "nothing read while KCL holds the shards");
+    assert!(node.log().contains("not a node of this cluster renews leases"), "{}", node.log());
+
+    // KCL stops (without releasing, as after a crash): the node takes over from its checkpoints.
+    renewing.store(false, std::sync::atomic::Ordering::Relaxed);
+    renewer.await.unwrap();
+    let stopped = Instant::now();
+    assert_eq!(wait_count(&warehouse, raw, after_checkpoints).await, after_checkpoints);
+    let took_over = stopped.elapsed();
+    let leases = table.scan().await.unwrap();
+    assert!(leases.iter().all(|l| l.owner.as_ref().is_some_and(|o| o.as_str().starts_with("node-a"))), "{leases:?}");
+    assert_eq!(node.terminate(), Some(0), "{}", node.log());
+    assert_eq!(count(&warehouse, raw).await, after_checkpoints, "nothing before KCL's checkpoints was re-read");
+    eprintln!("a stopped KCL worker's shards taken over from its checkpoints in {:.1}s", took_over.as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}

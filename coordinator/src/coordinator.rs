@@ -60,6 +60,13 @@ pub struct CoordinatorState {
     leader_seen: Liveness<String>,
     workers_seen: Liveness<WorkerId>,
     handoffs_seen: Liveness<String>,
+    /// Counters of leases whose owner is not a node of this cluster (KCL's rule: such a lease is
+    /// held while its counter moves).
+    foreign_seen: Liveness<String>,
+    /// The first counter seen of each such lease (a different one now: its owner is running).
+    foreign_first: BTreeMap<String, u64>,
+    /// Owners of other applications already reported.
+    foreign_reported: BTreeSet<WorkerId>,
     /// Leases this leader assigned, and when: not handed off until their owner had time to
     /// see them (two of its polls).
     assigned_at: BTreeMap<String, Instant>,
@@ -153,6 +160,44 @@ impl CoordinatorState {
         Ok(members)
     }
 
+    /// Leases owned by a worker that is not a node of this cluster (no heartbeat row: a KCL
+    /// worker sharing the table, e.g. during a migration) and held by it under KCL's own rule:
+    /// its counter moved within `failover_time` on this leader's clock. Such a lease is never
+    /// taken; once its owner stops renewing it for `failover_time` it is free, and is assigned
+    /// from its checkpoint like any other.
+    fn held_elsewhere(&mut self, leases: &[Lease], members: &Membership, now: Instant) -> BTreeSet<String> {
+        let failover = self.args.settings.failover_time;
+        let is_member = |o: &WorkerId| members.includes(o) || members.dead.iter().any(|(d, _)| d == o);
+        let foreign: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| !l.is_finished() && l.key != self.args.settings.leader_key)
+            .filter(|l| l.owner.as_ref().is_some_and(|o| !is_member(o)))
+            .collect();
+        let mut held = BTreeSet::new();
+        for lease in &foreign {
+            self.foreign_seen.observe(&lease.key, lease.counter, now);
+            if self.foreign_seen.expired(&lease.key, lease.counter, now, failover) {
+                continue;
+            }
+            held.insert(lease.key.clone());
+            let owner = lease.owner.clone().expect("foreign leases have an owner");
+            // Reported once the counter was seen to move: a worker that is really running.
+            let first = *self.foreign_first.entry(lease.key.clone()).or_insert(lease.counter);
+            if first != lease.counter && self.foreign_reported.insert(owner.clone()) {
+                warn!(
+                    owner = %owner,
+                    shard = %lease.key,
+                    "a worker that is not a node of this cluster renews leases of this table (another \
+                     application, e.g. KCL): its leases are left alone until it stops renewing them for \
+                     failover_time; stop it to move its shards here (README: moving from KCL)"
+                );
+            }
+        }
+        self.foreign_seen.retain(|k| foreign.iter().any(|l| &l.key == k));
+        self.foreign_first.retain(|k, _| foreign.iter().any(|l| &l.key == k));
+        held
+    }
+
     async fn lead(&mut self, now: Instant, members: &Membership) -> Result<(), ProtocolError> {
         let dead = &members.dead;
         let mut leases = self.protocol().scan().await?;
@@ -188,11 +233,17 @@ impl CoordinatorState {
             }
         }
         self.handoffs_seen.retain(|k| leases.iter().any(|l| &l.key == k && l.checkpoint_owner.is_some()));
+        let held_elsewhere = self.held_elsewhere(&leases, members, now);
         let settle = self.args.settings.poll_interval * 2;
         self.assigned_at.retain(|_, at| now.duration_since(*at) < settle);
         let settling: BTreeSet<String> = self.assigned_at.keys().cloned().collect();
-        let input =
-            PlanInput { live: &members.live, draining: &members.draining, stalled: &stalled, settling: &settling };
+        let input = PlanInput {
+            live: &members.live,
+            draining: &members.draining,
+            stalled: &stalled,
+            settling: &settling,
+            held_elsewhere: &held_elsewhere,
+        };
         let mut after = leases.clone();
         for m in plan(&leases, &input) {
             let Some(lease) = leases.iter().find(|l| l.key == m.lease()) else { continue };
@@ -276,6 +327,9 @@ impl Actor for Coordinator {
             leader_seen: Liveness::default(),
             workers_seen: Liveness::default(),
             handoffs_seen: Liveness::default(),
+            foreign_seen: Liveness::default(),
+            foreign_first: BTreeMap::new(),
+            foreign_reported: BTreeSet::new(),
             assigned_at: BTreeMap::new(),
             last_sync: None,
             resigned: false,

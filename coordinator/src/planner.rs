@@ -68,11 +68,14 @@ pub struct PlanInput<'a> {
     /// toward their owner's share but are not handed off (a node hands off only a lease it knows
     /// it owns; one it never saw would leave the handoff to stall for a failover time).
     pub settling: &'a BTreeSet<String>,
+    /// Leases held by an owner that is not a node of this cluster and still renews them (a KCL
+    /// worker on the same table): left alone, as KCL leaves a lease whose counter moves.
+    pub held_elsewhere: &'a BTreeSet<String>,
 }
 
 /// Plans the moves for one assignment cycle.
 pub fn plan(leases: &[Lease], input: &PlanInput<'_>) -> Vec<Move> {
-    let PlanInput { live, draining, stalled, settling } = *input;
+    let PlanInput { live, draining, stalled, settling, held_elsewhere } = *input;
     if live.is_empty() {
         return Vec::new();
     }
@@ -83,7 +86,7 @@ pub fn plan(leases: &[Lease], input: &PlanInput<'_>) -> Vec<Move> {
 
     for lease in by_key.values().filter(|l| is_ready(l, &by_key)) {
         let load = lease.throughput_kbps.unwrap_or(0.0);
-        if lease.owner.as_ref().is_some_and(|o| draining.contains(o)) {
+        if lease.owner.as_ref().is_some_and(|o| draining.contains(o)) || held_elsewhere.contains(&lease.key) {
             continue;
         }
         let owner = lease.owner.as_ref().filter(|o| live.contains(*o));
@@ -171,7 +174,8 @@ mod tests {
     }
 
     fn plan_live(leases: &[Lease], live: &BTreeSet<WorkerId>, stalled: &BTreeSet<String>) -> Vec<Move> {
-        plan(leases, &PlanInput { live, draining: &BTreeSet::new(), stalled, settling: &BTreeSet::new() })
+        let (nobody, none) = (BTreeSet::new(), BTreeSet::new());
+        plan(leases, &PlanInput { live, draining: &nobody, stalled, settling: &none, held_elsewhere: &none })
     }
 
     fn nodes(ids: &[&str]) -> BTreeSet<WorkerId> {
@@ -318,9 +322,30 @@ mod tests {
                 draining: &draining,
                 stalled: &BTreeSet::new(),
                 settling: &BTreeSet::new(),
+                held_elsewhere: &BTreeSet::new(),
             },
         );
         assert_eq!(moves, vec![Move::Assign { lease: "s3".into(), to: WorkerId::new("b") }]);
+    }
+
+    /// A lease another application's worker still renews is neither taken nor counted; the
+    /// same lease once its owner stopped renewing (not held any more) is assigned like any.
+    #[test]
+    fn a_lease_held_elsewhere_is_left_alone() {
+        let leases = vec![lease("s1", Some("kcl-1")), lease("s2", Some("kcl-1")), lease("s3", None)];
+        let (live, nobody) = (nodes(&["a", "b"]), BTreeSet::new());
+        let (held, none): (BTreeSet<String>, _) = (["s1".to_owned(), "s2".to_owned()].into(), BTreeSet::new());
+        let input = |held_elsewhere| PlanInput {
+            live: &live,
+            draining: &nobody,
+            stalled: &none,
+            settling: &none,
+            held_elsewhere,
+        };
+        assert_eq!(plan(&leases, &input(&held)), vec![Move::Assign { lease: "s3".into(), to: WorkerId::new("a") }]);
+        let moves = plan(&leases, &input(&none));
+        assert_eq!(moves.len(), 3, "{moves:?}");
+        assert!(moves.iter().all(|m| matches!(m, Move::Assign { .. })), "{moves:?}");
     }
 
     /// A lease assigned moments ago counts toward its owner but is not handed off until it
@@ -330,7 +355,8 @@ mod tests {
         let leases = vec![lease("s1", Some("a")), lease("s2", Some("a")), lease("s3", Some("a"))];
         let live = nodes(&["a", "b"]);
         let (nobody, none) = (BTreeSet::new(), BTreeSet::new());
-        let input = |settling| PlanInput { live: &live, draining: &nobody, stalled: &none, settling };
+        let input =
+            |settling| PlanInput { live: &live, draining: &nobody, stalled: &none, settling, held_elsewhere: &none };
         let moves = plan(&leases, &input(&none));
         assert_eq!(moves, vec![Move::HandOff { lease: "s3".into(), from: WorkerId::new("a"), to: WorkerId::new("b") }]);
         let settling: BTreeSet<String> = ["s3".to_owned()].into();
