@@ -4,12 +4,14 @@
 //! - `dms`: the AWS DMS envelope (`data`, `metadata`, and the before-image under the task's
 //!   `BeforeImageSettings.FieldName`, `before-image` unless configured). Data records with
 //!   operation load / insert / update are upserts, delete is a delete; control records carry no
-//!   rows. The version orders changes of a key: full-load rows before every change; then, when
-//!   DMS includes transaction details, (commit-timestamp, stream-position compared as a log
-//!   position, transaction-record-id); without them (DMS's default), the record's
-//!   `metadata.timestamp` then its position in its Kinesis shard, so changes of one key that
-//!   landed on different shards still order by time and a producer's retry of an older change
-//!   does not win over a newer one. An update that changed the primary key (seen in the
+//!   rows. The version orders changes of a key: when DMS includes transaction details,
+//!   (commit-timestamp, stream-position compared as a log position, transaction-record-id);
+//!   without them (DMS's default), the record's `metadata.timestamp` then its position in its
+//!   Kinesis shard, so changes of one key that landed on different shards still order by time
+//!   and a producer's retry of an older change does not win over a newer one. A full-load row
+//!   ranks as of when DMS read it (`metadata.timestamp`) less a minute (`LOAD_MARGIN_MS`): a
+//!   table reloaded after CDC replaces what the changes wrote, and the changes DMS cached during
+//!   a load still win over it. An update that changed the primary key (seen in the
 //!   before-image) also deletes the old key; a before-image that is not an object (`null`) is no
 //!   before-image.
 
@@ -68,6 +70,23 @@ pub fn decode<'a>(
 
 /// `2023-05-25T12:34:56.1234Z` → `2023-05-25T12:34:56.123400000`: fixed width, so text order is
 /// time order.
+/// How much earlier than DMS read it a full-load row ranks. Changes are ordered by their
+/// commit time on the source's clock (with transaction details) or by DMS's (without); a load row
+/// by DMS's. The margin covers the two clocks' skew and the commit time's precision (whole
+/// seconds on MySQL): a change committed just after the row was read always outranks it. A change
+/// within the margin before the read outranks the row too, harmlessly: the row already holds it,
+/// and the latest such change is the newest state.
+pub const LOAD_MARGIN_MS: i64 = 60_000;
+
+/// `ms` as a normalized timestamp (`YYYY-MM-DDTHH:MM:SS.fffffffff`, as `normalize_timestamp`
+/// writes DMS's).
+fn push_version_time(ms: i64, out: &mut String) {
+    let mut civil = String::with_capacity(23);
+    proto::civil::push_datetime_ms(ms, &mut civil);
+    out.push_str(&civil.replacen(' ', "T", 1));
+    out.push_str("000000");
+}
+
 fn normalize_timestamp(ts: &str) -> String {
     let ts = ts.trim_end_matches('Z');
     let (whole, fraction) = ts.split_once('.').unwrap_or((ts, ""));
@@ -159,7 +178,19 @@ fn dms<'a>(
     };
     let here = position.version();
     let version = if operation == "load" {
-        format!("0{}", here.as_str())
+        match meta.timestamp.as_deref().and_then(super::typing::parse_timestamp) {
+            // A full-load row ranks as of when DMS read it, less `LOAD_MARGIN_MS`: it replaces
+            // the changes before it (a table reloaded after CDC) and loses to the changes after
+            // it (those DMS cached while the table loaded, sent after it).
+            Some(read_ms) => {
+                let mut version = String::from("1");
+                push_version_time(read_ms - LOAD_MARGIN_MS, &mut version);
+                version.push_str(here.as_str());
+                version
+            }
+            // No time to place it by (not DMS's shape): below every change, as a first load.
+            None => format!("0{}", here.as_str()),
+        }
     } else if let Some(commit) = meta.commit_timestamp.as_deref() {
         // The change order DMS gives: commit time, then the log position (which orders two
         // transactions committed within the timestamp's precision, a whole second on MySQL),
@@ -262,8 +293,7 @@ mod tests {
             let text = dms_record(op, commit, id);
             decode(Format::Dms, "before-image", &text, &at(seq), &wanted).unwrap().unwrap().version
         };
-        // A full-load row read late is still older than any change.
-        assert!(v("load", None, 0, 900) < v("update", Some("2020-01-01T00:00:00Z"), 0, 1));
+
         // Commit order wins over arrival order (a retried, reordered batch).
         assert!(v("update", Some("2024-01-01T00:00:01.5Z"), 0, 1) > v("update", Some("2024-01-01T00:00:01.25Z"), 0, 2));
         // Within one commit, the record id orders the changes.
@@ -290,6 +320,40 @@ mod tests {
         // A position that is a prefix of another sorts first; the record id breaks a tie.
         assert!(at_position("lsn:12", 9, 2) < at_position("lsn:12:1", 0, 1));
         assert!(at_position("lsn:12", 1, 2) < at_position("lsn:12", 2, 1));
+    }
+
+    /// DMS's reload of a table after CDC: a load row read later than a change (by more than the
+    /// margin) replaces it; a change committed after the row was read wins over it even when its
+    /// commit time (whole seconds on MySQL, another clock) reads a little earlier; a load row
+    /// without a time ranks below every change.
+    #[test]
+    fn a_full_load_ranks_as_of_when_dms_read_the_row() {
+        let wanted = FieldSlots::default();
+        let version = |op: &str, made: Option<&str>, commit: Option<&str>, seq| {
+            let mut meta = serde_json::json!({"record-type": "data", "operation": op, "table-name": "t"});
+            if let Some(m) = made {
+                meta["timestamp"] = m.into();
+            }
+            if let Some(c) = commit {
+                meta["commit-timestamp"] = c.into();
+                meta["transaction-record-id"] = 1.into();
+            }
+            let text = serde_json::json!({"data": {"id": 1}, "metadata": meta}).to_string();
+            decode(Format::Dms, "before-image", &text, &at(seq), &wanted).unwrap().unwrap().version
+        };
+        let reload = version("load", Some("2024-03-01T12:00:00.250000Z"), None, 1);
+        // Changes before the reload, with and without transaction details: replaced.
+        assert!(reload > version("update", Some("2024-03-01T11:58:00Z"), Some("2024-03-01T11:58:00Z"), 9));
+        assert!(reload > version("update", Some("2024-03-01T11:58:59.9Z"), None, 9));
+        // Changes after it (cached during the load, sent after it): they win.
+        assert!(reload < version("update", Some("2024-03-01T12:00:05Z"), Some("2024-03-01T12:00:00Z"), 0));
+        assert!(reload < version("update", Some("2024-03-01T12:00:00.3Z"), None, 0));
+        // Committed just after the read, its commit time rounded down and its clock behind.
+        assert!(reload < version("update", Some("2024-03-01T12:00:02Z"), Some("2024-03-01T11:59:30Z"), 0));
+        // Two reads of one row by two loads: the later wins.
+        assert!(reload < version("load", Some("2024-03-01T13:00:00Z"), None, 0));
+        // No time to rank it by: a first load, below any change.
+        assert!(version("load", None, None, 900) < version("update", None, Some("2020-01-01T00:00:00Z"), 1));
     }
 
     /// The version of an update committed at `commit`, at `position` in the source's log,

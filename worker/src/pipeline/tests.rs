@@ -526,6 +526,34 @@ async fn without_transaction_details_a_key_moved_across_shards_deletes_the_old_k
     }
 }
 
+/// DMS's defaults through a task's life: the full load, changes, then the table reloaded (DMS's
+/// "reload table": new `load` records after the changes) and a change after the reload. The
+/// reload replaces what the changes wrote; the change after it wins; whatever order the
+/// records are read in (another shard, a retry).
+#[tokio::test]
+async fn a_table_reloaded_after_cdc_replaces_what_came_before_it() {
+    let p = ticket_pipeline("");
+    let row = |op: &str, at: &str, id: i64, price: i64| {
+        dms_default(op, at, serde_json::json!({"ticket_id": id, "price": price}), None)
+    };
+    let records = vec![
+        (row("load", "2024-03-01T10:00:00.100Z", 1, 1), 0, 10),
+        (row("load", "2024-03-01T10:00:00.200Z", 2, 1), 1, 10),
+        (row("update", "2024-03-01T10:05:00Z", 1, 2), 0, 11),
+        // The reload reads what the source holds: ticket 1 at 9 (a change the stream never
+        // carried), ticket 2 as it was, ticket 3 (sold meanwhile, its insert lost too).
+        (row("load", "2024-03-01T11:00:00.100Z", 1, 9), 0, 12),
+        (row("load", "2024-03-01T11:00:00.150Z", 2, 1), 1, 11),
+        (row("load", "2024-03-01T11:00:00.200Z", 3, 3), 1, 12),
+        (row("update", "2024-03-01T11:00:30Z", 3, 4), 1, 13),
+    ];
+    let want = BTreeMap::from([(1, Value::Int(9)), (2, Value::Int(1)), (3, Value::Int(4))]);
+    assert_eq!(land(&p, &records).await, want);
+    let mut reversed = records.clone();
+    reversed.reverse();
+    assert_eq!(land(&p, &reversed).await, want, "read in the opposite order");
+}
+
 /// DMS delivers at least once: a producer's retry of an older update, read after a newer one,
 /// does not overwrite it (the retry carries its original `metadata.timestamp`).
 #[tokio::test]
