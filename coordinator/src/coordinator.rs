@@ -9,7 +9,7 @@ use crate::liveness::Liveness;
 use crate::planner::{plan, Move, PlanInput};
 use crate::settings::ClusterSettings;
 use crate::shard_sync::leases_to_create;
-use proto::{Lease, LeaseProtocol, LeaseTable, ProtocolError, RetryPolicy, ShardReader, WorkerId};
+use proto::{Checkpoint, Lease, LeaseProtocol, LeaseTable, ProtocolError, RetryPolicy, ShardReader, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -35,10 +35,21 @@ impl Membership {
     }
 }
 
+/// A stream the cluster consumes, as shard sync sees it.
+#[derive(Clone)]
+pub struct SyncedStream {
+    /// Its identifier in a multi-stream table (`account:stream:creationEpoch`, the prefix of its
+    /// lease keys); `None` in a single-stream table, whose keys are shard ids.
+    pub id: Option<String>,
+    pub reader: Arc<dyn ShardReader>,
+    /// Where its shards without a checkpoint start (its own, else the cluster's).
+    pub initial_position: Checkpoint,
+}
+
 pub struct CoordinatorArgs {
     pub me: WorkerId,
     pub table: Arc<dyn LeaseTable>,
-    pub reader: Arc<dyn ShardReader>,
+    pub streams: Vec<SyncedStream>,
     pub settings: ClusterSettings,
     pub retry: RetryPolicy,
     pub events: EventSink,
@@ -203,18 +214,28 @@ impl CoordinatorState {
         let mut leases = self.protocol().scan().await?;
         let sync_due = self.last_sync.is_none_or(|t| now.duration_since(t) >= self.args.settings.shard_sync_interval);
         if sync_due || leases.is_empty() {
-            match self.args.reader.list_shards().await {
-                Ok(shards) => {
-                    for lease in leases_to_create(&shards, &leases, &self.args.settings.initial_position) {
-                        if self.protocol().create(&lease).await? {
-                            debug!(shard = %lease.key, "lease created by shard sync");
-                            self.args.events.emit(ClusterEvent::LeaseCreated { shard: lease.shard_id() });
+            let mut synced = true;
+            for stream in &self.args.streams {
+                let id = stream.id.as_deref();
+                match stream.reader.list_shards().await {
+                    Ok(shards) => {
+                        let own: Vec<Lease> = leases.iter().filter(|l| l.stream() == id).cloned().collect();
+                        for lease in leases_to_create(id, &shards, &own, &stream.initial_position) {
+                            if self.protocol().create(&lease).await? {
+                                debug!(shard = %lease.key, "lease created by shard sync");
+                                self.args.events.emit(ClusterEvent::LeaseCreated { shard: lease.shard_id() });
+                            }
+                            leases.push(lease);
                         }
-                        leases.push(lease);
                     }
-                    self.last_sync = Some(now);
+                    Err(e) => {
+                        warn!(stream = id.unwrap_or("(the stream)"), error = %e, "shard sync: cannot list shards");
+                        synced = false;
+                    }
                 }
-                Err(e) => warn!(error = %e, "shard sync: cannot list shards"),
+            }
+            if synced {
+                self.last_sync = Some(now);
             }
         }
         for (node, _) in dead {
@@ -233,7 +254,13 @@ impl CoordinatorState {
             }
         }
         self.handoffs_seen.retain(|k| leases.iter().any(|l| &l.key == k && l.checkpoint_owner.is_some()));
-        let held_elsewhere = self.held_elsewhere(&leases, members, now);
+        let mut held_elsewhere = self.held_elsewhere(&leases, members, now);
+        // Leases of a stream this cluster does not consume (one removed from the config, or the
+        // other mode's keys): left as they are, never deleted (`tributary leases --forget`).
+        let consumed = |l: &Lease| self.args.streams.iter().any(|s| s.id.as_deref() == l.stream());
+        held_elsewhere.extend(
+            leases.iter().filter(|l| l.key != self.args.settings.leader_key && !consumed(l)).map(|l| l.key.clone()),
+        );
         let settle = self.args.settings.poll_interval * 2;
         self.assigned_at.retain(|_, at| now.duration_since(*at) < settle);
         let settling: BTreeSet<String> = self.assigned_at.keys().cloned().collect();
@@ -298,14 +325,16 @@ impl CoordinatorState {
 
 /// Finished leases whose children all exist and have checkpointed past their start.
 fn finished_parents(leases: &[Lease]) -> Vec<&Lease> {
-    let progressed = |id: &proto::ShardId| {
-        leases.iter().any(|l| {
-            l.key == id.as_str() && matches!(l.checkpoint, proto::Checkpoint::At(_) | proto::Checkpoint::ShardEnd)
-        })
+    let progressed = |key: String| {
+        leases.iter().any(|l| l.key == key && matches!(l.checkpoint, proto::Checkpoint::At(_) | Checkpoint::ShardEnd))
     };
     leases
         .iter()
-        .filter(|l| l.is_finished() && !l.child_shard_ids.is_empty() && l.child_shard_ids.iter().all(progressed))
+        .filter(|l| {
+            l.is_finished()
+                && !l.child_shard_ids.is_empty()
+                && l.child_shard_ids.iter().all(|c| progressed(l.sibling_key(c)))
+        })
         .collect()
 }
 

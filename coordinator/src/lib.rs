@@ -19,7 +19,7 @@ pub mod settings;
 pub mod shard_sync;
 
 pub use cluster_view::ClusterView;
-pub use coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg};
+pub use coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, SyncedStream};
 pub use events::{ClusterEvent, EventSink};
 pub use planner::{plan, Move};
 pub use settings::ClusterSettings;

@@ -39,7 +39,10 @@ impl Move {
 /// Whether a lease may be processed: not finished, and no parent lease still unfinished.
 pub fn is_ready(lease: &Lease, by_key: &BTreeMap<&str, &Lease>) -> bool {
     !lease.is_finished()
-        && lease.parent_shard_ids.iter().all(|p| by_key.get(p.as_str()).is_none_or(|parent| parent.is_finished()))
+        && lease
+            .parent_shard_ids
+            .iter()
+            .all(|p| by_key.get(lease.sibling_key(p).as_str()).is_none_or(|l| l.is_finished()))
 }
 
 #[derive(Default)]
@@ -68,8 +71,9 @@ pub struct PlanInput<'a> {
     /// toward their owner's share but are not handed off (a node hands off only a lease it knows
     /// it owns; one it never saw would leave the handoff to stall for a failover time).
     pub settling: &'a BTreeSet<String>,
-    /// Leases held by an owner that is not a node of this cluster and still renews them (a KCL
-    /// worker on the same table): left alone, as KCL leaves a lease whose counter moves.
+    /// Leases left alone: held by an owner that is not a node of this cluster and still renews
+    /// them (a KCL worker on the same table, as KCL leaves a lease whose counter moves), or of a
+    /// stream this cluster does not consume.
     pub held_elsewhere: &'a BTreeSet<String>,
 }
 
@@ -326,6 +330,26 @@ mod tests {
             },
         );
         assert_eq!(moves, vec![Move::Assign { lease: "s3".into(), to: WorkerId::new("b") }]);
+    }
+
+    /// In a multi-stream table a child waits for its parent of the same stream, whatever
+    /// another stream's shard of the same id does.
+    #[test]
+    fn a_multi_stream_child_waits_for_its_own_streams_parent() {
+        let (a, b) = (Some("1:a:1"), Some("1:b:1"));
+        let keyed = |stream, id: &str, parents: &[&str], cp| {
+            let parents = parents.iter().map(|p| ShardId::new(*p)).collect();
+            Lease::for_stream_shard(stream, &ShardId::new(id), parents, None, cp)
+        };
+        let leases = vec![
+            keyed(a, "p", &[], Checkpoint::TrimHorizon),
+            keyed(b, "p", &[], Checkpoint::ShardEnd),
+            keyed(a, "c", &["p"], Checkpoint::TrimHorizon),
+            keyed(b, "c", &["p"], Checkpoint::TrimHorizon),
+        ];
+        let by_key: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        let ready: Vec<&str> = leases.iter().filter(|l| is_ready(l, &by_key)).map(|l| l.key.as_str()).collect();
+        assert_eq!(ready, ["1:a:1:p", "1:b:1:c"]);
     }
 
     /// A lease another application's worker still renews is neither taken nor counted; the

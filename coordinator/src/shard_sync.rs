@@ -8,8 +8,16 @@
 use proto::{Checkpoint, Lease, ShardId, ShardInfo};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub fn leases_to_create(shards: &[ShardInfo], leases: &[Lease], initial: &Checkpoint) -> Vec<Lease> {
-    let have: BTreeSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+/// The leases to create for `shards` of the stream `stream` (`None`: a single-stream table),
+/// given that stream's `leases`.
+pub fn leases_to_create(
+    stream: Option<&str>,
+    shards: &[ShardInfo],
+    leases: &[Lease],
+    initial: &Checkpoint,
+) -> Vec<Lease> {
+    let shard_ids: Vec<ShardId> = leases.iter().map(Lease::stream_shard_id).collect();
+    let have: BTreeSet<&str> = shard_ids.iter().map(ShardId::as_str).collect();
     let mut children: BTreeMap<&ShardId, Vec<&ShardId>> = BTreeMap::new();
     for s in shards {
         for p in &s.parents {
@@ -47,7 +55,7 @@ pub fn leases_to_create(shards: &[ShardInfo], leases: &[Lease], initial: &Checkp
             } else {
                 initial.clone()
             };
-            Lease::for_shard(&s.id, s.parents.clone(), Some(s.hash_range), start)
+            Lease::for_stream_shard(stream, &s.id, s.parents.clone(), Some(s.hash_range), start)
         })
         .collect()
 }
@@ -69,10 +77,23 @@ mod tests {
     #[test]
     fn creates_each_missing_lease_once_with_lineage() {
         let shards = vec![shard("p", &[], false), shard("a", &["p"], true), shard("b", &["p"], true)];
-        let created = leases_to_create(&shards, &[], &Checkpoint::TrimHorizon);
+        let created = leases_to_create(None, &shards, &[], &Checkpoint::TrimHorizon);
         assert_eq!(created.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), vec!["p", "a", "b"]);
         assert_eq!(created[1].parent_shard_ids, vec![ShardId::new("p")]);
-        assert!(leases_to_create(&shards, &created, &Checkpoint::TrimHorizon).is_empty());
+        assert!(leases_to_create(None, &shards, &created, &Checkpoint::TrimHorizon).is_empty());
+    }
+
+    /// In a multi-stream table the keys carry the stream; lineage stays in shard ids, as KCL
+    /// keeps it; a stream's leases are recognised by their shard.
+    #[test]
+    fn multi_stream_leases_are_keyed_by_stream_and_shard() {
+        let shards = vec![shard("p", &[], false), shard("a", &["p"], true)];
+        let stream = Some("111122223333:orders:1700000000");
+        let created = leases_to_create(stream, &shards, &[], &Checkpoint::TrimHorizon);
+        let keys: Vec<&str> = created.iter().map(|l| l.key.as_str()).collect();
+        assert_eq!(keys, ["111122223333:orders:1700000000:p", "111122223333:orders:1700000000:a"]);
+        assert_eq!(created[1].parent_shard_ids, vec![ShardId::new("p")]);
+        assert!(leases_to_create(stream, &shards, &created, &Checkpoint::TrimHorizon).is_empty());
     }
 
     #[test]
@@ -80,13 +101,13 @@ mod tests {
         let shards = vec![shard("p", &[], false), shard("c", &["p"], true)];
         let mut child = Lease::for_shard(&ShardId::new("c"), vec![ShardId::new("p")], None, Checkpoint::TrimHorizon);
         child.owner = Some(WorkerId::new("w"));
-        assert!(leases_to_create(&shards, &[child], &Checkpoint::TrimHorizon).is_empty());
+        assert!(leases_to_create(None, &shards, &[child], &Checkpoint::TrimHorizon).is_empty());
     }
 
     #[test]
     fn latest_starts_only_open_shards() {
         let shards = vec![shard("p", &[], false), shard("c", &["p"], true)];
-        let created = leases_to_create(&shards, &[], &Checkpoint::Latest);
+        let created = leases_to_create(None, &shards, &[], &Checkpoint::Latest);
         assert_eq!(created.len(), 1);
         assert_eq!((created[0].key.as_str(), &created[0].checkpoint), ("c", &Checkpoint::Latest));
     }

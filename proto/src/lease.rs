@@ -29,10 +29,26 @@ pub enum EntityType {
     Leader,
 }
 
+/// A lease's key: the shard id alone in a single-stream table, `<stream>:<shard id>` in a
+/// multi-stream one (KCL's multi-stream key, `<stream>` being `account:stream:creationEpoch`).
+pub fn lease_key(stream: Option<&str>, shard: &ShardId) -> String {
+    match stream {
+        Some(stream) => format!("{stream}:{}", shard.as_str()),
+        None => shard.as_str().to_owned(),
+    }
+}
+
+/// The stream identifier of a lease key (everything before its last `:`); `None` for a
+/// single-stream key. Shard ids hold no `:`.
+pub fn stream_of(key: &str) -> Option<&str> {
+    key.rsplit_once(':').map(|(stream, _)| stream)
+}
+
 /// One row of the lease table, with KCL's attribute names in the comments.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
-    /// `leaseKey`: the shard id (or the leader row's key).
+    /// `leaseKey`: the shard id, `account:stream:creationEpoch:shardId` in a multi-stream table
+    /// (or the leader row's key).
     pub key: String,
     /// `entityType`.
     pub entity: EntityType,
@@ -94,8 +110,38 @@ impl Lease {
         }
     }
 
+    /// A fresh, unowned lease for a shard of `stream` (a multi-stream table's stream identifier,
+    /// `account:stream:creationEpoch`; `None` in a single-stream table).
+    pub fn for_stream_shard(
+        stream: Option<&str>,
+        shard: &ShardId,
+        parents: Vec<ShardId>,
+        hash_range: Option<HashKeyRange>,
+        start: Checkpoint,
+    ) -> Self {
+        Self { key: lease_key(stream, shard), ..Self::for_shard(shard, parents, hash_range, start) }
+    }
+
+    /// The lease's identity among the consumers, events and metrics of a node: its key (the shard
+    /// id in a single-stream table; `account:stream:epoch:shardId` in a multi-stream one).
     pub fn shard_id(&self) -> ShardId {
         ShardId::new(self.key.clone())
+    }
+
+    /// The stream identifier of a multi-stream lease; `None` for a single-stream one.
+    pub fn stream(&self) -> Option<&str> {
+        stream_of(&self.key)
+    }
+
+    /// The Kinesis shard the lease is for (what the stream calls it).
+    pub fn stream_shard_id(&self) -> ShardId {
+        ShardId::new(self.key.rsplit_once(':').map_or(self.key.as_str(), |(_, shard)| shard))
+    }
+
+    /// The key of the lease of another shard of the same stream (a parent or a child: KCL keeps
+    /// them as shard ids).
+    pub fn sibling_key(&self, shard: &ShardId) -> String {
+        lease_key(self.stream(), shard)
     }
 
     pub fn is_finished(&self) -> bool {
@@ -198,6 +244,23 @@ mod tests {
         assert!(!r.contains(9));
         assert!(!r.contains(21));
         assert!(HashKeyRange::FULL.contains(0) && HashKeyRange::FULL.contains(u128::MAX));
+    }
+
+    #[test]
+    fn multi_stream_keys_name_their_stream_and_shard() {
+        let shard = ShardId::new("shardId-000000000007");
+        let single = Lease::for_shard(&shard, vec![], None, Checkpoint::TrimHorizon);
+        assert_eq!((single.key.as_str(), single.stream()), ("shardId-000000000007", None));
+        assert_eq!(single.sibling_key(&ShardId::new("shardId-000000000001")), "shardId-000000000001");
+        let stream = "123456789012:orders:1700000000";
+        let multi = Lease::for_stream_shard(Some(stream), &shard, vec![], None, Checkpoint::TrimHorizon);
+        assert_eq!(multi.key, "123456789012:orders:1700000000:shardId-000000000007");
+        assert_eq!((multi.stream(), multi.stream_shard_id()), (Some(stream), shard.clone()));
+        assert_eq!(single.stream_shard_id(), shard);
+        assert_eq!(
+            multi.sibling_key(&ShardId::new("shardId-000000000001")),
+            "123456789012:orders:1700000000:shardId-000000000001"
+        );
     }
 
     #[test]

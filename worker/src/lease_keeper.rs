@@ -72,7 +72,9 @@ pub enum KeeperMsg {
 pub struct LeaseKeeper;
 
 pub struct KeeperArgs {
-    pub ctx: Arc<ConsumerContext>,
+    /// One per stream the node consumes (the first also serves what every stream shares: the
+    /// lease table, the node's id, events and metrics).
+    pub streams: Vec<Arc<ConsumerContext>>,
     pub settings: ClusterSettings,
     pub restart: RestartPolicy,
 }
@@ -97,21 +99,34 @@ pub struct KeeperState {
     shutdown: Option<RpcReplyPort<()>>,
 }
 
+impl KeeperArgs {
+    /// What every stream's context shares (the lease table, this node, events, metrics).
+    fn ctx(&self) -> &ConsumerContext {
+        &self.streams[0]
+    }
+
+    /// The context of the stream a lease belongs to; `None` for a stream this node does not
+    /// consume.
+    fn stream_of(&self, lease: &Lease) -> Option<&Arc<ConsumerContext>> {
+        self.streams.iter().find(|c| c.stream.as_deref() == lease.stream())
+    }
+}
+
 impl KeeperState {
     fn protocol(&self) -> LeaseProtocol<'_> {
-        LeaseProtocol::new(self.args.ctx.table.as_ref(), &self.args.ctx.retry)
+        LeaseProtocol::new(self.args.ctx().table.as_ref(), &self.args.ctx().retry)
     }
 
     fn me(&self) -> &proto::WorkerId {
-        &self.args.ctx.me
+        &self.args.ctx().me
     }
 
     fn kill_all(&mut self, why: &str) {
         for (shard, running) in std::mem::take(&mut self.consumers) {
             warn!(node = %self.me(), shard = %shard, why, "stopping consumer at once");
             running.actor.kill();
-            self.args.ctx.metrics.forget_shard(shard.as_str());
-            self.args.ctx.events.emit(ClusterEvent::ConsumerStopped {
+            self.args.ctx().metrics.forget_shard(shard.as_str());
+            self.args.ctx().events.emit(ClusterEvent::ConsumerStopped {
                 node: self.me().clone(),
                 shard,
                 why: why.to_owned(),
@@ -127,7 +142,7 @@ impl KeeperState {
             Ok(row) => {
                 self.heartbeat = Some(row.counter);
                 self.last_heartbeat = Instant::now();
-                self.args.ctx.metrics.health.heartbeat();
+                self.args.ctx().metrics.health.heartbeat();
             }
             Err(ProtocolError::Evicted { .. }) => {
                 warn!(node = %me, "declared dead by the leader; dropping every lease and re-registering");
@@ -146,8 +161,11 @@ impl KeeperState {
 
     async fn start(&mut self, myself: &ActorRef<KeeperMsg>, lease: Lease) -> Result<(), ActorProcessingErr> {
         let shard = lease.shard_id();
-        let (actor, _) =
-            Actor::spawn_linked(None, ShardConsumer, (self.args.ctx.clone(), lease), myself.get_cell()).await?;
+        let Some(ctx) = self.args.stream_of(&lease).cloned() else {
+            warn!(shard = %shard, "a lease of a stream this node does not consume; not started");
+            return Ok(());
+        };
+        let (actor, _) = Actor::spawn_linked(None, ShardConsumer, (ctx, lease), myself.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), shard.clone());
         self.consumers.insert(shard, Running { actor, stopping: None });
         Ok(())
@@ -180,7 +198,8 @@ impl KeeperState {
                 l.is_owned_by(&me) && !l.is_finished() && l.checkpoint_owner.as_ref().is_none_or(|prev| prev == &me)
             };
             let backing_off = self.failures.get(&shard).is_some_and(|f| now < f.not_before);
-            if silent || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
+            let consumed = self.args.stream_of(&lease).is_some();
+            if silent || !consumed || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
                 continue;
             }
             // The owner index may lag: start from a consistent read of the row.
@@ -222,7 +241,7 @@ impl KeeperState {
         // Leases gone from this node while no consumer ran them (restart back-off): their
         // shards' series go too.
         for shard in self.known.iter().filter(|s| !owned_keys.contains(*s) && !self.consumers.contains_key(*s)) {
-            self.args.ctx.metrics.forget_shard(shard.as_str());
+            self.args.ctx().metrics.forget_shard(shard.as_str());
         }
         self.known = owned_keys;
         Ok(())
@@ -240,14 +259,15 @@ impl KeeperState {
         let me = self.me().clone();
         let Some(parent) = self.protocol().get(parent.as_str()).await? else { return Ok(()) };
         for child in &parent.child_shard_ids {
+            let child = ShardId::new(parent.sibling_key(child));
             let Some(lease) = self.protocol().get(child.as_str()).await? else { continue };
-            if lease.owner.is_some() || self.consumers.contains_key(child) {
+            if lease.owner.is_some() || self.consumers.contains_key(&child) {
                 continue;
             }
             // The planner's readiness rule, over consistent reads of the parents.
             let mut parents = Vec::new();
             for p in &lease.parent_shard_ids {
-                parents.extend(self.protocol().get(p.as_str()).await?);
+                parents.extend(self.protocol().get(&lease.sibling_key(p)).await?);
             }
             let by_key = parents.iter().map(|l| (l.key.as_str(), l)).collect();
             if !is_ready(&lease, &by_key) {
@@ -328,7 +348,7 @@ impl KeeperState {
             }
         }
         if let Some(counter) = self.heartbeat.take() {
-            match self.args.ctx.table.remove_worker(&me, counter).await {
+            match self.args.ctx().table.remove_worker(&me, counter).await {
                 Ok(()) => info!(node = %me, "stopped; heartbeat row removed"),
                 Err(e) => warn!(node = %me, error = %e, "stopped; heartbeat row left to expire"),
             }
@@ -403,7 +423,7 @@ impl Actor for LeaseKeeper {
                 let _ = reply.send(state.consumers.keys().cloned().collect());
             }
         }
-        state.args.ctx.metrics.leases_owned.set(state.consumers.len() as i64);
+        state.args.ctx().metrics.leases_owned.set(state.consumers.len() as i64);
         Ok(())
     }
 
@@ -419,7 +439,7 @@ impl Actor for LeaseKeeper {
                 state.after_exit(&myself, &cell).await;
                 // The lease left (released, handed off, lost, ended): so do its shard's series.
                 if let Some(shard) = &shard {
-                    state.args.ctx.metrics.forget_shard(shard.as_str());
+                    state.args.ctx().metrics.forget_shard(shard.as_str());
                 }
                 if let (Some(shard), Some(reason::SHARD_END)) = (shard, why.as_deref()) {
                     if state.draining_since.is_none() {
@@ -432,12 +452,12 @@ impl Actor for LeaseKeeper {
             SupervisionEvent::ActorFailed(cell, error) => {
                 let Some(shard) = state.by_actor.get(&cell.get_id()).cloned() else { return Ok(()) };
                 warn!(node = %state.me(), shard = %shard, %error, "consumer failed");
-                state.args.ctx.events.emit(ClusterEvent::ConsumerStopped {
+                state.args.ctx().events.emit(ClusterEvent::ConsumerStopped {
                     node: state.me().clone(),
                     shard: shard.clone(),
                     why: format!("failed: {error}"),
                 });
-                state.args.ctx.metrics.consumer_failed(shard.as_str());
+                state.args.ctx().metrics.consumer_failed(shard.as_str());
                 let give_up = state.failed(&shard);
                 state.after_exit(&myself, &cell).await;
                 // A consumer that is restarted keeps its shard's series (its last checkpoint
@@ -449,7 +469,7 @@ impl Actor for LeaseKeeper {
             }
             _ => {}
         }
-        state.args.ctx.metrics.leases_owned.set(state.consumers.len() as i64);
+        state.args.ctx().metrics.leases_owned.set(state.consumers.len() as i64);
         Ok(())
     }
 }

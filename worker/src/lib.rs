@@ -41,7 +41,7 @@ pub mod sink;
 
 pub use lease_keeper::RestartPolicy;
 pub use metrics::NodeMetrics;
-pub use node::{Node, NodeConfig, NodePorts};
+pub use node::{Node, NodeConfig, NodePorts, Ports, StreamPorts};
 pub use pipeline::dead_letter::TABLE as DEAD_LETTER_TABLE;
 pub use pipeline::{Pipeline, PipelineConfig};
 pub use record_mapper::{MapOutcome, RecordMapper, TableId, Target, UserRecord};

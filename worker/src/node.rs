@@ -9,8 +9,8 @@ use crate::record_mapper::RecordMapper;
 use crate::settings::{ConsumerSettings, SinkSettings};
 use crate::shard_consumer::ConsumerContext;
 use crate::sink::{Sink, SinkArgs, Sinks};
-use coordinator::{ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink};
-use proto::{LeaseTable, RetryPolicy, ShardId, ShardReader, TableSchema, Warehouse, WorkerId};
+use coordinator::{ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink, SyncedStream};
+use proto::{Checkpoint, LeaseTable, RetryPolicy, ShardId, ShardReader, TableSchema, Warehouse, WorkerId};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ impl NodeConfig {
     }
 }
 
-/// The services a node talks to.
+/// The services a node of a single-stream cluster talks to (lease keys are shard ids).
 #[derive(Clone)]
 pub struct NodePorts {
     pub table: Arc<dyn LeaseTable>,
@@ -51,11 +51,39 @@ pub struct NodePorts {
     pub mapper: Arc<dyn RecordMapper>,
 }
 
+/// One stream a node consumes: how it is read and mapped, and where its new shards start.
+#[derive(Clone)]
+pub struct StreamPorts {
+    /// Its identifier in a multi-stream lease table (`account:stream:creationEpoch`, the
+    /// prefix of its lease keys); `None` in a single-stream table.
+    pub id: Option<String>,
+    pub reader: Arc<dyn ShardReader>,
+    pub mapper: Arc<dyn RecordMapper>,
+    /// Where its shards without a checkpoint start, and the time `AtTimestamp` means; `None`:
+    /// the cluster's `initial_position` and the consumer settings' `initial_timestamp`.
+    pub initial_position: Option<(Checkpoint, Option<i64>)>,
+}
+
+/// The services a node talks to: the lease table and the warehouse, shared, and each stream.
+#[derive(Clone)]
+pub struct Ports {
+    pub table: Arc<dyn LeaseTable>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub streams: Vec<StreamPorts>,
+}
+
+impl From<NodePorts> for Ports {
+    fn from(p: NodePorts) -> Self {
+        let stream = StreamPorts { id: None, reader: p.reader, mapper: p.mapper, initial_position: None };
+        Ports { table: p.table, warehouse: p.warehouse, streams: vec![stream] }
+    }
+}
+
 struct NodeSupervisor;
 
 struct SupervisorArgs {
     config: NodeConfig,
-    ports: NodePorts,
+    ports: Ports,
     events: EventSink,
     metrics: Arc<NodeMetrics>,
 }
@@ -74,10 +102,21 @@ async fn spawn_coordinator(
     args: &SupervisorArgs,
     supervisor: ActorCell,
 ) -> Result<ActorRef<CoordinatorMsg>, ActorProcessingErr> {
+    let cluster_start = &args.config.cluster.initial_position;
+    let streams = args
+        .ports
+        .streams
+        .iter()
+        .map(|s| SyncedStream {
+            id: s.id.clone(),
+            reader: s.reader.clone(),
+            initial_position: s.initial_position.as_ref().map_or(cluster_start, |(p, _)| p).clone(),
+        })
+        .collect();
     let coordinator_args = CoordinatorArgs {
         me: args.config.me.clone(),
         table: args.ports.table.clone(),
-        reader: args.ports.reader.clone(),
+        streams,
         settings: args.config.cluster.clone(),
         retry: args.config.retry.clone(),
         events: args.events.clone(),
@@ -107,27 +146,42 @@ impl Actor for NodeSupervisor {
             };
             Actor::spawn_linked(None, Sink, sink_args, myself.get_cell())
         };
-        let mut tables = Vec::new();
-        for table in args.ports.mapper.tables() {
-            tables.push((table.name.clone(), spawn_sink(table, false).await?.0));
+        if args.ports.streams.is_empty() {
+            return Err("a node needs at least one stream".into());
         }
+        // One dead-letter table for every stream; each stream's tables its own.
         let dead_letters = Arc::new(crate::pipeline::dead_letter::schema());
         let dead_letters = (dead_letters.name.clone(), spawn_sink(dead_letters, true).await?.0);
-        let sinks = Sinks::new(tables, dead_letters);
-        let ctx = Arc::new(ConsumerContext {
-            me: args.config.me.clone(),
-            table: args.ports.table.clone(),
-            reader: args.ports.reader.clone(),
-            mapper: args.ports.mapper.clone(),
-            sinks,
-            settings: args.config.consumer.clone(),
-            retry: args.config.retry.clone(),
-            events: args.events.clone(),
-            metrics: args.metrics.clone(),
-        });
+        let mut streams = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for stream in &args.ports.streams {
+            let mut tables = Vec::new();
+            for table in stream.mapper.tables() {
+                if !names.insert(table.name.clone()) {
+                    return Err(format!("table {} is written by two streams", table.name).into());
+                }
+                tables.push((table.name.clone(), spawn_sink(table, false).await?.0));
+            }
+            let mut settings = args.config.consumer.clone();
+            if let Some((_, at)) = &stream.initial_position {
+                settings.initial_timestamp = *at;
+            }
+            streams.push(Arc::new(ConsumerContext {
+                me: args.config.me.clone(),
+                stream: stream.id.clone(),
+                table: args.ports.table.clone(),
+                reader: stream.reader.clone(),
+                mapper: stream.mapper.clone(),
+                sinks: Sinks::new(tables, dead_letters.clone()),
+                settings,
+                retry: args.config.retry.clone(),
+                events: args.events.clone(),
+                metrics: args.metrics.clone(),
+            }));
+        }
         let coordinator = spawn_coordinator(&args, myself.get_cell()).await?;
         let keeper_args =
-            KeeperArgs { ctx, settings: args.config.cluster.clone(), restart: args.config.restart.clone() };
+            KeeperArgs { streams, settings: args.config.cluster.clone(), restart: args.config.restart.clone() };
         let keeper = Actor::spawn_linked(None, LeaseKeeper, keeper_args, myself.get_cell()).await?.0;
         Ok(SupervisorState { args, coordinator, keeper })
     }
@@ -190,7 +244,7 @@ pub struct StartError {
 }
 
 impl Node {
-    pub async fn start(config: NodeConfig, ports: NodePorts, events: EventSink) -> Result<Node, StartError> {
+    pub async fn start(config: NodeConfig, ports: impl Into<Ports>, events: EventSink) -> Result<Node, StartError> {
         Self::start_with_metrics(config, ports, events, Arc::new(NodeMetrics::default())).await
     }
 
@@ -198,14 +252,14 @@ impl Node {
     /// their failed calls there: `crate::observed`).
     pub async fn start_with_metrics(
         config: NodeConfig,
-        ports: NodePorts,
+        ports: impl Into<Ports>,
         events: EventSink,
         metrics: Arc<NodeMetrics>,
     ) -> Result<Node, StartError> {
         let id = config.me.clone();
         let shutdown_deadline = config.shutdown_deadline;
         let fail = |reason: String| StartError { node: id.clone(), reason };
-        let args = SupervisorArgs { config, ports, events, metrics: metrics.clone() };
+        let args = SupervisorArgs { config, ports: ports.into(), events, metrics: metrics.clone() };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| fail(e.to_string()))?;
         let (_, keeper) = ractor::call!(supervisor, SupervisorMsg::Parts).map_err(|e| fail(e.to_string()))?;
         // The sinks checked their tables and the keeper runs: ready once it heartbeats.

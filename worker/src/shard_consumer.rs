@@ -28,6 +28,9 @@ use crate::settings::ConsumerSettings;
 /// What every consumer of a node shares.
 pub struct ConsumerContext {
     pub me: WorkerId,
+    /// The stream's identifier in a multi-stream table (its lease keys' prefix); `None` in a
+    /// single-stream one.
+    pub stream: Option<String>,
     pub table: Arc<dyn LeaseTable>,
     pub reader: Arc<dyn ShardReader>,
     pub mapper: Arc<dyn RecordMapper>,
@@ -85,7 +88,10 @@ pub struct ShardConsumer;
 pub struct ConsumerState {
     ctx: Arc<ConsumerContext>,
     lease: Lease,
+    /// The lease's identity (its key) in logs, events and metrics.
     shard: ShardId,
+    /// The shard as its stream names it (reads, the rows' shard column, its children).
+    stream_shard: ShardId,
     cursor: ShardCursor,
     /// Where the sinks send their acks (this actor).
     acks: DerivedActorRef<ChunkCommit>,
@@ -195,13 +201,13 @@ impl ConsumerState {
     /// error is real and the consumer fails.
     async fn shard_gone(&mut self, myself: &ActorRef<ConsumerMsg>, why: String) -> Result<(), ActorProcessingErr> {
         let shards = self.ctx.reader.list_shards().await?;
-        if shards.iter().any(|s| s.id == self.shard) {
+        if shards.iter().any(|s| s.id == self.stream_shard) {
             return Err(format!("shard {} listed but not readable: {why}", self.shard).into());
         }
         warn!(shard = %self.shard, "shard no longer in the stream (past retention); ending it");
         let children: Vec<ChildShard> = shards
             .into_iter()
-            .filter(|s| s.parents.contains(&self.shard))
+            .filter(|s| s.parents.contains(&self.stream_shard))
             .map(|s| ChildShard { id: s.id, parents: s.parents, hash_range: s.hash_range })
             .collect();
         self.create_children(&children).await?;
@@ -221,7 +227,7 @@ impl ConsumerState {
         let mut mapped = 0;
         while mapped < records.len() {
             let waited = self.waiting_since.map(|t| t.elapsed());
-            let (n, outcome) = self.ctx.mapper.map(&self.shard, &records[mapped..], false, &mut out);
+            let (n, outcome) = self.ctx.mapper.map(&self.stream_shard, &records[mapped..], false, &mut out);
             if n > 0 {
                 self.waiting_since = None;
                 mapped += n;
@@ -230,7 +236,7 @@ impl ConsumerState {
                 MapOutcome::Done => break,
                 // The first record has waited long enough: it is dead-lettered, the run goes on.
                 MapOutcome::Wait(max_wait) if n == 0 && waited.is_some_and(|w| w >= max_wait) => {
-                    self.ctx.mapper.map(&self.shard, &records[mapped..=mapped], true, &mut out);
+                    self.ctx.mapper.map(&self.stream_shard, &records[mapped..=mapped], true, &mut out);
                     self.waiting_since = None;
                     mapped += 1;
                 }
@@ -311,10 +317,15 @@ impl ConsumerState {
 
     async fn create_children(&self, children: &[ChildShard]) -> Result<(), ProtocolError> {
         for child in children {
-            let lease =
-                Lease::for_shard(&child.id, child.parents.clone(), Some(child.hash_range), Checkpoint::TrimHorizon);
+            let lease = Lease::for_stream_shard(
+                self.lease.stream(),
+                &child.id,
+                child.parents.clone(),
+                Some(child.hash_range),
+                Checkpoint::TrimHorizon,
+            );
             if self.protocol().create(&lease).await? {
-                self.ctx.events.emit(ClusterEvent::LeaseCreated { shard: child.id.clone() });
+                self.ctx.events.emit(ClusterEvent::LeaseCreated { shard: lease.shard_id() });
             }
         }
         Ok(())
@@ -388,10 +399,12 @@ impl Actor for ShardConsumer {
         ctx.events.emit(ClusterEvent::ConsumerStarted { node: ctx.me.clone(), shard: shard.clone() });
         ctx.metrics.consumer_started(shard.as_str());
         let progress = ChunkProgress::new(ctx.sinks.len());
+        let stream_shard = lease.stream_shard_id();
         let mut state = ConsumerState {
             ctx,
             lease,
-            cursor: ShardCursor::new(shard.clone()),
+            cursor: ShardCursor::new(stream_shard.clone()),
+            stream_shard,
             shard,
             acks: myself.get_derived(),
             pending: VecDeque::new(),
@@ -450,7 +463,7 @@ impl Actor for ShardConsumer {
     /// However it stopped (finished, handed off, lost, failed), what the reader holds open for
     /// the shard (an enhanced fan-out subscription) is let go.
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.ctx.reader.release(&state.shard);
+        state.ctx.reader.release(&state.stream_shard);
         Ok(())
     }
 }
