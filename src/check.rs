@@ -19,7 +19,7 @@ fn duration(d: std::time::Duration) -> String {
 /// config, and the warehouse shows only where it is.
 pub fn summary(config: &RunConfig) -> String {
     let mut out = String::new();
-    let start = match (&config.cluster.initial_position, config.consumer.initial_timestamp) {
+    let start_text = |position: &proto::Checkpoint, at: Option<i64>| match (position, at) {
         (proto::Checkpoint::Latest, _) => "latest".to_owned(),
         (proto::Checkpoint::AtTimestamp, Some(ms)) => {
             let mut at = String::from("at_timestamp ");
@@ -28,12 +28,21 @@ pub fn summary(config: &RunConfig) -> String {
         }
         _ => "trim_horizon".to_owned(),
     };
-    let _ = writeln!(out, "stream       {} (start at {start} without a checkpoint)", config.stream.name);
-    let reading = match config.consumer_name() {
-        None => "polling (GetRecords)".to_owned(),
-        Some(name) => format!("enhanced fan-out (stream consumer {name})"),
-    };
-    let _ = writeln!(out, "reading      by {reading}");
+    for stream in &config.streams {
+        let start = match &stream.start {
+            Some((position, at)) => start_text(position, *at),
+            None => start_text(&config.cluster.initial_position, config.consumer.initial_timestamp),
+        };
+        let reading = match stream.consumer_name(&config.lease_table.name) {
+            None => "polling (GetRecords)".to_owned(),
+            Some(name) => format!("enhanced fan-out (stream consumer {name})"),
+        };
+        let _ = writeln!(out, "stream       {} (start at {start} without a checkpoint)", stream.section.name);
+        let _ = writeln!(out, "reading      by {reading}");
+    }
+    if config.multi_stream {
+        let _ = writeln!(out, "leases       keyed account:stream:creation-time:shard (KCL's multi-stream keys)");
+    }
     let _ = writeln!(out, "lease table  {} (DynamoDB)", config.lease_table.name);
     let warehouse = match &config.warehouse {
         WarehouseSection::Postgres(PostgresSection { url }) => {
@@ -64,20 +73,24 @@ pub fn summary(config: &RunConfig) -> String {
         }
     };
     let _ = writeln!(out, "warehouse    {warehouse}");
-    let p = &config.pipeline;
-    let _ = writeln!(out, "format       {}", format!("{:?}", p.format).to_lowercase());
-    for t in &p.tables {
-        let source = t.source_table.as_deref().map(|s| format!(", from source table {s}")).unwrap_or_default();
-        let joins: Vec<&str> = t.joins.iter().map(|j| j.reference.as_str()).collect();
-        let joins = if joins.is_empty() { String::new() } else { format!(", joins {}", joins.join(", ")) };
-        let _ = writeln!(
-            out,
-            "table        {} (key {}; {} columns{source}{joins})",
-            t.name,
-            t.key.join(", "),
-            t.columns.len()
-        );
+    for stream in &config.streams {
+        let p = &stream.pipeline;
+        let of = if config.multi_stream { format!(" (stream {})", stream.section.name) } else { String::new() };
+        let _ = writeln!(out, "format       {}{of}", format!("{:?}", p.format).to_lowercase());
+        for t in &p.tables {
+            let source = t.source_table.as_deref().map(|s| format!(", from source table {s}")).unwrap_or_default();
+            let joins: Vec<&str> = t.joins.iter().map(|j| j.reference.as_str()).collect();
+            let joins = if joins.is_empty() { String::new() } else { format!(", joins {}", joins.join(", ")) };
+            let _ = writeln!(
+                out,
+                "table        {} (key {}; {} columns{source}{joins}){of}",
+                t.name,
+                t.key.join(", "),
+                t.columns.len()
+            );
+        }
     }
+    let p = &config.stream().pipeline;
     let _ = writeln!(out, "table        {} (records that cannot be mapped)", worker::DEAD_LETTER_TABLE);
     for r in &p.references {
         let _ = writeln!(
@@ -90,7 +103,7 @@ pub fn summary(config: &RunConfig) -> String {
             r.max_items
         );
     }
-    if p.tokenizes() {
+    if config.streams.iter().any(|s| s.pipeline.tokenizes()) {
         let set = if std::env::var_os(&p.tokenize_key_env).is_some() { "set" } else { "not set here" };
         let _ = writeln!(out, "tokenize key from ${} ({set}; `run` needs it)", p.tokenize_key_env);
     }

@@ -1,7 +1,8 @@
 //! `tributary leases --config FILE`: the lease table as a table (owner, checkpoint, lag behind
 //! the stream's tip, parents, children) and the nodes, each alive or silent by whether its
-//! heartbeat moved over one heartbeat interval; and `--reset SHARD`: put a shard's checkpoint
-//! back to the trim horizon and release it, after a confirmation.
+//! heartbeat moved over one heartbeat interval; `--reset SHARD`: put a shard's checkpoint back to
+//! the trim horizon and release it; `--forget-stream ID`: delete the leases of a stream the
+//! config no longer lists (nodes leave them alone otherwise); each after a confirmation.
 
 use crate::run_config::RunConfig;
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
@@ -45,8 +46,9 @@ async fn lag(reader: &Kinesis, lease: &Lease) -> String {
         Checkpoint::Latest => return "-".into(),
         _ => StartingPosition::TrimHorizon,
     };
-    let Ok(iterator) = reader.iterator(&lease.shard_id(), &from).await else { return "?".into() };
-    match reader.read(&lease.shard_id(), &iterator, 1).await {
+    let shard = lease.stream_shard_id();
+    let Ok(iterator) = reader.iterator(&shard, &from).await else { return "?".into() };
+    match reader.read(&shard, &iterator, 1).await {
         Ok(batch) if batch.records.is_empty() && batch.millis_behind_latest == 0 => "0s".into(),
         Ok(batch) => format!("{:.1}s", batch.millis_behind_latest as f64 / 1000.0),
         Err(_) => "?".into(),
@@ -61,15 +63,41 @@ fn list(shards: &[proto::ShardId]) -> String {
     }
 }
 
-pub async fn run(config: RunConfig, reset: Option<String>, yes: bool) -> anyhow::Result<()> {
+/// What `tributary leases` does besides listing.
+pub enum LeasesAction {
+    List,
+    Reset(String),
+    ForgetStream(String),
+}
+
+pub async fn run(config: RunConfig, action: LeasesAction, yes: bool) -> anyhow::Result<()> {
     let sdk = adapters::aws::load_config().await;
     let table = DynamoLeaseTable::new(&sdk, &config.lease_table.name);
-    let reader = Kinesis::new(&sdk, &config.stream.name);
-    if let Some(shard) = reset {
-        return reset_lease(&table, &shard, yes).await;
+    // Each configured stream's reader, by the stream part of its leases' keys.
+    let mut readers: Vec<(Option<String>, Kinesis)> = Vec::new();
+    for stream in &config.streams {
+        let kinesis = Kinesis::new(&sdk, &stream.section.name);
+        let id = match config.multi_stream {
+            true => Some(kinesis.stream_identifier().await.with_context(|| format!("stream {}", stream.section.name))?),
+            false => None,
+        };
+        readers.push((id, kinesis));
+    }
+    match action {
+        LeasesAction::List => {}
+        LeasesAction::Reset(shard) => return reset_lease(&table, &shard, yes).await,
+        LeasesAction::ForgetStream(id) => {
+            if readers.iter().any(|(known, _)| known.as_deref() == Some(id.as_str())) {
+                anyhow::bail!(
+                    "stream {id} is in the config: its nodes own its leases; remove it from the config first"
+                );
+            }
+            return forget_stream(&table, &id, yes).await;
+        }
     }
     let started = tokio::time::Instant::now();
-    let mut leases = table.scan().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
+    let mut leases: Vec<Lease> =
+        table.scan().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     leases.sort_by(|a, b| a.key.cmp(&b.key));
     let before = table.workers().await.unwrap_or_default();
     println!(
@@ -88,7 +116,10 @@ pub async fn run(config: RunConfig, reset: Option<String>, yes: bool) -> anyhow:
             owner,
             l.counter,
             checkpoint_text(&l.checkpoint),
-            lag(&reader, l).await,
+            match readers.iter().find(|(id, _)| id.as_deref() == l.stream()) {
+                Some((_, reader)) => lag(reader, l).await,
+                None => "?".into(),
+            },
             list(&l.parent_shard_ids),
             list(&l.child_shard_ids)
         );
@@ -101,6 +132,28 @@ pub async fn run(config: RunConfig, reset: Option<String>, yes: bool) -> anyhow:
     let after = table.workers().await.unwrap_or_default();
     let nodes = nodes(&before, &after);
     println!("{} leases; {} nodes: {}", leases.len(), nodes.len(), nodes.join(", "));
+    Ok(())
+}
+
+/// Deletes every lease of the stream `id` (`account:stream:creationEpoch`), after the stream id
+/// is typed back. Nothing reads them any more; their checkpoints are lost.
+async fn forget_stream(table: &DynamoLeaseTable, id: &str, yes: bool) -> anyhow::Result<()> {
+    let leases: Vec<Lease> = table.scan().await?.into_iter().filter(|l| l.stream() == Some(id)).collect();
+    anyhow::ensure!(!leases.is_empty(), "no lease of stream {id:?} in {}", table.table_name());
+    println!("{} leases of stream {id}. Delete them with their checkpoints?", leases.len());
+    if !yes {
+        print!("type the stream id to confirm: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != id {
+            anyhow::bail!("not confirmed; nothing changed");
+        }
+    }
+    for lease in &leases {
+        table.delete(&lease.key, &Expect::unchanged(lease)).await.with_context(|| format!("lease {}", lease.key))?;
+    }
+    println!("{} leases of stream {id} deleted", leases.len());
     Ok(())
 }
 

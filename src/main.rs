@@ -89,6 +89,10 @@ enum Command {
         /// Put this shard's checkpoint back to TRIM_HORIZON and release it (asks first).
         #[arg(long, value_name = "SHARD")]
         reset: Option<String>,
+        /// Delete the leases of a stream the config no longer lists (`account:stream:epoch`, as
+        /// their keys begin); nodes leave them alone otherwise (asks first).
+        #[arg(long, value_name = "STREAM_ID", conflicts_with = "reset")]
+        forget_stream: Option<String>,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -183,21 +187,29 @@ fn main() -> ExitCode {
                 };
                 tributary::gen::run(opts).await.map(|()| true)
             }
-            Command::Leases { config, reset, yes } => {
-                tributary::leases::run(load_config(&config)?, reset, yes).await.map(|()| true)
+            Command::Leases { config, reset, forget_stream, yes } => {
+                use tributary::leases::LeasesAction;
+                let action = match (reset, forget_stream) {
+                    (Some(shard), _) => LeasesAction::Reset(shard),
+                    (None, Some(stream)) => LeasesAction::ForgetStream(stream),
+                    (None, None) => LeasesAction::List,
+                };
+                tributary::leases::run(load_config(&config)?, action, yes).await.map(|()| true)
             }
             Command::DeregisterConsumer { config } => {
                 let config = load_config(&config)?;
-                let name = config
-                    .consumer_name()
+                let stream = config.stream();
+                let name = stream
+                    .consumer_name(&config.lease_table.name)
                     .context("the config reads by polling (`[stream] consumer = \"efo\"` names a stream consumer)")?;
+                let stream_name = &stream.section.name;
                 let sdk = adapters::aws::load_config().await;
-                let kinesis = adapters::kinesis::Kinesis::new(&sdk, &config.stream.name);
+                let kinesis = adapters::kinesis::Kinesis::new(&sdk, stream_name);
                 adapters::kinesis_fan_out::KinesisFanOut::new(kinesis, name)
                     .deregister()
                     .await
-                    .with_context(|| format!("deregistering stream consumer {name} of {}", config.stream.name))?;
-                println!("stream consumer {name} of {} deregistered", config.stream.name);
+                    .with_context(|| format!("deregistering stream consumer {name} of {stream_name}"))?;
+                println!("stream consumer {name} of {stream_name} deregistered");
                 Ok(true)
             }
         }

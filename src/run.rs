@@ -4,7 +4,7 @@
 //! release, heartbeat row removed. Returns an error if the node stopped on its own.
 
 use crate::metrics_server::Served;
-use crate::run_config::{PostgresSection, RunConfig, SqliteSection, WarehouseSection};
+use crate::run_config::{ConsumerKind, PostgresSection, RunConfig, SqliteSection, WarehouseSection};
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use tracing::info;
 use worker::observed::{Observed, ObservedReferences};
 use worker::reference_set::ReferenceSet;
-use worker::{Node, NodeConfig, NodeMetrics, NodePorts, Pipeline};
+use worker::{Node, NodeConfig, NodeMetrics, Pipeline, Ports, StreamPorts};
 
 /// The PostgreSQL settings: the config's connection string, completed from libpq's variables
 /// where it is silent — `PGPASSWORD`, `PGSSLMODE` (every mode that asks for TLS gets it verified,
@@ -130,30 +130,46 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let table = Arc::new(table);
     let source: Arc<dyn ReferenceSource> = Arc::new(DynamoReferenceSource::new(&sdk));
     let source = ObservedReferences::new(source, "dynamodb", "dynamodb_streams", metrics.clone());
-    let references =
-        ReferenceSet::start(Arc::new(source), &config.pipeline.reference_specs()).await.context("reference tables")?;
+    // Reference tables are shared by every stream's pipeline.
+    let specs = config.reference_specs();
+    let references = ReferenceSet::start(Arc::new(source), &specs).await.context("reference tables")?;
     let references = Arc::new(references);
     metrics.watch_references(references.clone());
-    let mapper = Pipeline::new(&config.pipeline, references.clone()).context("pipeline")?;
     let (warehouse, warehouse_service) = warehouse(config, &sdk).await?;
-    let kinesis = Kinesis::new(&sdk, &config.stream.name);
-    let reader: Arc<dyn ShardReader> = match config.consumer_name() {
-        None => Arc::new(kinesis),
-        Some(name) => {
-            let fan_out = KinesisFanOut::new(kinesis, name)
-                .register()
-                .await
-                .with_context(|| format!("stream consumer {name} (enhanced fan-out) of {}", config.stream.name))?;
-            info!(consumer = fan_out.consumer_arn(), "reading by enhanced fan-out");
-            Arc::new(fan_out)
-        }
-    };
+    let mut streams = Vec::new();
+    for stream in &config.streams {
+        let name = &stream.section.name;
+        let mapper =
+            Pipeline::new(&stream.pipeline, references.clone()).with_context(|| format!("stream {name}: pipeline"))?;
+        let kinesis = Kinesis::new(&sdk, name);
+        // In a multi-stream table a stream's leases are keyed by its identifier.
+        let id = match config.multi_stream {
+            true => Some(kinesis.stream_identifier().await.with_context(|| format!("stream {name}"))?),
+            false => None,
+        };
+        let reader: Arc<dyn ShardReader> = match stream.consumer_name(&config.lease_table.name) {
+            None => Arc::new(kinesis),
+            Some(consumer) => {
+                let fan_out = KinesisFanOut::new(kinesis, consumer)
+                    .register()
+                    .await
+                    .with_context(|| format!("stream consumer {consumer} (enhanced fan-out) of {name}"))?;
+                info!(stream = %name, consumer = fan_out.consumer_arn(), "reading by enhanced fan-out");
+                Arc::new(fan_out)
+            }
+        };
+        streams.push(StreamPorts {
+            id,
+            reader: Arc::new(Observed::new(reader, "kinesis", metrics.clone())),
+            mapper: Arc::new(mapper),
+            initial_position: stream.start.clone(),
+        });
+    }
     let lease_table: Arc<dyn LeaseTable> = table.clone();
-    let ports = NodePorts {
+    let ports = Ports {
         table: Arc::new(Observed::new(lease_table, "dynamodb", metrics.clone())),
-        reader: Arc::new(Observed::new(reader, "kinesis", metrics.clone())),
         warehouse: Arc::new(Observed::new(warehouse, warehouse_service, metrics.clone())),
-        mapper: Arc::new(mapper),
+        streams,
     };
     let mut node_config = NodeConfig::new(me.clone(), config.cluster.clone());
     node_config.consumer = config.consumer.clone();
@@ -176,8 +192,17 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
             return Ok(());
         }
     };
-    info!(node = %me, stream = %config.stream.name, lease_table = %config.lease_table.name, "node started");
-    eprintln!("tributary: node {me} consuming {} (lease table {})", config.stream.name, config.lease_table.name);
+    let reading: Vec<String> = config
+        .streams
+        .iter()
+        .map(|s| match s.section.consumer {
+            ConsumerKind::Polling => format!("{} by polling", s.section.name),
+            ConsumerKind::Efo => format!("{} by enhanced fan-out", s.section.name),
+        })
+        .collect();
+    let reading = reading.join(", ");
+    info!(node = %me, streams = %reading, lease_table = %config.lease_table.name, "node started");
+    eprintln!("tributary: node {me} consuming {reading} (lease table {})", config.lease_table.name);
     loop {
         tokio::select! {
             () = &mut shutdown => break,

@@ -148,12 +148,89 @@ pub struct RunConfig {
     pub cluster: ClusterSettings,
     pub consumer: ConsumerSettings,
     pub sink: SinkSettings,
-    pub stream: StreamSection,
+    /// `[stream]` (one stream, its pipeline at the top level, leases keyed by shard id) or the
+    /// `[[stream]]` entries (each with its own pipeline; leases keyed as KCL's multi-stream ones).
+    pub streams: Vec<StreamConfig>,
+    /// Whether the streams came as `[[stream]]` (a multi-stream lease table).
+    pub multi_stream: bool,
     pub lease_table: LeaseTableSection,
     pub warehouse: WarehouseSection,
     /// No Prometheus endpoint without it.
     pub metrics: Option<MetricsSection>,
+}
+
+/// One stream the node consumes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamConfig {
+    pub section: StreamSection,
+    /// A `[[stream]]` entry's own `initial_position` (and `initial_timestamp`); `None`: `[node]`'s.
+    pub start: Option<(proto::Checkpoint, Option<i64>)>,
     pub pipeline: PipelineConfig,
+}
+
+impl StreamConfig {
+    /// With enhanced fan-out, the name of the stream consumer (by default the lease table's).
+    pub fn consumer_name<'a>(&'a self, lease_table: &'a str) -> Option<&'a str> {
+        match self.section.consumer {
+            ConsumerKind::Polling => None,
+            ConsumerKind::Efo => Some(self.section.consumer_name.as_deref().unwrap_or(lease_table)),
+        }
+    }
+}
+
+/// The pipeline keys a `[[stream]]` entry holds itself; `[[reference]]` and `tokenize_key_env`
+/// stay at the top level, shared by every stream.
+const STREAM_PIPELINE_KEYS: [&str; 4] = ["format", "max_record_bytes", "before_image_field", "table"];
+const SHARED_PIPELINE_KEYS: [&str; 2] = ["reference", "tokenize_key_env"];
+
+/// The `[[stream]]` entries: each one's own keys, its start, and its pipeline (its keys plus the
+/// shared ones). Errors name the entry (`stream[1].table[0].key: …`).
+fn stream_entries(entries: Vec<toml::Value>, shared: &toml::Table) -> Result<Vec<StreamConfig>, ConfigError> {
+    if entries.is_empty() {
+        return Err(ConfigError::new("stream", "at least one [[stream]] is needed"));
+    }
+    let mut streams = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let at = format!("stream[{i}]");
+        let toml::Value::Table(mut keys) = entry else {
+            return Err(ConfigError::new(at, "must be a table"));
+        };
+        let mut pipeline: toml::Table = shared.clone();
+        for key in STREAM_PIPELINE_KEYS {
+            if let Some(v) = keys.remove(key) {
+                pipeline.insert(key.to_owned(), v);
+            }
+        }
+        let mut start = toml::Table::new();
+        for key in ["initial_position", "initial_timestamp"] {
+            if let Some(v) = keys.remove(key) {
+                start.insert(key.to_owned(), v);
+            }
+        }
+        let section: StreamSection = parse(toml::Value::Table(keys), &at)?;
+        let start = if start.is_empty() {
+            None
+        } else {
+            let only = |key: &str| {
+                toml::Value::Table(
+                    start.iter().filter(|(k, _)| *k == key).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                )
+            };
+            let cluster: ClusterSettings = parse(only("initial_position"), &at)?;
+            let consumer: ConsumerSettings = parse(only("initial_timestamp"), &at)?;
+            Some((cluster.initial_position, consumer.initial_timestamp))
+        };
+        let pipeline = PipelineConfig::from_table(pipeline).map_err(|e| {
+            let shared = SHARED_PIPELINE_KEYS.iter().any(|k| e.field.starts_with(k));
+            if shared {
+                e
+            } else {
+                ConfigError::new(format!("{at}.{}", e.field), e.problem)
+            }
+        })?;
+        streams.push(StreamConfig { section, start, pipeline });
+    }
+    Ok(streams)
 }
 
 /// `value` as a `T`; an error names the key it is in (`node.failover_time: …`). serde reports a
@@ -255,6 +332,15 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
     value.ok_or_else(|| ConfigError::new(name, "section is missing"))
 }
 
+/// `initial_timestamp` is set exactly when `initial_position = "at_timestamp"`.
+fn check_start(field: &str, position: &proto::Checkpoint, at: Option<i64>) -> Result<(), ConfigError> {
+    match (position == &proto::Checkpoint::AtTimestamp, at) {
+        (true, None) => Err(ConfigError::new(field, "is needed with initial_position = \"at_timestamp\"")),
+        (false, Some(_)) => Err(ConfigError::new(field, "is read only with initial_position = \"at_timestamp\"")),
+        _ => Ok(()),
+    }
+}
+
 /// Kinesis's rule for a stream consumer's name.
 fn valid_consumer_name(name: &str) -> bool {
     (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -264,40 +350,72 @@ impl RunConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::new("config", e.message()))?;
         let (node, cluster, consumer, sink) = node_section(&mut table)?;
-        let stream = required(section(&mut table, "stream")?, "stream")?;
+        let stream = required(table.remove("stream"), "stream")?;
         let lease_table = required(section(&mut table, "lease_table")?, "lease_table")?;
         let warehouse = warehouse_section(&mut table)?;
         let metrics = section(&mut table, "metrics")?;
-        let pipeline = PipelineConfig::from_table(table)?;
-        let config = Self { node, cluster, consumer, sink, stream, lease_table, warehouse, metrics, pipeline };
+        let (streams, multi_stream) = match stream {
+            toml::Value::Array(entries) => {
+                if let Some(key) = table.keys().find(|k| !SHARED_PIPELINE_KEYS.contains(&k.as_str())) {
+                    let problem = "with [[stream]], each stream holds its own pipeline ([[stream.table]], …)";
+                    return Err(ConfigError::new(key.clone(), problem));
+                }
+                (stream_entries(entries, &table)?, true)
+            }
+            single => {
+                let section = parse(single, "stream")?;
+                (vec![StreamConfig { section, start: None, pipeline: PipelineConfig::from_table(table)? }], false)
+            }
+        };
+        let config = Self { node, cluster, consumer, sink, streams, multi_stream, lease_table, warehouse, metrics };
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.stream.name.is_empty() {
-            return Err(ConfigError::new("stream.name", "must not be empty"));
+        let mut names = std::collections::BTreeSet::new();
+        let mut tables = std::collections::BTreeSet::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            let at = if self.multi_stream { format!("stream[{i}]") } else { "stream".to_owned() };
+            if stream.section.name.is_empty() {
+                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+            }
+            if !names.insert(stream.section.name.as_str()) {
+                return Err(ConfigError::new(format!("{at}.name"), "names a stream listed before"));
+            }
+            for table in &stream.pipeline.tables {
+                if !tables.insert(table.name.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.table"),
+                        format!("{:?} is written by another stream too", table.name),
+                    ));
+                }
+            }
+            let field = format!("{at}.consumer_name");
+            match (&stream.section.consumer, &stream.section.consumer_name) {
+                (ConsumerKind::Polling, Some(_)) => {
+                    return Err(ConfigError::new(field, "is read only with consumer = \"efo\""))
+                }
+                (ConsumerKind::Efo, Some(name)) if !valid_consumer_name(name) => {
+                    return Err(ConfigError::new(
+                        field,
+                        "must be 1 to 128 letters, digits, `_`, `.` or `-` (Kinesis's rule)",
+                    ))
+                }
+                (ConsumerKind::Efo, None) if !valid_consumer_name(&self.lease_table.name) => {
+                    return Err(ConfigError::new(
+                        field,
+                        "is needed: the lease table's name is not a valid consumer name",
+                    ))
+                }
+                _ => {}
+            }
+            if let Some((position, at_ms)) = &stream.start {
+                check_start(&format!("{at}.initial_timestamp"), position, *at_ms)?;
+            }
         }
         if self.lease_table.name.is_empty() {
             return Err(ConfigError::new("lease_table.name", "must not be empty"));
-        }
-        match (&self.stream.consumer, &self.stream.consumer_name) {
-            (ConsumerKind::Polling, Some(_)) => {
-                return Err(ConfigError::new("stream.consumer_name", "is read only with consumer = \"efo\""))
-            }
-            (ConsumerKind::Efo, Some(name)) if !valid_consumer_name(name) => {
-                return Err(ConfigError::new(
-                    "stream.consumer_name",
-                    "must be 1 to 128 letters, digits, `_`, `.` or `-` (Kinesis's rule)",
-                ))
-            }
-            (ConsumerKind::Efo, None) if !valid_consumer_name(&self.lease_table.name) => {
-                return Err(ConfigError::new(
-                    "stream.consumer_name",
-                    "is needed: the lease table's name is not a valid consumer name",
-                ))
-            }
-            _ => {}
         }
         if self.cluster.failover_time < Duration::from_secs(1) {
             return Err(ConfigError::new("node.failover_time", "must be at least 1s"));
@@ -308,22 +426,7 @@ impl RunConfig {
         if self.consumer.idle_read_interval < self.consumer.read_interval {
             return Err(ConfigError::new("node.idle_read_interval", "must not be shorter than read_interval"));
         }
-        let at_timestamp = self.cluster.initial_position == proto::Checkpoint::AtTimestamp;
-        match (at_timestamp, self.consumer.initial_timestamp) {
-            (true, None) => {
-                return Err(ConfigError::new(
-                    "node.initial_timestamp",
-                    "is needed with initial_position = \"at_timestamp\"",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(ConfigError::new(
-                    "node.initial_timestamp",
-                    "is read only with initial_position = \"at_timestamp\"",
-                ))
-            }
-            _ => {}
-        }
+        check_start("node.initial_timestamp", &self.cluster.initial_position, self.consumer.initial_timestamp)?;
         if self.sink.batch_latency.is_zero() {
             return Err(ConfigError::new("node.batch_latency", "must be above zero"));
         }
@@ -357,12 +460,30 @@ impl RunConfig {
         Ok(())
     }
 
-    /// With enhanced fan-out, the name of the stream consumer.
-    pub fn consumer_name(&self) -> Option<&str> {
-        match self.stream.consumer {
-            ConsumerKind::Polling => None,
-            ConsumerKind::Efo => Some(self.stream.consumer_name.as_deref().unwrap_or(&self.lease_table.name)),
+    /// The reference tables every stream's pipeline shares, each keeping the attributes any
+    /// stream reads through it.
+    pub fn reference_specs(&self) -> Vec<worker::reference_set::ReferenceSpec> {
+        let mut specs: Vec<worker::reference_set::ReferenceSpec> = Vec::new();
+        for stream in &self.streams {
+            for spec in stream.pipeline.reference_specs() {
+                match specs.iter_mut().find(|s| s.name == spec.name) {
+                    Some(known) => {
+                        for a in spec.attributes {
+                            if !known.attributes.contains(&a) {
+                                known.attributes.push(a);
+                            }
+                        }
+                    }
+                    None => specs.push(spec),
+                }
+            }
         }
+        specs
+    }
+
+    /// The first (or only) stream: what commands that take one stream use.
+    pub fn stream(&self) -> &StreamConfig {
+        &self.streams[0]
     }
 
     /// This node's worker id.
@@ -409,7 +530,7 @@ url = "host=127.0.0.1"
     fn reads_the_sections_and_the_pipeline() {
         let c = config(&format!("[node]\nfailover_time = \"4s\"\n{BASE}")).unwrap();
         assert_eq!(c.cluster, ClusterSettings::with_failover(Duration::from_secs(4)));
-        assert_eq!(c.pipeline.tables.len(), 1);
+        assert_eq!(c.stream().pipeline.tables.len(), 1);
         assert_eq!(c.cluster.initial_position, proto::Checkpoint::TrimHorizon);
     }
 
@@ -461,11 +582,14 @@ url = "host=127.0.0.1"
     #[test]
     fn the_stream_is_polled_unless_enhanced_fan_out_is_asked_for() {
         let polled = config(BASE).unwrap();
-        assert_eq!((polled.stream.consumer, polled.consumer_name()), (ConsumerKind::Polling, None));
+        assert_eq!(
+            (polled.stream().section.consumer, polled.stream().consumer_name("t")),
+            (ConsumerKind::Polling, None)
+        );
         let efo = config(&BASE.replace("name = \"s\"\n", "name = \"s\"\nconsumer = \"efo\"\n")).unwrap();
-        assert_eq!(efo.consumer_name(), Some("t"));
+        assert_eq!(efo.stream().consumer_name("t"), Some("t"));
         let named = BASE.replace("name = \"s\"\n", "name = \"s\"\nconsumer = \"efo\"\nconsumer_name = \"etl.v2\"\n");
-        assert_eq!(config(&named).unwrap().consumer_name(), Some("etl.v2"));
+        assert_eq!(config(&named).unwrap().stream().consumer_name("t"), Some("etl.v2"));
         for (stream, field) in [
             ("consumer = \"push\"", "stream.consumer: unknown variant `push`"),
             ("consumer_name = \"etl\"", "stream.consumer_name: is read only with consumer = \"efo\""),
@@ -480,6 +604,56 @@ url = "host=127.0.0.1"
                 .unwrap_err()
                 .to_string();
         assert!(e.starts_with("stream.consumer_name: is needed"), "{e}");
+    }
+
+    /// `[[stream]]`: each entry its own keys, start and pipeline; references shared; mistakes
+    /// named by entry.
+    #[test]
+    fn several_streams_each_with_their_own_pipeline() {
+        let two = |first: &str, second: &str, top: &str| {
+            format!(
+                "{top}\n[[reference]]\nname = \"r\"\nkey = \"id\"\n\
+                 [[stream]]\nname = \"a\"\n{first}\n[[stream.table]]\nname = \"ta\"\nkey = [\"id\"]\n\
+                 column = [{{ name = \"id\", from = \"id\", type = \"text\" }}]\n\
+                 [[stream]]\nname = \"b\"\n{second}\n[[stream.table]]\nname = \"tb\"\nkey = [\"id\"]\n\
+                 column = [{{ name = \"id\", from = \"id\", type = \"text\" }}]\n\
+                 [lease_table]\nname = \"t\"\n[warehouse]\nkind = \"postgres\"\nurl = \"host=127.0.0.1\"\n"
+            )
+        };
+        let c = RunConfig::from_toml(&two("format = \"dms\"", "initial_position = \"latest\"", "")).unwrap();
+        assert!(c.multi_stream);
+        assert_eq!(c.streams[0].pipeline.format, worker::pipeline::config::Format::Dms);
+        assert_eq!(c.streams[1].start, Some((proto::Checkpoint::Latest, None)));
+        assert!(c.streams.iter().all(|s| s.pipeline.references.len() == 1), "references are shared");
+        // A reference keeps what any stream reads through it (here the second stream's join).
+        let joined = two("", "", "").replace(
+            "name = \"tb\"\n",
+            "name = \"tb\"\njoin = [{ reference = \"r\", key = \"id\", on_missing = \"null\" }]\n",
+        );
+        let joined = joined.replace(
+            "type = \"text\" }]\n[lease",
+            "type = \"text\" }, { name = \"c\", from = \"r.city\", type = \"text\" }]\n[lease",
+        );
+        let specs = RunConfig::from_toml(&joined).unwrap().reference_specs();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].attributes, ["city"], "{specs:?}");
+        for (first, second, top, field) in [
+            ("", "initial_position = \"at_timestamp\"", "", "stream[1].initial_timestamp: is needed"),
+            ("polling = 1", "", "", "stream[0].polling: unknown field"),
+            ("format = \"xml\"", "", "", "stream[0].format:"),
+            ("", "", "format = \"json\"", "format: with [[stream]]"),
+            ("consumer_name = \"c\"", "", "", "stream[0].consumer_name: is read only"),
+        ] {
+            let text = two(first, second, top);
+            let e = RunConfig::from_toml(&text).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        let same_name = two("", "", "").replace("name = \"b\"", "name = \"a\"");
+        let e = RunConfig::from_toml(&same_name).unwrap_err().to_string();
+        assert!(e.starts_with("stream[1].name: names a stream listed before"), "{e}");
+        let same_table = two("", "", "").replace("name = \"tb\"", "name = \"ta\"");
+        let e = RunConfig::from_toml(&same_table).unwrap_err().to_string();
+        assert!(e.starts_with("stream[1].table: \"ta\" is written by another stream"), "{e}");
     }
 
     /// README: `lock_tables = true (the default)` for Redshift, `false` only when set.

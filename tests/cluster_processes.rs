@@ -6,7 +6,10 @@
 //! session and ticket at its last state), no shard was consumed by two nodes at overlapping
 //! times nor a child before its parents stopped (from each node's log of its consumers), every
 //! node exits 0 on SIGTERM, and the run prints the failover, handoff and lease-table figures.
-//! The whole run is made twice: nodes reading by polling (GetRecords) and by enhanced fan-out.
+//! The whole run is made twice: a single-stream cluster reading by polling (GetRecords), the
+//! ticket node apart; then one multi-stream cluster whose every node consumes both streams from
+//! one lease table (KCL's multi-stream keys), the EV stream by enhanced fan-out, the tickets by
+//! polling.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
@@ -63,6 +66,27 @@ fn open_shards(shards: &[ShardInfo]) -> Vec<ShardInfo> {
     open
 }
 
+/// A node consuming both streams (`[[stream]]`): EV by enhanced fan-out, tickets by polling;
+/// the tickets' references and tokenize key shared at the top.
+fn write_two_stream_config(dir: &Path, ev_stream: &str, ticket_stream: &str, url: &str) -> PathBuf {
+    let (ticket_head, ticket_tables) = tickets::PIPELINE.split_at(tickets::PIPELINE.find("[[table]]").unwrap());
+    let shared: String = ticket_head.lines().filter(|l| !l.starts_with("format")).map(|l| format!("{l}\n")).collect();
+    let ev_tables = ev::PIPELINE.replace("[[table]]", "[[stream.table]]");
+    let ticket_tables = ticket_tables.replace("[[table]]", "[[stream.table]]");
+    let path = dir.join("two-streams.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{shared}\n[[stream]]\nname = \"{ev_stream}\"\nconsumer = \"efo\"\n{ev_tables}\n\
+             [[stream]]\nname = \"{ticket_stream}\"\nformat = \"dms\"\n{ticket_tables}\n\
+             [node]\nfailover_time = \"4s\"\nshutdown_deadline = \"20s\"\n\
+             [lease_table]\nname = \"{ev_stream}-leases\"\n[warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Polls the lease table until none of `keys` is owned by `gone` and each has an owner again.
 async fn moved(table: &DynamoLeaseTable, keys: &[String], gone: &str, started: Instant) -> Duration {
     for _ in 0..600 {
@@ -91,10 +115,10 @@ async fn owned_by(table: &DynamoLeaseTable, node: &str) -> Vec<String> {
 }
 
 /// The EV warehouse against the generator's oracle; `Err` says what differs.
-async fn check_ev(w: &PostgresWarehouse, oracle: &ev::Oracle, good: usize) -> Result<(), String> {
+async fn check_ev(w: &PostgresWarehouse, oracle: &ev::Oracle, good: usize, dead_of: &str) -> Result<(), String> {
     let raw = count(w, "SELECT count(*) FROM ev_charging_sessions_raw").await;
     let distinct = count(w, "SELECT count(DISTINCT (shard_id, sequence_number)) FROM ev_charging_sessions_raw").await;
-    let dead = count(w, "SELECT count(*) FROM tributary_dead_letters").await;
+    let dead = count(w, &format!("SELECT count(*) FROM tributary_dead_letters WHERE shard_id LIKE '{dead_of}'")).await;
     if (raw, distinct, dead) != (good, good, oracle.malformed.len()) {
         return Err(format!(
             "raw {raw} (distinct {distinct}) of {good}, dead letters {dead} of {}",
@@ -179,14 +203,17 @@ async fn a_cluster_of_processes_survives_kill_split_merge_and_join() {
     cluster("polling").await;
 }
 
-/// The same run with every node reading by enhanced fan-out (SubscribeToShard).
+/// The same run as one cluster over two streams in one lease table, the resharded EV stream
+/// read by enhanced fan-out (SubscribeToShard), the tickets by polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_reading_by_enhanced_fan_out_survives_kill_split_merge_and_join() {
+async fn a_two_stream_cluster_reading_by_enhanced_fan_out_survives_kill_split_merge_and_join() {
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     cluster("efo").await;
 }
 
+/// `consumer`: `polling` (one stream per cluster) or `efo` (the two-stream cluster).
 async fn cluster(consumer: &str) {
+    let two_streams = consumer == "efo";
     std::env::set_var(tickets::KEY_ENV, KEY);
     let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
     let pg = postgres().unwrap();
@@ -207,11 +234,21 @@ async fn cluster(consumer: &str) {
     let mut world = TicketWorld::new(&mut rng, 10, 20, 60, 1_700_000_000_000);
     tributary::gen::write_reference_tables(&ds.sdk_config(), &world).await.unwrap();
 
-    let ev_config = write_config(&dir, "ev", ev::PIPELINE, &ev_stream, consumer, &ev_url);
-    let ticket_config = write_config(&dir, "tickets", tickets::PIPELINE, &ticket_stream, consumer, &tickets_url);
+    // The two-stream cluster writes both streams' tables into one database.
+    let tickets_url = if two_streams { ev_url.clone() } else { tickets_url };
+    let ev_config = match two_streams {
+        true => write_two_stream_config(&dir, &ev_stream, &ticket_stream, &ev_url),
+        false => write_config(&dir, "ev", ev::PIPELINE, &ev_stream, consumer, &ev_url),
+    };
     let mut nodes: Vec<NodeProcess> =
         ["node-1", "node-2", "node-3"].iter().map(|n| NodeProcess::spawn(&ev_config, n, &ks, &ds)).collect();
-    let mut ticket_node = NodeProcess::spawn(&ticket_config, "tickets-1", &ks, &ds);
+    let mut ticket_node = (!two_streams).then(|| {
+        let ticket_config = write_config(&dir, "tickets", tickets::PIPELINE, &ticket_stream, consumer, &tickets_url);
+        NodeProcess::spawn(&ticket_config, "tickets-1", &ks, &ds)
+    });
+    // Dead letters of the EV stream: all of them with one stream per cluster; with two, those
+    // whose shard_id (the lease key) names the EV stream.
+    let ev_dead = if two_streams { format!("%:{ev_stream}:%") } else { "%".to_owned() };
     let table = DynamoLeaseTable::new(&ds.sdk_config(), format!("{ev_stream}-leases"));
 
     let mut generator = ev::Generator::new(1_700_000_000_000);
@@ -294,7 +331,7 @@ async fn cluster(consumer: &str) {
     let ticket_wh = PostgresWarehouse::connect(&tickets_url).await.unwrap();
     let mut outcome = (Err(String::new()), Err(String::new()));
     for _ in 0..300 {
-        outcome = (check_ev(&ev_wh, &oracle, good).await, check_tickets(&ticket_wh, &world).await);
+        outcome = (check_ev(&ev_wh, &oracle, good, &ev_dead).await, check_tickets(&ticket_wh, &world).await);
         if outcome.0.is_ok() && outcome.1.is_ok() {
             break;
         }
@@ -302,8 +339,11 @@ async fn cluster(consumer: &str) {
     }
     for n in nodes.iter_mut().skip(1) {
         assert!(n.is_running(), "{} stopped on its own:\n{}", n.name, n.log());
-        let by_fan_out = n.log().contains("reading by enhanced fan-out");
-        assert_eq!(by_fan_out, consumer == "efo", "{} reads by {consumer}:\n{}", n.name, n.log());
+        let reading = match two_streams {
+            true => format!("consuming {ev_stream} by enhanced fan-out, {ticket_stream} by polling"),
+            false => format!("consuming {ev_stream} by polling"),
+        };
+        assert!(n.log().contains(&reading), "{} reads {reading}:\n{}", n.name, n.log());
     }
     outcome.0.unwrap();
     outcome.1.unwrap();
@@ -317,7 +357,9 @@ async fn cluster(consumer: &str) {
     for n in nodes.iter_mut().skip(2) {
         assert_eq!(n.terminate(), Some(0), "{}:\n{}", n.name, n.log());
     }
-    assert_eq!(ticket_node.terminate(), Some(0), "{}", ticket_node.log());
+    if let Some(ticket_node) = &mut ticket_node {
+        assert_eq!(ticket_node.terminate(), Some(0), "{}", ticket_node.log());
+    }
     for n in nodes.iter().skip(1) {
         if let Some((_, w, secs)) = lease_calls(&n.log()) {
             writes = (writes.0 + w, writes.1 + secs, writes.2.max(secs));
@@ -340,6 +382,23 @@ async fn cluster(consumer: &str) {
     let resent = rows_already_there(&nodes[3].log(), "ev_charging_sessions_raw");
     assert!(handoffs > 0, "node-4 got no shard: {spans:#?}");
     assert_eq!(resent, Some(0), "records re-sent over {handoffs} handoffs to node-4:\n{}", nodes[3].log());
+    // With two streams the spans are of lease keys (`account:stream:epoch:shard`): the EV
+    // stream's are checked against its lineage, the tickets' for overlaps alone.
+    let (spans, ticket_spans): (Vec<_>, Vec<_>) = match two_streams {
+        true => {
+            let (ev, tickets): (Vec<_>, Vec<_>) =
+                spans.into_iter().partition(|s| s.shard.as_str().contains(&format!(":{ev_stream}:")));
+            let plain = |mut s: testkit::timeline::Span| {
+                s.shard = proto::ShardId::new(s.shard.as_str().rsplit(':').next().unwrap());
+                s
+            };
+            (ev.into_iter().map(plain).collect(), tickets)
+        }
+        false => (spans, Vec::new()),
+    };
+    assert!(!two_streams || ticket_spans.len() >= 2, "both ticket shards consumed: {ticket_spans:#?}");
+    let breaches = testkit::timeline::ordering_breaches(&ticket_spans, &BTreeMap::new());
+    assert!(breaches.is_empty(), "{breaches:#?}");
     let parents = testkit::timeline::parents(ev_kinesis.list_shards().await.unwrap());
     assert_eq!(parents.len(), 3, "two split children and one merged child: {parents:?}");
     for child in parents.keys() {
@@ -352,10 +411,11 @@ async fn cluster(consumer: &str) {
         eprintln!("{e}");
     }
     eprintln!(
-        "reading by {consumer}: {good} EV records + {} malformed, {} sessions; crash failover {:.1}s; \
+        "{}: {good} EV records + {} malformed, {} sessions; crash failover {:.1}s; \
          {handoffs} handoffs to node-4 (rebalancing under load, then node-2's SIGTERM), 0 records re-sent; SIGTERM handoff of {} shards {:.1}s; \
          lease table: {} writes by nodes 2-4 ({:.0} node-seconds), {:.1} writes per shard-minute over the \
          {:.0}s run (8 shards, checkpoints at most 1/s per shard while records flow, heartbeats every {:.2}s)",
+        if two_streams { "two streams, EV by enhanced fan-out" } else { "one stream by polling" },
         oracle.malformed.len(),
         oracle.sessions.len(),
         failover_time.as_secs_f64(),

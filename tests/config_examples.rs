@@ -60,7 +60,7 @@ fn the_readme_examples_load() {
     let (postgres, redshift) = readme_configs();
     let config = load(&postgres);
     assert!(matches!(config.warehouse, WarehouseSection::Postgres(_)), "{:?}", config.warehouse);
-    assert!(config.metrics.is_some() && !config.pipeline.references.is_empty());
+    assert!(config.metrics.is_some() && !config.stream().pipeline.references.is_empty());
     let config = load(&redshift);
     assert!(matches!(config.warehouse, WarehouseSection::Redshift(_)), "{:?}", config.warehouse);
     // Every other ```toml block of the docs is at least TOML.
@@ -154,4 +154,34 @@ fn every_default_the_readme_states_is_the_codes() {
             assert!(readme == code, "README.md says `{key}` defaults to {value}; the code's default differs");
         }
     }
+}
+
+/// `deploy/examples/two-streams.toml`, the README's two-stream node: one stream read by enhanced
+/// fan-out, one started at a timestamp, each with its own pipeline, references shared; it loads
+/// and `tributary check` accepts it.
+#[test]
+fn the_two_stream_example_loads_and_passes_check() {
+    use tributary::run_config::ConsumerKind;
+    let path = repo().join("deploy/examples/two-streams.toml");
+    let config = load(&std::fs::read_to_string(&path).unwrap());
+    assert!(config.multi_stream);
+    let names: Vec<&str> = config.streams.iter().map(|s| s.section.name.as_str()).collect();
+    assert_eq!(names, ["ev-sessions", "ticket-cdc"]);
+    let (ev, tickets) = (&config.streams[0], &config.streams[1]);
+    assert_eq!((ev.section.consumer, tickets.section.consumer), (ConsumerKind::Efo, ConsumerKind::Polling));
+    assert_eq!(ev.start, None);
+    assert_eq!(tickets.start, Some((proto::Checkpoint::AtTimestamp, Some(1_793_491_200_000))));
+    assert_eq!(tickets.pipeline.references.len(), 2, "the shared references reach each stream");
+    assert_eq!(
+        (ev.pipeline.tables[0].name.as_str(), tickets.pipeline.tables[0].name.as_str()),
+        ("ev_charging_sessions", "sport_event_activity")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("reading      by enhanced fan-out (stream consumer tributary-ingest)"), "{text}");
+    assert!(text.contains("ticket-cdc (start at at_timestamp 2026-11-01 00:00:00.000 UTC"), "{text}");
 }

@@ -292,3 +292,57 @@ async fn a_running_kcl_workers_leases_are_left_alone_until_it_stops() {
     eprintln!("a stopped KCL worker's shards taken over from its checkpoints in {:.1}s", took_over.as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tributary leases` on a multi-stream table (`[[stream]]`): every lease listed, and the leases
+/// of a stream the config no longer lists deleted only by `--forget-stream` (refused for a
+/// stream the config still reads).
+#[tokio::test]
+async fn leases_of_a_removed_stream_go_only_when_asked() {
+    use proto::{Checkpoint, Lease, LeaseTable, ShardId};
+    let (kinesis_stack, dynamo_stack) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let stream = format!("kept-{}", std::process::id());
+    let kinesis = Kinesis::new(&kinesis_stack.sdk_config(), &stream);
+    kinesis.create_stream(1).await.unwrap();
+    let kept = kinesis.stream_identifier().await.unwrap();
+    assert!(kept.starts_with(&format!("000000000000:{stream}:")), "{kept}");
+    let lease_table = format!("forget-leases-{}", std::process::id());
+    let table = DynamoLeaseTable::new(&dynamo_stack.sdk_config(), &lease_table);
+    table.ensure_table().await.unwrap();
+    let gone = "000000000000:removed:1600000000";
+    for (stream, shard) in [(kept.as_str(), 0), (gone, 0), (gone, 1)] {
+        let lease =
+            Lease::for_stream_shard(Some(stream), &ShardId::numbered(shard), vec![], None, Checkpoint::TrimHorizon);
+        table.create(&lease).await.unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("tributary-forget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    let pipeline = testkit::ev::PIPELINE.replace("[[table]]", "[[stream.table]]");
+    std::fs::write(
+        &config,
+        format!(
+            "[[stream]]\nname = \"{stream}\"\n{pipeline}\n[lease_table]\nname = \"{lease_table}\"\n\
+             [warehouse]\nkind = \"postgres\"\nurl = \"host=127.0.0.1\"\n"
+        ),
+    )
+    .unwrap();
+    let leases = |args: &[&str]| {
+        let mut all = vec!["leases", "--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = processes::tributary_at(&kinesis_stack.endpoint, &dynamo_stack.endpoint).args(&all).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = leases(&[]);
+    assert!(ok, "{text}");
+    for key in [format!("{kept}:shardId-000000000000"), format!("{gone}:shardId-000000000001")] {
+        assert!(text.contains(&key), "{key} listed:\n{text}");
+    }
+    let (ok, text) = leases(&["--forget-stream", &kept, "--yes"]);
+    assert!(!ok && text.contains("is in the config"), "{text}");
+    let (ok, text) = leases(&["--forget-stream", gone, "--yes"]);
+    assert!(ok && text.contains("2 leases of stream"), "{text}");
+    let left: Vec<String> = table.scan().await.unwrap().into_iter().map(|l| l.key).collect();
+    assert_eq!(left, [format!("{kept}:shardId-000000000000")]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

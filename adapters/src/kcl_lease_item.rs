@@ -39,6 +39,10 @@ pub(crate) mod attr {
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
     pub const THROUGHPUT: &str = "throughputKBps";
     pub const ENTITY: &str = "entityType";
+    /// A multi-stream lease's stream identifier (KCL keeps the name for its legacy).
+    pub const STREAM: &str = "streamName";
+    /// A multi-stream lease's shard id.
+    pub const SHARD: &str = "shardId";
     pub const WORKERS: &str = "workers";
 }
 
@@ -149,6 +153,12 @@ pub(crate) fn to_item(lease: &Lease) -> Item {
         item.insert(attr::PENDING_STATE.into(), AttributeValue::B(state.clone().into()));
     }
     item.insert(attr::SWITCHES.into(), n(lease.owner_switches_since_checkpoint));
+    // A multi-stream lease names its stream and shard apart too, as KCL's multi-stream rows do
+    // (KCL reads them from there).
+    if let (EntityType::Lease, Some(stream)) = (lease.entity, lease.stream()) {
+        item.insert(attr::STREAM.into(), s(stream));
+        item.insert(attr::SHARD.into(), s(lease.stream_shard_id().as_str()));
+    }
     if !lease.parent_shard_ids.is_empty() {
         item.insert(attr::PARENTS.into(), ss(&lease.parent_shard_ids));
     }
@@ -218,6 +228,35 @@ mod tests {
         membership.insert("leaseKey".into(), s(MEMBERSHIP_KEY));
         membership.insert("entityType".into(), s(MEMBERSHIP_ENTITY));
         assert_eq!(from_item(&membership).unwrap(), None);
+    }
+
+    /// A multi-stream lease as KCL v3 writes it: the key `account:stream:epoch:shard`, plus
+    /// `streamName` and `shardId`; lineage in shard ids. It reads as that lease and writes back
+    /// the same attributes.
+    #[test]
+    fn multi_stream_rows_carry_their_stream_and_shard() {
+        let row: Item = [
+            ("leaseKey", s("123456789012:orders:1700000000:shardId-000000000002")),
+            ("streamName", s("123456789012:orders:1700000000")),
+            ("shardId", s("shardId-000000000002")),
+            ("leaseOwner", s("kcl-worker-a")),
+            ("leaseCounter", n(9)),
+            ("checkpoint", s("TRIM_HORIZON")),
+            ("checkpointSubSequenceNumber", n(0)),
+            ("ownerSwitchesSinceCheckpoint", n(0)),
+            ("parentShardId", ss_of(&["shardId-000000000000"])),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        let lease = from_item(&row).unwrap().unwrap();
+        assert_eq!(lease.stream(), Some("123456789012:orders:1700000000"));
+        assert_eq!(lease.stream_shard_id(), ShardId::new("shardId-000000000002"));
+        assert_eq!(
+            lease.sibling_key(&lease.parent_shard_ids[0]),
+            "123456789012:orders:1700000000:shardId-000000000000"
+        );
+        assert_eq!(to_item(&lease), row);
     }
 
     fn ss_of(ids: &[&str]) -> AttributeValue {

@@ -101,6 +101,23 @@ impl Kinesis {
         &self.stream
     }
 
+    /// The stream's identifier in a multi-stream lease table, as KCL writes it:
+    /// `account:streamName:creationEpochSeconds` (DescribeStreamSummary).
+    pub async fn stream_identifier(&self) -> Result<String, ReadError> {
+        let describe = || async {
+            let mut call = self.client.describe_stream_summary();
+            call = if self.is_arn() { call.stream_arn(&self.stream) } else { call.stream_name(&self.stream) };
+            let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
+            let summary =
+                out.stream_description_summary().ok_or_else(|| ReadError::Fatal("no stream summary".into()))?;
+            let account = summary.stream_arn().split_terminator(':').nth(4).filter(|a| !a.is_empty());
+            let account = account.ok_or_else(|| ReadError::Fatal(format!("no account in {}", summary.stream_arn())))?;
+            let created = summary.stream_creation_timestamp().secs();
+            Ok(format!("{account}:{}:{created}", summary.stream_name()))
+        };
+        self.retry.run(ReadError::is_retryable, describe).await
+    }
+
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }

@@ -88,9 +88,11 @@ pub struct ShardConsumer;
 pub struct ConsumerState {
     ctx: Arc<ConsumerContext>,
     lease: Lease,
-    /// The lease's identity (its key) in logs, events and metrics.
+    /// The lease's identity (its key) in logs, events, metrics and the rows' `shard_id` (with
+    /// several streams, `account:stream:epoch:shardId-…`, so two streams' records never collide
+    /// in the shared dead-letter table).
     shard: ShardId,
-    /// The shard as its stream names it (reads, the rows' shard column, its children).
+    /// The shard as its stream names it (reads, its children).
     stream_shard: ShardId,
     cursor: ShardCursor,
     /// Where the sinks send their acks (this actor).
@@ -227,7 +229,7 @@ impl ConsumerState {
         let mut mapped = 0;
         while mapped < records.len() {
             let waited = self.waiting_since.map(|t| t.elapsed());
-            let (n, outcome) = self.ctx.mapper.map(&self.stream_shard, &records[mapped..], false, &mut out);
+            let (n, outcome) = self.ctx.mapper.map(&self.shard, &records[mapped..], false, &mut out);
             if n > 0 {
                 self.waiting_since = None;
                 mapped += n;
@@ -236,7 +238,7 @@ impl ConsumerState {
                 MapOutcome::Done => break,
                 // The first record has waited long enough: it is dead-lettered, the run goes on.
                 MapOutcome::Wait(max_wait) if n == 0 && waited.is_some_and(|w| w >= max_wait) => {
-                    self.ctx.mapper.map(&self.stream_shard, &records[mapped..=mapped], true, &mut out);
+                    self.ctx.mapper.map(&self.shard, &records[mapped..=mapped], true, &mut out);
                     self.waiting_since = None;
                     mapped += 1;
                 }
