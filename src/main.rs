@@ -11,7 +11,14 @@ use std::time::Duration;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "tributary", version, about = "Kinesis to warehouse, with KCL-style leases")]
+#[command(
+    name = "tributary",
+    version,
+    about = "Kinesis to warehouse, with KCL-style leases",
+    after_help = "node.toml (every section, pipeline key, column type and default), the DMS settings \
+                  read, moving from KCL: README.md, sections \"Running it on AWS\", \"The record \
+                  pipeline\" and \"Moving from KCL\"."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,6 +91,7 @@ enum Command {
     },
     /// Show the lease table: owner, checkpoint, lag, parents and children of every shard.
     Leases {
+        /// The TOML configuration (README.md, "Running it on AWS").
         #[arg(long)]
         config: PathBuf,
         /// Put this shard's checkpoint back to TRIM_HORIZON and release it (asks first).
@@ -100,6 +108,7 @@ enum Command {
     /// Deregister the config's enhanced fan-out stream consumer (`[stream] consumer = "efo"`):
     /// every node reading through it loses its subscriptions. Nodes never deregister it.
     DeregisterConsumer {
+        /// The TOML configuration (README.md, "Running it on AWS").
         #[arg(long)]
         config: PathBuf,
     },

@@ -185,3 +185,50 @@ fn the_two_stream_example_loads_and_passes_check() {
     assert!(text.contains("reading      by enhanced fan-out (stream consumer tributary-ingest)"), "{text}");
     assert!(text.contains("ticket-cdc (start at at_timestamp 2026-11-01 00:00:00.000 UTC"), "{text}");
 }
+
+/// README's pipeline key table lists every key each level of the pipeline reads (top, reference,
+/// table, join, column), and its column-type table every type the parser takes.
+#[test]
+fn the_readme_lists_every_pipeline_key_and_column_type() {
+    use worker::pipeline::config::{ColumnConfig, JoinConfig, PipelineConfig, ReferenceConfig, TableConfig};
+    use worker::settings::keys;
+    let readme = readme();
+    let rows = |header: &str| -> Vec<Vec<String>> {
+        let start = readme.find(header).unwrap_or_else(|| panic!("README.md: no table {header:?}"));
+        readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|row| row.split('|').map(|c| c.trim().to_owned()).collect())
+            .collect()
+    };
+    let code = |cell: &str| cell.split('`').nth(1).unwrap_or_default().to_owned();
+    let keys_table = rows("| pipeline key | in |");
+    for (level, want) in [
+        ("top", keys::<PipelineConfig>()),
+        ("reference", keys::<ReferenceConfig>()),
+        ("table", keys::<TableConfig>()),
+        ("join", keys::<JoinConfig>()),
+        ("column", keys::<ColumnConfig>()),
+    ] {
+        let listed: BTreeSet<String> =
+            keys_table.iter().filter(|r| r[2].split(' ').next() == Some(level)).map(|r| code(&r[1])).collect();
+        let want: BTreeSet<String> = want.iter().map(|k| k.to_string()).collect();
+        assert_eq!(listed, want, "README.md's pipeline keys of `{level}`");
+    }
+    // The parser names every type it takes when it meets one it does not.
+    let typed = |ty: &str| {
+        let text = format!(
+            "[[table]]\nname = \"t\"\nkey = [\"id\"]\ncolumn = [{{ name = \"id\", from = \"id\", type = \"{ty}\" }}]\n"
+        );
+        PipelineConfig::from_toml(&text).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let refusal = typed("no-such-type").unwrap_err();
+    let taken: BTreeSet<String> =
+        refusal.split("expected one of ").nth(1).unwrap_or_default().split(", ").map(code).collect();
+    let listed: BTreeSet<String> = rows("| type | PostgreSQL, Redshift |").iter().map(|r| code(&r[1])).collect();
+    assert_eq!(listed, taken, "README.md's column types ({refusal})");
+    for ty in &listed {
+        typed(ty).unwrap();
+    }
+}
