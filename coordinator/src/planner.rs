@@ -341,7 +341,7 @@ mod tests {
             let parents = parents.iter().map(|p| ShardId::new(*p)).collect();
             Lease::for_stream_shard(stream, &ShardId::new(id), parents, None, cp)
         };
-        let leases = vec![
+        let leases = [
             keyed(a, "p", &[], Checkpoint::TrimHorizon),
             keyed(b, "p", &[], Checkpoint::ShardEnd),
             keyed(a, "c", &["p"], Checkpoint::TrimHorizon),
