@@ -135,6 +135,16 @@ pub async fn run(config: RunConfig, action: LeasesAction, yes: bool) -> anyhow::
     Ok(())
 }
 
+/// Asks for `what` to be typed back; anything else changes nothing.
+fn confirm(what: &str, expected: &str) -> anyhow::Result<()> {
+    print!("type the {what} to confirm: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    anyhow::ensure!(answer.trim() == expected, "not confirmed; nothing changed");
+    Ok(())
+}
+
 /// Deletes every lease of the stream `id` (`account:stream:creationEpoch`), after the stream id
 /// is typed back. Nothing reads them any more; their checkpoints are lost.
 async fn forget_stream(table: &DynamoLeaseTable, id: &str, yes: bool) -> anyhow::Result<()> {
@@ -142,13 +152,7 @@ async fn forget_stream(table: &DynamoLeaseTable, id: &str, yes: bool) -> anyhow:
     anyhow::ensure!(!leases.is_empty(), "no lease of stream {id:?} in {}", table.table_name());
     println!("{} leases of stream {id}. Delete them with their checkpoints?", leases.len());
     if !yes {
-        print!("type the stream id to confirm: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != id {
-            anyhow::bail!("not confirmed; nothing changed");
-        }
+        confirm("stream id", id)?;
     }
     for lease in &leases {
         table.delete(&lease.key, &Expect::unchanged(lease)).await.with_context(|| format!("lease {}", lease.key))?;
@@ -165,13 +169,7 @@ async fn reset_lease(table: &DynamoLeaseTable, shard: &str, yes: bool) -> anyhow
         checkpoint_text(&lease.checkpoint)
     );
     if !yes {
-        print!("type the shard id to confirm: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != shard {
-            anyhow::bail!("not confirmed; nothing changed");
-        }
+        confirm("shard id", shard)?;
     }
     let change = LeaseChange {
         owner: Some(None),

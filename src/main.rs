@@ -207,18 +207,20 @@ fn main() -> ExitCode {
             }
             Command::DeregisterConsumer { config } => {
                 let config = load_config(&config)?;
-                let stream = config.stream();
-                let name = stream
-                    .consumer_name(&config.lease_table.name)
-                    .context("the config reads by polling (`[stream] consumer = \"efo\"` names a stream consumer)")?;
-                let stream_name = &stream.section.name;
                 let sdk = adapters::aws::load_config().await;
-                let kinesis = adapters::kinesis::Kinesis::new(&sdk, stream_name);
-                adapters::kinesis_fan_out::KinesisFanOut::new(kinesis, name)
-                    .deregister()
-                    .await
-                    .with_context(|| format!("deregistering stream consumer {name} of {stream_name}"))?;
-                println!("stream consumer {name} of {stream_name} deregistered");
+                let mut any = false;
+                for stream in &config.streams {
+                    let Some(name) = stream.consumer_name(&config.lease_table.name) else { continue };
+                    let stream_name = &stream.section.name;
+                    let kinesis = adapters::kinesis::Kinesis::new(&sdk, stream_name);
+                    adapters::kinesis_fan_out::KinesisFanOut::new(kinesis, name)
+                        .deregister()
+                        .await
+                        .with_context(|| format!("deregistering stream consumer {name} of {stream_name}"))?;
+                    println!("stream consumer {name} of {stream_name} deregistered");
+                    any = true;
+                }
+                anyhow::ensure!(any, "no stream of the config reads by enhanced fan-out (`consumer = \"efo\"`)");
                 Ok(true)
             }
         }

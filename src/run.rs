@@ -127,6 +127,11 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
         (config.cluster.failover_time / 3).max(Duration::from_secs(1)),
     );
     table.ensure_table().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
+    let leases = table.scan().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
+    let keys: Vec<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+    if let Some(why) = crate::run_config::layout_conflict(config.multi_stream, &keys) {
+        anyhow::bail!("lease table {} {why}", config.lease_table.name);
+    }
     let table = Arc::new(table);
     let source: Arc<dyn ReferenceSource> = Arc::new(DynamoReferenceSource::new(&sdk));
     let source = ObservedReferences::new(source, "dynamodb", "dynamodb_streams", metrics.clone());
@@ -147,6 +152,13 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
             true => Some(kinesis.stream_identifier().await.with_context(|| format!("stream {name}"))?),
             false => None,
         };
+        if let Some(id) = &id {
+            // One stream written twice (by name and by ARN) would have one pipeline never run.
+            anyhow::ensure!(
+                !streams.iter().any(|s: &StreamPorts| s.id.as_ref() == Some(id)),
+                "stream {name} is listed twice (as {id})"
+            );
+        }
         let reader: Arc<dyn ShardReader> = match stream.consumer_name(&config.lease_table.name) {
             None => Arc::new(kinesis),
             Some(consumer) => {

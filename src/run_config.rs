@@ -332,6 +332,24 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T, ConfigError> {
     value.ok_or_else(|| ConfigError::new(name, "section is missing"))
 }
 
+/// Why a lease table cannot serve a config's layout: `[stream]` keys leases by shard id,
+/// `[[stream]]` by `account:stream:epoch:shard`. A table holding the other layout's leases would
+/// have its checkpoints ignored and its streams started over (from `initial_position`, skipping
+/// or re-reading data), so the node refuses it. `None`: the table fits (or is empty).
+pub fn layout_conflict(multi_stream: bool, lease_keys: &[&str]) -> Option<String> {
+    let other = lease_keys.iter().find(|k| proto::stream_of(k).is_some() != multi_stream)?;
+    Some(match multi_stream {
+        true => format!(
+            "holds single-stream leases (keyed by shard id, e.g. {other}), as a `[stream]` config writes them; \
+             a `[[stream]]` config would start its streams over"
+        ),
+        false => format!(
+            "holds multi-stream leases (keyed account:stream:epoch:shard, e.g. {other}), as a `[[stream]]` config \
+             or a KCL multi-stream application writes them; write the streams as `[[stream]]` entries"
+        ),
+    })
+}
+
 /// `initial_timestamp` is set exactly when `initial_position = "at_timestamp"`.
 fn check_start(field: &str, position: &proto::Checkpoint, at: Option<i64>) -> Result<(), ConfigError> {
     match (position == &proto::Checkpoint::AtTimestamp, at) {
@@ -604,6 +622,18 @@ url = "host=127.0.0.1"
                 .unwrap_err()
                 .to_string();
         assert!(e.starts_with("stream.consumer_name: is needed"), "{e}");
+    }
+
+    /// A lease table of one layout is refused by a config of the other.
+    #[test]
+    fn a_lease_table_of_the_other_layout_is_refused() {
+        let single = ["shardId-000000000000", "shardId-000000000001"];
+        let multi = ["111122223333:orders:1700000000:shardId-000000000000"];
+        assert_eq!(layout_conflict(false, &single), None);
+        assert_eq!(layout_conflict(true, &multi), None);
+        assert_eq!(layout_conflict(true, &[]), None);
+        assert!(layout_conflict(true, &single).unwrap().contains("single-stream leases"));
+        assert!(layout_conflict(false, &multi).unwrap().contains("multi-stream leases"));
     }
 
     /// `[[stream]]`: each entry its own keys, start and pipeline; references shared; mistakes

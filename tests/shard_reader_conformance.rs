@@ -259,5 +259,10 @@ async fn kinesis_enhanced_fan_out_conforms() {
     let again = KinesisFanOut::new(kinesis.clone(), "conformance").register().await.unwrap();
     assert_eq!(again.consumer_arn(), reader.consumer_arn(), "a registered consumer is reused");
     assert!(reader.pushes());
-    conformance(&FanOut { kinesis, reader }).await;
+    let fan_out = FanOut { kinesis: kinesis.clone(), reader };
+    conformance(&fan_out).await;
+    // Deregistered only when asked; then it is gone.
+    let consumer = KinesisFanOut::new(kinesis.clone(), "conformance");
+    consumer.deregister().await.unwrap();
+    assert!(matches!(consumer.deregister().await, Err(ReadError::NotFound(_))));
 }

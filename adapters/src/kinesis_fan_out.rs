@@ -45,6 +45,9 @@ struct Subscription {
     at: String,
     events: Events,
     opened: Instant,
+    /// `MillisBehindLatest` of its last event: what a wait without an event reports (a quiet
+    /// subscription is not a caught-up shard).
+    behind_ms: u64,
 }
 
 /// One stream read through one registered consumer.
@@ -127,18 +130,15 @@ impl KinesisFanOut {
     /// before reading.
     pub async fn register(mut self) -> Result<Self, ReadError> {
         let stream_arn = self.stream_arn().await?;
-        let registered = self
-            .client
-            .register_stream_consumer()
-            .stream_arn(&stream_arn)
-            .consumer_name(&self.consumer_name)
-            .send()
-            .await;
-        match registered {
-            Ok(_) => tracing::info!(consumer = self.consumer_name, "registered the stream consumer"),
-            // Already registered: reused.
-            Err(e) if classify(&e).code() == "ResourceInUseException" => {}
-            Err(e) => return Err(read_error(classify(&e))),
+        // Described first: nodes starting together mostly find it registered, and do not all
+        // send RegisterStreamConsumer (which Kinesis rate-limits).
+        let known = match self.retry.run(ReadError::is_retryable, || self.describe_consumer(&stream_arn)).await {
+            Ok(_) => true,
+            Err(ReadError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !known {
+            self.retry.run(ReadError::is_retryable, || self.register_consumer(&stream_arn)).await?;
         }
         for _ in 0..600 {
             let description = self.retry.run(ReadError::is_retryable, || self.describe_consumer(&stream_arn)).await?;
@@ -149,6 +149,26 @@ impl KinesisFanOut {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(ReadError::Unavailable(format!("stream consumer {} not active after a minute", self.consumer_name)))
+    }
+
+    /// RegisterStreamConsumer; one already registered (by another node meanwhile) is fine.
+    /// LimitExceeded (the call's rate) is a throttle: retried.
+    async fn register_consumer(&self, stream_arn: &str) -> Result<(), ReadError> {
+        let registered = self
+            .client
+            .register_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(&self.consumer_name)
+            .send()
+            .await;
+        match registered {
+            Ok(_) => {
+                tracing::info!(consumer = self.consumer_name, "registered the stream consumer");
+                Ok(())
+            }
+            Err(e) if classify(&e).code() == "ResourceInUseException" => Ok(()),
+            Err(e) => Err(read_error(classify(&e))),
+        }
     }
 
     /// The stream's ARN (DescribeStreamSummary), which the consumer calls take.
@@ -216,7 +236,7 @@ impl KinesisFanOut {
             .await
             .map_err(|e| read_error(classify(&e)))?;
         tracing::debug!(shard = %shard, at, "subscribed");
-        Ok(Subscription { at: at.to_owned(), events: out.event_stream, opened: Instant::now() })
+        Ok(Subscription { at: at.to_owned(), events: out.event_stream, opened: Instant::now(), behind_ms: 0 })
     }
 
     /// The next event of `sub`: `None` when none came within `EVENT_WAIT`; `Err` when the
@@ -241,6 +261,7 @@ impl KinesisFanOut {
             Some(ShardIterator(sub.at.clone()))
         };
         let millis_behind_latest = event.millis_behind_latest().max(0) as u64;
+        sub.behind_ms = millis_behind_latest;
         Ok(Some(ReadBatch { records, next_iterator, millis_behind_latest, child_shards }))
     }
 }
@@ -308,7 +329,11 @@ impl ShardReader for KinesisFanOut {
                 }
             }
             Some(batch) => batch,
-            None => ReadBatch { next_iterator: Some(iterator.clone()), ..ReadBatch::default() },
+            None => ReadBatch {
+                next_iterator: Some(iterator.clone()),
+                millis_behind_latest: sub.behind_ms,
+                ..ReadBatch::default()
+            },
         };
         if batch.next_iterator.is_some() {
             self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).insert(shard.clone(), sub);

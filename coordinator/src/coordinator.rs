@@ -297,7 +297,9 @@ impl CoordinatorState {
                 Err(e) => return Err(e),
             }
         }
-        after.retain(|l| l.key != self.args.settings.leader_key);
+        // Leases of a stream this cluster does not consume are not its own to count (their
+        // being unowned raises no alert).
+        after.retain(|l| l.key != self.args.settings.leader_key && consumed(l));
         self.args.view.observe(&after, [members.live.len(), members.draining.len(), dead.len()]);
         // A dead node's row goes once nothing refers to it any more.
         for (node, counter) in dead {

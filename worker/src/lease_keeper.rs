@@ -108,7 +108,21 @@ impl KeeperArgs {
     /// The context of the stream a lease belongs to; `None` for a stream this node does not
     /// consume.
     fn stream_of(&self, lease: &Lease) -> Option<&Arc<ConsumerContext>> {
-        self.streams.iter().find(|c| c.stream.as_deref() == lease.stream())
+        self.stream_of_key(&lease.key)
+    }
+
+    fn stream_of_key(&self, key: &str) -> Option<&Arc<ConsumerContext>> {
+        self.streams.iter().find(|c| c.stream.as_deref() == proto::stream_of(key))
+    }
+
+    /// Stops a consumer at once. A killed actor's `post_stop` does not run, so what its reader
+    /// holds open for the shard (a fan-out subscription) is let go here.
+    fn kill(&self, shard: &ShardId, running: &Running) {
+        if let Some(ctx) = self.stream_of_key(shard.as_str()) {
+            let stream_shard = shard.as_str().rsplit(':').next().unwrap_or(shard.as_str());
+            ctx.reader.release(&ShardId::new(stream_shard));
+        }
+        running.actor.kill();
     }
 }
 
@@ -124,7 +138,7 @@ impl KeeperState {
     fn kill_all(&mut self, why: &str) {
         for (shard, running) in std::mem::take(&mut self.consumers) {
             warn!(node = %self.me(), shard = %shard, why, "stopping consumer at once");
-            running.actor.kill();
+            self.args.kill(&shard, &running);
             self.args.ctx().metrics.forget_shard(shard.as_str());
             self.args.ctx().events.emit(ClusterEvent::ConsumerStopped {
                 node: self.me().clone(),
@@ -198,8 +212,16 @@ impl KeeperState {
                 l.is_owned_by(&me) && !l.is_finished() && l.checkpoint_owner.as_ref().is_none_or(|prev| prev == &me)
             };
             let backing_off = self.failures.get(&shard).is_some_and(|f| now < f.not_before);
-            let consumed = self.args.stream_of(&lease).is_some();
-            if silent || !consumed || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
+            if self.args.stream_of(&lease).is_none() {
+                // A stream this node does not read (a rollout adding one reached the leader
+                // first): given back, with its checkpoint, for a node that reads it.
+                if startable(&lease) && !silent {
+                    warn!(node = %me, shard = %shard, "assigned a lease of a stream this node does not read; releasing it");
+                    let _ = self.protocol().release(&lease, &me, lease.checkpoint.clone()).await;
+                }
+                continue;
+            }
+            if silent || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
                 continue;
             }
             // The owner index may lag: start from a consistent read of the row.
@@ -234,7 +256,7 @@ impl KeeperState {
                 }
                 _ => {
                     warn!(node = %me, shard = %shard, "lease taken by another node; stopping at once");
-                    running.actor.kill();
+                    self.args.kill(&shard, running);
                 }
             }
         }

@@ -949,3 +949,61 @@ async fn two_streams_share_one_lease_table_and_the_cluster() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A reader that remembers which shards it was told to let go of.
+struct Releases {
+    inner: MemoryStream,
+    released: std::sync::Mutex<Vec<proto::ShardId>>,
+}
+
+#[async_trait]
+impl proto::ShardReader for Releases {
+    async fn list_shards(&self) -> Result<Vec<proto::ShardInfo>, proto::ReadError> {
+        self.inner.list_shards().await
+    }
+    async fn iterator(
+        &self,
+        shard: &proto::ShardId,
+        from: &proto::StartingPosition,
+    ) -> Result<proto::ShardIterator, proto::ReadError> {
+        self.inner.iterator(shard, from).await
+    }
+    async fn read(
+        &self,
+        shard: &proto::ShardId,
+        iterator: &proto::ShardIterator,
+        limit: usize,
+    ) -> Result<proto::ReadBatch, proto::ReadError> {
+        self.inner.read(shard, iterator, limit).await
+    }
+    fn release(&self, shard: &proto::ShardId) {
+        self.released.lock().unwrap().push(shard.clone());
+    }
+}
+
+/// What a reader holds open for a shard (an enhanced fan-out subscription) is let go however
+/// the consumer ends: stopped at once because another node took the lease (a killed actor's
+/// `post_stop` does not run), or gracefully at shutdown.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_consumer_lets_its_readers_hold_on_the_shard_go() {
+    let (stream, _) = numbered_stream(10);
+    let leases = MemoryLeaseTable::new();
+    let reader = Arc::new(Releases { inner: stream, released: std::sync::Mutex::new(Vec::new()) });
+    let ports = NodePorts {
+        table: Arc::new(leases.clone()),
+        reader: reader.clone(),
+        warehouse: Arc::new(MemoryWarehouse::new()),
+        mapper: Arc::new(mapper()),
+    };
+    let node = Node::start(node_config("a"), ports, EventSink::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(node.owned().await.len(), 1);
+    // Another node takes the lease outright (as after this one was declared dead).
+    let lease = leases.scan().await.unwrap().remove(0);
+    let take = proto::LeaseChange { owner: Some(Some(WorkerId::new("b"))), ..proto::LeaseChange::default() };
+    leases.update(&lease.key, &proto::Expect::unchanged(&lease), &take).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(node.owned().await.is_empty());
+    assert_eq!(*reader.released.lock().unwrap(), [proto::ShardId::numbered(0)]);
+    node.shutdown().await;
+}

@@ -554,6 +554,32 @@ async fn a_table_reloaded_after_cdc_replaces_what_came_before_it() {
     assert_eq!(land(&p, &reversed).await, want, "read in the opposite order");
 }
 
+/// `IncludeNullAndEmpty` off (DMS's default) leaves a NULL column out of `data`; on, it is
+/// written as `null` (and an empty string as `""`). Either way the column is NULL in the
+/// warehouse, and an update that leaves it out replaces the whole row (DMS sends full rows).
+#[tokio::test]
+async fn a_column_dms_leaves_out_is_null() {
+    let p = ticket_pipeline("");
+    let held = land(
+        &p,
+        &[
+            (
+                dms_default("insert", "2024-03-01T10:00:01Z", serde_json::json!({"ticket_id": 1, "price": 5}), None),
+                0,
+                1,
+            ),
+            (dms_default("update", "2024-03-01T10:00:02Z", serde_json::json!({"ticket_id": 1}), None), 0, 2),
+            (
+                dms_default("insert", "2024-03-01T10:00:03Z", serde_json::json!({"ticket_id": 2, "price": null}), None),
+                0,
+                3,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(held, BTreeMap::from([(1, Value::Null), (2, Value::Null)]));
+}
+
 /// DMS delivers at least once: a producer's retry of an older update, read after a newer one,
 /// does not overwrite it (the retry carries its original `metadata.timestamp`).
 #[tokio::test]
