@@ -61,7 +61,7 @@ fn key_match(keys: &[String], a: &str, b: &str) -> String {
 
 /// The values a row is staged with, in the stage's column order: its columns, then its version,
 /// its operation and its place in the batch (`ord`).
-fn stage_row(row: &Row, ord: usize) -> impl Iterator<Item = Cow<'_, Value>> {
+pub(crate) fn stage_row(row: &Row, ord: usize) -> impl Iterator<Item = Cow<'_, Value>> {
     let op = if row.op == RowOp::Delete { OP_DELETE } else { OP_UPSERT };
     let own = [Value::Text(row.version.as_str().to_owned()), Value::Text(op.to_owned()), Value::Int(ord as i64)];
     row.values.iter().map(Cow::Borrowed).chain(own.into_iter().map(Cow::Owned))
@@ -137,6 +137,12 @@ impl MergeSql {
     /// Values bound per staged row: the target's columns, the version, `_op`, `_ord`.
     pub fn params_per_row(&self) -> usize {
         self.stage_columns.len()
+    }
+
+    /// `COPY` of the stage's columns from the client in PostgreSQL's binary format (the row
+    /// values of `stage_row`, in the stage's column order).
+    pub fn copy_stage(&self) -> String {
+        format!("COPY {} ({}) FROM STDIN (FORMAT binary)", self.stage, self.stage_columns.join(", "))
     }
 
     /// A multi-row INSERT into the stage for `rows` rows (at least one), placeholders numbered

@@ -1,7 +1,8 @@
 //! PostgreSQL (15+) behind the `Warehouse` port, over tokio-postgres: one transaction per batch
 //! running the shared commit plan (`commit_plan.rs`, the same statements Redshift runs), the
-//! batch staged by multi-row parameterized INSERTs into a temporary table, commits to a table
-//! taking turns by an advisory lock.
+//! batch staged into a temporary table by `COPY … FROM STDIN` in the binary format (or, for
+//! comparison, by multi-row parameterized INSERTs), commits to a table taking turns by an
+//! advisory lock.
 //!
 //! TLS: `sslmode=require` in the connection string turns it on, and then the server's
 //! certificate chain and host name are always verified (libpq's `verify-full`), against the
@@ -12,11 +13,12 @@
 use crate::column_check::{expected_columns, missing_columns};
 use crate::commit_plan::{CommitPlan, Step};
 use crate::dialect::Dialect;
-use crate::merge_sql::{MergeSql, MergeSqlCache};
+use crate::merge_sql::{stage_row, MergeSql, MergeSqlCache};
 use crate::warehouse_ddl::create_tables;
 use async_trait::async_trait;
-use proto::{Batch, CommitStats, TableSchema, Value, Warehouse, WarehouseError};
+use proto::{Batch, CommitStats, SqlType, TableSchema, Value, Warehouse, WarehouseError};
 use tokio::sync::Mutex;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Socket, Transaction};
@@ -30,8 +32,20 @@ const MAX_PARAMS: usize = 65_535;
 pub use tokio_postgres::config::{Host, SslMode};
 pub use tokio_postgres::Config as PostgresConfig;
 
+/// How a batch's rows enter the stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Staging {
+    /// `COPY … FROM STDIN (FORMAT binary)`: one stream of rows, no SQL per row.
+    #[default]
+    Copy,
+    /// Multi-row INSERTs of bound parameters (65,535 values per statement): the earlier path,
+    /// kept for the benchmarks' comparison.
+    Inserts,
+}
+
 pub struct PostgresWarehouse {
     config: tokio_postgres::Config,
+    staging: Staging,
     /// Set when the configuration asks for TLS.
     tls: Option<MakeRustlsConnect>,
     client: Mutex<Option<Client>>,
@@ -170,9 +184,16 @@ impl PostgresWarehouse {
             }
             _ => None,
         };
-        let w = Self { config, tls, client: Mutex::new(None), sql: MergeSqlCache::new(Dialect::Postgres) };
+        let sql = MergeSqlCache::new(Dialect::Postgres);
+        let w = Self { config, staging: Staging::default(), tls, client: Mutex::new(None), sql };
         drop(w.client().await?);
         Ok(w)
+    }
+
+    /// Stages rows as `staging` says (the benchmarks compare the two).
+    pub fn with_staging(mut self, staging: Staging) -> Self {
+        self.staging = staging;
+        self
     }
 
     /// The live client, connecting again if the last connection dropped.
@@ -250,7 +271,10 @@ impl Warehouse for PostgresWarehouse {
         for step in CommitPlan::new(&sql).steps() {
             match step {
                 Step::Ddl(ddl) => tx.batch_execute(ddl).await.map_err(run)?,
-                Step::StageRows => stage_rows(&tx, &sql, batch).await?,
+                Step::StageRows => match self.staging {
+                    Staging::Copy => copy_rows(&tx, &sql, batch).await?,
+                    Staging::Inserts => insert_rows(&tx, &sql, batch).await?,
+                },
                 // READ COMMITTED transactions do not see each other's rows. A transaction-scoped
                 // advisory lock on the table's name orders tributary's committers only: readers,
                 // the operator's own writes and VACUUM are not blocked (as LOCK TABLE would
@@ -267,8 +291,8 @@ impl Warehouse for PostgresWarehouse {
     }
 }
 
-/// The batch's rows into the stage, by multi-row INSERTs of bound parameters.
-async fn stage_rows(tx: &Transaction<'_>, sql: &MergeSql, batch: &Batch) -> Result<(), WarehouseError> {
+/// Every row has the table's columns (checked before the first one is sent).
+fn check_widths(batch: &Batch) -> Result<(), WarehouseError> {
     if batch.rows.iter().any(|r| r.values.len() != batch.table.columns.len()) {
         return Err(WarehouseError::Rejected(format!(
             "a row does not have the {} columns of {}",
@@ -276,6 +300,43 @@ async fn stage_rows(tx: &Transaction<'_>, sql: &MergeSql, batch: &Batch) -> Resu
             batch.table.name
         )));
     }
+    Ok(())
+}
+
+/// The stage's column types, in its column order: the target's, then the version and `_op`
+/// (text) and `_ord` (bigint), as `MergeSql` creates the stage.
+fn stage_types(table: &TableSchema) -> Vec<Type> {
+    let column = |ty: SqlType| match ty {
+        SqlType::Boolean => Type::BOOL,
+        SqlType::BigInt => Type::INT8,
+        SqlType::Double => Type::FLOAT8,
+        SqlType::Text => Type::VARCHAR,
+        SqlType::Timestamp => Type::TIMESTAMP,
+    };
+    let mut types: Vec<Type> = table.columns.iter().map(|c| column(c.ty)).collect();
+    types.extend([Type::VARCHAR, Type::VARCHAR, Type::INT8]);
+    types
+}
+
+/// The batch's rows into the stage by one `COPY … FROM STDIN` in the binary format.
+async fn copy_rows(tx: &Transaction<'_>, sql: &MergeSql, batch: &Batch) -> Result<(), WarehouseError> {
+    check_widths(batch)?;
+    let sink = tx.copy_in(sql.copy_stage().as_str()).await.map_err(|e| classify(e, false))?;
+    let writer = BinaryCopyInWriter::new(sink, &stage_types(&batch.table));
+    tokio::pin!(writer);
+    for (ord, row) in batch.rows.iter().enumerate() {
+        let values: Vec<std::borrow::Cow<'_, Value>> = stage_row(row, ord).collect();
+        let params: Vec<Param<'_>> = values.iter().map(|v| Param(v)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        writer.as_mut().write(&refs).await.map_err(|e| classify(e, false))?;
+    }
+    writer.finish().await.map_err(|e| classify(e, false))?;
+    Ok(())
+}
+
+/// The batch's rows into the stage, by multi-row INSERTs of bound parameters.
+async fn insert_rows(tx: &Transaction<'_>, sql: &MergeSql, batch: &Batch) -> Result<(), WarehouseError> {
+    check_widths(batch)?;
     for (insert, values) in sql.bound_inserts(&batch.rows, MAX_PARAMS) {
         let params: Vec<Param<'_>> = values.iter().map(|v| Param(v)).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
