@@ -429,10 +429,18 @@ async fn a_dead_letter_re_read_after_a_failed_commit_counts_once() {
     node.shutdown().await;
 }
 
-/// A stream that answers until `down` is set, then fails every call as unavailable.
+/// A stream that answers until `down` is set, then fails every read as unavailable; it
+/// remembers which shards it was told to let go of.
 struct Outage {
     inner: MemoryStream,
     down: std::sync::atomic::AtomicBool,
+    released: std::sync::Mutex<Vec<proto::ShardId>>,
+}
+
+impl Outage {
+    fn new(inner: MemoryStream) -> Self {
+        Self { inner, down: false.into(), released: std::sync::Mutex::new(Vec::new()) }
+    }
 }
 
 #[async_trait]
@@ -458,13 +466,16 @@ impl proto::ShardReader for Outage {
         }
         self.inner.read(shard, iterator, limit).await
     }
+    fn release(&self, shard: &proto::ShardId) {
+        self.released.lock().unwrap().push(shard.clone());
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_caught_up_shard_that_cannot_be_read_shows_growing_lag() {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     stream.put("k", br#"{"id":1}"#.to_vec());
-    let reader = Arc::new(Outage { inner: stream, down: false.into() });
+    let reader = Arc::new(Outage::new(stream));
     let ports = NodePorts {
         table: Arc::new(MemoryLeaseTable::new()),
         reader: reader.clone(),
@@ -950,37 +961,6 @@ async fn two_streams_share_one_lease_table_and_the_cluster() {
     b.shutdown().await;
 }
 
-/// A reader that remembers which shards it was told to let go of.
-struct Releases {
-    inner: MemoryStream,
-    released: std::sync::Mutex<Vec<proto::ShardId>>,
-}
-
-#[async_trait]
-impl proto::ShardReader for Releases {
-    async fn list_shards(&self) -> Result<Vec<proto::ShardInfo>, proto::ReadError> {
-        self.inner.list_shards().await
-    }
-    async fn iterator(
-        &self,
-        shard: &proto::ShardId,
-        from: &proto::StartingPosition,
-    ) -> Result<proto::ShardIterator, proto::ReadError> {
-        self.inner.iterator(shard, from).await
-    }
-    async fn read(
-        &self,
-        shard: &proto::ShardId,
-        iterator: &proto::ShardIterator,
-        limit: usize,
-    ) -> Result<proto::ReadBatch, proto::ReadError> {
-        self.inner.read(shard, iterator, limit).await
-    }
-    fn release(&self, shard: &proto::ShardId) {
-        self.released.lock().unwrap().push(shard.clone());
-    }
-}
-
 /// What a reader holds open for a shard (an enhanced fan-out subscription) is let go however
 /// the consumer ends: stopped at once because another node took the lease (a killed actor's
 /// `post_stop` does not run), or gracefully at shutdown.
@@ -988,7 +968,7 @@ impl proto::ShardReader for Releases {
 async fn a_stopped_consumer_lets_its_readers_hold_on_the_shard_go() {
     let (stream, _) = numbered_stream(10);
     let leases = MemoryLeaseTable::new();
-    let reader = Arc::new(Releases { inner: stream, released: std::sync::Mutex::new(Vec::new()) });
+    let reader = Arc::new(Outage::new(stream));
     let ports = NodePorts {
         table: Arc::new(leases.clone()),
         reader: reader.clone(),
