@@ -8,6 +8,11 @@
 //! delete the target rows being replaced → and their tombstones → insert the upserts → remember
 //! the deletes → drop the stage. The rows the dedupes and fences drop are the commit's `fenced`,
 //! the rows the two inserts write its `upserted` and `deleted`.
+//!
+//! On PostgreSQL, whose key indexes are unique, from the turn on: → drop staged rows not newer
+//! than a remembered delete → insert the upserts, or update the target's older row of their key
+//! (`ON CONFLICT`) → delete the target rows of newer deletes → remember the deletes the target
+//! does not hold at an equal or newer version → forget the deletes newer upserts replace.
 
 use crate::merge_sql::MergeSql;
 use crate::sql_text::SqlError;
@@ -71,10 +76,28 @@ impl<'a> CommitPlan<'a> {
     }
 
     /// The steps in order. What differs by dialect is in the statements: only SQLite indexes
-    /// the stage, only Redshift breaks ties in a second statement.
+    /// the stage, only Redshift breaks ties in a second statement, only PostgreSQL (unique key
+    /// indexes) merges by `ON CONFLICT`.
     pub fn steps(&self) -> impl Iterator<Item = Step<'a>> {
         let sql = self.sql;
         let run = |statement: &'a String, tally| Step::Run { sql: statement, tally };
+        let merge = match &sql.upserts {
+            None => vec![
+                run(&sql.fence_by_target, Tally::Fenced),
+                run(&sql.fence_by_tombstone, Tally::Fenced),
+                run(&sql.delete_replaced, Tally::Nothing),
+                run(&sql.delete_replaced_tombstones, Tally::Nothing),
+                run(&sql.insert_upserts, Tally::Upserted),
+                run(&sql.insert_tombstones, Tally::Deleted),
+            ],
+            Some(upserts) => vec![
+                run(&sql.fence_by_tombstone, Tally::Fenced),
+                run(&upserts.upsert_target, Tally::Upserted),
+                run(&upserts.delete_deleted, Tally::Nothing),
+                run(&upserts.upsert_tombstones, Tally::Deleted),
+                run(&upserts.delete_revived_tombstones, Tally::Nothing),
+            ],
+        };
         [
             Some(Step::Ddl(&sql.create_stage)),
             sql.index_stage.as_deref().map(Step::Ddl),
@@ -82,16 +105,23 @@ impl<'a> CommitPlan<'a> {
             Some(run(&sql.dedupe_stage, Tally::Fenced)),
             sql.dedupe_ties.as_ref().map(|ties| run(ties, Tally::Fenced)),
             Some(Step::TakeTurns),
-            Some(run(&sql.fence_by_target, Tally::Fenced)),
-            Some(run(&sql.fence_by_tombstone, Tally::Fenced)),
-            Some(run(&sql.delete_replaced, Tally::Nothing)),
-            Some(run(&sql.delete_replaced_tombstones, Tally::Nothing)),
-            Some(run(&sql.insert_upserts, Tally::Upserted)),
-            Some(run(&sql.insert_tombstones, Tally::Deleted)),
-            Some(Step::Ddl(&sql.drop_stage)),
         ]
         .into_iter()
         .flatten()
+        .chain(merge)
+        .chain([Step::Ddl(&sql.drop_stage)])
+    }
+
+    /// A commit's stats from its statements' tallies, `rows` staged. Merging by `ON CONFLICT`,
+    /// the rows a conflict's version check skipped were fenced too: all that the upserts and the
+    /// deletes did not write.
+    pub fn stats(&self, tallied: CommitStats, rows: usize) -> CommitStats {
+        match self.sql.upserts {
+            None => tallied,
+            Some(_) => {
+                CommitStats { fenced: (rows as u64).saturating_sub(tallied.upserted + tallied.deleted), ..tallied }
+            }
+        }
     }
 
     /// The commit of `rows` as SQL text with literal values, for engines that take no parameters
@@ -175,6 +205,39 @@ mod tests {
                 Step::Ddl(&sql.drop_stage),
             ]
         );
+    }
+
+    /// PostgreSQL merges by `ON CONFLICT` after the same stage, dedupe and turn: fenced by the
+    /// tombstones, then the upserts, the deletes, the tombstones; what the upserts and deletes
+    /// did not write is fenced.
+    #[test]
+    fn postgresql_merges_by_its_unique_key() {
+        let sql = MergeSql::new(&sample(), Dialect::Postgres).unwrap();
+        let upserts = sql.upserts.as_ref().unwrap();
+        let plan = CommitPlan::new(&sql);
+        assert_eq!(
+            plan.steps().collect::<Vec<_>>(),
+            [
+                Step::Ddl(&sql.create_stage),
+                Step::StageRows,
+                run(&sql.dedupe_stage, Tally::Fenced),
+                Step::TakeTurns,
+                run(&sql.fence_by_tombstone, Tally::Fenced),
+                run(&upserts.upsert_target, Tally::Upserted),
+                run(&upserts.delete_deleted, Tally::Nothing),
+                run(&upserts.upsert_tombstones, Tally::Deleted),
+                run(&upserts.delete_revived_tombstones, Tally::Nothing),
+                Step::Ddl(&sql.drop_stage),
+            ]
+        );
+        assert!(upserts
+            .upsert_target
+            .contains("ON CONFLICT (\"site\", \"n\") DO UPDATE SET \"kwh\" = EXCLUDED.\"kwh\""));
+        let tallied = CommitStats { fenced: 2, upserted: 5, deleted: 1 };
+        assert_eq!(plan.stats(tallied, 10), CommitStats { fenced: 4, upserted: 5, deleted: 1 });
+        let portable = MergeSql::new(&sample(), Dialect::Sqlite).unwrap();
+        assert!(portable.upserts.is_none());
+        assert_eq!(CommitPlan::new(&portable).stats(tallied, 10), tallied);
     }
 
     /// The literal form: the stage rows as INSERTs in the stage step, the lock as the turn only

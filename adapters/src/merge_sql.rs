@@ -1,10 +1,11 @@
-//! The statements of one batch commit, shared by every SQL warehouse (SQLite, PostgreSQL,
-//! Redshift), for one table and dialect: stage the batch (bound or as literals) → keep the
-//! latest row per key → drop staged rows that are not newer than the target (or than a
-//! remembered delete) → delete the target rows being replaced → insert the upserts → remember
-//! the deletes. Their order is written once, in `commit_plan.rs`. Only portable SQL: no ON
-//! CONFLICT, no MERGE, no VALUES list as a table, no DELETE … USING, no reliance on unique
-//! constraints (Redshift does not enforce them). Names and values enter the text only through
+//! The statements of one batch commit for one table and dialect (SQLite, PostgreSQL, Redshift):
+//! stage the batch (bound or as literals) → keep the latest row per key → drop staged rows that
+//! are not newer than the target (or than a remembered delete) → delete the target rows being
+//! replaced → insert the upserts → remember the deletes. Their order is written once, in
+//! `commit_plan.rs`. The portable statements use no ON CONFLICT, no MERGE, no VALUES list as a
+//! table, no DELETE … USING and no unique constraint (Redshift enforces none); PostgreSQL, whose
+//! key indexes are unique, replaces the middle by `UpsertSql` (`INSERT … ON CONFLICT`, DELETE …
+//! USING), a third of the index probes per row. Names and values enter the text only through
 //! `sql_text.rs`.
 
 use crate::dialect::Dialect;
@@ -51,7 +52,29 @@ pub struct MergeSql {
     pub insert_upserts: String,
     pub insert_tombstones: String,
     pub drop_stage: String,
+    /// Where the key is unique in the target and the tombstones (PostgreSQL: `create_tables`
+    /// makes both indexes unique), a commit merges by `ON CONFLICT` instead: one index probe per
+    /// row for the upserts, against three (the fence, the delete of the replaced row, the insert).
+    pub upserts: Option<UpsertSql>,
     stage: String,
+}
+
+/// The statements of a commit that merges by `INSERT … ON CONFLICT` on the key's unique index,
+/// after the stage is deduplicated and fenced by the tombstones (as in the portable plan). A
+/// staged row the target already holds at an equal or newer version is skipped by the
+/// conflict's version check: fenced, counted as what is left of the batch after the upserts and
+/// the deletes.
+#[derive(Clone, Debug)]
+pub struct UpsertSql {
+    /// Insert each staged upsert, or update the target's row of its key if that is older.
+    pub upsert_target: String,
+    /// Delete the target rows a staged delete of a newer version removes…
+    pub delete_deleted: String,
+    /// …and remember each staged delete the target does not hold at an equal or newer version
+    /// (a newer one than a remembered delete of its key replaces it).
+    pub upsert_tombstones: String,
+    /// A staged upsert newer than a remembered delete of its key ends the remembering.
+    pub delete_revived_tombstones: String,
 }
 
 /// `a.k1 = b.k1 AND a.k2 = b.k2`
@@ -111,6 +134,38 @@ impl MergeSql {
             |table: &str| format!("SELECT 1 FROM {stage} AS \"s\" WHERE {}", key_match(&keys, "\"s\"", table));
         let cols = columns.join(", ");
         let key_list = keys.join(", ");
+        let upserts = (dialect == Dialect::Postgres).then(|| {
+            let is_key = |i: usize| schema.key.contains(&i);
+            let mut set: Vec<String> =
+                (0..columns.len()).filter(|&i| !is_key(i)).map(|i| format!("{0} = EXCLUDED.{0}", columns[i])).collect();
+            set.push(format!("{version} = EXCLUDED.{version}"));
+            // A join, not `WHERE EXISTS`: the version filter across both sides keeps PostgreSQL
+            // from driving a semi-join from the stage, and it would scan the table instead.
+            let delete_staged = |op: &str, table: &str| {
+                format!(
+                    "DELETE FROM {table} AS \"x\" USING {stage} AS \"s\" WHERE \"s\".\"_op\" = '{op}' AND {} \
+                     AND \"x\".{version} < \"s\".{version}",
+                    key_match(&keys, "\"s\"", "\"x\"")
+                )
+            };
+            UpsertSql {
+                upsert_target: format!(
+                    "INSERT INTO {target} AS \"t\" ({cols}, {version}) SELECT {cols}, {version} FROM {stage} \
+                     WHERE \"_op\" = '{OP_UPSERT}' ON CONFLICT ({key_list}) DO UPDATE SET {} \
+                     WHERE \"t\".{version} < EXCLUDED.{version}",
+                    set.join(", ")
+                ),
+                delete_deleted: delete_staged(OP_DELETE, &target),
+                upsert_tombstones: format!(
+                    "INSERT INTO {tombstones} AS \"d\" ({key_list}, {version}) SELECT {key_list}, {version} \
+                     FROM {stage} AS \"s\" WHERE \"s\".\"_op\" = '{OP_DELETE}' AND NOT EXISTS \
+                     (SELECT 1 FROM {target} AS \"t\" WHERE {}) ON CONFLICT ({key_list}) DO UPDATE \
+                     SET {version} = EXCLUDED.{version} WHERE \"d\".{version} < EXCLUDED.{version}",
+                    key_match(&keys, "\"t\"", "\"s\"")
+                ),
+                delete_revived_tombstones: delete_staged(OP_UPSERT, &tombstones),
+            }
+        });
         Ok(Self {
             dialect,
             stage_columns,
@@ -130,6 +185,7 @@ impl MergeSql {
                 "INSERT INTO {tombstones} ({key_list}, {version}) SELECT {key_list}, {version} FROM {stage} WHERE \"_op\" = '{OP_DELETE}'"
             ),
             drop_stage: format!("DROP TABLE {stage}"),
+            upserts,
             stage,
         })
     }

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use proto::{Batch, CommitStats, SqlType, TableSchema, Value, Warehouse, WarehouseError};
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Socket, Transaction};
@@ -226,6 +227,13 @@ impl PostgresWarehouse {
     }
 }
 
+/// For this transaction only: PostgreSQL's default `random_page_cost` (4, a spinning disk's)
+/// makes the planner answer "which of these keys does the table hold" for a batch of thousands
+/// of keys by hashing the whole table, so a commit's time grows with the table (160 ms against
+/// 300,000 rows for 9,400 keys, measured); priced as on SSDs and cached pages (1.1, the usual
+/// setting for them) it probes the key index (16 ms), whatever the table's size.
+pub const PLAN_BY_INDEX: &str = "SET LOCAL random_page_cost = 1.1";
+
 /// The advisory-lock key under which tables are created ("tributar" in ASCII).
 const DDL_LOCK_KEY: i64 = 0x7472_6962_7574_6172;
 
@@ -243,7 +251,16 @@ impl Warehouse for PostgresWarehouse {
             .await
             .map_err(|e| classify(e, false))?;
         for statement in ddl {
-            tx.batch_execute(&statement).await.map_err(|e| classify(e, false))?;
+            tx.batch_execute(&statement).await.map_err(|e| match e.code() {
+                // The unique key index of a table made by hand or by an earlier version. The
+                // server's detail would quote the key: the message names the table only.
+                Some(&SqlState::UNIQUE_VIOLATION) => WarehouseError::Rejected(format!(
+                    "table {} (or its __deleted table) holds a key more than once, so its unique key \
+                     index cannot be built: remove the duplicates",
+                    table.name
+                )),
+                _ => classify(e, false),
+            })?;
         }
         for (name, wanted) in expected_columns(table) {
             let rows = tx
@@ -267,8 +284,10 @@ impl Warehouse for PostgresWarehouse {
         let client = guard.as_mut().expect("connected");
         let tx = client.transaction().await.map_err(|e| classify(e, false))?;
         let run = |e| classify(e, false);
+        tx.batch_execute(PLAN_BY_INDEX).await.map_err(run)?;
         let mut stats = CommitStats::default();
-        for step in CommitPlan::new(&sql).steps() {
+        let plan = CommitPlan::new(&sql);
+        for step in plan.steps() {
             match step {
                 Step::Ddl(ddl) => tx.batch_execute(ddl).await.map_err(run)?,
                 Step::StageRows => match self.staging {
@@ -287,7 +306,7 @@ impl Warehouse for PostgresWarehouse {
             }
         }
         tx.commit().await.map_err(|e| classify(e, true))?;
-        Ok(stats)
+        Ok(plan.stats(stats, batch.rows.len()))
     }
 }
 

@@ -41,8 +41,9 @@ pub fn tombstone_table(table: &str) -> String {
     format!("{table}__deleted")
 }
 
-/// DDL that creates the target and its tombstone table if absent (with a non-unique key index
-/// where the engine has indexes).
+/// DDL that creates the target and its tombstone table if absent, with an index on the key
+/// where the engine has indexes (SQLite; PostgreSQL, unique; Redshift has none): every commit
+/// looks its keys up in both tables, which without an index is a scan of each per commit.
 pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<String>, SqlError> {
     check_schema(schema)?;
     let target = quote_ident(&schema.name)?;
@@ -66,14 +67,16 @@ pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<Strin
             dialect.version_type()
         ),
     ];
-    if dialect == Dialect::Sqlite {
+    // PostgreSQL's are unique: its commits merge by `ON CONFLICT` on them (`UpsertSql`).
+    let unique = if dialect == Dialect::Postgres { "UNIQUE " } else { "" };
+    if dialect != Dialect::Redshift {
         out.push(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {target} ({})",
+            "CREATE {unique}INDEX IF NOT EXISTS {} ON {target} ({})",
             quote_ident(&format!("{}__key", schema.name))?,
             keys.join(", ")
         ));
         out.push(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {tombstones} ({})",
+            "CREATE {unique}INDEX IF NOT EXISTS {} ON {tombstones} ({})",
             quote_ident(&format!("{}__deleted_key", schema.name))?,
             keys.join(", ")
         ));
@@ -121,7 +124,8 @@ pub(crate) mod tests {
              \"_version\" TEXT NOT NULL)"
         );
         let pg = create_tables(&sample(), Dialect::Postgres).unwrap();
-        assert_eq!(pg.len(), 2);
+        assert_eq!(pg.len(), 4);
+        assert_eq!(pg[2], "CREATE UNIQUE INDEX IF NOT EXISTS \"charge \"\"sessions\"\"__key\" ON \"charge \"\"sessions\"\"\" (\"site\", \"n\")");
         assert!(pg[0].contains("\"at\" TIMESTAMP") && pg[0].contains("\"ok\" BOOLEAN"), "{}", pg[0]);
     }
 
