@@ -1,5 +1,8 @@
-//! What the process benchmarks (`latency`, `operations`) share: their pipeline, their records
-//! and how they read their settings.
+//! What the benchmarks share: the process benchmarks' (`latency`, `operations`) pipeline and
+//! records, and how every benchmark reads its settings.
+
+// Each benchmark includes this file and uses part of it.
+#![allow(dead_code)]
 
 /// One JSON table, `table`, keyed by `id`.
 pub fn pipeline(table: &str) -> String {

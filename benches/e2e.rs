@@ -47,10 +47,9 @@ use testkit::postgres_server::postgres;
 use worker::reference_set::ReferenceSet;
 use worker::{Node, NodeConfig, NodePorts, Pipeline, PipelineConfig};
 
-/// A numeric setting from the environment.
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+#[path = "common.rs"]
+mod common;
+use common::env;
 
 #[path = "../tests/processes/mod.rs"]
 mod processes;

@@ -10,12 +10,13 @@
 //! | `kcl_lease_item.rs` | KCL's lease item: a lease as a DynamoDB row and back, plus tributary's leader and membership rows |
 //! | `dynamodb_expr.rs` | `Expr`: the update and condition expressions of one conditional write |
 //! | `lease_table_admin.rs` | the lease table's definition (key, owner index, billing) and the wait until it is active |
+//! | `dynamodb_units.rs` | what lease-table rows weigh in DynamoDB and what a call on them costs in request units (the scale benchmark's) |
 //! | `dynamodb_reference.rs` | `DynamoReferenceSource`: reference tables by Scan, followed through DynamoDB Streams |
 //! | `sql_text.rs` | `quote_ident`, `sql_literal`, `values_text`: the one audited place where names and values enter SQL text |
 //! | `dialect.rs` | `Dialect`: what differs between SQLite, PostgreSQL and Redshift SQL (column types, placeholders) |
 //! | `warehouse_ddl.rs` | the target and tombstone tables: which schemas they serve, `create_tables` |
 //! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
-//! | `merge_sql.rs` | `MergeSql`: the portable statements of one batch commit (stage, dedupe, fence, replace, tombstones), cached per table |
+//! | `merge_sql.rs` | `MergeSql`: the statements of one batch commit (stage, dedupe, fence, replace, tombstones; PostgreSQL's by ON CONFLICT), cached per table |
 //! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
@@ -28,6 +29,7 @@ pub mod dialect;
 pub mod dynamodb_expr;
 pub mod dynamodb_lease_table;
 pub mod dynamodb_reference;
+pub mod dynamodb_units;
 pub mod kcl_lease_item;
 pub mod kinesis;
 pub mod kinesis_fan_out;
