@@ -18,6 +18,7 @@
 //! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
 //! | `merge_sql.rs` | `MergeSql`: the statements of one batch commit (stage, dedupe, fence, replace, tombstones; PostgreSQL's by ON CONFLICT), cached per table |
 //! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
+//! | `copy_csv.rs` | a batch's stage rows as the gzip CSV file Redshift's COPY loads from S3, and that COPY statement |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
@@ -25,6 +26,7 @@
 pub mod aws;
 pub mod column_check;
 pub mod commit_plan;
+pub mod copy_csv;
 pub mod dialect;
 pub mod dynamodb_expr;
 pub mod dynamodb_lease_table;

@@ -190,6 +190,16 @@ impl MergeSql {
         })
     }
 
+    /// The stage's name, quoted.
+    pub(crate) fn stage_name(&self) -> &str {
+        &self.stage
+    }
+
+    /// The stage's columns, quoted, in `stage_row` order.
+    pub(crate) fn stage_columns(&self) -> &[String] {
+        &self.stage_columns
+    }
+
     /// Values bound per staged row: the target's columns, the version, `_op`, `_ord`.
     pub fn params_per_row(&self) -> usize {
         self.stage_columns.len()
