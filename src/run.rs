@@ -10,7 +10,7 @@ use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
 use adapters::kinesis_fan_out::KinesisFanOut;
 use adapters::postgres::{Host, PostgresConfig, SslMode};
-use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse};
+use adapters::redshift_data::{Load, RedshiftDataConfig, RedshiftDataWarehouse};
 use anyhow::Context;
 use coordinator::EventSink;
 use proto::{LeaseTable, ReferenceSource, ShardReader, Warehouse, WorkerId};
@@ -63,6 +63,7 @@ async fn warehouse(
             (Arc::new(warehouse), "postgres")
         }
         WarehouseSection::Redshift(w) => {
+            let node = config.worker_id();
             let config = RedshiftDataConfig {
                 target: w.target.clone(),
                 database: w.database.clone(),
@@ -70,8 +71,9 @@ async fn warehouse(
                 db_user: w.db_user.clone(),
                 timeout: Duration::from_secs(600),
                 lock_tables: w.lock_tables,
+                load: Load::Statements,
             };
-            (Arc::new(RedshiftDataWarehouse::new(sdk, config)), "redshift_data")
+            (Arc::new(RedshiftDataWarehouse::new(sdk, config, &node)), "redshift_data")
         }
         WarehouseSection::Sqlite(SqliteSection { url }) => {
             let warehouse = adapters::sqlite::SqliteWarehouse::open(std::path::Path::new(url))

@@ -4,7 +4,7 @@
 //! ActiveStatementsExceeded. (The conformance property itself is in `warehouse_conformance.rs`.)
 
 use adapters::postgres::PostgresWarehouse;
-use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
+use adapters::redshift_data::{Load, RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use proto::{Batch, Column, Row, RowOp, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
 use redshift_data_endpoint::Endpoint;
 use std::sync::atomic::Ordering;
@@ -82,7 +82,9 @@ fn client(endpoint: &Endpoint, timeout: Duration) -> RedshiftDataWarehouse {
             db_user: None,
             timeout,
             lock_tables: true,
+            load: Load::Statements,
         },
+        "test-node",
     )
 }
 
@@ -385,4 +387,153 @@ fn the_copy_file_reads_back_exactly() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The COPY path's pieces: moto's S3 (the DynamoDB emulator's server serves S3 too) with a
+/// staging bucket, an endpoint that runs COPY from it, and the sink loading by COPY batches of
+/// at least `min_rows` rows under `s3://tributary-staging/<prefix>/`.
+struct CopySetup {
+    _pg: testkit::postgres_server::PgHandle,
+    _moto: testkit::local_stack::Emulator,
+    endpoint: Endpoint,
+    s3: aws_sdk_s3::Client,
+    check: PostgresWarehouse,
+    moto_url: String,
+}
+
+const BUCKET: &str = "tributary-staging";
+
+impl CopySetup {
+    async fn start(database: &str) -> Self {
+        let pg = postgres().unwrap();
+        let moto = testkit::local_stack::emulator(testkit::local_stack::Service::Dynamo).unwrap();
+        let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+        admin.query_text(&format!("DROP DATABASE IF EXISTS {database}")).await.unwrap();
+        admin.query_text(&format!("CREATE DATABASE {database}")).await.unwrap();
+        let url = format!("{} dbname={database}", pg.url.replace("dbname=postgres", ""));
+        let endpoint = Endpoint::start_with_s3(&url, &moto.endpoint).await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk_config_for(&moto.endpoint)).force_path_style(true).build(),
+        );
+        let _ = s3.create_bucket().bucket(BUCKET).send().await;
+        let check = PostgresWarehouse::connect(&url).await.unwrap();
+        let moto_url = moto.endpoint.clone();
+        CopySetup { _pg: pg, _moto: moto, endpoint, s3, check, moto_url }
+    }
+
+    fn sink(&self, prefix: &str, min_rows: usize) -> RedshiftDataWarehouse {
+        self.sink_in(BUCKET, prefix, min_rows)
+    }
+
+    fn sink_in(&self, bucket: &str, prefix: &str, min_rows: usize) -> RedshiftDataWarehouse {
+        let load = Load::Copy {
+            staging: adapters::redshift_data::S3Prefix::parse(&format!("s3://{bucket}/{prefix}")).unwrap(),
+            role: "arn:aws:iam::000000000000:role/tributary-copy".into(),
+            min_rows,
+        };
+        let config = RedshiftDataConfig {
+            target: Target::Workgroup { name: "analytics".into() },
+            database: "dev".into(),
+            secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
+            db_user: None,
+            timeout: Duration::from_secs(60),
+            lock_tables: true,
+            load,
+        };
+        RedshiftDataWarehouse::new(&sdk_config_for(&self.endpoint.url), config, "test-node")
+            .with_s3(&sdk_config_for(&self.moto_url), "test-node")
+    }
+
+    /// The keys under `prefix`.
+    async fn staged(&self, prefix: &str) -> Vec<String> {
+        let listed = self.s3.list_objects_v2().bucket(BUCKET).prefix(prefix).send().await.unwrap();
+        listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+    }
+}
+
+/// A batch at or over `min_rows` goes as one gzip CSV file in S3 and one transaction that COPYs
+/// and merges it (one Data API call, whatever its size: 3,000 rows of 1.3 KB, which by statements
+/// take several); the file is gone once the commit ended. A smaller batch goes by statements and
+/// never touches S3 (its bucket does not even exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_loads_by_one_copy_and_its_file_is_deleted() {
+    let setup = CopySetup::start("rsd_copy").await;
+    let w = setup.sink("one-copy/", 100);
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    let note = "x\"y,z\\\n".repeat(160);
+    let rows: Vec<Row> = (0..3000).map(|i| row(i, 1, &note)).collect();
+    let before = setup.endpoint.calls("BatchExecuteStatement");
+    let stats = w.commit(&Batch { table: table.clone(), rows }).await.unwrap();
+    assert_eq!(stats.upserted, 3000);
+    assert_eq!(setup.endpoint.calls("BatchExecuteStatement") - before, 1, "one call for the whole batch");
+    assert_eq!(count(&setup.check, "SELECT count(*) FROM events").await, "3000");
+    assert_eq!(
+        count(&setup.check, "SELECT count(*) FROM events WHERE note = (SELECT note FROM events LIMIT 1)").await,
+        "3000"
+    );
+    assert_eq!(count(&setup.check, "SELECT min(length(note)) FROM events").await, note.chars().count().to_string());
+    assert_eq!(setup.staged("one-copy/").await, Vec::<String>::new(), "the staged file is deleted");
+
+    let nowhere = setup.sink_in("no-such-bucket", "x/", 100);
+    let small = Batch { table: table.clone(), rows: (0..10).map(|i| row(i, 2, "small")).collect() };
+    assert_eq!(nowhere.commit(&small).await.unwrap().upserted, 10, "by statements");
+    let large = Batch { table: table.clone(), rows: (0..100).map(|i| row(i, 3, "large")).collect() };
+    let e = nowhere.commit(&large).await.unwrap_err();
+    assert!(matches!(&e, WarehouseError::Rejected(m) if m.contains("NoSuchBucket")), "{e}");
+}
+
+/// A node that dies between its upload and its commit leaves a file nobody reads: here one
+/// planted under the table's prefix as such a node leaves it (newer versions of the same keys,
+/// another node's name), and a commit that fails after its upload (its retry stages a file of
+/// its own). The table ends with what the commits that succeeded wrote, once each; no file is
+/// left but the orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_upload_and_commit_loses_and_doubles_nothing() {
+    let setup = CopySetup::start("rsd_copy_crash").await;
+    let w = setup.sink("crash/", 0);
+    let table = schema("events");
+    w.ensure_table(&table).await.unwrap();
+    let orphan_rows: Vec<Row> = (0..50).map(|i| row(i, 9, "orphan")).collect();
+    let orphan = "crash/events/other-node-0000000000000-000000000000.csv.gz";
+    let body = adapters::copy_csv::stage_csv_gz(&orphan_rows).unwrap();
+    setup.s3.put_object().bucket(BUCKET).key(orphan).body(body.into()).send().await.unwrap();
+
+    *setup.endpoint.faults.fail_marker.lock().unwrap() = Some("FROM 's3://".into());
+    let batch = Batch { table: table.clone(), rows: (0..50).map(|i| row(i, 1, "first")).collect() };
+    assert!(w.commit(&batch).await.is_err(), "the injected failure after the upload");
+    assert_eq!(setup.staged("crash/").await, vec![orphan.to_owned()], "the failed attempt's file is deleted");
+    *setup.endpoint.faults.fail_marker.lock().unwrap() = None;
+    assert_eq!(w.commit(&batch).await.unwrap().upserted, 50);
+    let newer = Batch { table: table.clone(), rows: (25..75).map(|i| row(i, 2, "second")).collect() };
+    assert_eq!(w.commit(&newer).await.unwrap().upserted, 50);
+    assert_eq!(count(&setup.check, "SELECT count(*) FROM events").await, "75");
+    assert_eq!(count(&setup.check, "SELECT count(*) FROM events WHERE note = 'orphan'").await, "0");
+    assert_eq!(count(&setup.check, "SELECT count(*) FROM events WHERE note = 'first'").await, "25");
+    assert_eq!(count(&setup.check, "SELECT count(*) FROM events WHERE note = 'second'").await, "50");
+    assert_eq!(setup.staged("crash/").await, vec![orphan.to_owned()]);
+}
+
+/// Two sinks loading by COPY at once, the same new keys: one row per key, the newer version's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copy_commits_leave_one_row_per_key() {
+    let setup = CopySetup::start("rsd_copy_concurrent").await;
+    let (a, b) = (setup.sink("concurrent/", 0), setup.sink("concurrent/", 0));
+    let table = schema("events");
+    a.ensure_table(&table).await.unwrap();
+    for round in 0..4u64 {
+        let batch = |version: u64| Batch {
+            table: table.clone(),
+            rows: (0..200).map(|i| row(i + 1_000 * round as usize, version, "concurrent")).collect(),
+        };
+        let (first, second) = (batch(1), batch(2));
+        let (x, y) = tokio::join!(a.commit(&first), b.commit(&second));
+        x.unwrap();
+        y.unwrap();
+        let twice =
+            count(&setup.check, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) d").await;
+        assert_eq!(twice, "0", "round {round}: keys held twice");
+        let latest = count(&setup.check, "SELECT count(*) FROM events WHERE _version = '00000002'").await;
+        assert_eq!(latest, (200 * (round + 1)).to_string(), "round {round}: the newer version won");
+    }
 }

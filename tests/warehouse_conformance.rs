@@ -11,7 +11,7 @@
 use adapters::dialect::Dialect;
 use adapters::merge_sql::MergeSql;
 use adapters::postgres::{PostgresWarehouse, Staging};
-use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse, Target};
+use adapters::redshift_data::{Load, RedshiftDataConfig, RedshiftDataWarehouse, Target};
 use adapters::sqlite::SqliteWarehouse;
 use adapters::warehouse_ddl::create_tables;
 use proptest::prelude::*;
@@ -573,8 +573,42 @@ fn redshift_data_api_warehouse_conforms() {
             db_user: Some("etl".into()),
             timeout: std::time::Duration::from_secs(60),
             lock_tables: true,
+            load: Load::Statements,
         },
+        "test-node",
     ));
+    let check = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
+    conformance(&rt, 24, || (Shared(w.clone()), schema(&fresh_name())), |_, t| pg_held(&rt, &check, t));
+}
+
+/// The Redshift Data API sink loading every batch by a gzip CSV file in S3 (moto's) and COPY,
+/// through the test endpoint that runs COPY from that S3 on PostgreSQL.
+#[test]
+fn redshift_copy_load_conforms() {
+    let pg = postgres().expect("a postgresql for the tests");
+    let moto = testkit::local_stack::emulator(testkit::local_stack::Service::Dynamo).expect("moto (S3)");
+    let rt = runtime();
+    let endpoint = rt.block_on(redshift_data_endpoint::Endpoint::start_with_s3(&pg.url, &moto.endpoint));
+    let s3_sdk = testkit::local_stack::sdk_config_for(&moto.endpoint);
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&s3_sdk).force_path_style(true).build());
+    let _ = rt.block_on(s3.create_bucket().bucket("tributary-conformance").send());
+    let load = Load::Copy {
+        staging: adapters::redshift_data::S3Prefix::parse("s3://tributary-conformance/loads/").unwrap(),
+        role: "default".into(),
+        min_rows: 0,
+    };
+    let config = RedshiftDataConfig {
+        target: Target::Cluster { identifier: "etl".into() },
+        database: "dev".into(),
+        secret_arn: None,
+        db_user: Some("etl".into()),
+        timeout: std::time::Duration::from_secs(60),
+        lock_tables: true,
+        load,
+    };
+    let w = RedshiftDataWarehouse::new(&testkit::local_stack::sdk_config_for(&endpoint.url), config, "conformance")
+        .with_s3(&s3_sdk, "conformance");
+    let w = Arc::new(w);
     let check = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
     conformance(&rt, 24, || (Shared(w.clone()), schema(&fresh_name())), |_, t| pg_held(&rt, &check, t));
 }

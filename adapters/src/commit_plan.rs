@@ -135,20 +135,26 @@ impl<'a> CommitPlan<'a> {
         max_statement_bytes: usize,
         take_turns: bool,
     ) -> Result<Vec<(String, Tally)>, SqlError> {
+        Ok(self.with_stage(self.sql.literal_inserts(rows, max_statement_bytes)?, take_turns))
+    }
+
+    /// The commit as SQL text whose rows enter the stage by `stage` (literal INSERTs, or one
+    /// `COPY` of a staged file), the turns taken by `LOCK` when `take_turns`.
+    pub fn with_stage(&self, stage: Vec<String>, take_turns: bool) -> Vec<(String, Tally)> {
         let mut out = Vec::new();
+        let mut stage = Some(stage);
         for step in self.steps() {
             match step {
                 Step::Ddl(sql) => out.push((sql.to_owned(), Tally::Nothing)),
                 Step::StageRows => {
-                    let inserts = self.sql.literal_inserts(rows, max_statement_bytes)?;
-                    out.extend(inserts.into_iter().map(|insert| (insert, Tally::Nothing)));
+                    out.extend(stage.take().into_iter().flatten().map(|statement| (statement, Tally::Nothing)));
                 }
                 Step::TakeTurns if take_turns => out.push((self.sql.lock_target.clone(), Tally::Nothing)),
                 Step::TakeTurns => {}
                 Step::Run { sql, tally } => out.push((sql.to_owned(), tally)),
             }
         }
-        Ok(out)
+        out
     }
 }
 

@@ -19,6 +19,7 @@
 //! | `merge_sql.rs` | `MergeSql`: the statements of one batch commit (stage, dedupe, fence, replace, tombstones; PostgreSQL's by ON CONFLICT), cached per table |
 //! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
 //! | `copy_csv.rs` | a batch's stage rows as the gzip CSV file Redshift's COPY loads from S3, and that COPY statement |
+//! | `s3_staging.rs` | `S3Staging`: the S3 prefix the Redshift COPY path stages its files under (PutObject, DeleteObject) |
 //! | `sqlite.rs` | `SqliteWarehouse`: the embedded warehouse of the demo |
 //! | `postgres.rs` | `PostgresWarehouse`: PostgreSQL over tokio-postgres |
 //! | `redshift_data.rs` | `RedshiftDataWarehouse`: Amazon Redshift through the Data API (batches of literal SQL) |
@@ -39,6 +40,7 @@ pub mod lease_table_admin;
 pub mod merge_sql;
 pub mod postgres;
 pub mod redshift_data;
+pub mod s3_staging;
 pub mod sql_text;
 pub mod sqlite;
 pub mod warehouse_ddl;

@@ -57,6 +57,8 @@ pub struct MergeSql {
     /// row for the upserts, against three (the fence, the delete of the replaced row, the insert).
     pub upserts: Option<UpsertSql>,
     stage: String,
+    /// The target's name, unquoted.
+    table: String,
 }
 
 /// The statements of a commit that merges by `INSERT … ON CONFLICT` on the key's unique index,
@@ -187,7 +189,13 @@ impl MergeSql {
             drop_stage: format!("DROP TABLE {stage}"),
             upserts,
             stage,
+            table: schema.name.clone(),
         })
+    }
+
+    /// The target's name, as the schema gives it (unquoted).
+    pub(crate) fn table_name(&self) -> &str {
+        &self.table
     }
 
     /// The stage's name, quoted.

@@ -17,8 +17,11 @@
 use crate::aws::{classify, Failure};
 use crate::column_check::column_probes;
 use crate::commit_plan::{CommitPlan, Tally};
+use crate::copy_csv;
 use crate::dialect::Dialect;
 use crate::merge_sql::{MergeSql, MergeSqlCache};
+pub use crate::s3_staging::S3Prefix;
+use crate::s3_staging::S3Staging;
 use crate::warehouse_ddl::{create_tables, tombstone_table};
 use async_trait::async_trait;
 use aws_sdk_redshiftdata::types::StatusString;
@@ -56,12 +59,26 @@ pub struct RedshiftDataConfig {
     /// isolation, Redshift's default; a SERIALIZABLE database aborts one of two conflicting
     /// commits instead (retried), so it can do without and keep readers from waiting.
     pub lock_tables: bool,
+    /// How a batch's rows reach the stage.
+    pub load: Load,
+}
+
+/// How a batch's rows reach the stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// As literal INSERTs in the batch's statements (no S3; ~300 rows of 300 bytes a statement).
+    Statements,
+    /// A batch of at least `min_rows` rows as one gzip CSV file under `staging`, loaded by `COPY`
+    /// reading it with `role` (an IAM role ARN, or `default`); smaller batches as statements.
+    Copy { staging: S3Prefix, role: String, min_rows: usize },
 }
 
 pub struct RedshiftDataWarehouse {
     client: Client,
     config: RedshiftDataConfig,
     statements: MergeSqlCache,
+    /// With `Load::Copy`: where files are staged.
+    files: Option<S3Staging>,
 }
 
 fn api_error(f: Failure) -> WarehouseError {
@@ -111,8 +128,13 @@ fn failed(error: &str) -> WarehouseError {
 }
 
 impl RedshiftDataWarehouse {
-    pub fn new(sdk: &aws_config::SdkConfig, config: RedshiftDataConfig) -> Self {
-        Self { client: Client::new(sdk), config, statements: MergeSqlCache::new(Dialect::Redshift) }
+    /// `node` names this process in staged files' names (with `Load::Copy`).
+    pub fn new(sdk: &aws_config::SdkConfig, config: RedshiftDataConfig, node: &str) -> Self {
+        let files = match &config.load {
+            Load::Copy { staging, .. } => Some(S3Staging::new(sdk, staging.clone(), node)),
+            Load::Statements => None,
+        };
+        Self { client: Client::new(sdk), config, statements: MergeSqlCache::new(Dialect::Redshift), files }
     }
 
     /// BatchExecuteStatement: the statement id.
@@ -180,8 +202,57 @@ impl RedshiftDataWarehouse {
         }
     }
 
+    /// Reaches S3 through `sdk` rather than the Data API's configuration (another endpoint or
+    /// region: the staging bucket's).
+    pub fn with_s3(mut self, sdk: &aws_config::SdkConfig, node: &str) -> Self {
+        if let Load::Copy { staging, .. } = &self.config.load {
+            self.files = Some(S3Staging::new(sdk, staging.clone(), node));
+        }
+        self
+    }
+
+    /// The batch as one file in S3 and one transaction that COPYs it into the stage and merges;
+    /// `None` when it goes by statements (the load says so, it is small, or a value cannot be
+    /// written in the file).
+    async fn commit_by_copy(&self, sql: &MergeSql, rows: &[Row]) -> Option<Result<CommitStats, WarehouseError>> {
+        let (Load::Copy { role, min_rows, .. }, Some(files)) = (&self.config.load, &self.files) else { return None };
+        if rows.len() < *min_rows {
+            return None;
+        }
+        let file = copy_csv::stage_csv_gz(rows).ok()?;
+        let key = files.fresh_key(sql.table_name());
+        Some(
+            async {
+                files.put(&key, file).await?;
+                let copy = sql.copy_stage_from(&files.url(&key), role);
+                let result = match copy {
+                    Ok(copy) => self.run(CommitPlan::new(sql).with_stage(vec![copy], self.config.lock_tables)).await,
+                    Err(e) => Err(e.into()),
+                };
+                // Done with, whatever the outcome (a batch still running fails without it, and
+                // its retry stages a file of its own); one left behind is never read again.
+                if let Err(e) = files.delete(&key).await {
+                    tracing::warn!(key, error = %e, "cannot delete a staged file (the prefix's lifecycle rule will)");
+                }
+                result
+            }
+            .await,
+        )
+    }
+
+    /// Runs one transaction's statements; the commit's stats.
+    async fn run(&self, commit: Vec<(String, Tally)>) -> Result<CommitStats, WarehouseError> {
+        let (statements, tallies): (Vec<String>, Vec<Tally>) = commit.into_iter().unzip();
+        let id = self.submit(statements).await?;
+        let counts = self.wait(&id).await?;
+        Ok(Tally::stats(tallies.into_iter().zip(counts)))
+    }
+
     /// One transaction for `rows`, or several when the statements would not fit one call.
     async fn commit_rows(&self, sql: &MergeSql, rows: &[Row]) -> Result<CommitStats, WarehouseError> {
+        if let Some(result) = self.commit_by_copy(sql, rows).await {
+            return result;
+        }
         let commit = CommitPlan::new(sql).literal(rows, MAX_STATEMENT_BYTES, self.config.lock_tables)?;
         if commit.len() > MAX_STATEMENTS && rows.len() > 1 {
             let (a, b) = rows.split_at(rows.len() / 2);
@@ -193,10 +264,7 @@ impl RedshiftDataWarehouse {
                 fenced: first.fenced + second.fenced,
             });
         }
-        let (statements, tallies): (Vec<String>, Vec<Tally>) = commit.into_iter().unzip();
-        let id = self.submit(statements).await?;
-        let counts = self.wait(&id).await?;
-        Ok(Tally::stats(tallies.into_iter().zip(counts)))
+        self.run(commit).await
     }
 }
 

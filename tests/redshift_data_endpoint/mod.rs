@@ -10,6 +10,11 @@
 //! - A batch is one transaction: every statement or none (ROLLBACK on the first failure).
 //! - Limits: 1–40 SQL strings per batch, 100 KB per string (ValidationException).
 //! - Backslashes in literals are escapes, as on Redshift (`standard_conforming_strings = off`).
+//! - `COPY <table> (<columns>) FROM 's3://bucket/key' IAM_ROLE … FORMAT AS CSV GZIP NULL AS '\\N' …`
+//!   (the sink's bulk path), when started with an S3 endpoint: every object whose key starts
+//!   with `key` (as Redshift reads the name: a prefix), gunzipped, into PostgreSQL by a CSV
+//!   `COPY … FROM STDIN` with that NULL marker; its row count is the rows loaded. No object
+//!   under the prefix fails the statement, as on Redshift.
 //! - Injectable: the next N calls throttled (ThrottlingException), the next N submissions refused
 //!   with ActiveStatementsExceededException, a statement that fails (any SQL containing a
 //!   marker), and a delay per statement so callers must poll.
@@ -50,6 +55,8 @@ pub struct Faults {
 
 struct Inner {
     pg: String,
+    /// Where COPY reads its files (moto's S3).
+    s3: Option<aws_sdk_s3::Client>,
     statements: Mutex<HashMap<String, Statement>>,
     next_id: AtomicU64,
     faults: Arc<Faults>,
@@ -73,9 +80,21 @@ impl Drop for Endpoint {
 impl Endpoint {
     /// Serves on a free port of 127.0.0.1, running statements on the PostgreSQL at `pg`.
     pub async fn start(pg: &str) -> Self {
+        Self::serve(pg, None).await
+    }
+
+    /// Also runs COPY from the S3 at `s3` (an endpoint URL: moto's).
+    pub async fn start_with_s3(pg: &str, s3: &str) -> Self {
+        let config =
+            aws_sdk_s3::config::Builder::from(&testkit::local_stack::sdk_config_for(s3)).force_path_style(true).build();
+        Self::serve(pg, Some(aws_sdk_s3::Client::from_conf(config))).await
+    }
+
+    async fn serve(pg: &str, s3: Option<aws_sdk_s3::Client>) -> Self {
         let faults = Arc::new(Faults::default());
         let inner = Arc::new(Inner {
             pg: pg.to_owned(),
+            s3,
             statements: Mutex::default(),
             next_id: AtomicU64::new(1),
             faults: faults.clone(),
@@ -215,6 +234,8 @@ async fn run(inner: Arc<Inner>, id: String, sqls: Vec<String>) {
             }
             let result = if marker.as_ref().is_some_and(|m| sql.contains(m.as_str())) {
                 Err("ERROR: injected failure".to_owned())
+            } else if let Some(copy) = sql.strip_prefix("COPY ") {
+                copy_from_s3(&inner, &client, copy).await
             } else {
                 client
                     .execute(sql.as_str(), &[])
@@ -252,6 +273,46 @@ async fn run(inner: Arc<Inner>, id: String, sqls: Vec<String>) {
             })
         }
     }
+}
+
+/// Redshift's COPY from S3, as far as the sink writes it (`COPY ` already taken off): the
+/// rows loaded, or the error Redshift would give.
+async fn copy_from_s3(inner: &Inner, client: &tokio_postgres::Client, copy: &str) -> Result<u64, String> {
+    let s3 = inner.s3.as_ref().ok_or("ERROR: this endpoint has no S3 to COPY from")?;
+    let (target, rest) = copy.split_once(" FROM 's3://").ok_or("ERROR: COPY from something other than S3")?;
+    let (url, options) = rest.split_once("' IAM_ROLE ").ok_or("ERROR: COPY without IAM_ROLE")?;
+    for needed in ["FORMAT AS CSV GZIP", "NULL AS '\\\\N'", "TIMEFORMAT 'YYYY-MM-DD HH:MI:SS'"] {
+        if !options.contains(needed) {
+            return Err(format!("ERROR: this endpoint runs COPY with {needed} only: {options}"));
+        }
+    }
+    let url = url.replace("''", "'");
+    let (bucket, prefix) = url.split_once('/').ok_or("ERROR: COPY from a bucket without a key")?;
+    let listed =
+        s3.list_objects_v2().bucket(bucket).prefix(prefix).send().await.map_err(|e| format!("ERROR: s3: {e:?}"))?;
+    let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+    if keys.is_empty() {
+        return Err(format!("ERROR: The specified S3 prefix '{prefix}' does not exist"));
+    }
+    let mut loaded = 0;
+    for key in keys {
+        let object = s3.get_object().bucket(bucket).key(&key).send().await.map_err(|e| format!("ERROR: s3: {e:?}"))?;
+        let gz = object.body.collect().await.map_err(|e| e.to_string())?.into_bytes();
+        let mut csv = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut csv)
+            .map_err(|e| format!("ERROR: gzip: {e}"))?;
+        let sink = client
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {target} FROM STDIN (FORMAT csv, NULL E'\\\\N')"))
+            .await
+            .map_err(|e| e.as_db_error().map_or(e.to_string(), |d| format!("ERROR: {}", d.message())))?;
+        futures_util::pin_mut!(sink);
+        futures_util::SinkExt::send(&mut sink, bytes::Bytes::from(csv)).await.map_err(|e| e.to_string())?;
+        loaded += sink
+            .finish()
+            .await
+            .map_err(|e| e.as_db_error().map_or(e.to_string(), |d| format!("ERROR: {}", d.message())))?;
+    }
+    Ok(loaded)
 }
 
 fn describe(inner: &Arc<Inner>, request: &Json) -> Response {
