@@ -62,6 +62,10 @@ struct Inner {
     faults: Arc<Faults>,
     /// Calls answered, by operation.
     calls: Mutex<HashMap<String, u64>>,
+    /// Request bytes received, by operation.
+    bytes: Mutex<HashMap<String, u64>>,
+    /// SQL strings received in submissions.
+    sqls: AtomicU64,
 }
 
 pub struct Endpoint {
@@ -99,6 +103,8 @@ impl Endpoint {
             next_id: AtomicU64::new(1),
             faults: faults.clone(),
             calls: Mutex::default(),
+            bytes: Mutex::default(),
+            sqls: AtomicU64::new(0),
         });
         let app = axum::Router::new().route("/", axum::routing::post(handle)).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,6 +117,16 @@ impl Endpoint {
 
     pub fn calls(&self, operation: &str) -> u64 {
         self.inner.calls.lock().unwrap().get(operation).copied().unwrap_or(0)
+    }
+
+    /// Request bytes received for `operation`.
+    pub fn bytes(&self, operation: &str) -> u64 {
+        self.inner.bytes.lock().unwrap().get(operation).copied().unwrap_or(0)
+    }
+
+    /// SQL strings received in submissions.
+    pub fn sqls(&self) -> u64 {
+        self.inner.sqls.load(Ordering::SeqCst)
     }
 
     /// The status of the latest submission.
@@ -137,6 +153,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let operation = target.strip_prefix("RedshiftData.").unwrap_or(target).to_owned();
     *inner.calls.lock().unwrap().entry(operation.clone()).or_default() += 1;
+    *inner.bytes.lock().unwrap().entry(operation.clone()).or_default() += body.len() as u64;
     let Ok(request) = serde_json::from_slice::<Json>(&body) else {
         return error(StatusCode::BAD_REQUEST, "SerializationException", "body is not json");
     };
@@ -182,6 +199,7 @@ fn submit(inner: &Arc<Inner>, operation: &str, request: &Json) -> Response {
     if take(&inner.faults.busy_next) {
         return error(StatusCode::BAD_REQUEST, "ActiveStatementsExceededException", "too many active statements");
     }
+    inner.sqls.fetch_add(sqls.len() as u64, Ordering::SeqCst);
     let id = format!("stmt-{:08}", inner.next_id.fetch_add(1, Ordering::SeqCst));
     inner.statements.lock().unwrap().insert(
         id.clone(),
