@@ -269,9 +269,20 @@ async fn an_existing_table_missing_a_column_fails_at_start() {
 async fn concurrent_commits_of_new_keys_leave_one_row_per_key() {
     let (_pg, endpoint, a, check) = setup("rsd_concurrent").await;
     let b = client(&endpoint, Duration::from_secs(60));
+    same_new_keys_at_once(&a, &b, &check, 6).await;
+}
+
+/// `rounds` times, `a` and `b` commit the same 200 new keys at once (versions 1 and 2): every key
+/// ends with one row, the newer version's.
+async fn same_new_keys_at_once(
+    a: &RedshiftDataWarehouse,
+    b: &RedshiftDataWarehouse,
+    check: &PostgresWarehouse,
+    rounds: u64,
+) {
     let table = schema("events");
     a.ensure_table(&table).await.unwrap();
-    for round in 0..6u64 {
+    for round in 0..rounds {
         let batch = |version: u64| Batch {
             table: table.clone(),
             rows: (0..200).map(|i| row(i + 1_000 * round as usize, version, "concurrent")).collect(),
@@ -281,9 +292,9 @@ async fn concurrent_commits_of_new_keys_leave_one_row_per_key() {
         x.unwrap();
         y.unwrap();
         let twice =
-            count(&check, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) d").await;
+            count(check, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) d").await;
         assert_eq!(twice, "0", "round {round}: keys held twice");
-        let latest = count(&check, "SELECT count(*) FROM events WHERE _version = '00000002'").await;
+        let latest = count(check, "SELECT count(*) FROM events WHERE _version = '00000002'").await;
         assert_eq!(latest, (200 * (round + 1)).to_string(), "round {round}: the newer version won");
     }
 }
@@ -519,21 +530,5 @@ async fn a_crash_between_upload_and_commit_loses_and_doubles_nothing() {
 async fn concurrent_copy_commits_leave_one_row_per_key() {
     let setup = CopySetup::start("rsd_copy_concurrent").await;
     let (a, b) = (setup.sink("concurrent/", 0), setup.sink("concurrent/", 0));
-    let table = schema("events");
-    a.ensure_table(&table).await.unwrap();
-    for round in 0..4u64 {
-        let batch = |version: u64| Batch {
-            table: table.clone(),
-            rows: (0..200).map(|i| row(i + 1_000 * round as usize, version, "concurrent")).collect(),
-        };
-        let (first, second) = (batch(1), batch(2));
-        let (x, y) = tokio::join!(a.commit(&first), b.commit(&second));
-        x.unwrap();
-        y.unwrap();
-        let twice =
-            count(&setup.check, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) d").await;
-        assert_eq!(twice, "0", "round {round}: keys held twice");
-        let latest = count(&setup.check, "SELECT count(*) FROM events WHERE _version = '00000002'").await;
-        assert_eq!(latest, (200 * (round + 1)).to_string(), "round {round}: the newer version won");
-    }
+    same_new_keys_at_once(&a, &b, &setup.check, 4).await;
 }

@@ -61,15 +61,22 @@ impl S3Staging {
     pub fn new(sdk: &aws_config::SdkConfig, at: S3Prefix, node: &str) -> Self {
         // Path-style addressing works everywhere, the local emulator included.
         let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build();
-        let node: String = node.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(48).collect();
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        Self { client: Client::from_conf(config), at, node: format!("{node}-{started:013}"), files: AtomicU64::new(0) }
+        Self::started_at(Client::from_conf(config), at, node, started)
     }
 
-    /// A fresh key for a file of `table`: `<prefix><table>/<node>-<start ms>-<n:012>.csv.gz`.
+    fn started_at(client: Client, at: S3Prefix, node: &str, started: u128) -> Self {
+        let node: String = node.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(48).collect();
+        // Two stagings of one name started in the same millisecond (two sinks of one process, a
+        // node restarted at once under its id) must still not pick the same keys: a random part.
+        let random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), started);
+        Self { client, at, node: format!("{node}-{started:013}-{random:016x}"), files: AtomicU64::new(0) }
+    }
+
+    /// A fresh key for a file of `table`: `<prefix><table>/<node>-<start ms>-<random>-<n:012>.csv.gz`.
     pub fn fresh_key(&self, table: &str) -> String {
         let n = self.files.fetch_add(1, Ordering::Relaxed);
         let table: String =
@@ -131,5 +138,13 @@ mod tests {
             assert!(keys.iter().filter(|b| b.starts_with(a.as_str())).count() == 1, "{a} begins another key");
         }
         assert_eq!(staging.url(&keys[0]), format!("s3://tributary-staging/{}", keys[0]));
+        // Two stagings of the same name started in the same millisecond pick other keys.
+        let twins: Vec<String> = (0..2)
+            .map(|_| {
+                let client = Client::new(&sdk);
+                S3Staging::started_at(client, S3Prefix::parse("s3://bkt/p").unwrap(), "n", 1).fresh_key("t")
+            })
+            .collect();
+        assert!(twins[0] != twins[1] && twins[0].len() == twins[1].len(), "{twins:?}");
     }
 }
