@@ -60,32 +60,39 @@ async fn setup_with_timeout(
     database: &str,
     timeout: Duration,
 ) -> (testkit::postgres_server::PgHandle, Endpoint, RedshiftDataWarehouse, PostgresWarehouse) {
-    let pg = postgres().unwrap();
-    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
-    admin.query_text(&format!("DROP DATABASE IF EXISTS {database}")).await.unwrap();
-    admin.query_text(&format!("CREATE DATABASE {database}")).await.unwrap();
-    let url = format!("{} dbname={database}", pg.url.replace("dbname=postgres", ""));
+    let (pg, url) = fresh_database(database).await;
     let endpoint = Endpoint::start(&url).await;
     let warehouse = client(&endpoint, timeout);
     let check = PostgresWarehouse::connect(&url).await.unwrap();
     (pg, endpoint, warehouse, check)
 }
 
-/// A Data API sink (locking tables, the default) talking to `endpoint`.
+/// The test server with a fresh database `name`; its connection string.
+async fn fresh_database(name: &str) -> (testkit::postgres_server::PgHandle, String) {
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    admin.query_text(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
+    admin.query_text(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let url = format!("{} dbname={name}", pg.url.replace("dbname=postgres", ""));
+    (pg, url)
+}
+
+/// The sink's settings: a workgroup, locking tables (the default), loading by `load`.
+fn config(timeout: Duration, load: Load) -> RedshiftDataConfig {
+    RedshiftDataConfig {
+        target: Target::Workgroup { name: "analytics".into() },
+        database: "dev".into(),
+        secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
+        db_user: None,
+        timeout,
+        lock_tables: true,
+        load,
+    }
+}
+
+/// A Data API sink loading by statements, talking to `endpoint`.
 fn client(endpoint: &Endpoint, timeout: Duration) -> RedshiftDataWarehouse {
-    RedshiftDataWarehouse::new(
-        &sdk_config_for(&endpoint.url),
-        RedshiftDataConfig {
-            target: Target::Workgroup { name: "analytics".into() },
-            database: "dev".into(),
-            secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
-            db_user: None,
-            timeout,
-            lock_tables: true,
-            load: Load::Statements,
-        },
-        "test-node",
-    )
+    RedshiftDataWarehouse::new(&sdk_config_for(&endpoint.url), config(timeout, Load::Statements), "test-node")
 }
 
 async fn count(w: &PostgresWarehouse, sql: &str) -> String {
@@ -416,12 +423,8 @@ const BUCKET: &str = "tributary-staging";
 
 impl CopySetup {
     async fn start(database: &str) -> Self {
-        let pg = postgres().unwrap();
+        let (pg, url) = fresh_database(database).await;
         let moto = testkit::local_stack::emulator(testkit::local_stack::Service::Dynamo).unwrap();
-        let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
-        admin.query_text(&format!("DROP DATABASE IF EXISTS {database}")).await.unwrap();
-        admin.query_text(&format!("CREATE DATABASE {database}")).await.unwrap();
-        let url = format!("{} dbname={database}", pg.url.replace("dbname=postgres", ""));
         let endpoint = Endpoint::start_with_s3(&url, &moto.endpoint).await;
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&sdk_config_for(&moto.endpoint)).force_path_style(true).build(),
@@ -442,15 +445,7 @@ impl CopySetup {
             role: "arn:aws:iam::000000000000:role/tributary-copy".into(),
             min_rows,
         };
-        let config = RedshiftDataConfig {
-            target: Target::Workgroup { name: "analytics".into() },
-            database: "dev".into(),
-            secret_arn: Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:etl".into()),
-            db_user: None,
-            timeout: Duration::from_secs(60),
-            lock_tables: true,
-            load,
-        };
+        let config = config(Duration::from_secs(60), load);
         RedshiftDataWarehouse::new(&sdk_config_for(&self.endpoint.url), config, "test-node")
             .with_s3(&sdk_config_for(&self.moto_url), "test-node")
     }

@@ -14,7 +14,7 @@
 //! goes by statements instead.
 
 use crate::merge_sql::{stage_row, MergeSql};
-use crate::sql_text::{sql_literal, SqlError};
+use crate::sql_text::{finite, in_years_1_to_9999, nul_refused, sql_literal, SqlError};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use proto::{Row, Value};
@@ -29,14 +29,10 @@ pub fn csv_field(value: &Value, out: &mut Vec<u8>) -> Result<(), SqlError> {
         Value::Null => out.extend_from_slice(NULL_MARKER.as_bytes()),
         Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
         Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-        Value::Float(f) if f.is_finite() => out.extend_from_slice(ryu::Buffer::new().format_finite(*f).as_bytes()),
-        Value::Float(f) => return Err(SqlError::BadValue(format!("{f} is not a finite number"))),
+        Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format_finite(finite(*f)?).as_bytes()),
         Value::Timestamp(ms) => {
-            if !proto::TIMESTAMP_RANGE.contains(ms) {
-                return Err(SqlError::BadValue(format!("timestamp {ms} ms is outside years 1 to 9999")));
-            }
             let mut text = String::with_capacity(23);
-            proto::civil::push_datetime_ms(*ms, &mut text);
+            proto::civil::push_datetime_ms(in_years_1_to_9999(*ms)?, &mut text);
             out.extend_from_slice(text.as_bytes());
         }
         Value::Text(s) => {
@@ -47,7 +43,7 @@ pub fn csv_field(value: &Value, out: &mut Vec<u8>) -> Result<(), SqlError> {
             let mut rest = s.as_bytes();
             while let Some(i) = memchr::memchr2(b'"', 0, rest) {
                 if rest[i] == 0 {
-                    return Err(SqlError::BadValue("text holds a NUL character".into()));
+                    return Err(nul_refused());
                 }
                 out.extend_from_slice(&rest[..=i]);
                 out.push(b'"');
@@ -88,17 +84,12 @@ impl MergeSql {
     /// role ARN, or `default`: the cluster's default role). Statistics and compression analysis
     /// are off, as for any staging table.
     pub fn copy_stage_from(&self, url: &str, role: &str) -> Result<String, SqlError> {
-        let mut source = String::new();
-        sql_literal(&Value::Text(url.into()), &mut source)?;
-        let role = if role == "default" {
-            "default".to_owned()
-        } else {
-            let mut quoted = String::new();
-            sql_literal(&Value::Text(role.into()), &mut quoted)?;
-            quoted
+        let quoted = |text: &str| {
+            let mut out = String::new();
+            sql_literal(&Value::Text(text.into()), &mut out).map(|()| out)
         };
-        let mut null = String::new();
-        sql_literal(&Value::Text(NULL_MARKER.into()), &mut null)?;
+        let (source, null) = (quoted(url)?, quoted(NULL_MARKER)?);
+        let role = if role == "default" { role.to_owned() } else { quoted(role)? };
         Ok(format!(
             "COPY {} ({}) FROM {source} IAM_ROLE {role} FORMAT AS CSV GZIP NULL AS {null} \
              TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' COMPUPDATE OFF STATUPDATE OFF",

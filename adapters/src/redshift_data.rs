@@ -130,11 +130,9 @@ fn failed(error: &str) -> WarehouseError {
 impl RedshiftDataWarehouse {
     /// `node` names this process in staged files' names (with `Load::Copy`).
     pub fn new(sdk: &aws_config::SdkConfig, config: RedshiftDataConfig, node: &str) -> Self {
-        let files = match &config.load {
-            Load::Copy { staging, .. } => Some(S3Staging::new(sdk, staging.clone(), node)),
-            Load::Statements => None,
-        };
-        Self { client: Client::new(sdk), config, statements: MergeSqlCache::new(Dialect::Redshift), files }
+        let warehouse =
+            Self { client: Client::new(sdk), config, statements: MergeSqlCache::new(Dialect::Redshift), files: None };
+        warehouse.with_s3(sdk, node)
     }
 
     /// BatchExecuteStatement: the statement id.
@@ -202,8 +200,8 @@ impl RedshiftDataWarehouse {
         }
     }
 
-    /// Reaches S3 through `sdk` rather than the Data API's configuration (another endpoint or
-    /// region: the staging bucket's).
+    /// With `Load::Copy`, reaches S3 through `sdk` (`new` passes the Data API's configuration;
+    /// another for another endpoint or region: the staging bucket's).
     pub fn with_s3(mut self, sdk: &aws_config::SdkConfig, node: &str) -> Self {
         if let Load::Copy { staging, .. } = &self.config.load {
             self.files = Some(S3Staging::new(sdk, staging.clone(), node));
@@ -223,12 +221,9 @@ impl RedshiftDataWarehouse {
         let key = files.fresh_key(sql.table_name());
         Some(
             async {
+                let copy = sql.copy_stage_from(&files.url(&key), role)?;
                 files.put(&key, file).await?;
-                let copy = sql.copy_stage_from(&files.url(&key), role);
-                let result = match copy {
-                    Ok(copy) => self.run(CommitPlan::new(sql).with_stage(vec![copy], self.config.lock_tables)).await,
-                    Err(e) => Err(e.into()),
-                };
+                let result = self.run(CommitPlan::new(sql).with_stage(vec![copy], self.config.lock_tables)).await;
                 // Done with, whatever the outcome (a batch still running fails without it, and
                 // its retry stages a file of its own); one left behind is never read again.
                 if let Err(e) = files.delete(&key).await {

@@ -45,24 +45,20 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
         // The shortest text that reads back as the same double. A bare literal is read as
         // NUMERIC first, which has no -0 and, on Redshift, only 38 digits: exponents and -0 go
         // through a cast from text, which reads them as a double directly.
-        proto::Value::Float(f) if f.is_finite() => {
+        proto::Value::Float(f) => {
             let mut buffer = ryu::Buffer::new();
-            let text = buffer.format_finite(*f);
+            let text = buffer.format_finite(finite(*f)?);
             if text.contains('e') || text == "-0.0" {
                 let _ = write!(out, "CAST('{text}' AS DOUBLE PRECISION)");
             } else {
                 out.push_str(text);
             }
         }
-        proto::Value::Float(f) => return Err(SqlError::BadValue(format!("{f} is not a finite number"))),
         proto::Value::Timestamp(ms) => {
             // An absolute literal: an interval of whole seconds overflows 32 bits past 2038
             // on Redshift and on PostgreSQL before 15.
-            if !proto::TIMESTAMP_RANGE.contains(ms) {
-                return Err(SqlError::BadValue(format!("timestamp {ms} ms is outside years 1 to 9999")));
-            }
             out.push_str("TIMESTAMP '");
-            proto::civil::push_datetime_ms(*ms, out);
+            proto::civil::push_datetime_ms(in_years_1_to_9999(*ms)?, out);
             out.push('\'');
         }
         proto::Value::Text(s) => {
@@ -72,7 +68,7 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
             // One vectorized scan finds what needs doubling and what is refused.
             while let Some(i) = memchr::memchr3(b'\'', b'\\', 0, rest.as_bytes()) {
                 if rest.as_bytes()[i] == 0 {
-                    return Err(SqlError::BadValue("text holds a NUL character".into()));
+                    return Err(nul_refused());
                 }
                 out.push_str(&rest[..=i]);
                 out.push_str(&rest[i..=i]);
@@ -83,6 +79,29 @@ pub fn sql_literal(value: &proto::Value, out: &mut String) -> Result<(), SqlErro
         }
     }
     Ok(())
+}
+
+/// A double either engine can hold: finite (the SQL text and the COPY file alike).
+pub(crate) fn finite(f: f64) -> Result<f64, SqlError> {
+    if f.is_finite() {
+        Ok(f)
+    } else {
+        Err(SqlError::BadValue(format!("{f} is not a finite number")))
+    }
+}
+
+/// A timestamp either engine can hold: years 1 to 9999 (the SQL text and the COPY file alike).
+pub(crate) fn in_years_1_to_9999(ms: i64) -> Result<i64, SqlError> {
+    if proto::TIMESTAMP_RANGE.contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(SqlError::BadValue(format!("timestamp {ms} ms is outside years 1 to 9999")))
+    }
+}
+
+/// Refusal of text holding NUL, which neither engine can store.
+pub(crate) fn nul_refused() -> SqlError {
+    SqlError::BadValue("text holds a NUL character".into())
 }
 
 /// `(v, v, …), (v, v, …)` for rows given as value slices: the literal form of a stage insert.
