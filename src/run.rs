@@ -10,7 +10,7 @@ use adapters::dynamodb_reference::DynamoReferenceSource;
 use adapters::kinesis::Kinesis;
 use adapters::kinesis_fan_out::KinesisFanOut;
 use adapters::postgres::{Host, PostgresConfig, SslMode};
-use adapters::redshift_data::{Load, RedshiftDataConfig, RedshiftDataWarehouse};
+use adapters::redshift_data::{RedshiftDataConfig, RedshiftDataWarehouse};
 use anyhow::Context;
 use coordinator::EventSink;
 use proto::{LeaseTable, ReferenceSource, ShardReader, Warehouse, WorkerId};
@@ -49,8 +49,9 @@ fn postgres_config(url: &str) -> anyhow::Result<(PostgresConfig, Option<PathBuf>
     Ok((pg, std::env::var_os("PGSSLROOTCERT").map(PathBuf::from)))
 }
 
-/// The warehouse, and the service name its failed calls count under.
-async fn warehouse(
+/// The warehouse `[warehouse]` names, reached through `sdk`, and the service name its failed
+/// calls count under.
+pub async fn warehouse(
     config: &RunConfig,
     sdk: &aws_config::SdkConfig,
 ) -> anyhow::Result<(Arc<dyn Warehouse>, &'static str)> {
@@ -71,7 +72,7 @@ async fn warehouse(
                 db_user: w.db_user.clone(),
                 timeout: Duration::from_secs(600),
                 lock_tables: w.lock_tables,
-                load: Load::Statements,
+                load: w.load.clone(),
             };
             (Arc::new(RedshiftDataWarehouse::new(sdk, config, &node)), "redshift_data")
         }

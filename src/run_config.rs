@@ -11,7 +11,8 @@
 //! which `tests/config_examples.rs` holds to this parser. Loading is parsing (unknown keys,
 //! wrong types and impossible combinations are refused there), then `validate` (values).
 
-use adapters::redshift_data::Target;
+use adapters::redshift_data::{Load, Target};
+use adapters::s3_staging::S3Prefix;
 use coordinator::ClusterSettings;
 use serde::Deserialize;
 use std::time::Duration;
@@ -91,6 +92,21 @@ pub struct RedshiftSection {
     /// SNAPSHOT isolation, the default: two nodes committing one new key would both insert it.
     /// `false` only for a database set to SERIALIZABLE.
     pub lock_tables: bool,
+    /// How batches reach the stage: `load`, `s3_staging`, `copy_role` and `copy_min_rows`.
+    pub load: Load,
+}
+
+/// `[warehouse] load` for Redshift.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LoadKey {
+    /// By COPY from `s3_staging` for batches of `copy_min_rows` rows or more, when it is set;
+    /// otherwise by statements.
+    Auto,
+    /// Every batch by COPY (`s3_staging` required).
+    Copy,
+    /// Every batch as literal INSERTs in the Data API's statements (no S3).
+    Statements,
 }
 
 #[derive(Deserialize)]
@@ -103,30 +119,113 @@ struct RedshiftKeys {
     db_user: Option<String>,
     #[serde(default = "RedshiftSection::lock_tables_default")]
     lock_tables: bool,
+    #[serde(default = "RedshiftSection::load_default")]
+    load: LoadKey,
+    s3_staging: Option<String>,
+    copy_role: Option<String>,
+    copy_min_rows: Option<usize>,
 }
 
 impl RedshiftSection {
     const fn lock_tables_default() -> bool {
         true
     }
+
+    const fn load_default() -> LoadKey {
+        LoadKey::Auto
+    }
+
+    /// With `load = "auto"`, the smallest batch loaded by COPY: below it, the fixed cost of a
+    /// file in S3 and a COPY outweighs sending the rows as statements (a Data API call takes
+    /// about 8,000 rows of 300 bytes that way).
+    pub const COPY_MIN_ROWS_DEFAULT: usize = 1_000;
+}
+
+/// `copy_role`: `default` (the cluster's or workgroup's default IAM role) or IAM role ARNs, one
+/// or a chain separated by commas, as COPY's `IAM_ROLE` takes them.
+fn copy_role(role: &str) -> Result<(), String> {
+    if role == "default" {
+        return Ok(());
+    }
+    let arn = |a: &str| {
+        let parts: Vec<&str> = a.splitn(6, ':').collect();
+        parts.len() == 6
+            && parts[0] == "arn"
+            && parts[1].starts_with("aws")
+            && parts[2] == "iam"
+            && parts[4].len() == 12
+            && parts[4].bytes().all(|b| b.is_ascii_digit())
+            && parts[5].strip_prefix("role/").is_some_and(|name| !name.is_empty())
+    };
+    if role.split(',').all(arn) {
+        Ok(())
+    } else {
+        Err(format!("`copy_role`: {role:?} is neither \"default\" nor IAM role ARNs (arn:aws:iam::<account>:role/<name>, a chain separated by commas)"))
+    }
+}
+
+/// `load` with the keys it reads; each refusal names its key.
+fn load(k: &RedshiftKeys) -> Result<Load, String> {
+    let named = |key: &str, why: &str| Err(format!("`{key}`: {why}"));
+    let why = |key: &str, why: String| format!("`{key}`: {why}");
+    match (k.load, &k.s3_staging) {
+        (LoadKey::Statements, _) | (LoadKey::Auto, None) => {
+            for (key, set) in [
+                ("s3_staging", k.s3_staging.is_some()),
+                ("copy_role", k.copy_role.is_some()),
+                ("copy_min_rows", k.copy_min_rows.is_some()),
+            ] {
+                if set {
+                    return named(
+                        key,
+                        "only read when batches load by COPY (load = \"auto\" with s3_staging, or \"copy\")",
+                    );
+                }
+            }
+            Ok(Load::Statements)
+        }
+        (LoadKey::Copy, None) => {
+            named("s3_staging", "load = \"copy\" stages its files there: set it (s3://bucket/prefix/)")
+        }
+        (LoadKey::Copy | LoadKey::Auto, Some(url)) => {
+            let staging = S3Prefix::parse(url).map_err(|e| why("s3_staging", e))?;
+            let Some(role) = k.copy_role.clone() else {
+                return named(
+                    "copy_role",
+                    "COPY reads the staged files as this role: set it (an IAM role ARN, or \"default\")",
+                );
+            };
+            copy_role(&role)?;
+            let min_rows = match (k.load, k.copy_min_rows) {
+                (LoadKey::Copy, Some(_)) => {
+                    return named("copy_min_rows", "only with load = \"auto\" (\"copy\" loads every batch by COPY)")
+                }
+                (LoadKey::Copy, None) => 1,
+                (_, Some(0)) => return named("copy_min_rows", "must be at least 1"),
+                (_, rows) => rows.unwrap_or(RedshiftSection::COPY_MIN_ROWS_DEFAULT),
+            };
+            Ok(Load::Copy { staging, role, min_rows })
+        }
+    }
 }
 
 /// The rules over several keys; each message names its key first (`parse` puts it in the path).
 impl TryFrom<RedshiftKeys> for RedshiftSection {
-    type Error = &'static str;
+    type Error = String;
 
     fn try_from(k: RedshiftKeys) -> Result<Self, Self::Error> {
+        let load = load(&k)?;
         let target = match (k.cluster, k.workgroup) {
             (Some(identifier), None) => Target::Cluster { identifier },
             (None, Some(name)) => Target::Workgroup { name },
-            _ => return Err("`cluster`: set exactly one of cluster and workgroup"),
+            _ => return Err("`cluster`: set exactly one of cluster and workgroup".into()),
         };
         let temporary = k.db_user.is_some() && matches!(target, Target::Cluster { .. });
         if k.secret_arn.is_none() && !temporary {
-            return Err("`secret_arn`: set secret_arn, or db_user with a cluster (temporary credentials)");
+            return Err("`secret_arn`: set secret_arn, or db_user with a cluster (temporary credentials)".into());
         }
         let (database, secret_arn, db_user, lock_tables) = (k.database, k.secret_arn, k.db_user, k.lock_tables);
-        Ok(Self { target, database, secret_arn, db_user, lock_tables })
+        Ok(Self { target, database, secret_arn, db_user, lock_tables, load })
     }
 }
 
@@ -701,6 +800,57 @@ url = "host=127.0.0.1"
         assert!(!lock_tables(&format!("{redshift}\nlock_tables = false\n")));
     }
 
+    /// README: Redshift loads by statements unless `s3_staging` is set; then `auto` loads batches
+    /// of `copy_min_rows` (1,000) rows or more by COPY, `copy` every batch; each key that cannot
+    /// be used as written is refused by name.
+    #[test]
+    fn redshift_loads_by_copy_when_it_has_a_staging_prefix() {
+        let redshift = BASE.replace(
+            "kind = \"postgres\"\nurl = \"host=127.0.0.1\"",
+            "kind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"dev\"\nsecret_arn = \"arn:s\"",
+        );
+        let load = |extra: &str| match config(&format!("{redshift}\n{extra}\n")) {
+            Ok(RunConfig { warehouse: WarehouseSection::Redshift(r), .. }) => Ok(r.load),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let role = "arn:aws:iam::111122223333:role/redshift-copy";
+        let staging = S3Prefix { bucket: "my-bucket".into(), prefix: "tributary/".into() };
+        let copy = |role: &str, min_rows| Ok(Load::Copy { staging: staging.clone(), role: role.into(), min_rows });
+        let with_prefix = format!("s3_staging = \"s3://my-bucket/tributary\"\ncopy_role = \"{role}\"");
+
+        assert_eq!(load(""), Ok(Load::Statements));
+        assert_eq!(load("load = \"statements\""), Ok(Load::Statements));
+        assert_eq!(load(&with_prefix), copy(role, 1_000));
+        assert_eq!(load(&format!("{with_prefix}\nload = \"auto\"\ncopy_min_rows = 5")), copy(role, 5));
+        assert_eq!(load(&format!("{with_prefix}\nload = \"copy\"")), copy(role, 1));
+        let default_role = "s3_staging = \"s3://my-bucket/tributary/\"\ncopy_role = \"default\"";
+        assert_eq!(load(default_role), copy("default", 1_000));
+        let chain = format!("{role},arn:aws:iam::444455556666:role/reader");
+        assert_eq!(
+            load(&format!("s3_staging = \"s3://my-bucket/tributary/\"\ncopy_role = \"{chain}\"")),
+            copy(&chain, 1_000)
+        );
+
+        let refused = |extra: &str, field: &str| {
+            let e = load(extra).expect_err(extra);
+            assert!(e.starts_with(&format!("warehouse.{field}:")), "{extra}: {e}");
+        };
+        refused("load = \"copy\"", "s3_staging");
+        refused("load = \"bulk\"", "load");
+        refused(&format!("{with_prefix}\nload = \"statements\""), "s3_staging");
+        refused(&format!("copy_role = \"{role}\""), "copy_role");
+        refused("copy_min_rows = 10", "copy_min_rows");
+        refused("s3_staging = \"s3://my-bucket/\"", "copy_role");
+        refused(&format!("s3_staging = \"my-bucket/x\"\ncopy_role = \"{role}\""), "s3_staging");
+        refused(&format!("s3_staging = \"s3://My_Bucket/x\"\ncopy_role = \"{role}\""), "s3_staging");
+        refused("s3_staging = \"s3://my-bucket/\"\ncopy_role = \"my-role\"", "copy_role");
+        refused("s3_staging = \"s3://my-bucket/\"\ncopy_role = \"arn:aws:iam::1:role/x\"", "copy_role");
+        refused("s3_staging = \"s3://my-bucket/\"\ncopy_role = \"arn:aws:iam::111122223333:user/x\"", "copy_role");
+        refused(&format!("{with_prefix}\nload = \"copy\"\ncopy_min_rows = 10"), "copy_min_rows");
+        refused(&format!("{with_prefix}\ncopy_min_rows = 0"), "copy_min_rows");
+    }
+
     /// A `[warehouse]` holds one kind's keys and nothing that kind cannot use; every mistake is
     /// refused at load, naming its key.
     #[test]
@@ -714,6 +864,7 @@ url = "host=127.0.0.1"
             secret_arn: None,
             db_user: Some("etl".into()),
             lock_tables: true,
+            load: Load::Statements,
         };
         assert_eq!(w.warehouse, WarehouseSection::Redshift(want));
         let w = warehouse("kind = \"sqlite\"\nurl = \"/data/t.db\"").unwrap();

@@ -755,13 +755,14 @@ fn the_chart_tracks_the_crate_version() {
 // instead of slipping past it.
 
 /// The adapters with AWS SDK calls.
-const ADAPTERS: [&str; 6] = [
+const ADAPTERS: [&str; 7] = [
     "aws.rs",
     "kinesis.rs",
     "kinesis_fan_out.rs",
     "dynamodb_lease_table.rs",
     "dynamodb_reference.rs",
     "redshift_data.rs",
+    "s3_staging.rs",
 ];
 /// The ports the node reaches the adapters through (worker/ and coordinator/ call nothing else).
 const PORTS: [&str; 4] = ["ShardReader", "LeaseTable", "ReferenceSource", "Warehouse"];
@@ -924,6 +925,7 @@ fn client_fields(code: &str) -> BTreeMap<String, &'static str> {
         // DynamoDB Streams' actions carry DynamoDB's prefix.
         "dynamodb" | "dynamodbstreams" => "dynamodb",
         "redshiftdata" => "redshift-data",
+        "s3" => "s3",
         other => panic!("an SDK client of aws_sdk_{other}: map its service to an IAM prefix in this test"),
     };
     let mut fields = BTreeMap::new();
@@ -979,38 +981,55 @@ impl Sources {
 }
 
 fn node_actions(sources: &Sources) -> (BTreeSet<String>, BTreeSet<String>) {
-    // The node reaches an adapter through the ports and through what src/run.rs calls.
+    // Each adapter's functions and SDK clients.
+    let parsed: Vec<(&str, Vec<Function>, BTreeMap<String, &'static str>)> = sources
+        .adapters
+        .iter()
+        .map(|(file, source)| {
+            let source = source.split("#[cfg(test)]\nmod tests").next().unwrap();
+            let code = code_only(source);
+            let clients = client_fields(&code);
+            // Every SDK request is sent: a call made other than as `self.<client>.<op>(` shows up here.
+            let sends = code.chars().filter(|c| !c.is_whitespace()).collect::<String>().matches(".send()").count();
+            assert_eq!(sends, sdk_actions(&code, &clients).len(), "{file}: an SDK call this test cannot attribute");
+            (*file, functions(&code), clients)
+        })
+        .collect();
+    // The node reaches an adapter through the ports and through what src/run.rs calls; from there
+    // through what those functions call, in their own file or in another adapter (the Data API's
+    // COPY load stages its files through s3_staging.rs).
     let called_by_run = calls(&code_only(&sources.run));
-    let (mut node, mut all) = (BTreeSet::new(), BTreeSet::new());
-    for (file, source) in &sources.adapters {
-        let file = *file;
-        let source = source.split("#[cfg(test)]\nmod tests").next().unwrap();
-        let code = code_only(source);
-        let clients = client_fields(&code);
-        let functions = functions(&code);
-        // Every SDK request is sent: a call made other than as `self.<client>.<op>(` shows up here.
-        let sends = code.chars().filter(|c| !c.is_whitespace()).collect::<String>().matches(".send()").count();
-        assert_eq!(sends, sdk_actions(&code, &clients).len(), "{file}: an SDK call this test cannot attribute");
-        let mut reached: BTreeSet<String> =
-            functions.iter().filter(|f| f.port || called_by_run.contains(&f.name)).map(|f| f.name.clone()).collect();
-        loop {
-            let more: BTreeSet<String> = functions
-                .iter()
-                .filter(|f| reached.contains(&f.name))
-                .flat_map(|f| calls(&f.body))
-                .filter(|c| functions.iter().any(|f| &f.name == c) && !reached.contains(c))
-                .collect();
-            if more.is_empty() {
-                break;
-            }
-            reached.extend(more);
+    let mut reached: BTreeSet<(&str, String)> = parsed
+        .iter()
+        .flat_map(|(file, functions, _)| {
+            functions.iter().filter(|f| f.port || called_by_run.contains(&f.name)).map(|f| (*file, f.name.clone()))
+        })
+        .collect();
+    loop {
+        let called: BTreeSet<String> = parsed
+            .iter()
+            .flat_map(|(file, functions, _)| functions.iter().map(move |f| (file, f)))
+            .filter(|(file, f)| reached.contains(&(**file, f.name.clone())))
+            .flat_map(|(_, f)| calls(&f.body))
+            .collect();
+        let more: Vec<(&str, String)> = parsed
+            .iter()
+            .flat_map(|(file, functions, _)| functions.iter().map(move |f| (*file, f.name.clone())))
+            .filter(|(file, name)| called.contains(name) && !reached.contains(&(*file, name.clone())))
+            .collect();
+        if more.is_empty() {
+            break;
         }
-        for f in &functions {
-            let actions = sdk_actions(&f.body, &clients);
+        reached.extend(more);
+    }
+    let (mut node, mut all) = (BTreeSet::new(), BTreeSet::new());
+    for (file, functions, clients) in &parsed {
+        for f in functions {
+            let actions = sdk_actions(&f.body, clients);
             all.extend(actions.iter().cloned());
-            if reached.contains(&f.name) {
+            if reached.contains(&(*file, f.name.clone())) {
                 node.extend(actions);
-                for (_, marker, action) in IMPLIED.iter().filter(|(at, _, _)| *at == file) {
+                for (_, marker, action) in IMPLIED.iter().filter(|(at, _, _)| at == file) {
                     if f.body.chars().filter(|c| !c.is_whitespace()).collect::<String>().contains(marker) {
                         node.insert((*action).to_owned());
                     }
@@ -1047,6 +1066,11 @@ fn granted_actions(policy: &Value) -> BTreeSet<String> {
                 continue;
             }
             for action in &actions {
+                if action.starts_with("s3:") {
+                    // S3 ARNs name no region or account: the staging prefix's objects only.
+                    assert_eq!(*resource, "arn:aws:s3:::${StagingBucket}/${StagingPrefix}*", "{sid}: {action}");
+                    continue;
+                }
                 let arn_services: &[&str] = match action.split(':').next().unwrap() {
                     "redshift-data" => &["redshift", "redshift-serverless"],
                     other => &[other],
@@ -1089,6 +1113,42 @@ fn the_iam_policy_grants_exactly_what_the_node_calls() {
         if name != "${aws:userid}" {
             assert!(readme.contains(&format!("`{name}`")), "deploy/helm/README.md does not explain {name}");
         }
+    }
+}
+
+/// The role COPY reads the staged files as (`copy_role`): Redshift may assume it, and it may
+/// read and list the staging prefix the node writes under, nothing else; its placeholders are
+/// those of the node's policy and explained in the chart's README.
+#[test]
+fn the_copy_role_reads_exactly_the_prefix_the_node_stages_under() {
+    let read = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/helm").join(name)).unwrap()).unwrap()
+    };
+    let trust = read("redshift-copy-role-trust.json");
+    let services = &trust["Statement"][0]["Principal"]["Service"];
+    assert_eq!(trust["Statement"][0]["Action"], "sts:AssumeRole");
+    assert!(services.as_array().unwrap().contains(&Value::from("redshift.amazonaws.com")), "{services}");
+    let policy = read("redshift-copy-role-policy.json");
+    let mut granted = BTreeMap::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        assert_eq!(statement["Effect"], "Allow");
+        for action in statement["Action"].as_array().unwrap() {
+            granted.insert(action.as_str().unwrap().to_owned(), statement.clone());
+        }
+    }
+    assert_eq!(granted.keys().collect::<Vec<_>>(), ["s3:GetObject", "s3:ListBucket"]);
+    let (node_policy, _) = read_policy();
+    let objects = "arn:aws:s3:::${StagingBucket}/${StagingPrefix}*";
+    assert!(node_policy.contains(objects), "the node stages under the same prefix");
+    assert_eq!(granted["s3:GetObject"]["Resource"], serde_json::json!([objects]));
+    assert_eq!(granted["s3:ListBucket"]["Resource"], serde_json::json!(["arn:aws:s3:::${StagingBucket}"]));
+    let prefix = &granted["s3:ListBucket"]["Condition"]["StringLike"]["s3:prefix"];
+    assert_eq!(prefix, &serde_json::json!(["${StagingPrefix}*"]), "listing limited to the prefix");
+    let readme = std::fs::read_to_string(repo().join("deploy/helm/README.md")).unwrap();
+    for name in
+        ["redshift-copy-role-trust.json", "redshift-copy-role-policy.json", "`${StagingBucket}`", "`${StagingPrefix}`"]
+    {
+        assert!(readme.contains(name), "deploy/helm/README.md does not mention {name}");
     }
 }
 

@@ -527,3 +527,62 @@ async fn concurrent_copy_commits_leave_one_row_per_key() {
     let (a, b) = (setup.sink("concurrent/", 0), setup.sink("concurrent/", 0));
     same_new_keys_at_once(&a, &b, &setup.check, 4).await;
 }
+
+/// The node's warehouse as node.toml sets it (`tributary::run::warehouse`): with `s3_staging`
+/// and `copy_role`, a batch of `copy_min_rows` (default 1,000) rows or more loads by COPY from
+/// that prefix, a smaller one by statements. S3 and the Data API are each reached at the endpoint
+/// the SDK's per-service settings name, as `AWS_ENDPOINT_URL_S3` and
+/// `AWS_ENDPOINT_URL_REDSHIFT_DATA` set them (on AWS the bucket goes in the host name; here, at
+/// an endpoint of one's own, in the path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_loads_by_copy_as_its_config_says() {
+    /// The per-service endpoints, as the SDK's loader reads them from the environment.
+    #[derive(Debug)]
+    struct Endpoints {
+        s3: String,
+        redshift_data: String,
+    }
+    impl aws_types::service_config::LoadServiceConfig for Endpoints {
+        fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+            match (key.service_id(), key.env()) {
+                ("S3", "AWS_ENDPOINT_URL") => Some(self.s3.clone()),
+                ("Redshift Data", "AWS_ENDPOINT_URL") => Some(self.redshift_data.clone()),
+                _ => None,
+            }
+        }
+    }
+    let setup = CopySetup::start("rsd_config").await;
+    let mut without_endpoint = sdk_config_for("http://unused").to_builder();
+    without_endpoint.set_endpoint_url(None);
+    let sdk = without_endpoint
+        .service_config(Endpoints { s3: setup.moto_url.clone(), redshift_data: setup.endpoint.url.clone() })
+        .build();
+    let node = |bucket: &str| {
+        let text = format!(
+            "format = \"json\"\n[[table]]\nname = \"events\"\nkey = [\"id\"]\n\
+             column = [{{ name = \"id\", from = \"id\", type = \"text\" }}]\n\
+             [stream]\nname = \"s\"\n[lease_table]\nname = \"t\"\n\
+             [warehouse]\nkind = \"redshift\"\nworkgroup = \"w\"\ndatabase = \"dev\"\nsecret_arn = \"arn:s\"\n\
+             s3_staging = \"s3://{bucket}/from-config/\"\ncopy_role = \"default\"\n"
+        );
+        tributary::run_config::RunConfig::from_toml(&text).unwrap()
+    };
+    let table = schema("events");
+    let batch = |rows: usize, version: u64| Batch {
+        table: table.clone(),
+        rows: (0..rows).map(|i| row(i, version, "from config")).collect(),
+    };
+
+    let (w, _) = tributary::run::warehouse(&node(BUCKET), &sdk).await.unwrap();
+    w.ensure_table(&table).await.unwrap();
+    let before = setup.endpoint.calls("BatchExecuteStatement");
+    assert_eq!(w.commit(&batch(1_000, 1)).await.unwrap().upserted, 1_000);
+    assert_eq!(setup.endpoint.calls("BatchExecuteStatement") - before, 1);
+    assert_eq!(count(&setup.check, "SELECT count(*) FROM events WHERE note = 'from config'").await, "1000");
+
+    // Against a bucket that does not exist: 999 rows go by statements, 1,000 by COPY (refused).
+    let (nowhere, _) = tributary::run::warehouse(&node("no-such-bucket"), &sdk).await.unwrap();
+    assert_eq!(nowhere.commit(&batch(999, 2)).await.unwrap().upserted, 999);
+    let e = nowhere.commit(&batch(1_000, 3)).await.unwrap_err();
+    assert!(matches!(&e, WarehouseError::Rejected(m) if m.contains("NoSuchBucket")), "{e}");
+}

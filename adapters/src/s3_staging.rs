@@ -56,11 +56,24 @@ fn s3_error(f: Failure) -> WarehouseError {
     }
 }
 
+/// Whether S3 is reached at an endpoint of one's own (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`,
+/// a profile's `endpoint_url`: the local stack's emulator), found as the SDK finds it. Such an
+/// endpoint takes the bucket in the path; AWS's own take it in the host name (AWS retires
+/// path-style requests).
+fn own_endpoint(sdk: &aws_config::SdkConfig) -> bool {
+    let s3 = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("S3")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("every field is set");
+    sdk.endpoint_url().is_some() || sdk.service_config().and_then(|c| c.load_config(s3)).is_some()
+}
+
 impl S3Staging {
     /// `node` names this process in the files' names: letters, digits and `-` only are kept.
     pub fn new(sdk: &aws_config::SdkConfig, at: S3Prefix, node: &str) -> Self {
-        // Path-style addressing works everywhere, the local emulator included.
-        let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build();
+        let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(own_endpoint(sdk)).build();
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -146,5 +159,23 @@ mod tests {
             })
             .collect();
         assert!(twins[0] != twins[1] && twins[0].len() == twins[1].len(), "{twins:?}");
+    }
+
+    /// On AWS a bucket is named in the host (path-style requests are being retired); at an
+    /// endpoint of one's own (the emulator) in the path.
+    #[test]
+    fn the_bucket_goes_in_the_path_only_at_an_endpoint_of_ones_own() {
+        let builder = || aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest());
+        assert!(!own_endpoint(&builder().build()));
+        assert!(own_endpoint(&builder().endpoint_url("http://127.0.0.1:5000").build()));
+        /// `AWS_ENDPOINT_URL_S3` set, as the SDK's loader reads it.
+        #[derive(Debug)]
+        struct OnlyS3;
+        impl aws_types::service_config::LoadServiceConfig for OnlyS3 {
+            fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+                (key.service_id() == "S3" && key.env() == "AWS_ENDPOINT_URL").then(|| "http://127.0.0.1:5000".into())
+            }
+        }
+        assert!(own_endpoint(&builder().service_config(OnlyS3).build()));
     }
 }

@@ -120,7 +120,7 @@ default postgres to redshift need not null its url (nor the other way round). */
 {{- if eq $w.kind "redshift" }}
 {{- omit $w "url" | toYaml }}
 {{- else }}
-{{- omit $w "cluster" "workgroup" "database" "secret_arn" "db_user" "lock_tables" | toYaml }}
+{{- omit $w "cluster" "workgroup" "database" "secret_arn" "db_user" "lock_tables" "load" "s3_staging" "copy_role" "copy_min_rows" | toYaml }}
 {{- end }}
 {{- end }}
 
