@@ -19,7 +19,7 @@
 use async_trait::async_trait;
 use coordinator::ClusterSettings;
 use proto::memory::{MemoryLeaseTable, MemoryStream, MemoryWarehouse};
-use proto::{Clock, Expect, Lease, LeaseChange, LeaseError, LeaseTable, WorkerId, WorkerRow};
+use proto::{Clock, Expect, Lease, LeaseChange, LeaseError, LeaseTable, Membership, WorkerId};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,8 +87,8 @@ impl Costed {
         self.inner.get(key).await.ok().flatten().map_or(0, |l| lease_bytes(&l))
     }
 
-    async fn membership(&self) -> usize {
-        membership_bytes(&self.inner.workers().await.unwrap_or_default())
+    async fn membership_size(&self) -> usize {
+        membership_bytes(&self.inner.membership(true).await.unwrap_or_default())
     }
 }
 
@@ -137,21 +137,40 @@ impl LeaseTable for Costed {
         worker: &WorkerId,
         expected: Option<u64>,
         draining: bool,
-    ) -> Result<WorkerRow, LeaseError> {
+    ) -> Result<Membership, LeaseError> {
         let result = self.inner.heartbeat(worker, expected, draining).await;
-        self.write(self.membership().await);
+        self.write(self.membership_size().await);
         result
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
-        let rows = self.inner.workers().await?;
-        self.read(membership_bytes(&rows), true);
-        Ok(rows)
+    async fn membership(&self, consistent: bool) -> Result<Membership, LeaseError> {
+        let row = self.inner.membership(consistent).await?;
+        self.read(membership_bytes(&row), consistent);
+        Ok(row)
     }
 
     async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
-        self.write(self.membership().await);
+        self.write(self.membership_size().await);
         self.inner.remove_worker(worker, expected).await
+    }
+
+    async fn claim_leadership(
+        &self,
+        me: &WorkerId,
+        observed: Option<(&WorkerId, Option<u64>)>,
+    ) -> Result<Membership, LeaseError> {
+        self.write(self.membership_size().await);
+        self.inner.claim_leadership(me, observed).await
+    }
+
+    async fn resign_leadership(&self, me: &WorkerId) -> Result<(), LeaseError> {
+        self.write(self.membership_size().await);
+        self.inner.resign_leadership(me).await
+    }
+
+    async fn announce_change(&self) -> Result<(), LeaseError> {
+        self.write(self.membership_size().await);
+        self.inner.announce_change().await
     }
 }
 

@@ -99,7 +99,7 @@ pub async fn run(config: RunConfig, action: LeasesAction, yes: bool) -> anyhow::
     let mut leases: Vec<Lease> =
         table.scan().await.with_context(|| format!("lease table {}", config.lease_table.name))?;
     leases.sort_by(|a, b| a.key.cmp(&b.key));
-    let before = table.workers().await.unwrap_or_default();
+    let before = table.membership(true).await.unwrap_or_default().workers;
     println!(
         "{:<22} {:<28} {:>8} {:<58} {:>8} {:<12} {:<12}",
         "shard", "owner", "counter", "checkpoint", "lag", "parents", "children"
@@ -129,9 +129,10 @@ pub async fn run(config: RunConfig, action: LeasesAction, yes: bool) -> anyhow::
     if !before.is_empty() {
         tokio::time::sleep(heartbeat.saturating_sub(started.elapsed())).await;
     }
-    let after = table.workers().await.unwrap_or_default();
-    let nodes = nodes(&before, &after);
-    println!("{} leases; {} nodes: {}", leases.len(), nodes.len(), nodes.join(", "));
+    let after = table.membership(true).await.unwrap_or_default();
+    let nodes = nodes(&before, &after.workers);
+    let leader = after.leader.map_or_else(|| "none".to_owned(), |l| l.to_string());
+    println!("{} leases; {} nodes: {}; leader {leader}", leases.len(), nodes.len(), nodes.join(", "));
     Ok(())
 }
 

@@ -231,7 +231,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyho
     let stopping = tokio::time::Instant::now();
     eprintln!("tributary: stopping node {me}: flushing, checkpointing, releasing leases");
     // The consumers' flush is bounded by shutdown_deadline; the lease-table writes around it
-    // (leader lock, releases, heartbeat row) get a few seconds more, and no longer: a drain that
+    // (leadership, releases, heartbeat row) get a few seconds more, and no longer: a drain that
     // cannot finish leaves its leases to fail over rather than outlive the pod's grace period.
     let bound = config.node.shutdown_deadline + DRAIN_MARGIN;
     let drained = tokio::time::timeout(bound, node.shutdown()).await;

@@ -406,7 +406,7 @@ async fn cluster(consumer: &str) {
     }
     let breaches = testkit::timeline::ordering_breaches(&spans, &parents);
     assert!(breaches.is_empty(), "{breaches:#?}");
-    assert!(table.workers().await.unwrap().is_empty());
+    assert!(table.membership(true).await.map(|m| m.workers).unwrap().is_empty());
     for e in &events {
         eprintln!("{e}");
     }

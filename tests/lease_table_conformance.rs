@@ -6,7 +6,7 @@ use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use aws_sdk_dynamodb::types::AttributeValue;
 use proto::memory::MemoryLeaseTable;
 use proto::{
-    Checkpoint, Expect, HashKeyRange, Lease, LeaseChange, LeaseError, LeaseProtocol, LeaseTable, Position,
+    Checkpoint, Expect, HashKeyRange, Lease, LeaseChange, LeaseError, LeaseProtocol, LeaseTable, Membership, Position,
     ProtocolError, RetryPolicy, SequenceNumber, ShardId, WorkerId,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -151,24 +151,55 @@ async fn conformance(table: &dyn LeaseTable) {
     assert_eq!(table.get(&b.key).await.unwrap(), None);
     assert_eq!(table.delete(&b.key, &Expect::default()).await, Err(LeaseError::ConditionFailed));
 
-    // heartbeats.
+    // heartbeats: each returns the membership row as written.
     let (na, nb) = (worker("node-a"), worker("node-b:10.0.0.7"));
-    assert_eq!(table.heartbeat(&na, None, false).await.unwrap().counter, 0);
+    let entry = |m: Membership, who: &WorkerId| m.row(who).map(|r| (r.counter, r.draining));
+    assert_eq!(entry(table.heartbeat(&na, None, false).await.unwrap(), &na), Some((0, false)));
     assert_eq!(table.heartbeat(&na, None, false).await, Err(LeaseError::ConditionFailed), "exists already");
-    assert_eq!(table.heartbeat(&na, Some(0), false).await.unwrap().counter, 1);
+    assert_eq!(entry(table.heartbeat(&na, Some(0), false).await.unwrap(), &na), Some((1, false)));
     assert_eq!(table.heartbeat(&na, Some(0), true).await, Err(LeaseError::ConditionFailed), "stale counter");
     assert_eq!(table.heartbeat(&nb, Some(0), false).await, Err(LeaseError::ConditionFailed), "no row yet");
     table.heartbeat(&nb, None, false).await.unwrap();
-    let row = table.heartbeat(&na, Some(1), true).await.unwrap();
-    assert_eq!((row.counter, row.draining), (2, true));
-    let mut rows = table.workers().await.unwrap();
-    rows.sort_by(|x, y| x.id.cmp(&y.id));
+    let written = table.heartbeat(&na, Some(1), true).await.unwrap();
+    assert_eq!((entry(written.clone(), &na), entry(written, &nb)), (Some((2, true)), Some((0, false))));
+    let rows = table.membership(true).await.unwrap().workers;
     let seen: Vec<(String, u64, bool)> = rows.iter().map(|r| (r.id.to_string(), r.counter, r.draining)).collect();
-    assert_eq!(seen, vec![("node-a".to_owned(), 2, true), ("node-b:10.0.0.7".to_owned(), 0, false)]);
+    assert_eq!(seen, vec![("node-a".to_owned(), 2, true), ("node-b:10.0.0.7".to_owned(), 0, false)], "by id");
     assert_eq!(table.remove_worker(&na, 1).await, Err(LeaseError::ConditionFailed));
     table.remove_worker(&na, 2).await.unwrap();
-    assert_eq!(table.workers().await.unwrap().len(), 1);
-    assert_eq!(table.heartbeat(&na, None, false).await.unwrap().counter, 0, "a removed node can come back");
+    assert_eq!(table.membership(true).await.unwrap().workers.len(), 1);
+    assert_eq!(
+        entry(table.heartbeat(&na, None, false).await.unwrap(), &na),
+        Some((0, false)),
+        "a removed node can come back"
+    );
+
+    // leadership: claimed by a node with a heartbeat, only as observed; kept by heartbeats;
+    // given up by its holder only.
+    let refused = Err(LeaseError::ConditionFailed);
+    let leader = |m: Result<Membership, LeaseError>| m.map(|m| m.leader);
+    assert_eq!(leader(table.claim_leadership(&worker("node-c"), None).await), refused, "no heartbeat entry");
+    assert_eq!(leader(table.claim_leadership(&na, None).await), Ok(Some(na.clone())));
+    assert_eq!(leader(table.claim_leadership(&nb, None).await), refused, "somebody leads");
+    assert_eq!(leader(table.heartbeat(&na, Some(0), false).await), Ok(Some(na.clone())));
+    assert_eq!(leader(table.claim_leadership(&nb, Some((&na, Some(0)))).await), refused, "its heartbeat moved");
+    assert_eq!(leader(table.claim_leadership(&nb, Some((&nb, Some(0)))).await), refused, "not the leader");
+    assert_eq!(leader(table.claim_leadership(&nb, Some((&na, Some(1)))).await), Ok(Some(nb.clone())));
+    assert_eq!(leader(table.heartbeat(&na, Some(1), false).await), Ok(Some(nb.clone())), "a heartbeat shows who leads");
+    assert_eq!(table.resign_leadership(&na).await, Err(LeaseError::ConditionFailed));
+    let changes = table.membership(true).await.unwrap().changes;
+    table.resign_leadership(&nb).await.unwrap();
+    let after = table.membership(true).await.unwrap();
+    assert_eq!((after.leader, after.changes), (None, changes + 1), "resigning counts a change");
+    table.announce_change().await.unwrap();
+    assert_eq!(table.membership(false).await.unwrap().changes, changes + 2);
+    // A leader whose entry is gone (declared dead and removed) is claimed from as such.
+    table.claim_leadership(&nb, None).await.unwrap();
+    table.remove_worker(&nb, 0).await.unwrap();
+    assert_eq!(leader(table.claim_leadership(&na, Some((&nb, Some(0)))).await), refused, "its entry is gone");
+    assert_eq!(leader(table.claim_leadership(&na, Some((&nb, None))).await), Ok(Some(na.clone())));
+    let last = table.membership(true).await.unwrap();
+    assert_eq!((last.leader, last.changes, last.workers.len()), (Some(na.clone()), changes + 2, 1));
 
     // The protocol on top: a checkpoint can't go backwards, a lost lease is seen as lost.
     let retry = RetryPolicy::default();
@@ -313,7 +344,8 @@ async fn the_lease_table_holds_only_leases() {
     assert_eq!(leader.owner.as_ref(), Some(&a));
     let renewed = table.update("tributary:leader", &Expect::unchanged(&leader), &LeaseChange::default()).await.unwrap();
     assert_eq!(renewed.counter, leader.counter + 1);
-    assert_eq!(table.workers().await.unwrap().iter().map(|w| w.counter).collect::<Vec<_>>(), [1, 0]);
+    let counters: Vec<u64> = table.membership(true).await.unwrap().workers.iter().map(|w| w.counter).collect();
+    assert_eq!(counters, [1, 0]);
 
     let rows = raw_rows(&client, table.table_name()).await;
     let keys: Vec<&str> = rows.iter().map(|r| r["leaseKey"].as_s().unwrap().as_str()).collect();

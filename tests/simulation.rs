@@ -169,7 +169,7 @@ async fn run_seed(seed: u64) -> Result<Outcome, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let live: BTreeSet<WorkerId> = cluster.live().into_iter().collect();
-        let rows = leases.workers().await.map_err(|e| e.to_string())?;
+        let rows = leases.membership(true).await.map(|m| m.workers).map_err(|e| e.to_string())?;
         if let Some(ghost) = rows.iter().find(|w| !live.contains(&w.id)) {
             if tokio::time::Instant::now() > deadline {
                 return Err(format!("dead node {} still has a heartbeat row", ghost.id));

@@ -4,11 +4,13 @@
 //!
 //! The lease table holds leases only, so a KCL application sharing it reads nothing foreign.
 //! Tributary's own two rows live in a state table beside it (`<lease table>-TributaryState`,
-//! as KCL v3 keeps its coordinator state apart), keyed `tributary:…`: the leader lock (a
-//! lease-shaped row) and the membership row, whose `workers` map holds every node's heartbeat
-//! counter, so reading all heartbeats is one strongly consistent GetItem, not a scan, and a
-//! heartbeat is one conditional UpdateItem of the node's own map entry. The lease-row calls
-//! (`create`, `get`, `update`, `delete`) go to the state table for keys starting `tributary:`.
+//! as KCL v3 keeps its coordinator state apart), keyed `tributary:…`: the membership row, whose
+//! `workers` map holds every node's heartbeat counter, `leader` the leader's id and `changes`
+//! the change counter, so reading all of it is one GetItem (eventually consistent, on every
+//! node's cycle), a heartbeat one conditional UpdateItem of the node's own map entry returning
+//! the row, a leadership claim one UpdateItem conditional on the leader's counter. The lease-row
+//! calls (`create`, `get`, `update`, `delete`) go to the state table for keys starting
+//! `tributary:` (an earlier version's leader lock row there is left alone).
 //! Earlier versions kept both rows in the lease table: `ensure_table` deletes them there.
 //!
 //! Every write is conditional. Errors are classified: a refused condition is `ConditionFailed`;
@@ -23,14 +25,14 @@
 use crate::aws::{classify, Failure};
 use crate::dynamodb_expr::Expr;
 use crate::kcl_lease_item::{
-    attr, bad, from_item, n, s, ss, to_item, worker_row, Item, LEGACY_MEMBERSHIP_KEY, MEMBERSHIP_ENTITY,
+    attr, bad, from_item, membership, n, s, ss, to_item, Item, LEGACY_MEMBERSHIP_KEY, MEMBERSHIP_ENTITY,
     MEMBERSHIP_KEY, STATE_KEY_PREFIX,
 };
 use crate::lease_table_admin::{kcl_table, state_table, state_table_name, wait_active, OWNER_INDEX};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
-use proto::{EntityType, Expect, Lease, LeaseChange, LeaseError, LeaseTable, WorkerId, WorkerRow};
+use proto::{EntityType, Expect, Lease, LeaseChange, LeaseError, LeaseTable, Membership, WorkerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,7 +41,7 @@ use std::time::Duration;
 pub struct DynamoLeaseTable {
     client: Client,
     table: String,
-    /// Tributary's own rows (leader lock, membership).
+    /// Tributary's own row (membership).
     state_table: String,
     /// Whether the table has the owner index (tables made by old KCL versions may not).
     owner_index: AtomicBool,
@@ -209,14 +211,14 @@ impl DynamoLeaseTable {
         }
     }
 
-    async fn get_item(&self, key: &str) -> Result<Option<Item>, LeaseError> {
+    async fn get_item(&self, key: &str, consistent: bool) -> Result<Option<Item>, LeaseError> {
         self.read_call();
         let out = self
             .client
             .get_item()
             .table_name(self.table_of(key))
             .key(attr::KEY, s(key))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| lease_error(classify(&e), Call::Read))?;
@@ -245,7 +247,8 @@ impl DynamoLeaseTable {
         }
     }
 
-    /// A heartbeat write on the membership row; creates that row once if it is missing.
+    /// A write on the membership row, returning it as written; creates that row once if it is
+    /// missing.
     async fn update_membership(&self, expr: &Expr) -> Result<Item, LeaseError> {
         for attempt in 0..2 {
             self.write_call();
@@ -255,7 +258,7 @@ impl DynamoLeaseTable {
                 .table_name(&self.state_table)
                 .key(attr::KEY, s(MEMBERSHIP_KEY))
                 .update_expression(expr.update_text())
-                .condition_expression(expr.condition_text())
+                .set_condition_expression((!expr.condition.is_empty()).then(|| expr.condition_text()))
                 .set_expression_attribute_names(Some(expr.names.clone()))
                 .set_expression_attribute_values((!expr.values.is_empty()).then(|| expr.values.clone()))
                 .return_values(ReturnValue::AllNew)
@@ -295,7 +298,7 @@ impl LeaseTable for DynamoLeaseTable {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
-        match self.get_item(key).await? {
+        match self.get_item(key, true).await? {
             Some(item) => from_item(&item),
             None => Ok(None),
         }
@@ -430,11 +433,11 @@ impl LeaseTable for DynamoLeaseTable {
         worker: &WorkerId,
         expected: Option<u64>,
         draining: bool,
-    ) -> Result<WorkerRow, LeaseError> {
+    ) -> Result<Membership, LeaseError> {
         let mut e = Expr::default();
         let workers = e.name(attr::WORKERS);
         e.names.insert("#w".into(), worker.as_str().to_owned());
-        let next = match expected {
+        match expected {
             None => {
                 e.condition.push(format!("attribute_not_exists({workers}.#w)"));
                 let mut entry = Item::new();
@@ -442,7 +445,6 @@ impl LeaseTable for DynamoLeaseTable {
                 entry.insert("draining".into(), AttributeValue::Bool(draining));
                 let v = e.value(AttributeValue::M(entry));
                 e.set.push(format!("{workers}.#w = {v}"));
-                0
             }
             Some(c) => {
                 e.names.insert("#n".into(), "counter".into());
@@ -450,20 +452,13 @@ impl LeaseTable for DynamoLeaseTable {
                 let (was, next, d) = (e.value(n(c)), e.value(n(c + 1)), e.value(AttributeValue::Bool(draining)));
                 e.condition.push(format!("{workers}.#w.#n = {was}"));
                 e.set.push(format!("{workers}.#w.#n = {next}, {workers}.#w.#d = {d}"));
-                c + 1
             }
-        };
-        self.update_membership(&e).await?;
-        Ok(WorkerRow { id: worker.clone(), counter: next, draining })
+        }
+        Ok(membership(&self.update_membership(&e).await?))
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
-        let Some(item) = self.get_item(MEMBERSHIP_KEY).await? else { return Ok(Vec::new()) };
-        let Some(AttributeValue::M(map)) = item.get(attr::WORKERS) else { return Ok(Vec::new()) };
-        let mut rows: Vec<WorkerRow> =
-            map.iter().filter_map(|(id, entry)| worker_row(&WorkerId::new(id.as_str()), entry)).collect();
-        rows.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(rows)
+    async fn membership(&self, consistent: bool) -> Result<Membership, LeaseError> {
+        Ok(self.get_item(MEMBERSHIP_KEY, consistent).await?.map(|item| membership(&item)).unwrap_or_default())
     }
 
     async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
@@ -476,4 +471,57 @@ impl LeaseTable for DynamoLeaseTable {
         e.remove.push(format!("{workers}.#w"));
         self.update_membership(&e).await.map(|_| ())
     }
+
+    async fn claim_leadership(
+        &self,
+        me: &WorkerId,
+        observed: Option<(&WorkerId, Option<u64>)>,
+    ) -> Result<Membership, LeaseError> {
+        let mut e = Expr::default();
+        let (workers, leader) = (e.name(attr::WORKERS), e.name(attr::LEADER));
+        e.names.insert("#me".into(), me.as_str().to_owned());
+        e.condition.push(format!("attribute_exists({workers}.#me)"));
+        match observed {
+            None => e.condition.push(format!("attribute_not_exists({leader})")),
+            Some((was, counter)) => {
+                let was_value = e.value(s(was.as_str()));
+                e.condition.push(format!("{leader} = {was_value}"));
+                e.names.insert("#was".into(), was.as_str().to_owned());
+                match counter {
+                    Some(c) => {
+                        e.names.insert("#n".into(), "counter".into());
+                        let c = e.value(n(c));
+                        e.condition.push(format!("{workers}.#was.#n = {c}"));
+                    }
+                    None => e.condition.push(format!("attribute_not_exists({workers}.#was)")),
+                }
+            }
+        }
+        let me_value = e.value(s(me.as_str()));
+        e.set.push(format!("{leader} = {me_value}"));
+        Ok(membership(&self.update_membership(&e).await?))
+    }
+
+    async fn resign_leadership(&self, me: &WorkerId) -> Result<(), LeaseError> {
+        let mut e = Expr::default();
+        let leader = e.name(attr::LEADER);
+        let me_value = e.value(s(me.as_str()));
+        e.condition.push(format!("{leader} = {me_value}"));
+        e.remove.push(leader);
+        count_change(&mut e);
+        self.update_membership(&e).await.map(|_| ())
+    }
+
+    async fn announce_change(&self) -> Result<(), LeaseError> {
+        let mut e = Expr::default();
+        count_change(&mut e);
+        self.update_membership(&e).await.map(|_| ())
+    }
+}
+
+/// `changes = changes + 1` (from 0 on a row without it).
+fn count_change(e: &mut Expr) {
+    let changes = e.name(attr::CHANGES);
+    let (zero, one) = (e.value(n(0)), e.value(n(1)));
+    e.set.push(format!("{changes} = if_not_exists({changes}, {zero}) + {one}"));
 }

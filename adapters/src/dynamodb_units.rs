@@ -8,7 +8,7 @@
 
 use crate::kcl_lease_item::{attr, n, s, to_item, Item, MEMBERSHIP_ENTITY, MEMBERSHIP_KEY};
 use aws_sdk_dynamodb::types::AttributeValue;
-use proto::{Lease, WorkerRow};
+use proto::{Lease, Membership};
 use std::collections::HashMap;
 
 /// DynamoDB's size of an attribute value, in bytes.
@@ -45,9 +45,10 @@ pub fn lease_bytes(lease: &Lease) -> usize {
     item_size(&to_item(lease))
 }
 
-/// The size of the membership row holding these nodes' heartbeat entries.
-pub fn membership_bytes(workers: &[WorkerRow]) -> usize {
-    let entries: HashMap<String, AttributeValue> = workers
+/// The size of the membership row: these nodes' heartbeat entries, the leader, the counter.
+pub fn membership_bytes(row: &Membership) -> usize {
+    let entries: HashMap<String, AttributeValue> = row
+        .workers
         .iter()
         .map(|w| {
             let entry = HashMap::from([
@@ -57,11 +58,16 @@ pub fn membership_bytes(workers: &[WorkerRow]) -> usize {
             (w.id.as_str().to_owned(), AttributeValue::M(entry))
         })
         .collect();
-    item_size(&Item::from([
+    let mut item = Item::from([
         (attr::KEY.to_owned(), s(MEMBERSHIP_KEY)),
         (attr::ENTITY.to_owned(), s(MEMBERSHIP_ENTITY)),
         (attr::WORKERS.to_owned(), AttributeValue::M(entries)),
-    ]))
+        (attr::CHANGES.to_owned(), n(row.changes)),
+    ]);
+    if let Some(leader) = &row.leader {
+        item.insert(attr::LEADER.to_owned(), s(leader.as_str()));
+    }
+    item_size(&item)
 }
 
 /// Read request units of reading `bytes` in one call (GetItem, or a whole Scan or Query).
@@ -82,7 +88,7 @@ pub fn write_units(bytes: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{Checkpoint, Position, SequenceNumber, ShardId, WorkerId};
+    use proto::{Checkpoint, Position, SequenceNumber, ShardId, WorkerId, WorkerRow};
 
     /// Sizes by DynamoDB's rules, counted by hand.
     #[test]
@@ -114,8 +120,12 @@ mod tests {
         let workers: Vec<WorkerRow> = (0..64)
             .map(|i| WorkerRow { id: WorkerId::new(format!("node-{i:02}")), counter: 100, draining: false })
             .collect();
-        let one = membership_bytes(&workers[..1]);
-        let all = membership_bytes(&workers);
+        let row = |workers: &[WorkerRow]| Membership { workers: workers.to_vec(), leader: None, changes: 0 };
+        let one = membership_bytes(&row(&workers[..1]));
+        let all = membership_bytes(&row(&workers));
+        let led = Membership { leader: Some(WorkerId::new("node-07")), changes: 123, ..row(&workers) };
+        // "leader" + "node-07"; "changes" + 123 (3 bytes) instead of 0 (2).
+        assert_eq!(membership_bytes(&led) - all, 6 + 7 + 1);
         // Each entry: 1 + "node-00" + (3 + 1 + "counter" + 2 + 1 + "draining" + 1).
         assert_eq!(all - one, 63 * (1 + 7 + 3 + 1 + 7 + 2 + 1 + 8 + 1));
         assert_eq!((read_units(all, true), write_units(all)), (1.0, 3.0));

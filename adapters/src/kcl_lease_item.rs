@@ -44,6 +44,10 @@ pub(crate) mod attr {
     /// A multi-stream lease's shard id.
     pub const SHARD: &str = "shardId";
     pub const WORKERS: &str = "workers";
+    /// The membership row's leader claim (a worker id).
+    pub const LEADER: &str = "leader";
+    /// The membership row's change counter.
+    pub const CHANGES: &str = "changes";
 }
 
 /// A string attribute.
@@ -184,6 +188,22 @@ pub(crate) fn ss(ids: &[ShardId]) -> AttributeValue {
     v.sort();
     v.dedup();
     AttributeValue::Ss(v)
+}
+
+/// The membership row as stored: `workers` (each node's entry), `leader`, `changes`.
+pub(crate) fn membership(item: &Item) -> proto::Membership {
+    let mut workers: Vec<WorkerRow> = match item.get(attr::WORKERS) {
+        Some(AttributeValue::M(map)) => {
+            map.iter().filter_map(|(id, entry)| worker_row(&WorkerId::new(id.as_str()), entry)).collect()
+        }
+        _ => Vec::new(),
+    };
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    proto::Membership {
+        workers,
+        leader: item.get(attr::LEADER).and_then(|v| v.as_s().ok()).map(|id| WorkerId::new(id.as_str())),
+        changes: item.get(attr::CHANGES).and_then(|v| v.as_n().ok()).and_then(|c| c.parse().ok()).unwrap_or(0),
+    }
 }
 
 /// A node's entry in the membership row's `workers` map; `None` if it is not one.

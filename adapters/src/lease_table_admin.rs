@@ -40,7 +40,7 @@ pub(crate) fn kcl_table(create: CreateTableFluentBuilder) -> CreateTableFluentBu
         .billing_mode(BillingMode::PayPerRequest)
 }
 
-/// CreateTable of tributary's state table (the leader lock and the membership row): hash key
+/// CreateTable of tributary's state table (the membership row): hash key
 /// `leaseKey` (S), as the lease table, so both rows keep their codec; on-demand billing, no index.
 pub(crate) fn state_table(create: CreateTableFluentBuilder) -> CreateTableFluentBuilder {
     let definition = AttributeDefinition::builder()

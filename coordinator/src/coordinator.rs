@@ -1,15 +1,24 @@
-//! The coordinator actor, one per node. Every `assign_interval` it reads the leader row and the
-//! heartbeats (so any node that becomes leader already knows who is alive), takes or renews the
-//! leader lock, and while leader: syncs shards into leases, plans and applies moves, and removes
-//! rows of dead nodes whose leases were all reassigned.
+//! The coordinator actor, one per node. Every `assign_interval` it reads the membership row (the
+//! heartbeats, so any node that becomes leader already knows who is alive; the leader's claim;
+//! the change counter), claims leadership when the leader's heartbeat stood still for
+//! `failover_time`, and while leader: syncs shards into leases, plans and applies moves, and
+//! removes rows of dead nodes whose leases were all reassigned.
+//!
+//! The leader scans the leases only when something can have changed: the change counter moved,
+//! a node joined, left, drained or died, the last plan was not at rest (moves made, a handoff
+//! or an assignment settling, a lease nobody holds, a node's or another application's leases
+//! to watch), shard sync is due, or `failover_time` passed since the last scan.
 
 use crate::cluster_view::ClusterView;
 use crate::events::{ClusterEvent, EventSink};
 use crate::liveness::Liveness;
-use crate::planner::{plan, Move, PlanInput};
+use crate::membership_watch::MembershipWatch;
+use crate::planner::{is_ready, plan, Move, PlanInput};
 use crate::settings::ClusterSettings;
 use crate::shard_sync::leases_to_create;
-use proto::{Checkpoint, Lease, LeaseProtocol, LeaseTable, ProtocolError, RetryPolicy, ShardReader, WorkerId};
+use proto::{
+    Checkpoint, Lease, LeaseProtocol, LeaseTable, Membership, ProtocolError, RetryPolicy, ShardReader, WorkerId,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,8 +28,8 @@ use tracing::{debug, info, warn};
 pub struct Coordinator;
 
 /// The nodes as the heartbeats show them.
-#[derive(Default)]
-struct Membership {
+#[derive(Default, PartialEq)]
+struct Members {
     live: BTreeSet<WorkerId>,
     /// Stopping: they keep their leases until they release them, and get no new ones.
     draining: BTreeSet<WorkerId>,
@@ -28,7 +37,7 @@ struct Membership {
     dead: Vec<(WorkerId, u64)>,
 }
 
-impl Membership {
+impl Members {
     /// Whether the node's heartbeat is seen (live or draining).
     fn includes(&self, node: &WorkerId) -> bool {
         self.live.contains(node) || self.draining.contains(node)
@@ -55,20 +64,32 @@ pub struct CoordinatorArgs {
     pub events: EventSink,
     /// Where this coordinator reports what it sees (read by the node's metrics).
     pub view: Arc<ClusterView>,
+    /// What it shares with the node's lease keeper (leadership confirmed by heartbeats, the
+    /// change counter).
+    pub watch: Arc<MembershipWatch>,
+}
+
+/// What the leader's last scan saw: while nothing that could change the plan moved, it does
+/// not scan again.
+struct LastScan {
+    at: Instant,
+    changes: u64,
+    members: Members,
+    /// The plan made no move and had nothing to wait for.
+    at_rest: bool,
 }
 
 pub enum CoordinatorMsg {
     Tick,
     IsLeader(RpcReplyPort<bool>),
-    /// Gives up the leader lock (graceful stop) so another node takes over at once.
+    /// Gives up leadership (graceful stop) so another node takes over at once.
     Resign(RpcReplyPort<()>),
 }
 
 pub struct CoordinatorState {
     args: CoordinatorArgs,
-    /// The lock row as last written by us, and when.
-    lock: Option<(Lease, Instant)>,
-    leader_seen: Liveness<String>,
+    /// Whether this node led at its last cycle (to report becoming and ceasing to be leader).
+    leading: bool,
     workers_seen: Liveness<WorkerId>,
     handoffs_seen: Liveness<String>,
     /// Counters of leases whose owner is not a node of this cluster (KCL's rule: such a lease is
@@ -82,6 +103,9 @@ pub struct CoordinatorState {
     /// see them (two of its polls).
     assigned_at: BTreeMap<String, Instant>,
     last_sync: Option<Instant>,
+    last_scan: Option<LastScan>,
+    /// Moves were made whose announcement failed.
+    unannounced: bool,
     resigned: bool,
 }
 
@@ -90,73 +114,60 @@ impl CoordinatorState {
         LeaseProtocol::new(self.args.table.as_ref(), &self.args.retry)
     }
 
-    /// Leading is allowed only while the lock was renewed recently enough that no other node can
-    /// have seen it unchanged for a whole failover time.
+    /// Leading is allowed only while a row written by this node named it the leader recently
+    /// enough that no other node can have seen its heartbeat unchanged for a whole failover
+    /// time.
     fn may_lead(&self, now: Instant) -> bool {
-        self.lock.as_ref().is_some_and(|(_, at)| now.duration_since(*at) < self.args.settings.failover_time / 2)
+        self.args.watch.led_at().is_some_and(|at| now.duration_since(at) < self.args.settings.failover_time / 2)
     }
 
-    fn step_down(&mut self) {
-        if self.lock.take().is_some() {
+    /// Reports becoming or ceasing to be the leader.
+    fn note_leadership(&mut self, now: Instant) {
+        let leading = self.may_lead(now);
+        if leading && !self.leading {
+            info!(node = %self.args.me, "became leader");
+            self.args.events.emit(ClusterEvent::BecameLeader { node: self.args.me.clone() });
+            self.last_sync = None;
+            self.last_scan = None;
+        } else if !leading && self.leading {
             info!(node = %self.args.me, "no longer leader");
             self.args.events.emit(ClusterEvent::LostLeadership { node: self.args.me.clone() });
         }
+        self.leading = leading;
+        self.args.view.set_leader(leading);
     }
 
-    async fn elect(&mut self, now: Instant) -> Result<(), ProtocolError> {
-        let key = self.args.settings.leader_key.clone();
+    /// Claims leadership when nobody holds it, or when its holder's heartbeat stood still for
+    /// `failover_time` (or is gone). The claim is conditional on leadership being as read, so
+    /// of two nodes claiming at once one wins, and a leader whose heartbeat moved keeps it.
+    async fn elect(&mut self, row: &Membership, now: Instant) -> Result<(), ProtocolError> {
         let me = self.args.me.clone();
-        let row = self.protocol().get(&key).await?;
-        match row {
-            None => {
-                if self.protocol().create(&Lease::leader_lock(&key, &me)).await? {
-                    self.won(Lease::leader_lock(&key, &me), now);
+        if row.row(&me).is_none() || self.may_lead(now) {
+            return Ok(());
+        }
+        let observed = match &row.leader {
+            None => None,
+            // A read older than our own write that made us leader: nothing to claim.
+            Some(leader) if leader == &me => return Ok(()),
+            Some(leader) => match row.row(leader) {
+                None => Some((leader, None)),
+                Some(r) if self.workers_seen.expired(leader, r.counter, now, self.args.settings.failover_time) => {
+                    Some((leader, Some(r.counter)))
                 }
-            }
-            Some(row) if row.is_owned_by(&me) => {
-                let due = self
-                    .lock
-                    .as_ref()
-                    .is_none_or(|(_, at)| now.duration_since(*at) >= self.args.settings.heartbeat_interval);
-                if due {
-                    match self.protocol().renew(&row, &me).await {
-                        Ok(renewed) => self.won(renewed, now),
-                        Err(ProtocolError::Lost { .. }) => self.step_down(),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Some(row) => {
-                self.step_down();
-                self.leader_seen.observe(&key, row.counter, now);
-                let unowned = row.owner.is_none();
-                if unowned || self.leader_seen.expired(&key, row.counter, now, self.args.settings.failover_time) {
-                    match self.protocol().take(&row, &me).await {
-                        Ok(taken) => self.won(taken, now),
-                        Err(ProtocolError::Lost { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+                Some(_) => return Ok(()),
+            },
+        };
+        if let Some(written) = self.protocol().claim_leadership(&me, observed).await? {
+            self.args.watch.written(&written, now);
         }
         Ok(())
     }
 
-    fn won(&mut self, lock: Lease, now: Instant) {
-        if self.lock.is_none() {
-            info!(node = %self.args.me, "became leader");
-            self.args.events.emit(ClusterEvent::BecameLeader { node: self.args.me.clone() });
-            self.last_sync = None;
-        }
-        self.lock = Some((lock, now));
-    }
-
-    /// Reads every heartbeat; returns the nodes by state.
-    async fn observe_workers(&mut self, now: Instant) -> Result<Membership, ProtocolError> {
-        let table = self.args.table.clone();
-        let rows = self.args.retry.run(proto::LeaseError::is_retryable, || table.workers()).await?;
-        let mut members = Membership::default();
-        for row in &rows {
+    /// The nodes by state, as the membership row shows them.
+    fn observe_workers(&mut self, row: &Membership, now: Instant) -> Members {
+        let rows = &row.workers;
+        let mut members = Members::default();
+        for row in rows {
             self.workers_seen.observe(&row.id, row.counter, now);
             if self.workers_seen.expired(&row.id, row.counter, now, self.args.settings.failover_time) {
                 members.dead.push((row.id.clone(), row.counter));
@@ -166,9 +177,9 @@ impl CoordinatorState {
                 members.live.insert(row.id.clone());
             }
         }
-        let present: BTreeSet<WorkerId> = rows.into_iter().map(|r| r.id).collect();
+        let present: BTreeSet<&WorkerId> = rows.iter().map(|r| &r.id).collect();
         self.workers_seen.retain(|w| present.contains(w));
-        Ok(members)
+        members
     }
 
     /// Leases owned by a worker that is not a node of this cluster (no heartbeat row: a KCL
@@ -176,12 +187,12 @@ impl CoordinatorState {
     /// its counter moved within `failover_time` on this leader's clock. Such a lease is never
     /// taken; once its owner stops renewing it for `failover_time` it is free, and is assigned
     /// from its checkpoint like any other.
-    fn held_elsewhere(&mut self, leases: &[Lease], members: &Membership, now: Instant) -> BTreeSet<String> {
+    fn held_elsewhere(&mut self, leases: &[Lease], members: &Members, now: Instant) -> BTreeSet<String> {
         let failover = self.args.settings.failover_time;
         let is_member = |o: &WorkerId| members.includes(o) || members.dead.iter().any(|(d, _)| d == o);
         let foreign: Vec<&Lease> = leases
             .iter()
-            .filter(|l| !l.is_finished() && l.key != self.args.settings.leader_key)
+            .filter(|l| !l.is_finished())
             .filter(|l| l.owner.as_ref().is_some_and(|o| !is_member(o)))
             .collect();
         let mut held = BTreeSet::new();
@@ -209,10 +220,20 @@ impl CoordinatorState {
         held
     }
 
-    async fn lead(&mut self, now: Instant, members: &Membership) -> Result<(), ProtocolError> {
+    async fn lead(&mut self, now: Instant, members: Members, changes: u64) -> Result<(), ProtocolError> {
+        let sync_due = self.last_sync.is_none_or(|t| now.duration_since(t) >= self.args.settings.shard_sync_interval);
+        let unchanged = self.last_scan.as_ref().is_some_and(|last| {
+            last.at_rest
+                && last.changes == changes
+                && last.members == members
+                && now.duration_since(last.at) < self.args.settings.failover_time
+        });
+        if unchanged && !sync_due {
+            return Ok(());
+        }
         let dead = &members.dead;
         let mut leases = self.protocol().scan().await?;
-        let sync_due = self.last_sync.is_none_or(|t| now.duration_since(t) >= self.args.settings.shard_sync_interval);
+        let mut changed = false;
         if sync_due || leases.is_empty() {
             let mut synced = true;
             for stream in &self.args.streams {
@@ -222,6 +243,7 @@ impl CoordinatorState {
                         let own: Vec<Lease> = leases.iter().filter(|l| l.stream() == id).cloned().collect();
                         for lease in leases_to_create(id, &shards, &own, &stream.initial_position) {
                             if self.protocol().create(&lease).await? {
+                                changed = true;
                                 debug!(shard = %lease.key, "lease created by shard sync");
                                 self.args.events.emit(ClusterEvent::LeaseCreated { shard: lease.shard_id() });
                             }
@@ -254,13 +276,12 @@ impl CoordinatorState {
             }
         }
         self.handoffs_seen.retain(|k| leases.iter().any(|l| &l.key == k && l.checkpoint_owner.is_some()));
-        let mut held_elsewhere = self.held_elsewhere(&leases, members, now);
+        let mut held_elsewhere = self.held_elsewhere(&leases, &members, now);
+        let foreign = !held_elsewhere.is_empty();
         // Leases of a stream this cluster does not consume (one removed from the config, or the
         // other mode's keys): left as they are, never deleted (`tributary leases --forget`).
         let consumed = |l: &Lease| self.args.streams.iter().any(|s| s.id.as_deref() == l.stream());
-        held_elsewhere.extend(
-            leases.iter().filter(|l| l.key != self.args.settings.leader_key && !consumed(l)).map(|l| l.key.clone()),
-        );
+        held_elsewhere.extend(leases.iter().filter(|l| !consumed(l)).map(|l| l.key.clone()));
         let settle = self.args.settings.poll_interval * 2;
         self.assigned_at.retain(|_, at| now.duration_since(*at) < settle);
         let settling: BTreeSet<String> = self.assigned_at.keys().cloned().collect();
@@ -280,6 +301,7 @@ impl CoordinatorState {
             };
             match result {
                 Ok(_) => {
+                    changed = true;
                     if matches!(m, Move::Assign { .. }) {
                         self.assigned_at.insert(m.lease().to_owned(), now);
                     }
@@ -294,13 +316,40 @@ impl CoordinatorState {
                     });
                 }
                 Err(ProtocolError::Lost { .. }) => debug!(?m, "lease changed before the move; next cycle"),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The write may have landed: an assignment settles as if it had (its new owner
+                    // must see it before it is handed on), and the nodes are told to look.
+                    if matches!(m, Move::Assign { .. }) {
+                        self.assigned_at.insert(m.lease().to_owned(), now);
+                    }
+                    self.unannounced = true;
+                    return Err(e);
+                }
             }
         }
         // Leases of a stream this cluster does not consume are not its own to count (their
         // being unowned raises no alert).
-        after.retain(|l| l.key != self.args.settings.leader_key && consumed(l));
+        after.retain(|l| consumed(l));
         self.args.view.observe(&after, [members.live.len(), members.draining.len(), dead.len()]);
+        if changed || self.unannounced {
+            // The new owners (and the old ones of a handoff) look at their leases at once. One
+            // that failed is tried again next cycle (the nodes' own looks every heartbeat
+            // interval find the moves meanwhile).
+            self.unannounced = self.protocol().announce_change().await.is_err();
+        }
+        let by_key = after.iter().map(|l| (l.key.as_str(), l)).collect();
+        let waiting = after.iter().any(|l| {
+            !l.is_finished()
+                && (l.checkpoint_owner.is_some()
+                    || l.owner.as_ref().map_or(is_ready(l, &by_key), |o| !members.live.contains(o)))
+        });
+        let at_rest = !changed
+            && !self.unannounced
+            && !waiting
+            && !foreign
+            && stalled.is_empty()
+            && self.assigned_at.is_empty()
+            && dead.is_empty();
         // A dead node's row goes once nothing refers to it any more.
         for (node, counter) in dead {
             let referenced = leases.iter().any(|l| {
@@ -321,6 +370,7 @@ impl CoordinatorState {
                 Err(e) => debug!(shard = %lease.key, error = %e, "finished parent lease kept"),
             }
         }
+        self.last_scan = Some(LastScan { at: now, changes, members, at_rest });
         Ok(())
     }
 }
@@ -354,8 +404,7 @@ impl Actor for Coordinator {
         let _ = myself.cast(CoordinatorMsg::Tick);
         Ok(CoordinatorState {
             args,
-            lock: None,
-            leader_seen: Liveness::default(),
+            leading: false,
             workers_seen: Liveness::default(),
             handoffs_seen: Liveness::default(),
             foreign_seen: Liveness::default(),
@@ -363,6 +412,8 @@ impl Actor for Coordinator {
             foreign_reported: BTreeSet::new(),
             assigned_at: BTreeMap::new(),
             last_sync: None,
+            last_scan: None,
+            unannounced: false,
             resigned: false,
         })
     }
@@ -377,20 +428,28 @@ impl Actor for Coordinator {
             CoordinatorMsg::Tick if state.resigned => {}
             CoordinatorMsg::Tick => {
                 let now = Instant::now();
-                if let Err(e) = state.elect(now).await {
+                // One read a cycle, eventually consistent: liveness is judged over a whole
+                // failover time, and every write it leads to is conditional.
+                let row = match state.protocol().membership(false).await {
+                    Ok(row) => row,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the membership row");
+                        state.note_leadership(now);
+                        return Ok(());
+                    }
+                };
+                state.args.watch.read(&row);
+                let members = state.observe_workers(&row, now);
+                if let Err(e) = state.elect(&row, now).await {
                     warn!(error = %e, "leader election failed this cycle");
                 }
-                state.args.view.set_leader(state.may_lead(now));
-                match state.observe_workers(now).await {
-                    // The leader assigns only while it sees its own heartbeat: before its first
-                    // one (just started) its own leases would look orphaned and move away.
-                    Ok(members) if state.may_lead(now) && members.includes(&state.args.me) => {
-                        if let Err(e) = state.lead(now, &members).await {
-                            warn!(error = %e, "assignment cycle failed");
-                        }
+                state.note_leadership(now);
+                // The leader assigns only while it sees its own heartbeat: before its first one
+                // (just started) its own leases would look orphaned and move away.
+                if state.leading && members.includes(&state.args.me) {
+                    if let Err(e) = state.lead(now, members, row.changes).await {
+                        warn!(error = %e, "assignment cycle failed");
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "cannot read heartbeats"),
                 }
             }
             CoordinatorMsg::IsLeader(reply) => {
@@ -398,19 +457,15 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::Resign(reply) => {
                 state.resigned = true;
-                state.args.view.set_leader(false);
-                if let Some((lock, _)) = state.lock.take() {
-                    let expect = proto::Expect::unchanged(&lock);
-                    let table = state.args.table.clone();
-                    let deleted = state
-                        .args
-                        .retry
-                        .run(proto::LeaseError::is_retryable, || table.delete(&lock.key, &expect))
-                        .await;
-                    if let Err(e) = deleted {
-                        debug!(error = %e, "leader lock not released; it will expire");
+                if state.leading {
+                    state.args.watch.resigned();
+                    let (table, me) = (state.args.table.clone(), state.args.me.clone());
+                    let resigned =
+                        state.args.retry.run(proto::LeaseError::is_retryable, || table.resign_leadership(&me)).await;
+                    if let Err(e) = resigned {
+                        debug!(error = %e, "leadership not given up; another node claims it after failover_time");
                     }
-                    state.args.events.emit(ClusterEvent::LostLeadership { node: state.args.me.clone() });
+                    state.note_leadership(Instant::now());
                 }
                 let _ = reply.send(());
             }

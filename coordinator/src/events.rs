@@ -36,6 +36,13 @@ pub enum ClusterEvent {
         shard: ShardId,
         why: String,
     },
+    /// Every record of a shard is committed and its consumer reads no more: its SHARD_END
+    /// checkpoint is being written (a child may start once that write landed, even before the
+    /// consumer learns it did).
+    ShardDrained {
+        node: WorkerId,
+        shard: ShardId,
+    },
     /// A shard was checkpointed SHARD_END.
     ShardEnded {
         node: WorkerId,

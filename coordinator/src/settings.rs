@@ -8,21 +8,19 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterSettings {
-    /// A node (or the leader lock) whose counter did not move for this long is dead.
+    /// A node (the leader too) whose heartbeat counter did not move for this long is dead.
     pub failover_time: Duration,
-    /// How often a node writes its heartbeat (and the leader renews its lock).
+    /// How often a node writes its heartbeat (the leader's also renews its leadership).
     pub heartbeat_interval: Duration,
-    /// How often every node reads the leader row and the heartbeats, and the leader assigns.
+    /// How often every node reads the membership row, and the leader assigns.
     pub assign_interval: Duration,
-    /// How often a node looks for leases assigned to it.
+    /// How often a node may look for leases assigned to it (it does when the change counter
+    /// moved, while a lease of its own waits, and every `failover_time`).
     pub poll_interval: Duration,
     /// How often the leader lists the stream's shards (children are also created at shard end).
     pub shard_sync_interval: Duration,
     /// Where a new lease without parents starts.
     pub initial_position: Checkpoint,
-    /// The leader row's key (the DynamoDB lease table keeps keys starting `tributary:` in its
-    /// state table, apart from the leases).
-    pub leader_key: String,
 }
 
 impl Default for ClusterSettings {
@@ -40,7 +38,6 @@ impl ClusterSettings {
             poll_interval: Duration::from_millis(500),
             shard_sync_interval: Duration::from_secs(10),
             initial_position: Checkpoint::TrimHorizon,
-            leader_key: "tributary:leader".to_owned(),
         }
     }
 }

@@ -38,13 +38,27 @@ pub fn leases_to_create(
         false
     };
     let from_start = matches!(initial, Checkpoint::TrimHorizon);
-    let creating: Vec<&ShardInfo> = shards
-        .iter()
-        .filter(|s| !have.contains(s.id.as_str()))
-        .filter(|s| from_start || s.is_open())
-        .filter(|s| !descendant_has_lease(&s.id))
-        .collect();
-    let leased: BTreeSet<&str> = have.iter().copied().chain(creating.iter().map(|s| s.id.as_str())).collect();
+    let candidates: Vec<&ShardInfo> =
+        shards.iter().filter(|s| !have.contains(s.id.as_str()) && !descendant_has_lease(&s.id)).collect();
+    // Open shards (every retained one from TRIM_HORIZON), and, whatever the start, a closed shard
+    // whose parent is read: its records follow the parent's and may not be skipped (a shard
+    // split and merged again before any sync saw it open). Parents first, to a fixed point.
+    let mut leased: BTreeSet<&str> = have.clone();
+    let mut creating: Vec<&ShardInfo> = Vec::new();
+    loop {
+        let more: Vec<&ShardInfo> = candidates
+            .iter()
+            .copied()
+            .filter(|s| !leased.contains(s.id.as_str()))
+            .filter(|s| from_start || s.is_open() || s.parents.iter().any(|p| leased.contains(p.as_str())))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        leased.extend(more.iter().map(|s| s.id.as_str()));
+        creating.extend(more);
+    }
+    creating.sort_by_key(|s| shards.iter().position(|x| x.id == s.id));
     creating
         .into_iter()
         .map(|s| {
@@ -110,5 +124,28 @@ mod tests {
         let created = leases_to_create(None, &shards, &[], &Checkpoint::Latest);
         assert_eq!(created.len(), 1);
         assert_eq!((created[0].key.as_str(), &created[0].checkpoint), ("c", &Checkpoint::Latest));
+    }
+
+    /// Whatever the start, a closed shard whose parent is read gets a lease too (from its
+    /// beginning, after that parent): `a` was split from `p` and merged into `m` before any sync
+    /// saw it open. Without it `a`'s records would be skipped and `m` would look ready with a
+    /// parent that has no lease.
+    #[test]
+    fn a_closed_child_of_a_leased_shard_is_read_whatever_the_start() {
+        let shards = vec![
+            shard("p", &[], false),
+            shard("a", &["p"], false),
+            shard("b", &["p"], true),
+            shard("m", &["a", "x"], true),
+            shard("x", &[], false),
+        ];
+        let p = Lease::for_shard(&ShardId::new("p"), vec![], None, Checkpoint::Latest);
+        for initial in [Checkpoint::Latest, Checkpoint::AtTimestamp] {
+            let created = leases_to_create(None, &shards, std::slice::from_ref(&p), &initial);
+            let keys: Vec<(&str, &Checkpoint)> = created.iter().map(|l| (l.key.as_str(), &l.checkpoint)).collect();
+            // `x`: closed, its parent unread (none): skipped as LATEST skips it.
+            let from_start = &Checkpoint::TrimHorizon;
+            assert_eq!(keys, [("a", from_start), ("b", from_start), ("m", from_start)], "{initial:?}");
+        }
     }
 }

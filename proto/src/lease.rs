@@ -1,5 +1,6 @@
 //! The lease row (every KCL attribute), the conditions a write may expect and the changes it
-//! makes. The lease table's rows are leases, plus one leader-lock row that uses the same shape.
+//! makes, and the membership row. Lease-shaped rows are leases, or an earlier version's leader
+//! lock (read back as such, never written by this one).
 
 use crate::checkpoint::Checkpoint;
 use crate::ids::{ShardId, WorkerId};
@@ -25,7 +26,7 @@ impl HashKeyRange {
 pub enum EntityType {
     /// A shard lease (KCL's rows have no entityType: they read back as this).
     Lease,
-    /// The leader lock: `leaseOwner` is the leader, `leaseCounter` its heartbeat.
+    /// An earlier version's leader lock (leadership now lives in the membership row).
     Leader,
 }
 
@@ -101,7 +102,7 @@ impl Lease {
         }
     }
 
-    /// The leader-lock row, held by `owner`.
+    /// A leader-lock row as earlier versions wrote it, held by `owner`.
     pub fn leader_lock(key: &str, owner: &WorkerId) -> Self {
         Self {
             entity: EntityType::Leader,
@@ -210,6 +211,28 @@ pub struct LeaseChange {
     pub checkpoint_owner: Option<Option<WorkerId>>,
     pub child_shard_ids: Option<Vec<ShardId>>,
     pub throughput_kbps: Option<f64>,
+}
+
+/// The membership row: every node's heartbeat, the leader's claim and the change counter. A
+/// node reads it every assignment cycle (one small read): who is alive, who leads, and whether
+/// any lease changed hands since it last looked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// By worker id.
+    pub workers: Vec<WorkerRow>,
+    /// The node that claimed leadership. It leads while its own heartbeat keeps moving; another
+    /// node claims it once that heartbeat stood still for `failover_time`.
+    pub leader: Option<WorkerId>,
+    /// Counts changes of who should consume a lease (the leader's moves, a node's release, a
+    /// shard's end): nodes query their leases again when it moved, not on every cycle.
+    pub changes: u64,
+}
+
+impl Membership {
+    /// `worker`'s heartbeat row.
+    pub fn row(&self, worker: &WorkerId) -> Option<&WorkerRow> {
+        self.workers.iter().find(|w| &w.id == worker)
+    }
 }
 
 /// A node's heartbeat row: the leader declares a node dead when this counter has not moved for

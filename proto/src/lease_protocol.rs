@@ -4,7 +4,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::ids::WorkerId;
-use crate::lease::{Expect, Lease, LeaseChange, WorkerRow};
+use crate::lease::{Expect, Lease, LeaseChange, Membership};
 use crate::lease_table::{LeaseError, LeaseTable};
 use crate::retry::RetryPolicy;
 use std::cmp::Ordering;
@@ -169,15 +169,16 @@ impl<'a> LeaseProtocol<'a> {
         }
     }
 
-    /// Registers or renews this node's heartbeat row. `local` is the counter this node last
-    /// wrote (`None` at start). A row that vanished means the leader declared this node dead.
-    /// `draining` tells the leader to assign nothing more to this node.
+    /// Registers or renews this node's heartbeat entry and returns the membership row as
+    /// written. `local` is the counter this node last wrote (`None` at start). An entry that
+    /// vanished means the leader declared this node dead. `draining` tells the leader to assign
+    /// nothing more to this node.
     pub async fn heartbeat(
         &self,
         me: &WorkerId,
         local: Option<u64>,
         draining: bool,
-    ) -> Result<WorkerRow, ProtocolError> {
+    ) -> Result<Membership, ProtocolError> {
         let mut expected = local;
         let mut attempt = 1;
         let mut backoff = self.retry.backoff();
@@ -187,19 +188,19 @@ impl<'a> LeaseProtocol<'a> {
                 Ok(row) => return Ok(row),
                 Err(LeaseError::Throttled | LeaseError::Unavailable(_)) if retry_allowed => {}
                 Err(LeaseError::ConditionFailed | LeaseError::Ambiguous(_)) => {
-                    let rows = self.retry.run(LeaseError::is_retryable, || self.table.workers()).await?;
-                    let current = rows.into_iter().find(|r| &r.id == me);
+                    let members = self.membership(true).await?;
+                    let current = members.row(me).map(|r| r.counter);
                     match (expected, current) {
                         (None, None) if retry_allowed => {}
                         // Our row exists (a restart under the same id, or our create landed):
                         // carry on from its counter.
-                        (None, Some(row)) => expected = Some(row.counter),
-                        (Some(e), Some(row)) if row.counter == e + 1 => return Ok(row),
-                        (Some(e), Some(row)) if row.counter == e && retry_allowed => {}
+                        (None, Some(counter)) => expected = Some(counter),
+                        (Some(e), Some(counter)) if counter == e + 1 => return Ok(members),
+                        (Some(e), Some(counter)) if counter == e && retry_allowed => {}
                         // Still as we left it: the table did not take the write, nobody evicted
                         // us. Unavailable, as for any write, so the caller's grace applies.
                         (None, None) => return Err(LeaseError::Unavailable("heartbeat did not land".into()).into()),
-                        (Some(e), Some(row)) if row.counter == e => {
+                        (Some(e), Some(counter)) if counter == e => {
                             return Err(LeaseError::Unavailable("heartbeat did not land after retries".into()).into())
                         }
                         _ => return Err(ProtocolError::Evicted { worker: me.clone() }),
@@ -210,6 +211,36 @@ impl<'a> LeaseProtocol<'a> {
             tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
         }
+    }
+
+    /// The membership row (`consistent`: a strongly consistent read).
+    pub async fn membership(&self, consistent: bool) -> Result<Membership, ProtocolError> {
+        Ok(self.retry.run(LeaseError::is_retryable, || self.table.membership(consistent)).await?)
+    }
+
+    /// Claims leadership as observed (`LeaseTable::claim_leadership`); `Ok(Some(row))` when this
+    /// node leads now, `Ok(None)` when leadership was not as observed. A claim without an answer
+    /// is settled by a consistent read.
+    pub async fn claim_leadership(
+        &self,
+        me: &WorkerId,
+        observed: Option<(&WorkerId, Option<u64>)>,
+    ) -> Result<Option<Membership>, ProtocolError> {
+        match self.retry.run(|e| matches!(e, LeaseError::Throttled), || self.table.claim_leadership(me, observed)).await
+        {
+            Ok(row) => Ok(Some(row)),
+            Err(LeaseError::ConditionFailed) => Ok(None),
+            Err(LeaseError::Ambiguous(_) | LeaseError::Unavailable(_)) => {
+                let row = self.membership(true).await?;
+                Ok((row.leader.as_ref() == Some(me)).then_some(row))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Counts a change of who should consume a lease, so that nodes look at their leases again.
+    pub async fn announce_change(&self) -> Result<(), ProtocolError> {
+        Ok(self.retry.run(LeaseError::is_retryable, || self.table.announce_change()).await?)
     }
 }
 
@@ -230,6 +261,7 @@ fn landed(expect: &Expect, change: &LeaseChange, row: &Lease) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::WorkerRow;
     use crate::memory::MemoryLeaseTable;
     use crate::{Position, SequenceNumber, ShardId};
     use std::collections::VecDeque;
@@ -300,8 +332,8 @@ mod tests {
         assert_eq!(renewed.counter, lease.counter + 1);
         let cp = p.checkpoint(&renewed, &a, at(3)).await.unwrap();
         assert_eq!(cp.checkpoint, at(3));
-        let hb = p.heartbeat(&a, None, false).await.unwrap();
-        let hb2 = p.heartbeat(&a, Some(hb.counter), false).await.unwrap();
+        let hb = own(p.heartbeat(&a, None, false).await.unwrap(), &a);
+        let hb2 = own(p.heartbeat(&a, Some(hb.counter), false).await.unwrap(), &a);
         assert_eq!(hb2.counter, hb.counter + 1);
         assert_eq!(inner.stats().writes, 3 + 2 + 2, "create + assign + renew + checkpoint + 2 heartbeats, once each");
     }
@@ -315,7 +347,7 @@ mod tests {
             ScriptedTable::new(&inner).heartbeats(vec![throttled(), throttled(), Step::Pass, throttled(), Step::Pass]);
         let p = LeaseProtocol::new(&faulty, &retry);
         let a = WorkerId::new("a");
-        let hb = p.heartbeat(&a, None, false).await.unwrap();
+        let hb = own(p.heartbeat(&a, None, false).await.unwrap(), &a);
         inner.remove_worker(&a, hb.counter).await.unwrap();
         assert!(matches!(p.heartbeat(&a, Some(hb.counter), false).await, Err(ProtocolError::Evicted { .. })));
     }
@@ -436,16 +468,34 @@ mod tests {
             worker: &WorkerId,
             expected: Option<u64>,
             draining: bool,
-        ) -> Result<WorkerRow, LeaseError> {
+        ) -> Result<Membership, LeaseError> {
             let step = Self::next(&self.heartbeats, &self.heartbeat_calls, "heartbeat");
             Self::play(step, self.inner.heartbeat(worker, expected, draining)).await
         }
-        async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
-            self.inner.workers().await
+        async fn membership(&self, consistent: bool) -> Result<Membership, LeaseError> {
+            self.inner.membership(consistent).await
         }
         async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
             self.inner.remove_worker(worker, expected).await
         }
+        async fn claim_leadership(
+            &self,
+            me: &WorkerId,
+            observed: Option<(&WorkerId, Option<u64>)>,
+        ) -> Result<Membership, LeaseError> {
+            self.inner.claim_leadership(me, observed).await
+        }
+        async fn resign_leadership(&self, me: &WorkerId) -> Result<(), LeaseError> {
+            self.inner.resign_leadership(me).await
+        }
+        async fn announce_change(&self) -> Result<(), LeaseError> {
+            self.inner.announce_change().await
+        }
+    }
+
+    /// `me`'s own entry in a membership row a heartbeat wrote.
+    fn own(row: Membership, me: &WorkerId) -> WorkerRow {
+        row.row(me).cloned().expect("the heartbeat's own entry")
     }
 
     fn three_attempts() -> RetryPolicy {
@@ -479,7 +529,7 @@ mod tests {
         let t = ScriptedTable::new(inner).heartbeats(script);
         let retry = three_attempts();
         let r = LeaseProtocol::new(&t, &retry).heartbeat(&a, Some(2), false).await;
-        (r, t.heartbeat_calls())
+        (r.map(|row| own(row, &a)), t.heartbeat_calls())
     }
 
     /// `inner` holds `me`'s heartbeat row with counter `n`.
@@ -488,7 +538,7 @@ mod tests {
         for c in 0..n {
             inner.heartbeat(me, Some(c), false).await.unwrap();
         }
-        let rows = inner.workers().await.unwrap();
+        let rows = inner.membership(true).await.unwrap().workers;
         assert_eq!(rows, vec![WorkerRow { id: me.clone(), counter: n, draining: false }]);
     }
 
@@ -696,7 +746,7 @@ mod tests {
         let t =
             ScriptedTable::new(&inner).heartbeats(vec![Step::LandThenFail(LeaseError::ConditionFailed), Step::Pass]);
         let retry = three_attempts();
-        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, None, true).await.unwrap();
+        let row = own(LeaseProtocol::new(&t, &retry).heartbeat(&a, None, true).await.unwrap(), &a);
         // The create landed (counter 0); the retry renews from it.
         assert_eq!(row, WorkerRow { id: a.clone(), counter: 1, draining: true });
         assert_eq!(t.heartbeat_calls(), 2);
@@ -708,9 +758,12 @@ mod tests {
         let a = WorkerId::new("a");
         let t = ScriptedTable::new(&inner).heartbeats(vec![Step::FailBefore(amb()), Step::Pass]);
         let retry = three_attempts();
-        let row = LeaseProtocol::new(&t, &retry).heartbeat(&a, None, false).await.unwrap();
+        let row = own(LeaseProtocol::new(&t, &retry).heartbeat(&a, None, false).await.unwrap(), &a);
         assert_eq!((row.counter, t.heartbeat_calls()), (0, 2));
-        assert_eq!(inner.workers().await.unwrap(), vec![WorkerRow { id: a, counter: 0, draining: false }]);
+        assert_eq!(
+            inner.membership(true).await.unwrap().workers,
+            vec![WorkerRow { id: a, counter: 0, draining: false }]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -777,7 +830,7 @@ mod tests {
         let inner = MemoryLeaseTable::new();
         let (r, calls) = beat_from_2(&inner, 2, vec![Step::FailBefore(LeaseError::Throttled); 3]).await;
         assert_eq!((r, calls), (Err(ProtocolError::Table(LeaseError::Throttled)), 3));
-        assert_eq!(inner.workers().await.unwrap()[0].counter, 2);
+        assert_eq!(inner.membership(true).await.unwrap().workers[0].counter, 2);
     }
 
     #[tokio::test(start_paused = true)]

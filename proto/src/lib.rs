@@ -39,7 +39,7 @@ pub mod warehouse;
 pub use checkpoint::Checkpoint;
 pub use clock::Clock;
 pub use ids::{ShardId, WorkerId};
-pub use lease::{lease_key, stream_of, EntityType, Expect, HashKeyRange, Lease, LeaseChange, WorkerRow};
+pub use lease::{lease_key, stream_of, EntityType, Expect, HashKeyRange, Lease, LeaseChange, Membership, WorkerRow};
 pub use lease_protocol::{LeaseProtocol, ProtocolError};
 pub use lease_table::{LeaseError, LeaseTable};
 pub use record::{ChildShard, KinesisRecord, ReadBatch, ShardInfo, ShardIterator, StartingPosition};

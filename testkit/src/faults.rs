@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use proto::{
-    Batch, CommitStats, Expect, Lease, LeaseChange, LeaseError, LeaseTable, ReadBatch, ReadError, ShardId, ShardInfo,
-    ShardIterator, ShardReader, StartingPosition, TableSchema, Warehouse, WarehouseError, WorkerId, WorkerRow,
+    Batch, CommitStats, Expect, Lease, LeaseChange, LeaseError, LeaseTable, Membership, ReadBatch, ReadError, ShardId,
+    ShardInfo, ShardIterator, ShardReader, StartingPosition, TableSchema, Warehouse, WarehouseError, WorkerId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -124,14 +124,27 @@ impl LeaseTable for FaultyLeaseTable {
         worker: &WorkerId,
         expected: Option<u64>,
         draining: bool,
-    ) -> Result<WorkerRow, LeaseError> {
+    ) -> Result<Membership, LeaseError> {
         self.write(self.inner.heartbeat(worker, expected, draining)).await
     }
-    async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
-        self.read(self.inner.workers()).await
+    async fn membership(&self, consistent: bool) -> Result<Membership, LeaseError> {
+        self.read(self.inner.membership(consistent)).await
     }
     async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
         self.write(self.inner.remove_worker(worker, expected)).await
+    }
+    async fn claim_leadership(
+        &self,
+        me: &WorkerId,
+        observed: Option<(&WorkerId, Option<u64>)>,
+    ) -> Result<Membership, LeaseError> {
+        self.write(self.inner.claim_leadership(me, observed)).await
+    }
+    async fn resign_leadership(&self, me: &WorkerId) -> Result<(), LeaseError> {
+        self.write(self.inner.resign_leadership(me)).await
+    }
+    async fn announce_change(&self) -> Result<(), LeaseError> {
+        self.write(self.inner.announce_change()).await
     }
 }
 

@@ -178,9 +178,14 @@ impl Timeline {
                     start: Mark { at, seq: Some(seq) },
                     end: None,
                 }),
-                (Some(ClusterEvent::ConsumerStopped { node, shard, .. }), _) => {
-                    end(&mut spans, node, Some(shard), Mark { at, seq: Some(seq) })
-                }
+                // A consumer's reads end when it stops, or when its shard is drained (every
+                // record committed, the SHARD_END checkpoint being written: it reads nothing more).
+                (
+                    Some(
+                        ClusterEvent::ConsumerStopped { node, shard, .. } | ClusterEvent::ShardDrained { node, shard },
+                    ),
+                    _,
+                ) => end(&mut spans, node, Some(shard), Mark { at, seq: Some(seq) }),
                 (None, Some(node)) => end(&mut spans, node, None, Mark { at, seq: None }),
                 _ => {}
             }
@@ -235,7 +240,9 @@ impl Timeline {
                 .iter()
                 .map(|p| {
                     events.iter().find_map(|(t, e)| match e {
-                        ClusterEvent::ShardEnded { shard, .. } if shard == p => Some(*t),
+                        // From when its SHARD_END was being written: the write may land (and
+                        // the child start) before the parent's consumer hears back.
+                        ClusterEvent::ShardDrained { shard, .. } if shard == p => Some(*t),
                         _ => None,
                     })
                 })

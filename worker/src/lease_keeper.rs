@@ -1,19 +1,22 @@
 //! The lease keeper actor, one per node: writes the node's heartbeat, finds the leases assigned
 //! to it, and runs one shard consumer per owned lease under an explicit restart policy.
 //!
-//! - heartbeat every `heartbeat_interval`; a node that cannot heartbeat for most of a failover
-//!   time stops its consumers (it may have been declared dead), and one whose row was removed
-//!   re-registers with no leases;
-//! - every `poll_interval`: start consumers for owned leases (not finished, no handoff pending to
-//!   us from another node), stop consumers whose lease moved (gracefully when the leader handed
-//!   it off, at once when it was taken);
+//! - heartbeat every `heartbeat_interval` (the row it writes says whether this node still leads:
+//!   `MembershipWatch`); a node that cannot heartbeat for most of a failover time stops its
+//!   consumers (it may have been declared dead), and one whose row was removed re-registers with
+//!   no leases;
+//! - poll its leases (at most every `poll_interval`) when the membership row's change counter
+//!   moved (and for a moment after, as the owner index may lag), while a lease of its own waits
+//!   (a handoff to it, a restart back-off), and every `heartbeat_interval`: start consumers for owned
+//!   leases (not finished, no handoff pending to us from another node), stop consumers whose
+//!   lease moved (gracefully when the leader handed it off, at once when it was taken);
 //! - a consumer that fails is restarted after 1 s, 2 s, 4 s … (≤ 30 s, each up to twice that with
 //!   jitter); after 5 failures in 10 minutes the lease is released so that another node tries it;
 //! - shutdown: every consumer flushes, checkpoints and releases; the heartbeat row is removed.
 
 use crate::shard_consumer::{reason, ConsumerContext, ConsumerMsg, ShardConsumer, StopMode};
 use coordinator::planner::is_ready;
-use coordinator::{ClusterEvent, ClusterSettings};
+use coordinator::{ClusterEvent, ClusterSettings, MembershipWatch};
 use proto::{Backoff, Lease, LeaseProtocol, ProtocolError, RetryPolicy, ShardId};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -77,7 +80,13 @@ pub struct KeeperArgs {
     pub streams: Vec<Arc<ConsumerContext>>,
     pub settings: ClusterSettings,
     pub restart: RestartPolicy,
+    /// Shared with the node's coordinator.
+    pub watch: Arc<MembershipWatch>,
 }
+
+/// How long after the change counter moved a node keeps polling its leases each cycle: the
+/// owner index a poll reads is eventually consistent.
+const POLL_AFTER_CHANGE: Duration = Duration::from_secs(2);
 
 struct Running {
     actor: ActorRef<ConsumerMsg>,
@@ -93,6 +102,13 @@ pub struct KeeperState {
     failures: BTreeMap<ShardId, Failures>,
     /// The leases the last poll found owned by this node.
     known: BTreeSet<ShardId>,
+    /// The change counter as of the last poll, when it last moved, and when the last poll ran.
+    changes: u64,
+    changed_at: Instant,
+    polled_at: Option<Instant>,
+    /// The last poll left a lease of this node's not running (a handoff to it, a back-off, a
+    /// silent heartbeat): poll again next cycle.
+    waiting: bool,
     /// When this node told the leader it is stopping.
     draining_since: Option<Instant>,
     stale_handoffs_checked: bool,
@@ -147,13 +163,24 @@ impl KeeperState {
             });
         }
         self.by_actor.clear();
+        self.waiting = true;
+    }
+
+    /// Tells the other nodes (the leader above all) that a lease changed hands here.
+    async fn announce(&self) {
+        if let Err(e) = self.protocol().announce_change().await {
+            warn!(node = %self.me(), error = %e, "cannot announce a lease change; the leader finds it within failover_time");
+        }
     }
 
     async fn heartbeat(&mut self) {
         let me = self.me().clone();
         let draining = self.shutdown.is_some();
+        let sent = Instant::now();
         match self.protocol().heartbeat(&me, self.heartbeat, draining).await {
-            Ok(row) => {
+            Ok(written) => {
+                self.args.watch.written(&written, sent);
+                let Some(row) = written.row(&me) else { return };
                 self.heartbeat = Some(row.counter);
                 self.last_heartbeat = Instant::now();
                 self.args.ctx().metrics.health.heartbeat();
@@ -185,10 +212,31 @@ impl KeeperState {
         Ok(())
     }
 
+    /// Whether a poll could find anything new: the change counter moved (or did a moment ago),
+    /// a lease of this node's waits, or a heartbeat interval passed since the last one (so a
+    /// move whose announcement was lost is found well within the failover time after which the
+    /// leader completes a handoff its giver did not finish).
+    fn poll_due(&mut self, now: Instant) -> bool {
+        let changes = self.args.watch.changes();
+        if changes != self.changes {
+            self.changes = changes;
+            self.changed_at = now;
+        }
+        !self.stale_handoffs_checked
+            || self.waiting
+            || now.duration_since(self.changed_at) < POLL_AFTER_CHANGE
+            || self.polled_at.is_none_or(|at| now.duration_since(at) >= self.args.settings.heartbeat_interval)
+    }
+
     async fn poll(&mut self, myself: &ActorRef<KeeperMsg>) -> Result<(), ActorProcessingErr> {
         if self.shutdown.is_some() || self.heartbeat.is_none() {
             return Ok(());
         }
+        let now = Instant::now();
+        if !self.poll_due(now) {
+            return Ok(());
+        }
+        self.polled_at = Some(now);
         let me = self.me().clone();
         if !self.stale_handoffs_checked {
             // A handoff this node started in an earlier life and never finished: finish it with
@@ -201,8 +249,8 @@ impl KeeperState {
             self.stale_handoffs_checked = true;
         }
         let owned = self.protocol().owned_by(&me).await?;
-        let now = Instant::now();
         let owned_keys: BTreeSet<ShardId> = owned.iter().map(Lease::shard_id).collect();
+        let mut waiting = false;
         // A node whose heartbeat has been failing may already be declared dead: start nothing.
         let silent =
             self.last_heartbeat.elapsed() + self.args.settings.heartbeat_interval >= self.args.settings.failover_time;
@@ -217,15 +265,24 @@ impl KeeperState {
                 // first): given back, with its checkpoint, for a node that reads it.
                 if startable(&lease) && !silent {
                     warn!(node = %me, shard = %shard, "assigned a lease of a stream this node does not read; releasing it");
-                    let _ = self.protocol().release(&lease, &me, lease.checkpoint.clone()).await;
+                    if self.protocol().release(&lease, &me, lease.checkpoint.clone()).await.is_ok() {
+                        self.announce().await;
+                    }
                 }
                 continue;
             }
-            if silent || !startable(&lease) || backing_off || self.consumers.contains_key(&shard) {
+            if self.consumers.contains_key(&shard) || lease.is_finished() {
+                continue;
+            }
+            if silent || !startable(&lease) || backing_off {
+                waiting = true;
                 continue;
             }
             // The owner index may lag: start from a consistent read of the row.
-            let Some(lease) = self.protocol().get(shard.as_str()).await?.filter(startable) else { continue };
+            let Some(lease) = self.protocol().get(shard.as_str()).await?.filter(startable) else {
+                waiting = true;
+                continue;
+            };
             info!(node = %me, shard = %shard, checkpoint = ?lease.checkpoint, "starting consumer");
             self.start(myself, lease).await?;
         }
@@ -266,6 +323,7 @@ impl KeeperState {
             self.args.ctx().metrics.forget_shard(shard.as_str());
         }
         self.known = owned_keys;
+        self.waiting = waiting;
         Ok(())
     }
 
@@ -286,21 +344,38 @@ impl KeeperState {
             if lease.owner.is_some() || self.consumers.contains_key(&child) {
                 continue;
             }
-            // The planner's readiness rule, over consistent reads of the parents.
+            // The planner's readiness rule, over consistent reads of the parents. A parent
+            // without a lease is left to the leader: it may be one shard sync has not created yet
+            // (its own parent still being read), not only one never to be read.
             let mut parents = Vec::new();
             for p in &lease.parent_shard_ids {
                 parents.extend(self.protocol().get(&lease.sibling_key(p)).await?);
+            }
+            if parents.len() < lease.parent_shard_ids.len() {
+                continue;
             }
             let by_key = parents.iter().map(|l| (l.key.as_str(), l)).collect();
             if !is_ready(&lease, &by_key) {
                 continue;
             }
-            if let Ok(taken) = self.protocol().take(&lease, &me).await {
-                info!(node = %me, shard = %child, "parents finished; starting the child at once");
-                self.known.insert(child.clone());
-                self.start(myself, taken).await?;
+            match self.protocol().take(&lease, &me).await {
+                Ok(taken) => {
+                    info!(node = %me, shard = %child, "parents finished; starting the child at once");
+                    self.known.insert(child.clone());
+                    self.start(myself, taken).await?;
+                }
+                Err(ProtocolError::Lost { .. }) => {}
+                // The take may have landed: the next poll looks (and starts it, or finishes a
+                // handoff the leader began from this node meanwhile).
+                Err(e) => {
+                    warn!(node = %me, shard = %child, error = %e, "taking the child may have failed; looking again");
+                    self.known.insert(child.clone());
+                    self.waiting = true;
+                }
             }
         }
+        // A shard ended here (and its children may have moved here): the leader rebalances.
+        self.announce().await;
         Ok(())
     }
 
@@ -329,7 +404,9 @@ impl KeeperState {
         if let Ok(Some(lease)) = self.protocol().get(shard.as_str()).await {
             if lease.is_owned_by(&me) {
                 warn!(node = %me, shard = %shard, "consumer keeps failing; releasing the lease for another node");
-                let _ = self.protocol().release(&lease, &me, lease.checkpoint.clone()).await;
+                if self.protocol().release(&lease, &me, lease.checkpoint.clone()).await.is_ok() {
+                    self.announce().await;
+                }
             }
         }
         self.failures.remove(shard);
@@ -395,6 +472,11 @@ impl Actor for LeaseKeeper {
         myself.send_interval(args.settings.heartbeat_interval, || KeeperMsg::Heartbeat);
         myself.send_interval(args.settings.poll_interval, || KeeperMsg::Poll);
         let _ = myself.cast(KeeperMsg::Heartbeat);
+        // A moved change counter is looked at at once, not at the next poll tick.
+        let mut changes = args.watch.subscribe();
+        let keeper = myself.clone();
+        tokio::spawn(async move { while changes.changed().await.is_ok() && keeper.cast(KeeperMsg::Poll).is_ok() {} });
+        let changes = args.watch.changes();
         Ok(KeeperState {
             args,
             heartbeat: None,
@@ -403,6 +485,10 @@ impl Actor for LeaseKeeper {
             by_actor: BTreeMap::new(),
             failures: BTreeMap::new(),
             known: BTreeSet::new(),
+            changes,
+            changed_at: Instant::now(),
+            polled_at: None,
+            waiting: true,
             draining_since: None,
             stale_handoffs_checked: false,
             shutdown: None,

@@ -9,7 +9,9 @@ use crate::record_mapper::RecordMapper;
 use crate::settings::{ConsumerSettings, SinkSettings};
 use crate::shard_consumer::ConsumerContext;
 use crate::sink::{Sink, SinkArgs, Sinks};
-use coordinator::{ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink, SyncedStream};
+use coordinator::{
+    ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink, MembershipWatch, SyncedStream,
+};
 use proto::{Checkpoint, LeaseTable, RetryPolicy, ShardId, ShardReader, TableSchema, Warehouse, WorkerId};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
@@ -86,6 +88,8 @@ struct SupervisorArgs {
     ports: Ports,
     events: EventSink,
     metrics: Arc<NodeMetrics>,
+    /// What the coordinator and the keeper share (kept across a coordinator's restart).
+    watch: Arc<MembershipWatch>,
 }
 
 struct SupervisorState {
@@ -121,6 +125,7 @@ async fn spawn_coordinator(
         retry: args.config.retry.clone(),
         events: args.events.clone(),
         view: args.metrics.cluster.clone(),
+        watch: args.watch.clone(),
     };
     Ok(Actor::spawn_linked(None, Coordinator, coordinator_args, supervisor).await?.0)
 }
@@ -180,8 +185,12 @@ impl Actor for NodeSupervisor {
             }));
         }
         let coordinator = spawn_coordinator(&args, myself.get_cell()).await?;
-        let keeper_args =
-            KeeperArgs { streams, settings: args.config.cluster.clone(), restart: args.config.restart.clone() };
+        let keeper_args = KeeperArgs {
+            streams,
+            settings: args.config.cluster.clone(),
+            restart: args.config.restart.clone(),
+            watch: args.watch.clone(),
+        };
         let keeper = Actor::spawn_linked(None, LeaseKeeper, keeper_args, myself.get_cell()).await?.0;
         Ok(SupervisorState { args, coordinator, keeper })
     }
@@ -259,7 +268,8 @@ impl Node {
         let id = config.me.clone();
         let shutdown_deadline = config.shutdown_deadline;
         let fail = |reason: String| StartError { node: id.clone(), reason };
-        let args = SupervisorArgs { config, ports: ports.into(), events, metrics: metrics.clone() };
+        let watch = Arc::new(MembershipWatch::new(id.clone()));
+        let args = SupervisorArgs { config, ports: ports.into(), events, metrics: metrics.clone(), watch };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await.map_err(|e| fail(e.to_string()))?;
         let (_, keeper) = ractor::call!(supervisor, SupervisorMsg::Parts).map_err(|e| fail(e.to_string()))?;
         // The sinks checked their tables and the keeper runs: ready once it heartbeats.
@@ -284,7 +294,7 @@ impl Node {
         }
     }
 
-    /// Graceful stop: the leader lock is given up (so this node assigns nothing more), every
+    /// Graceful stop: leadership is given up (so this node assigns nothing more), every
     /// consumer flushes, checkpoints and releases its lease, then the actors stop.
     pub async fn shutdown(self) {
         let deadline = self.shutdown_deadline;

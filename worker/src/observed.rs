@@ -5,9 +5,9 @@
 use crate::metrics::NodeMetrics;
 use async_trait::async_trait;
 use proto::{
-    Batch, CommitStats, Expect, Lease, LeaseChange, LeaseError, LeaseTable, ReadBatch, ReadError, ReferenceChange,
-    ReferenceError, ReferenceSource, ShardId, ShardInfo, ShardIterator, ShardReader, Snapshot, StartingPosition,
-    TableSchema, Warehouse, WarehouseError, WorkerId, WorkerRow,
+    Batch, CommitStats, Expect, Lease, LeaseChange, LeaseError, LeaseTable, Membership, ReadBatch, ReadError,
+    ReferenceChange, ReferenceError, ReferenceSource, ShardId, ShardInfo, ShardIterator, ShardReader, Snapshot,
+    StartingPosition, TableSchema, Warehouse, WarehouseError, WorkerId,
 };
 use std::sync::Arc;
 
@@ -56,14 +56,27 @@ impl LeaseTable for Observed<dyn LeaseTable> {
         worker: &WorkerId,
         expected: Option<u64>,
         draining: bool,
-    ) -> Result<WorkerRow, LeaseError> {
+    ) -> Result<Membership, LeaseError> {
         self.count(self.service, self.inner.heartbeat(worker, expected, draining).await, LeaseError::kind)
     }
-    async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
-        self.count(self.service, self.inner.workers().await, LeaseError::kind)
+    async fn membership(&self, consistent: bool) -> Result<Membership, LeaseError> {
+        self.count(self.service, self.inner.membership(consistent).await, LeaseError::kind)
     }
     async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
         self.count(self.service, self.inner.remove_worker(worker, expected).await, LeaseError::kind)
+    }
+    async fn claim_leadership(
+        &self,
+        me: &WorkerId,
+        observed: Option<(&WorkerId, Option<u64>)>,
+    ) -> Result<Membership, LeaseError> {
+        self.count(self.service, self.inner.claim_leadership(me, observed).await, LeaseError::kind)
+    }
+    async fn resign_leadership(&self, me: &WorkerId) -> Result<(), LeaseError> {
+        self.count(self.service, self.inner.resign_leadership(me).await, LeaseError::kind)
+    }
+    async fn announce_change(&self) -> Result<(), LeaseError> {
+        self.count(self.service, self.inner.announce_change().await, LeaseError::kind)
     }
 }
 

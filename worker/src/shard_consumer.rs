@@ -317,8 +317,18 @@ impl ConsumerState {
         }
     }
 
+    /// Creates the children's leases, but not a merged child's while its other parent has none:
+    /// that parent's own parent may still be read (a split just before the merge), and a child
+    /// with a parent without a lease could be taken for ready. The other parent's consumer, or
+    /// shard sync, creates it once that parent has a lease.
     async fn create_children(&self, children: &[ChildShard]) -> Result<(), ProtocolError> {
-        for child in children {
+        'child: for child in children {
+            for parent in child.parents.iter().filter(|p| **p != self.stream_shard) {
+                if self.protocol().get(&self.lease.sibling_key(parent)).await?.is_none() {
+                    info!(shard = %self.shard, child = %child.id, other_parent = %parent, "the merged child waits for its other parent's lease");
+                    continue 'child;
+                }
+            }
             let lease = Lease::for_stream_shard(
                 self.lease.stream(),
                 &child.id,
@@ -342,6 +352,7 @@ impl ConsumerState {
         // SHARD_END only once every record of the shard is mapped and committed.
         if let Some(children) = self.ended.as_ref().filter(|_| self.pending.is_empty()) {
             let ids = children.iter().map(|c| c.id.clone()).collect();
+            self.ctx.events.emit(ClusterEvent::ShardDrained { node: me.clone(), shard: self.shard.clone() });
             match self.protocol().end_shard(&self.lease, &me, ids).await {
                 Ok(lease) => {
                     self.lease = lease;

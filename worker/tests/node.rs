@@ -92,7 +92,7 @@ async fn a_stalled_warehouse_stops_reads_and_checkpoints() {
     node.shutdown().await;
     let lease = leases.get("shardId-000000000000").await.unwrap().unwrap();
     assert_eq!(lease.owner, None, "a graceful stop releases the lease");
-    assert!(leases.workers().await.unwrap().is_empty(), "and removes the heartbeat row");
+    assert!(leases.membership(true).await.map(|m| m.workers).unwrap().is_empty(), "and removes the heartbeat row");
 }
 
 #[tokio::test(start_paused = true)]
@@ -607,7 +607,8 @@ fn alive(leases: &MemoryLeaseTable, node: &WorkerId) -> tokio::task::JoinHandle<
     tokio::spawn(async move {
         let mut expected = None;
         loop {
-            expected = Some(leases.heartbeat(&node, expected, false).await.unwrap().counter);
+            let written = leases.heartbeat(&node, expected, false).await.unwrap();
+            expected = written.row(&node).map(|r| r.counter);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
@@ -654,8 +655,8 @@ async fn the_leader_completes_a_handoff_whose_live_giver_never_clears_it() {
 }
 
 /// A node restarted under its id (a StatefulSet pod) resumes its own leases at once, even when
-/// it takes the leader lock before its first heartbeat is written: the leader plans only once
-/// it sees itself alive, so its leases are not taken for orphans and given to another node.
+/// it becomes the leader: the leader plans only once it sees its own heartbeat, so its leases
+/// are not taken for orphans and given to another node.
 #[tokio::test(start_paused = true)]
 async fn a_restarted_node_that_leads_keeps_its_own_leases() {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
@@ -672,7 +673,7 @@ async fn a_restarted_node_that_leads_keeps_its_own_leases() {
     stream.put("b", br#"{"id":2}"#.to_vec());
     let node = Node::start(node_config("n"), ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(node.is_leader().await, "n took the free leader lock");
+    assert!(node.is_leader().await, "n claimed the free leadership");
     let lease = leases.get(shard.as_str()).await.unwrap().unwrap();
     assert_eq!(lease.owner, Some(n), "the lease stayed with the node that owns it");
     assert_eq!(warehouse.rows("t").len(), 2, "and it consumed the shard at once");
@@ -758,9 +759,15 @@ async fn a_consumer_creates_its_children_at_shard_end() {
 }
 
 /// One record committed, then a handoff from node `n` to a live `y` written as the leader writes
-/// it (owner: the taker, checkpointOwner: `n`) `handed_at` after the node started: `settle` later
+/// it (owner: the taker, checkpointOwner: `n`; a change announced when `announced`) `handed_at`
+/// after the node started: `settle` later
 /// the handoff is finished, with the committed record as the checkpoint.
-async fn a_handoff_is_finished_with_what_committed(config: NodeConfig, handed_at: Duration, settle: Duration) {
+async fn a_handoff_is_finished_with_what_committed(
+    config: NodeConfig,
+    handed_at: Duration,
+    settle: Duration,
+    announced: bool,
+) {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     let (leases, warehouse) = (MemoryLeaseTable::new(), MemoryWarehouse::new());
     let (_, seq) = stream.put("a", br#"{"id":1}"#.to_vec());
@@ -775,6 +782,9 @@ async fn a_handoff_is_finished_with_what_committed(config: NodeConfig, handed_at
     let handoff =
         proto::LeaseChange { owner: Some(Some(y.clone())), checkpoint_owner: Some(Some(n)), ..Default::default() };
     leases.update(key.as_str(), &proto::Expect::unchanged(&lease), &handoff).await.unwrap();
+    if announced {
+        leases.announce_change().await.unwrap();
+    }
     tokio::time::sleep(settle).await;
     let lease = leases.get(key.as_str()).await.unwrap().unwrap();
     assert_eq!((lease.owner, lease.checkpoint_owner), (Some(y), None), "the handoff is finished");
@@ -791,22 +801,24 @@ async fn a_running_consumer_finishes_its_handoff_at_once() {
     // Committed but not yet checkpointed when the handoff comes: only the consumer knows it.
     let mut config = node_config("n");
     config.consumer.checkpoint_interval = Duration::from_secs(60);
-    a_handoff_is_finished_with_what_committed(config, Duration::from_secs(3), Duration::from_secs(1)).await;
+    a_handoff_is_finished_with_what_committed(config, Duration::from_secs(3), Duration::from_secs(1), true).await;
 }
 
 /// A handoff the consumer learns of from its own checkpoint write (the leader moved the lease
-/// between two of the keeper's looks) is finished all the same: the consumer flushes, writes what
-/// it committed and clears checkpointOwner. It does not stop as "lost" and leave the taker to
-/// start from an older checkpoint, re-sending what was committed since.
+/// and its announcement of the change failed, so the keeper does not look at its leases before
+/// the checkpoint is due) is finished all the same: the consumer flushes, writes what it
+/// committed and clears checkpointOwner. It does not stop as "lost" and leave the taker to start
+/// from an older checkpoint, re-sending what was committed since.
 #[tokio::test(start_paused = true)]
 async fn a_handoff_met_by_a_checkpoint_write_is_finished_with_what_committed() {
     let mut config = node_config("n");
-    // The keeper looks at its leases every 2 s (the consumer starts at 2 s); the committed
-    // record's checkpoint is due 3 s after that, at 5 s, between the keeper's looks at 4 and 6 s:
-    // the handoff comes at 4.5 s and is looked at 0.8 s later, before the keeper's next look.
-    config.cluster.poll_interval = Duration::from_secs(2);
+    // The consumer starts at 0.5 s (the leader's first cycle, announced: the keeper looks for
+    // 2 s more); the committed record's checkpoint is due 3 s later. The handoff comes at 3 s,
+    // unannounced: the keeper's next look is a failover time away, so only the checkpoint write
+    // meets it, by 4.5 s.
     config.consumer.checkpoint_interval = Duration::from_secs(3);
-    a_handoff_is_finished_with_what_committed(config, Duration::from_millis(4_500), Duration::from_millis(800)).await;
+    a_handoff_is_finished_with_what_committed(config, Duration::from_secs(3), Duration::from_millis(1_500), false)
+        .await;
 }
 
 /// Stopping and ending each take one write of the lease, even when the last commit lands while
@@ -978,10 +990,12 @@ async fn a_stopped_consumer_lets_its_readers_hold_on_the_shard_go() {
     let node = Node::start(node_config("a"), ports, EventSink::none()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(node.owned().await.len(), 1);
-    // Another node takes the lease outright (as after this one was declared dead).
+    // Another node takes the lease outright (as the leader does after this one was declared
+    // dead, announcing the change).
     let lease = leases.scan().await.unwrap().remove(0);
     let take = proto::LeaseChange { owner: Some(Some(WorkerId::new("b"))), ..proto::LeaseChange::default() };
     leases.update(&lease.key, &proto::Expect::unchanged(&lease), &take).await.unwrap();
+    leases.announce_change().await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(node.owned().await.is_empty());
     assert_eq!(*reader.released.lock().unwrap(), [proto::ShardId::numbered(0)]);

@@ -1,7 +1,7 @@
 //! An in-memory lease table with DynamoDB's conditional-write semantics.
 
 use crate::ids::WorkerId;
-use crate::lease::{EntityType, Expect, Lease, LeaseChange, WorkerRow};
+use crate::lease::{EntityType, Expect, Lease, LeaseChange, Membership, WorkerRow};
 use crate::lease_table::{LeaseError, LeaseTable};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -19,7 +19,28 @@ pub struct LeaseTableStats {
 struct State {
     rows: BTreeMap<String, Lease>,
     workers: BTreeMap<WorkerId, (u64, bool)>,
+    leader: Option<WorkerId>,
+    changes: u64,
     stats: LeaseTableStats,
+}
+
+impl State {
+    fn membership(&self) -> Membership {
+        Membership {
+            workers: self
+                .workers
+                .iter()
+                .map(|(id, (c, d))| WorkerRow { id: id.clone(), counter: *c, draining: *d })
+                .collect(),
+            leader: self.leader.clone(),
+            changes: self.changes,
+        }
+    }
+
+    fn refused(&mut self) -> Result<(), LeaseError> {
+        self.stats.failed_conditions += 1;
+        Err(LeaseError::ConditionFailed)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -107,36 +128,70 @@ impl LeaseTable for MemoryLeaseTable {
         worker: &WorkerId,
         expected: Option<u64>,
         draining: bool,
-    ) -> Result<WorkerRow, LeaseError> {
+    ) -> Result<Membership, LeaseError> {
         let mut st = self.state.lock().unwrap();
         let current = st.workers.get(worker).map(|(c, _)| *c);
         let next = match (expected, current) {
             (None, None) => 0,
             (Some(e), Some(c)) if e == c => c + 1,
-            _ => {
-                st.stats.failed_conditions += 1;
-                return Err(LeaseError::ConditionFailed);
-            }
+            _ => return st.refused().map(|()| Membership::default()),
         };
         st.stats.writes += 1;
         st.workers.insert(worker.clone(), (next, draining));
-        Ok(WorkerRow { id: worker.clone(), counter: next, draining })
+        Ok(st.membership())
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerRow>, LeaseError> {
+    async fn membership(&self, _consistent: bool) -> Result<Membership, LeaseError> {
         let mut st = self.state.lock().unwrap();
         st.stats.reads += 1;
-        Ok(st.workers.iter().map(|(id, (c, d))| WorkerRow { id: id.clone(), counter: *c, draining: *d }).collect())
+        Ok(st.membership())
     }
 
     async fn remove_worker(&self, worker: &WorkerId, expected: u64) -> Result<(), LeaseError> {
         let mut st = self.state.lock().unwrap();
         if st.workers.get(worker).map(|(c, _)| *c) != Some(expected) {
-            st.stats.failed_conditions += 1;
-            return Err(LeaseError::ConditionFailed);
+            return st.refused();
         }
         st.stats.writes += 1;
         st.workers.remove(worker);
+        Ok(())
+    }
+
+    async fn claim_leadership(
+        &self,
+        me: &WorkerId,
+        observed: Option<(&WorkerId, Option<u64>)>,
+    ) -> Result<Membership, LeaseError> {
+        let mut st = self.state.lock().unwrap();
+        let as_observed = match observed {
+            None => st.leader.is_none(),
+            Some((leader, counter)) => {
+                st.leader.as_ref() == Some(leader) && st.workers.get(leader).map(|(c, _)| *c) == counter
+            }
+        };
+        if !as_observed || !st.workers.contains_key(me) {
+            return st.refused().map(|()| Membership::default());
+        }
+        st.stats.writes += 1;
+        st.leader = Some(me.clone());
+        Ok(st.membership())
+    }
+
+    async fn resign_leadership(&self, me: &WorkerId) -> Result<(), LeaseError> {
+        let mut st = self.state.lock().unwrap();
+        if st.leader.as_ref() != Some(me) {
+            return st.refused();
+        }
+        st.stats.writes += 1;
+        st.leader = None;
+        st.changes += 1;
+        Ok(())
+    }
+
+    async fn announce_change(&self) -> Result<(), LeaseError> {
+        let mut st = self.state.lock().unwrap();
+        st.stats.writes += 1;
+        st.changes += 1;
         Ok(())
     }
 }
