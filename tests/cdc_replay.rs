@@ -254,10 +254,10 @@ fn rows(records: &[Sent], order: &[usize], pipeline: &Pipeline) -> Vec<Row> {
             arrival_ms: 0,
             error: None,
         };
-        let mut out = Vec::new();
+        let mut out = worker::MappedRows::default();
         pipeline.map(&shard, std::slice::from_ref(&record), false, &mut out);
-        assert!(out.iter().all(|(t, _)| *t == Target::Table(TableId::new(0))), "no dead letters: {out:?}");
-        rows.extend(out.into_iter().map(|(_, r)| r));
+        assert!(out.rows.iter().all(|(t, _)| *t == Target::Table(TableId::new(0))), "no dead letters: {out:?}");
+        rows.extend(out.rows.into_iter().map(|(_, r)| r));
     }
     rows
 }

@@ -346,3 +346,82 @@ async fn leases_of_a_removed_stream_go_only_when_asked() {
     assert_eq!(left, [format!("{kept}:shardId-000000000000")]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A constraint the pipeline cannot know of (a CHECK its owner added to a target table): the
+/// node commits every row the table takes, dead-letters each record whose row it refuses with
+/// PostgreSQL's reason and the record's payload, and checkpoints past them all: the shards move
+/// on, nothing is lost, nothing is doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_constraint_refuses_are_dead_lettered_and_the_shards_move_on() {
+    use base64::Engine;
+    let (kinesis_stack, dynamo_stack) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    let url = database(&admin, &pg.url, "refused_rows").await;
+    let stream = format!("refused-rows-{}", std::process::id());
+    let kinesis = Kinesis::new(&kinesis_stack.sdk_config(), &stream);
+    kinesis.create_stream(2).await.unwrap();
+    let lease_table = format!("refused-rows-leases-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("tributary-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[node]\nfailover_time = \"3s\"\n[stream]\nname = \"{stream}\"\n[lease_table]\nname = \"{lease_table}\"\n\
+             [warehouse]\nkind = \"postgres\"\nurl = \"{url}\"\n",
+            testkit::ev::PIPELINE
+        ),
+    )
+    .unwrap();
+    let mut node = NodeProcess::spawn(&config, "node-a", &kinesis_stack, &dynamo_stack);
+    let warehouse = PostgresWarehouse::connect(&url).await.unwrap();
+    let created = "SELECT count(*) FROM pg_tables WHERE tablename = 'ev_charging_sessions'";
+    assert_eq!(wait_count(&warehouse, created, 1).await, 1, "the node creates its tables: {}", node.log());
+    // Sessions of 30 kWh or more are refused from now on; the raw table takes every record.
+    warehouse
+        .query_text(
+            "ALTER TABLE ev_charging_sessions ADD CONSTRAINT under_30_kwh CHECK (\"kWhDelivered\" < 30) NOT VALID",
+        )
+        .await
+        .unwrap();
+    put(&kinesis, 0..200).await;
+    let refused: Vec<usize> = (0..200).filter(|i| i % 40 >= 30).collect();
+    let raw = "SELECT count(*) FROM ev_charging_sessions_raw";
+    assert_eq!(wait_count(&warehouse, raw, 200).await, 200, "{}", node.log());
+    let letters = "SELECT count(*) FROM tributary_dead_letters";
+    assert_eq!(wait_count(&warehouse, letters, refused.len()).await, refused.len(), "{}", node.log());
+    let sessions = "SELECT count(*) FROM ev_charging_sessions";
+    assert_eq!(wait_count(&warehouse, sessions, 200 - refused.len()).await, 200 - refused.len());
+    assert_eq!(count(&warehouse, "SELECT count(*) FROM ev_charging_sessions WHERE \"kWhDelivered\" >= 30").await, 0);
+
+    // Each refused record once, with PostgreSQL's reason and its whole payload.
+    let rows = warehouse
+        .query_text("SELECT partition_key, reason, payload_base64 FROM tributary_dead_letters ORDER BY partition_key")
+        .await
+        .unwrap();
+    let keys: Vec<String> = rows.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(keys, refused.iter().map(|&i| processes::ev_record(i).0).collect::<Vec<_>>());
+    for (row, &i) in rows.iter().zip(&refused) {
+        let reason = row[1].as_deref().unwrap();
+        assert!(reason.contains("ev_charging_sessions") && reason.contains("under_30_kwh"), "{reason}");
+        let payload = base64::engine::general_purpose::STANDARD.decode(row[2].as_deref().unwrap()).unwrap();
+        assert_eq!(payload, processes::ev_record(i).1);
+    }
+
+    // Every shard checkpointed up to its last record, past the refused ones.
+    assert_eq!(node.terminate(), Some(0), "exits 0 on SIGTERM: {}", node.log());
+    let last = warehouse
+        .query_text(
+            "SELECT shard_id, max(sequence_number::numeric)::text FROM ev_charging_sessions_raw GROUP BY shard_id",
+        )
+        .await
+        .unwrap();
+    let leases = DynamoLeaseTable::new(&dynamo_stack.sdk_config(), &lease_table).scan().await.unwrap();
+    for shard in &last {
+        let lease = leases.iter().find(|l| Some(l.key.as_str()) == shard[0].as_deref()).expect("a lease per shard");
+        let proto::Checkpoint::At(at) = &lease.checkpoint else { panic!("{lease:?}") };
+        assert_eq!(Some(at.sequence.to_string()), shard[1], "{lease:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

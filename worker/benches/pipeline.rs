@@ -125,14 +125,15 @@ impl Baseline {
 }
 
 fn pipeline_run(p: &Pipeline, records: &[UserRecord], shard: &ShardId) -> usize {
-    let mut rows = Vec::with_capacity(5_000);
+    let mut rows = worker::MappedRows { rows: Vec::with_capacity(5_000), ends: Vec::with_capacity(5_000) };
     let mut text = String::with_capacity(2 << 20);
     let mut n = 0;
     for chunk in records.chunks(5_000) {
-        rows.clear();
+        rows.rows.clear();
+        rows.ends.clear();
         assert_eq!(p.map(shard, chunk, false, &mut rows), (chunk.len(), worker::MapOutcome::Done));
         text.clear();
-        adapters::sql_text::values_text(rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
+        adapters::sql_text::values_text(rows.rows.iter().map(|(_, r)| &r.values[..]), &mut text).unwrap();
         n += black_box(text.len());
     }
     n
@@ -256,9 +257,9 @@ fn main() {
     let shard = ShardId::numbered(3);
 
     // Same output from both (a spot check that they do the same work).
-    let mut rows = Vec::new();
+    let mut rows = worker::MappedRows::default();
     pipeline.map(&shard, &user_records[..1], false, &mut rows);
-    assert_eq!(rows.len(), 1, "no dead letters");
+    assert_eq!(rows.rows.len(), 1, "no dead letters");
 
     println!("{RECORDS} records of {avg} bytes; {STATIONS} stations and {USERS} users cached");
     println!(

@@ -12,6 +12,7 @@
 //! | `shard_cursor.rs` | reading one shard: iterator, resume point, retries, the shard's read limits |
 //! | `chunk_progress.rs` | chunks handed to the sinks and the committed prefix a checkpoint may reach |
 //! | `sink.rs` | one actor per table: batch by rows/bytes/latency, commit, ack chunks (`ChunkCommit`) |
+//! | `batch_bisect.rs` | a batch the warehouse refused: committed in halves down to the rows it refuses |
 //! | `record_mapper.rs` | the seam between consumers and the pipeline: `UserRecord`, `RecordMapper`, `Target` |
 //! | `kpl.rs` | KPL aggregates → user records with sub-sequence numbers |
 //! | `pipeline/` | the configured pipeline: decode → join → transform → rows, dead letters (its own map) |
@@ -22,6 +23,7 @@
 //! | `health.rs` | readiness: started, heartbeating, not draining |
 //! | `observed.rs` | the ports wrapped so that every failed call is counted by service and kind |
 
+pub mod batch_bisect;
 pub mod chunk_progress;
 pub mod health;
 pub mod kpl;
@@ -44,5 +46,5 @@ pub use metrics::NodeMetrics;
 pub use node::{Node, NodeConfig, NodePorts, Ports, StreamPorts};
 pub use pipeline::dead_letter::TABLE as DEAD_LETTER_TABLE;
 pub use pipeline::{Pipeline, PipelineConfig};
-pub use record_mapper::{MapOutcome, RecordMapper, TableId, Target, UserRecord};
+pub use record_mapper::{MapOutcome, MappedRows, RecordMapper, TableId, Target, UserRecord};
 pub use settings::{ConsumerSettings, NodeSettings, SinkSettings};

@@ -49,6 +49,7 @@ pub struct NodeMetrics {
     pub rows_committed: IntCounterVec,
     /// Label `table`.
     pub rows_fenced: IntCounterVec,
+    pub rows_refused: IntCounterVec,
     pub commits: IntCounterVec,
     pub commit_retries: IntCounterVec,
     pub commit_seconds: HistogramVec,
@@ -170,6 +171,11 @@ impl Default for NodeMetrics {
                 "Rows not applied because the warehouse held a newer or equal version",
                 table,
             ),
+            rows_refused: b.counters(
+                "rows_refused_total",
+                "Rows the warehouse refused one by one, dead-lettered with their records",
+                table,
+            ),
             commits: b.counters("commits_total", "Warehouse transactions committed", table),
             commit_retries: b.counters(
                 "commit_retries_total",
@@ -282,7 +288,7 @@ impl NodeMetrics {
         for op in ["upsert", "delete"] {
             self.rows_committed.with_label_values(&[table, op]);
         }
-        for counters in [&self.rows_fenced, &self.commits, &self.commit_retries] {
+        for counters in [&self.rows_fenced, &self.rows_refused, &self.commits, &self.commit_retries] {
             counters.with_label_values(&[table]);
         }
         self.commit_seconds.with_label_values(&[table]);

@@ -8,7 +8,7 @@ use crate::metrics::NodeMetrics;
 use crate::record_mapper::RecordMapper;
 use crate::settings::{ConsumerSettings, SinkSettings};
 use crate::shard_consumer::ConsumerContext;
-use crate::sink::{Sink, SinkArgs, Sinks};
+use crate::sink::{Sink, SinkArgs, SinkRole, Sinks};
 use coordinator::{
     ClusterSettings, Coordinator, CoordinatorArgs, CoordinatorMsg, EventSink, MembershipWatch, SyncedStream,
 };
@@ -140,14 +140,14 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let spawn_sink = |table: Arc<TableSchema>, dead_letters: bool| {
+        let spawn_sink = |table: Arc<TableSchema>, role: SinkRole| {
             let sink_args = SinkArgs {
                 table,
                 warehouse: args.ports.warehouse.clone(),
                 settings: args.config.sink.clone(),
                 retry: args.config.retry.clone(),
                 metrics: args.metrics.clone(),
-                dead_letters,
+                role,
             };
             Actor::spawn_linked(None, Sink, sink_args, myself.get_cell())
         };
@@ -155,8 +155,11 @@ impl Actor for NodeSupervisor {
             return Err("a node needs at least one stream".into());
         }
         // One dead-letter table for every stream; each stream's tables its own.
-        let dead_letters = Arc::new(crate::pipeline::dead_letter::schema());
-        let dead_letters = (dead_letters.name.clone(), spawn_sink(dead_letters, true).await?.0);
+        // It is started first: its table exists before any table's sink dead-letters a row the
+        // warehouse refused.
+        let dead_letter_table = Arc::new(crate::pipeline::dead_letter::schema());
+        let dead_letters =
+            (dead_letter_table.name.clone(), spawn_sink(dead_letter_table.clone(), SinkRole::DeadLetters).await?.0);
         let mut streams = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for stream in &args.ports.streams {
@@ -165,7 +168,10 @@ impl Actor for NodeSupervisor {
                 if !names.insert(table.name.clone()) {
                     return Err(format!("table {} is written by two streams", table.name).into());
                 }
-                tables.push((table.name.clone(), spawn_sink(table, false).await?.0));
+                tables.push((
+                    table.name.clone(),
+                    spawn_sink(table, SinkRole::Table { dead_letters: dead_letter_table.clone() }).await?.0,
+                ));
             }
             let mut settings = args.config.consumer.clone();
             if let Some((_, at)) = &stream.initial_position {

@@ -48,20 +48,43 @@ pub enum MapOutcome {
     Wait(Duration),
 }
 
+/// What `RecordMapper::map` appends to: the rows of each mapped record, and where each
+/// record's rows end, so a row the warehouse later refuses can be traced to its record.
+#[derive(Debug, Default)]
+pub struct MappedRows {
+    pub rows: Vec<(Target, Row)>,
+    /// One entry per mapped record, in order: `rows.len()` once its rows were appended (a
+    /// record that makes no row repeats the end before it).
+    pub ends: Vec<usize>,
+}
+
+impl MappedRows {
+    /// Marks the rows appended since the previous record's end as the next record's.
+    pub fn end_record(&mut self) {
+        self.ends.push(self.rows.len());
+    }
+
+    /// Which mapped record (its index among those mapped) row `row` came from.
+    pub fn record_of(&self, row: usize) -> usize {
+        self.ends.partition_point(|&end| end <= row)
+    }
+}
+
 /// Maps user records onto rows of the target tables (and dead letters).
 pub trait RecordMapper: Send + Sync + 'static {
     /// The target tables, in `TableId` order (the dead-letter table is not one of them).
     fn tables(&self) -> Vec<Arc<TableSchema>>;
 
     /// Maps `records` in order, appending each one's rows to `out` (all of its rows, or its
-    /// dead letter), until one must wait for reference data: returns how many were mapped and
-    /// that record's `Wait`, or `Done` when all were. With `give_up_first`, the first record
-    /// does not wait: what it waits for makes it a dead letter.
+    /// dead letter) and ending it there (`MappedRows::end_record`), until one must wait for
+    /// reference data: returns how many were mapped and that record's `Wait`, or `Done` when all
+    /// were. With `give_up_first`, the first record does not wait: what it waits for makes it a
+    /// dead letter.
     fn map(
         &self,
         shard: &ShardId,
         records: &[UserRecord],
         give_up_first: bool,
-        out: &mut Vec<(Target, Row)>,
+        out: &mut MappedRows,
     ) -> (usize, MapOutcome);
 }

@@ -8,9 +8,9 @@
 use crate::chunk_progress::ChunkProgress;
 use crate::kpl::deaggregate;
 use crate::metrics::NodeMetrics;
-use crate::record_mapper::{MapOutcome, RecordMapper, Target, UserRecord};
+use crate::record_mapper::{MapOutcome, MappedRows, RecordMapper, UserRecord};
 use crate::shard_cursor::{Fetched, ShardCursor};
-use crate::sink::{Ack, ChunkCommit, SinkMsg, Sinks};
+use crate::sink::{Ack, ChunkCommit, Origin, SinkMsg, Sinks};
 use coordinator::{ClusterEvent, EventSink};
 use proto::{
     Checkpoint, ChildShard, Lease, LeaseProtocol, LeaseTable, Position, ProtocolError, ReadError, RetryPolicy, Row,
@@ -220,7 +220,7 @@ impl ConsumerState {
     /// Maps pending records into rows (up to one whose join must wait), sends them to the
     /// sinks as one chunk.
     fn hand_on(&mut self) -> Result<(), ActorProcessingErr> {
-        let mut out: Vec<(Target, Row)> = Vec::new();
+        let mut out = MappedRows::default();
         let skip_upto = self.done_upto().cloned();
         while self.pending.front().is_some_and(|r| skip_upto.as_ref().is_some_and(|done| &r.position <= done)) {
             self.pending.pop_front();
@@ -248,17 +248,30 @@ impl ConsumerState {
                 }
             }
         }
-        let Some(last) = self.pending.drain(..mapped).next_back().map(|r| r.position) else { return Ok(()) };
+        if mapped == 0 {
+            return Ok(());
+        }
+        // The chunk's records stay with its rows until they commit: a row the warehouse refuses
+        // is dead-lettered with its record.
+        let records: Arc<[UserRecord]> = self.pending.drain(..mapped).collect();
+        let last = records[records.len() - 1].position.clone();
         self.read_upto = Some(last.clone());
-        let mut per_sink: Vec<Vec<Row>> = vec![Vec::new(); self.ctx.sinks.len()];
-        for (target, row) in out {
-            per_sink[self.ctx.sinks.index(target)].push(row);
+        let mut per_sink: Vec<(Vec<Row>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); self.ctx.sinks.len()];
+        let mut record = 0;
+        for (i, (target, row)) in out.rows.into_iter().enumerate() {
+            while out.ends.get(record).is_some_and(|&end| end <= i) {
+                record += 1;
+            }
+            let (rows, origins) = &mut per_sink[self.ctx.sinks.index(target)];
+            rows.push(row);
+            origins.push(record.min(mapped - 1) as u32);
         }
         let chunk = self.progress.next_id();
-        let rows: Vec<usize> = per_sink.iter().map(Vec::len).collect();
-        for (sink, rows) in self.ctx.sinks.iter().zip(per_sink) {
+        let rows: Vec<usize> = per_sink.iter().map(|(rows, _)| rows.len()).collect();
+        for (sink, (rows, record_of_row)) in self.ctx.sinks.iter().zip(per_sink) {
             if !rows.is_empty() {
-                sink.cast(SinkMsg::Write { rows, ack: Ack { to: self.acks.clone(), chunk } })?;
+                let origin = Origin { shard: self.shard.clone(), records: records.clone(), record_of_row };
+                sink.cast(SinkMsg::Write { rows, origin, ack: Ack { to: self.acks.clone(), chunk } })?;
             }
         }
         self.progress.push(last, rows);

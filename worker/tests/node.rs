@@ -267,8 +267,9 @@ impl worker::RecordMapper for NoRows {
         _shard: &proto::ShardId,
         records: &[worker::UserRecord],
         _give_up_first: bool,
-        _out: &mut Vec<(worker::Target, proto::Row)>,
+        out: &mut worker::MappedRows,
     ) -> (usize, worker::MapOutcome) {
+        records.iter().for_each(|_| out.end_record());
         (records.len(), worker::MapOutcome::Done)
     }
 }
@@ -329,10 +330,11 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Rejects every commit to `table` until `remaining` reaches zero (each rejection counts one).
+/// Rejects every commit to one of `tables` until `remaining` reaches zero (each rejection
+/// counts one).
 struct Rejecting {
     inner: MemoryWarehouse,
-    table: &'static str,
+    tables: &'static [&'static str],
     remaining: std::sync::atomic::AtomicUsize,
 }
 
@@ -343,7 +345,7 @@ impl Warehouse for Rejecting {
     }
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
         use std::sync::atomic::Ordering;
-        let reject = batch.table.name == self.table
+        let reject = self.tables.contains(&batch.table.name.as_str())
             && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if reject {
             return Err(WarehouseError::Rejected("planted".into()));
@@ -356,7 +358,9 @@ impl Warehouse for Rejecting {
 async fn a_crash_looping_consumer_is_counted_and_does_not_look_like_progress() {
     let stream = MemoryStream::new(1, Clock::starting_at(0));
     stream.put("k", br#"{"id":1}"#.to_vec());
-    let warehouse = Rejecting { inner: MemoryWarehouse::new(), table: "t", remaining: usize::MAX.into() };
+    // The table and the dead-letter table refuse every row: a refused row has nowhere to go.
+    let tables = &["t", worker::DEAD_LETTER_TABLE];
+    let warehouse = Rejecting { inner: MemoryWarehouse::new(), tables, remaining: usize::MAX.into() };
     let ports = NodePorts {
         table: Arc::new(MemoryLeaseTable::new()),
         reader: Arc::new(stream.clone()),
@@ -413,7 +417,7 @@ async fn a_dead_letter_re_read_after_a_failed_commit_counts_once() {
     stream.put("good", br#"{"id":1}"#.to_vec());
     let inner = MemoryWarehouse::new();
     let dead = worker::DEAD_LETTER_TABLE;
-    let warehouse = Rejecting { inner: inner.clone(), table: dead, remaining: 1.into() };
+    let warehouse = Rejecting { inner: inner.clone(), tables: &[worker::DEAD_LETTER_TABLE], remaining: 1.into() };
     let ports = NodePorts {
         table: Arc::new(MemoryLeaseTable::new()),
         reader: Arc::new(stream.clone()),

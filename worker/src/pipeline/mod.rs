@@ -36,7 +36,7 @@ mod tests;
 pub use config::PipelineConfig;
 pub use plan::PipelineError;
 
-use crate::record_mapper::{MapOutcome, RecordMapper, TableId, Target, UserRecord};
+use crate::record_mapper::{MapOutcome, MappedRows, RecordMapper, TableId, Target, UserRecord};
 use crate::reference_cache::RefSnapshot;
 use crate::reference_set::ReferenceSet;
 use decode::decode;
@@ -134,13 +134,15 @@ impl RecordMapper for Pipeline {
         shard: &ShardId,
         records: &[UserRecord],
         give_up_first: bool,
-        out: &mut Vec<(Target, Row)>,
+        out: &mut MappedRows,
     ) -> (usize, MapOutcome) {
         let snapshots = self.plan.snapshots();
         for (i, record) in records.iter().enumerate() {
-            if let MapOutcome::Wait(d) = self.map_one(&snapshots, shard, record, give_up_first && i == 0, out) {
+            if let MapOutcome::Wait(d) = self.map_one(&snapshots, shard, record, give_up_first && i == 0, &mut out.rows)
+            {
                 return (i, MapOutcome::Wait(d));
             }
+            out.end_record();
         }
         (records.len(), MapOutcome::Done)
     }

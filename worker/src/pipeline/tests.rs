@@ -8,9 +8,13 @@ use std::collections::BTreeMap;
 const T0: Target = Target::Table(TableId::new(0));
 const DEAD: Target = Target::DeadLetters;
 
-/// Maps one record, as a consumer maps a run of one.
+/// Maps one record, as a consumer maps a run of one; its rows end where the mapper says.
 fn map_one(p: &Pipeline, shard: &ShardId, record: &UserRecord, give_up: bool, out: &mut Vec<(Target, Row)>) {
-    p.map(shard, std::slice::from_ref(record), give_up, out);
+    let mut mapped = MappedRows::default();
+    let (n, _) = p.map(shard, std::slice::from_ref(record), give_up, &mut mapped);
+    let ends = if n == 1 { vec![mapped.rows.len()] } else { vec![] };
+    assert_eq!(mapped.ends, ends, "one end per mapped record, after its rows");
+    out.extend(mapped.rows);
 }
 
 /// A pipeline of tables that join nothing, from its TOML.
