@@ -114,6 +114,10 @@ impl Warehouse for Watched {
         self.inner.ensure_table(table).await
     }
 
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        self.inner.prune_tombstones(table, retention).await
+    }
+
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
         let started = Instant::now();
         let stats = self.inner.commit(batch).await?;

@@ -145,8 +145,20 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     metrics.watch_references(references.clone());
     let (warehouse, warehouse_service) = warehouse(config, &sdk).await?;
     let mut streams = Vec::new();
+    let mut longest_retention = Duration::ZERO;
+    let hours = |d: Duration| format!("{:.1}h", d.as_secs_f64() / 3_600.0);
     for stream in &config.streams {
         let name = &stream.section.name;
+        let retention = Kinesis::new(&sdk, name).retention().await.with_context(|| format!("stream {name}"))?;
+        longest_retention = longest_retention.max(retention);
+        if let Some(kept) = config.sink.tombstone_retention.filter(|kept| *kept < retention) {
+            anyhow::bail!(
+                "node.tombstone_retention: {} is shorter than the retention of stream {name} ({}): a replay could \
+                 bring deleted rows back",
+                hours(kept),
+                hours(retention)
+            );
+        }
         let mapper =
             Pipeline::new(&stream.pipeline, references.clone()).with_context(|| format!("stream {name}: pipeline"))?;
         let kinesis = Kinesis::new(&sdk, name);
@@ -189,6 +201,9 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let mut node_config = NodeConfig::new(me.clone(), config.cluster.clone());
     node_config.consumer = config.consumer.clone();
     node_config.sink = config.sink.clone();
+    // Absent: the longest a replay can reach back (the streams' retention), and an hour more.
+    node_config.sink.tombstone_retention =
+        Some(config.sink.tombstone_retention.unwrap_or(longest_retention + Duration::from_secs(3_600)));
     node_config.shutdown_deadline = config.node.shutdown_deadline;
     let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics.clone()).await?;
     Ok(Started { me, node, table, metrics, stop_metrics, metrics_task })

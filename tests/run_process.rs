@@ -350,7 +350,8 @@ async fn leases_of_a_removed_stream_go_only_when_asked() {
 /// A constraint the pipeline cannot know of (a CHECK its owner added to a target table): the
 /// node commits every row the table takes, dead-letters each record whose row it refuses with
 /// PostgreSQL's reason and the record's payload, and checkpoints past them all: the shards move
-/// on, nothing is lost, nothing is doubled.
+/// on, nothing is lost, nothing is doubled. Then: a `tombstone_retention` shorter than the
+/// stream's retention is refused at start, naming the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_a_constraint_refuses_are_dead_lettered_and_the_shards_move_on() {
     use base64::Engine;
@@ -423,5 +424,22 @@ async fn rows_a_constraint_refuses_are_dead_lettered_and_the_shards_move_on() {
         let proto::Checkpoint::At(at) = &lease.checkpoint else { panic!("{lease:?}") };
         assert_eq!(Some(at.sequence.to_string()), shard[1], "{lease:?}");
     }
+
+    // Tombstones kept for less than the stream keeps records: refused at start, naming the key
+    // (kinesis-local keeps a stream's records 24 hours, as Kinesis does by default).
+    let short = dir.join("short.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("[node]\n", "[node]\ntombstone_retention = \"2h\"\n");
+    std::fs::write(&short, text).unwrap();
+    let mut refused = NodeProcess::spawn(&short, "node-short", &kinesis_stack, &dynamo_stack);
+    let started = Instant::now();
+    while refused.is_running() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!refused.is_running(), "it stops at start: {}", refused.log());
+    let log = refused.log();
+    assert!(
+        log.contains("node.tombstone_retention: 2.0h is shorter than the retention of stream") && log.contains("24.0h"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -182,6 +182,56 @@ where
         .unwrap();
 }
 
+/// Tombstones are kept for the retention, then pruned: within it a replayed older upsert of a
+/// deleted key is still fenced; once a pass removed the tombstone the same replay lands (the
+/// bound is what keeps rows deleted); and under a steady stream of deletes each pass removes
+/// exactly the tombstones of the round before it, so the table does not grow. A pass stamps
+/// first and removes second, so a tombstone survives the pass that first saw it.
+fn tombstones_are_kept_for_the_retention_then_pruned<W, H>(rt: &tokio::runtime::Runtime, w: &W, held: H)
+where
+    W: Warehouse,
+    H: Fn(&W, &TableSchema) -> Held,
+{
+    let table = schema(&fresh_name());
+    let commit = |changes: Vec<Change>| {
+        let batch = Batch { table: table.clone(), rows: changes.into_iter().map(row).collect() };
+        rt.block_on(w.commit(&batch)).unwrap()
+    };
+    let prune = |retention: Duration| rt.block_on(w.prune_tombstones(&table, retention)).unwrap();
+    // The SQLite clock stamps whole seconds: passes a second apart see each other's stamps.
+    let later = || std::thread::sleep(Duration::from_millis(1_100));
+    rt.block_on(w.ensure_table(&table)).unwrap();
+    commit((0..10).map(|k| (k, 1, 0)).collect());
+    commit((0..10).map(|k| (k, 2, 3)).collect());
+    let hour = Duration::from_secs(3_600);
+    assert_eq!(prune(hour), 0, "first pass: stamps only");
+    later();
+    assert_eq!(prune(hour), 0, "within the retention nothing goes");
+    let replay = commit(vec![(0, 1, 1)]);
+    assert_eq!(replay.fenced, 1, "a replay within the retention is fenced");
+    assert!(held(w, &table).is_empty());
+    assert_eq!(prune(Duration::ZERO), 10, "past the retention every tombstone goes");
+    commit(vec![(0, 1, 1)]);
+    assert_eq!(held(w, &table).len(), 1, "without its tombstone the replay lands: the bound matters");
+
+    // A newer delete of a tombstoned key ages from itself, not from the tombstone it replaced.
+    commit(vec![(50, 1, 3)]);
+    assert_eq!(prune(Duration::ZERO), 0, "stamped");
+    later();
+    commit(vec![(50, 2, 3)]);
+    assert_eq!(prune(Duration::ZERO), 0, "the newer delete is stamped afresh");
+    later();
+    assert_eq!(prune(Duration::ZERO), 1);
+
+    for round in 0..4u64 {
+        let keys = (20 + 10 * round as u8)..(30 + 10 * round as u8);
+        commit(keys.map(|k| (k, 5, 3)).collect());
+        later();
+        let removed = prune(Duration::ZERO);
+        assert_eq!(removed, if round == 0 { 0 } else { 10 }, "round {round}: the round before's tombstones");
+    }
+}
+
 static TABLES: AtomicU32 = AtomicU32::new(0);
 
 fn fresh_name() -> String {
@@ -249,6 +299,23 @@ fn memory_warehouse_conforms() {
                 .collect()
         },
     );
+}
+
+#[test]
+fn tombstones_are_pruned_past_the_retention_in_memory_sqlite_and_postgres() {
+    let rt = runtime();
+    let memory = MemoryWarehouse::new();
+    tombstones_are_kept_for_the_retention_then_pruned(&rt, &memory, |w, t| {
+        w.rows(&t.name)
+            .into_values()
+            .map(|r| (key_of_values(&r.values), (r.values, r.version.as_str().to_owned())))
+            .collect()
+    });
+    let sqlite = SqliteWarehouse::in_memory().unwrap();
+    tombstones_are_kept_for_the_retention_then_pruned(&rt, &sqlite, |w, t| by_key(w.rows(t).unwrap()));
+    let pg = postgres().expect("a postgresql for the tests");
+    let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
+    tombstones_are_kept_for_the_retention_then_pruned(&rt, &w, |w, t| pg_held(&rt, w, t));
 }
 
 #[test]
@@ -406,6 +473,35 @@ fn an_existing_postgres_table_gets_its_key_index_or_says_why_not() {
             }
         }
     });
+}
+
+/// A tombstone table made before the pruning stamp (no `_deleted_at`) gets the column at start,
+/// on PostgreSQL and SQLite, and its old tombstones are stamped by the first pass, not removed.
+#[test]
+fn an_existing_tombstone_table_gets_its_stamp_column() {
+    let rt = runtime();
+    let old_layout = |name: &str| {
+        let tombstones = adapters::sql_text::quote_ident(&format!("{name}__deleted")).unwrap();
+        format!(
+            "CREATE TABLE {tombstones} (\"id\" TEXT, \"_version\" TEXT); INSERT INTO {tombstones} VALUES ('gone', '1')"
+        )
+    };
+    let pg = postgres().expect("a postgresql for the tests");
+    let w = rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap();
+    let table = schema(&fresh_name());
+    rt.block_on(w.query_text(&old_layout(&table.name))).unwrap();
+    rt.block_on(w.ensure_table(&table)).unwrap();
+    assert_eq!(rt.block_on(w.prune_tombstones(&table, Duration::ZERO)).unwrap(), 0, "stamped, not removed");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rt.block_on(w.prune_tombstones(&table, Duration::ZERO)).unwrap(), 1);
+
+    let sqlite = SqliteWarehouse::in_memory().unwrap();
+    let table = schema(&fresh_name());
+    sqlite.execute_batch(&old_layout(&table.name)).unwrap();
+    rt.block_on(sqlite.ensure_table(&table)).unwrap();
+    assert_eq!(rt.block_on(sqlite.prune_tombstones(&table, Duration::ZERO)).unwrap(), 0, "stamped, not removed");
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert_eq!(rt.block_on(sqlite.prune_tombstones(&table, Duration::ZERO)).unwrap(), 1);
 }
 
 /// Two nodes committing the same keys at once (a stale owner replaying after a failover, or one
@@ -579,6 +675,7 @@ fn redshift_data_api_warehouse_conforms() {
     ));
     let check = Arc::new(rt.block_on(PostgresWarehouse::connect(&pg.url)).unwrap());
     conformance(&rt, 24, || (Shared(w.clone()), schema(&fresh_name())), |_, t| pg_held(&rt, &check, t));
+    tombstones_are_kept_for_the_retention_then_pruned(&rt, &Shared(w.clone()), |_, t| pg_held(&rt, &check, t));
 }
 
 /// The Redshift Data API sink loading every batch by a gzip CSV file in S3 (moto's) and COPY,
@@ -638,6 +735,10 @@ impl Warehouse for RedshiftSqlOnPg {
         self.0.query_text("COMMIT").await?;
         Ok(proto::CommitStats::default())
     }
+    /// Not exercised: the Data API adapter's pruning is (`redshift_data_api_warehouse_conforms`).
+    async fn prune_tombstones(&self, _: &TableSchema, _: Duration) -> Result<u64, proto::WarehouseError> {
+        Err(proto::WarehouseError::Rejected("not part of this check".into()))
+    }
 }
 
 /// The same warehouse (one connection, one endpoint) for every case.
@@ -650,6 +751,9 @@ impl<W: Warehouse> Warehouse for Shared<W> {
     }
     async fn commit(&self, batch: &Batch) -> Result<proto::CommitStats, proto::WarehouseError> {
         self.0.commit(batch).await
+    }
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, proto::WarehouseError> {
+        self.0.prune_tombstones(table, retention).await
     }
 }
 

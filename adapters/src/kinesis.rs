@@ -118,6 +118,20 @@ impl Kinesis {
         self.retry.run(ReadError::is_retryable, describe).await
     }
 
+    /// How long the stream keeps records (DescribeStreamSummary's `RetentionPeriodHours`): the
+    /// furthest back any consumer can read it.
+    pub async fn retention(&self) -> Result<Duration, ReadError> {
+        let describe = || async {
+            let mut call = self.client.describe_stream_summary();
+            call = if self.is_arn() { call.stream_arn(&self.stream) } else { call.stream_name(&self.stream) };
+            let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
+            let summary =
+                out.stream_description_summary().ok_or_else(|| ReadError::Fatal("no stream summary".into()))?;
+            Ok(Duration::from_secs(3_600 * summary.retention_period_hours().max(0) as u64))
+        };
+        self.retry.run(ReadError::is_retryable, describe).await
+    }
+
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }

@@ -17,6 +17,7 @@
 //! | `warehouse_ddl.rs` | the target and tombstone tables: which schemas they serve, `create_tables` |
 //! | `column_check.rs` | whether existing tables have the columns the sink writes (catalog check, Data API probes) |
 //! | `merge_sql.rs` | `MergeSql`: the statements of one batch commit (stage, dedupe, fence, replace, tombstones; PostgreSQL's by ON CONFLICT), cached per table |
+//! | `tombstone_prune.rs` | the pass that stamps tombstones by the warehouse's clock and removes those past the retention |
 //! | `commit_plan.rs` | `CommitPlan`: the order of those statements and what each one's row count adds to, run by all three SQL warehouses |
 //! | `copy_csv.rs` | a batch's stage rows as the gzip CSV file Redshift's COPY loads from S3, and that COPY statement |
 //! | `s3_staging.rs` | `S3Staging`: the S3 prefix the Redshift COPY path stages its files under (PutObject, DeleteObject) |
@@ -43,6 +44,7 @@ pub mod redshift_data;
 pub mod s3_staging;
 pub mod sql_text;
 pub mod sqlite;
+pub mod tombstone_prune;
 pub mod warehouse_ddl;
 
 /// An error and its sources in one line (`error performing tls handshake: invalid peer

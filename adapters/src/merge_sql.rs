@@ -10,7 +10,7 @@
 
 use crate::dialect::Dialect;
 use crate::sql_text::{quote_ident, values_text, SqlError};
-use crate::warehouse_ddl::{check_schema, key_columns, tombstone_table};
+use crate::warehouse_ddl::{check_schema, key_columns, tombstone_table, DELETED_AT};
 use proto::{Row, RowOp, TableSchema, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -136,6 +136,7 @@ impl MergeSql {
             |table: &str| format!("SELECT 1 FROM {stage} AS \"s\" WHERE {}", key_match(&keys, "\"s\"", table));
         let cols = columns.join(", ");
         let key_list = keys.join(", ");
+        let deleted_at = quote_ident(DELETED_AT)?;
         let upserts = (dialect == Dialect::Postgres).then(|| {
             let is_key = |i: usize| schema.key.contains(&i);
             let mut set: Vec<String> =
@@ -162,8 +163,9 @@ impl MergeSql {
                     "INSERT INTO {tombstones} AS \"d\" ({key_list}, {version}) SELECT {key_list}, {version} \
                      FROM {stage} AS \"s\" WHERE \"s\".\"_op\" = '{OP_DELETE}' AND NOT EXISTS \
                      (SELECT 1 FROM {target} AS \"t\" WHERE {}) ON CONFLICT ({key_list}) DO UPDATE \
-                     SET {version} = EXCLUDED.{version} WHERE \"d\".{version} < EXCLUDED.{version}",
-                    key_match(&keys, "\"t\"", "\"s\"")
+                     SET {version} = EXCLUDED.{version}, {deleted_at} = NULL WHERE \"d\".{version} < EXCLUDED.{version}",
+                    key_match(&keys, "\"t\"", "\"s\""),
+                    deleted_at = deleted_at
                 ),
                 delete_revived_tombstones: delete_staged(OP_UPSERT, &tombstones),
             }

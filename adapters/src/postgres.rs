@@ -14,9 +14,11 @@ use crate::column_check::{expected_columns, missing_columns};
 use crate::commit_plan::{CommitPlan, Step};
 use crate::dialect::Dialect;
 use crate::merge_sql::{stage_row, MergeSql, MergeSqlCache};
+use crate::tombstone_prune::prune_statements;
 use crate::warehouse_ddl::create_tables;
 use async_trait::async_trait;
 use proto::{Batch, CommitStats, SqlType, TableSchema, Value, Warehouse, WarehouseError};
+use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -307,6 +309,17 @@ impl Warehouse for PostgresWarehouse {
         }
         tx.commit().await.map_err(|e| classify(e, true))?;
         Ok(plan.stats(stats, batch.rows.len()))
+    }
+
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        let [stamp, remove] = prune_statements(table, Dialect::Postgres, retention)?;
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let tx = client.transaction().await.map_err(|e| classify(e, false))?;
+        tx.execute(&stamp, &[]).await.map_err(|e| classify(e, false))?;
+        let removed = tx.execute(&remove, &[]).await.map_err(|e| classify(e, false))?;
+        tx.commit().await.map_err(|e| classify(e, true))?;
+        Ok(removed)
     }
 }
 

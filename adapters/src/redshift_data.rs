@@ -22,6 +22,7 @@ use crate::dialect::Dialect;
 use crate::merge_sql::{MergeSql, MergeSqlCache};
 pub use crate::s3_staging::S3Prefix;
 use crate::s3_staging::S3Staging;
+use crate::tombstone_prune::prune_statements;
 use crate::warehouse_ddl::{create_tables, tombstone_table};
 use async_trait::async_trait;
 use aws_sdk_redshiftdata::types::StatusString;
@@ -305,6 +306,12 @@ impl Warehouse for RedshiftDataWarehouse {
         let mut stats = self.commit_rows(&sql, &rows).await?;
         stats.fenced += (batch.rows.len() - rows.len()) as u64;
         Ok(stats)
+    }
+
+    /// Both statements in one call: one transaction.
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        let id = self.submit(prune_statements(table, Dialect::Redshift, retention)?.to_vec()).await?;
+        Ok(self.wait(&id).await?.get(1).copied().unwrap_or(0))
     }
 }
 

@@ -7,7 +7,8 @@ use crate::commit_plan::{CommitPlan, Step};
 use crate::dialect::Dialect;
 use crate::merge_sql::{MergeSql, MergeSqlCache};
 use crate::sql_text::{quote_ident, SqlError};
-use crate::warehouse_ddl::{create_tables, tombstone_table};
+use crate::tombstone_prune::prune_statements;
+use crate::warehouse_ddl::{create_tables, tombstone_table, DELETED_AT};
 use async_trait::async_trait;
 use proto::memory::{MemoryWarehouse, StoredRow};
 use proto::{Batch, CommitStats, SqlType, TableSchema, Value, Version, Warehouse, WarehouseError};
@@ -100,6 +101,11 @@ impl SqliteWarehouse {
 
     // The readers below are for checks, tests and the demo. They block the calling thread on
     // the connection; keep them off hot async paths.
+
+    /// Runs SQL statements of one's own on the database (an operator's change, a test's setup).
+    pub fn execute_batch(&self, sql: &str) -> Result<(), WarehouseError> {
+        lock(&self.conn).execute_batch(sql).map_err(classify)
+    }
 
     /// Number of rows in a table (the target or its `__deleted` table).
     pub fn count(&self, table: &str) -> Result<u64, WarehouseError> {
@@ -241,6 +247,13 @@ impl Warehouse for SqliteWarehouse {
                 let existing: Vec<String> =
                     columns.query_map([&name], |r| r.get(0)).and_then(Iterator::collect).map_err(classify)?;
                 missing_columns(&name, &wanted, &existing)?;
+                // A tombstone table made before the pruning stamp: it gets the column (NULL,
+                // so its tombstones age from the first pass).
+                if name == tombstone_table(&table.name) && !existing.iter().any(|c| c == DELETED_AT) {
+                    let add =
+                        format!("ALTER TABLE {} ADD COLUMN {} INTEGER", quote_ident(&name)?, quote_ident(DELETED_AT)?);
+                    conn.execute(&add, []).map_err(classify)?;
+                }
             }
             Ok(())
         })
@@ -259,6 +272,21 @@ impl Warehouse for SqliteWarehouse {
         tokio::task::spawn_blocking(move || commit_blocking(&mut lock(&conn), &sql, &batch).map_err(classify))
             .await
             .map_err(|e| WarehouseError::Unavailable(e.to_string()))?
+    }
+
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        let [stamp, remove] = prune_statements(table, Dialect::Sqlite, retention)?;
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&conn);
+            let tx = conn.transaction().map_err(classify)?;
+            tx.execute(&stamp, []).map_err(classify)?;
+            let removed = tx.execute(&remove, []).map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(removed as u64)
+        })
+        .await
+        .map_err(|e| WarehouseError::Unavailable(e.to_string()))?
     }
 }
 

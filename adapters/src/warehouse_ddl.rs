@@ -6,8 +6,13 @@ use crate::dialect::Dialect;
 use crate::sql_text::{quote_ident, SqlError};
 use proto::TableSchema;
 
-/// Names the stage adds next to the target's columns.
-const STAGE_COLUMNS: [&str; 2] = ["_op", "_ord"];
+/// Names the stage adds next to the target's columns, and the tombstones' stamp.
+const STAGE_COLUMNS: [&str; 3] = ["_op", "_ord", DELETED_AT];
+
+/// The tombstone table's column stamped by the pruning pass (`tombstone_prune.rs`): NULL until
+/// a pass first sees the tombstone. Not in `expected_columns`: a tombstone table made before it
+/// existed still serves commits (PostgreSQL adds it at start; see the README for the others).
+pub const DELETED_AT: &str = "_deleted_at";
 
 /// Refuses schemas the SQL cannot serve: no key, a key index out of range or repeated, or two
 /// columns (the version column and the stage's `_op`/`_ord` included) with the same name. Names
@@ -62,9 +67,11 @@ pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<Strin
             dialect.version_type()
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {tombstones} ({}, {version} {} NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS {tombstones} ({}, {version} {} NOT NULL, {} {})",
             key_defs.join(", "),
-            dialect.version_type()
+            dialect.version_type(),
+            quote_ident(DELETED_AT)?,
+            dialect.column_type(proto::SqlType::Timestamp)
         ),
     ];
     // PostgreSQL's are unique: its commits merge by `ON CONFLICT` on them (`UpsertSql`).
@@ -79,6 +86,15 @@ pub fn create_tables(schema: &TableSchema, dialect: Dialect) -> Result<Vec<Strin
             "CREATE {unique}INDEX IF NOT EXISTS {} ON {tombstones} ({})",
             quote_ident(&format!("{}__deleted_key", schema.name))?,
             keys.join(", ")
+        ));
+    }
+    // A tombstone table made before the pruning stamp gets it (SQLite's adapter adds it after
+    // reading the table's columns: it has no `IF NOT EXISTS` here).
+    if dialect == Dialect::Postgres {
+        out.push(format!(
+            "ALTER TABLE {tombstones} ADD COLUMN IF NOT EXISTS {} {}",
+            quote_ident(DELETED_AT)?,
+            dialect.column_type(proto::SqlType::Timestamp)
         ));
     }
     Ok(out)
@@ -121,10 +137,14 @@ pub(crate) mod tests {
         assert_eq!(
             sqlite[1],
             "CREATE TABLE IF NOT EXISTS \"charge \"\"sessions\"\"__deleted\" (\"site\" TEXT, \"n\" INTEGER, \
-             \"_version\" TEXT NOT NULL)"
+             \"_version\" TEXT NOT NULL, \"_deleted_at\" INTEGER)"
         );
         let pg = create_tables(&sample(), Dialect::Postgres).unwrap();
-        assert_eq!(pg.len(), 4);
+        assert_eq!(pg.len(), 5);
+        assert_eq!(
+            pg[4],
+            "ALTER TABLE \"charge \"\"sessions\"\"__deleted\" ADD COLUMN IF NOT EXISTS \"_deleted_at\" TIMESTAMP"
+        );
         assert_eq!(pg[2], "CREATE UNIQUE INDEX IF NOT EXISTS \"charge \"\"sessions\"\"__key\" ON \"charge \"\"sessions\"\"\" (\"site\", \"n\")");
         assert!(pg[0].contains("\"at\" TIMESTAMP") && pg[0].contains("\"ok\" BOOLEAN"), "{}", pg[0]);
     }

@@ -169,11 +169,15 @@ ROWS = [
                    "Rows upserted or deleted in the warehouse per second.", "count:rows/s",
                    [target("sum by (table, op) (" + rate("tributary_rows_committed_total") + ")",
                            "{{table}} {{op}}")]),
-        timeseries("Rows fenced by table",
-                   "Rows not applied because the warehouse already held a newer or equal version: replays "
-                   "after a failover or a handoff, harmless.", "count:rows/s",
+        timeseries("Rows fenced and refused by table",
+                   "Fenced: rows not applied because the warehouse already held a newer or equal version "
+                   "(replays after a failover or a handoff, harmless). Refused: rows the warehouse refused "
+                   "one by one (a constraint the pipeline cannot know of), dead-lettered with their records.",
+                   "count:rows/s",
                    [target(per_table_or_zero("sum by (table) (" + rate("tributary_rows_fenced_total") + ")"),
-                           "{{table}}")]),
+                           "fenced {{table}}"),
+                    target(per_table_or_zero("sum by (table) (" + rate("tributary_rows_refused_total") + ")"),
+                           "refused {{table}}", ref="B")]),
     ]),
     row("Lag and checkpoints", [
         timeseries("Shard lag", "How far each shard's last read was behind the tip of the stream "

@@ -2,6 +2,7 @@
 
 use crate::row::{Batch, TableSchema};
 use async_trait::async_trait;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WarehouseError {
@@ -49,4 +50,9 @@ pub trait Warehouse: Send + Sync + 'static {
     /// Stage → latest per key → drop staged rows not newer than the target → delete older target
     /// rows → insert the newer upserts → remember deletes, in one transaction.
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError>;
+    /// One pass over the table's tombstones: those not seen before are stamped with the
+    /// engine's clock, and those stamped more than `retention` ago are removed (so a tombstone
+    /// survives at least one pass, and lives at least `retention` after its delete committed).
+    /// Returns how many were removed.
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError>;
 }

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Probabilities, per call, of each fault.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -174,6 +175,12 @@ impl Warehouse for FaultyWarehouse {
                 Err(WarehouseError::Ambiguous("reply lost (injected)".into()))
             }
             Fault::None => self.inner.commit(batch).await,
+        }
+    }
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        match self.faults.draw() {
+            Fault::None => self.inner.prune_tombstones(table, retention).await,
+            _ => Err(WarehouseError::Unavailable("injected outage".into())),
         }
     }
 }

@@ -15,6 +15,7 @@
 //!   with `key` (as Redshift reads the name: a prefix), gunzipped, into PostgreSQL by a CSV
 //!   `COPY … FROM STDIN` with that NULL marker; its row count is the rows loaded. No object
 //!   under the prefix fails the statement, as on Redshift.
+//! - `GETDATE()` is Redshift's UTC clock (PostgreSQL's `now() AT TIME ZONE 'UTC'`).
 //! - Injectable: the next N calls throttled (ThrottlingException), the next N submissions refused
 //!   with ActiveStatementsExceededException, a statement that fails (any SQL containing a
 //!   marker), and a delay per statement so callers must poll.
@@ -255,6 +256,8 @@ async fn run(inner: Arc<Inner>, id: String, sqls: Vec<String>) {
             } else if let Some(copy) = sql.strip_prefix("COPY ") {
                 copy_from_s3(&inner, &client, copy).await
             } else {
+                // Redshift's clock on compute nodes, as PostgreSQL spells it.
+                let sql = sql.replace("GETDATE()", "(now() AT TIME ZONE 'UTC')");
                 client
                     .execute(sql.as_str(), &[])
                     .await

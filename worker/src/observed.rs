@@ -10,6 +10,7 @@ use proto::{
     StartingPosition, TableSchema, Warehouse, WarehouseError, WorkerId,
 };
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A port `inner` whose failures count under `service`.
 pub struct Observed<P: ?Sized> {
@@ -106,6 +107,9 @@ impl Warehouse for Observed<dyn Warehouse> {
     }
     async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
         self.count(self.service, self.inner.commit(batch).await, WarehouseError::kind)
+    }
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        self.count(self.service, self.inner.prune_tombstones(table, retention).await, WarehouseError::kind)
     }
 }
 

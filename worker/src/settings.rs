@@ -101,6 +101,13 @@ pub struct SinkSettings {
     /// Retries of a commit the warehouse could not take (outage, lost reply).
     #[serde(skip)]
     pub commit_retry: RetryPolicy,
+    /// How long a tombstone is kept after its delete committed. `tributary run` sets it from
+    /// the streams' retention when the key is absent; `None` keeps them all.
+    #[serde(default, deserialize_with = "duration::some")]
+    pub tombstone_retention: Option<Duration>,
+    /// How often the sink prunes its table's tombstones.
+    #[serde(skip)]
+    pub prune_interval: Duration,
 }
 
 impl SinkSettings {
@@ -115,6 +122,8 @@ impl SinkSettings {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
         },
+        tombstone_retention: None,
+        prune_interval: Duration::from_secs(600),
     };
 }
 
@@ -178,7 +187,7 @@ mod tests {
             keys::<ConsumerSettings>(),
             ["idle_read_interval", "read_interval", "checkpoint_interval", "initial_timestamp"]
         );
-        assert_eq!(keys::<SinkSettings>(), ["batch_rows", "batch_bytes", "batch_latency"]);
+        assert_eq!(keys::<SinkSettings>(), ["batch_rows", "batch_bytes", "batch_latency", "tombstone_retention"]);
     }
 
     #[test]

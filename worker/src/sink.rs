@@ -15,7 +15,7 @@ use crate::record_mapper::{Target, UserRecord};
 use proto::{Batch, CommitStats, RetryPolicy, Row, ShardId, TableSchema, Value, Warehouse, WarehouseError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use std::sync::Arc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::settings::SinkSettings;
 
@@ -54,6 +54,8 @@ pub enum SinkMsg {
     Flush,
     /// The latency deadline of batch number `.0`.
     Deadline(u64),
+    /// Time for a pass over the table's tombstones (`Warehouse::prune_tombstones`).
+    PruneTombstones,
 }
 
 pub struct Sink;
@@ -245,11 +247,14 @@ impl Actor for Sink {
     type State = SinkState;
     type Arguments = SinkArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: SinkArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SinkArgs) -> Result<Self::State, ActorProcessingErr> {
         let warehouse = args.warehouse.clone();
         let table = args.table.clone();
         args.retry.run(WarehouseError::is_retryable, || warehouse.ensure_table(&table)).await?;
         args.metrics.register_table(&table.name);
+        if args.settings.tombstone_retention.is_some() {
+            myself.send_after(args.settings.prune_interval, || SinkMsg::PruneTombstones);
+        }
         Ok(SinkState { args, rows: Vec::new(), origins: Vec::new(), bytes: 0, acks: Vec::new(), generation: 0 })
     }
 
@@ -277,6 +282,17 @@ impl Actor for Sink {
             SinkMsg::Flush => state.commit().await,
             SinkMsg::Deadline(generation) if generation == state.generation => state.commit().await,
             SinkMsg::Deadline(_) => {}
+            SinkMsg::PruneTombstones => {
+                let (table, settings) = (&state.args.table, &state.args.settings);
+                let retention = settings.tombstone_retention.expect("scheduled only with a retention");
+                // A failed pass is counted (`call_errors_total`) and the next one tries again.
+                match state.args.warehouse.prune_tombstones(table, retention).await {
+                    Ok(0) => {}
+                    Ok(removed) => info!(table = %table.name, removed, "tombstones past their retention removed"),
+                    Err(e) => warn!(table = %table.name, error = %e, "tombstones not pruned"),
+                }
+                myself.send_after(settings.prune_interval, || SinkMsg::PruneTombstones);
+            }
         }
         Ok(())
     }
@@ -302,6 +318,9 @@ mod tests {
         async fn commit(&self, batch: &Batch) -> Result<CommitStats, WarehouseError> {
             self.0.lock().unwrap().push(batch.rows.len());
             Ok(CommitStats { upserted: batch.rows.len() as u64, ..CommitStats::default() })
+        }
+        async fn prune_tombstones(&self, _: &TableSchema, _: Duration) -> Result<u64, WarehouseError> {
+            Ok(0)
         }
     }
 
@@ -403,6 +422,9 @@ mod tests {
                 return Err(WarehouseError::Rejected("new row violates check constraint \"no_bad\"".into()));
             }
             self.0.commit(batch).await
+        }
+        async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+            self.0.prune_tombstones(table, retention).await
         }
     }
 
@@ -506,6 +528,53 @@ mod tests {
         }
         assert_eq!(metrics.rows_refused.with_label_values(&["t"]).get(), 4);
         assert_eq!(metrics.dead_letters.get(), 3);
+
+        sink.stop(None);
+        writer.stop(None);
+        sink_task.await.unwrap();
+        writer_task.await.unwrap();
+    }
+
+    /// With a retention, the sink prunes its table's tombstones every `prune_interval`, in the
+    /// background: a tombstone first seen by the pass at 10 min is still there at 25 min (15 min
+    /// retention) and gone after the pass at 30 min.
+    #[tokio::test(start_paused = true)]
+    async fn the_sink_prunes_tombstones_past_the_retention_in_the_background() {
+        let memory = proto::memory::MemoryWarehouse::new();
+        let table = Arc::new(TableSchema {
+            name: "t".into(),
+            columns: vec![Column::new("id", SqlType::BigInt), Column::new("note", SqlType::Text)],
+            key: vec![0],
+            version_column: "_version".into(),
+        });
+        let minutes = |n: u64| Duration::from_secs(60 * n);
+        let settings = SinkSettings {
+            batch_latency: Duration::from_millis(10),
+            tombstone_retention: Some(minutes(15)),
+            prune_interval: minutes(10),
+            ..SinkSettings::default()
+        };
+        let args = SinkArgs {
+            table,
+            warehouse: Arc::new(memory.clone()),
+            settings,
+            retry: RetryPolicy::default(),
+            metrics: Arc::new(NodeMetrics::default()),
+            role: SinkRole::DeadLetters,
+        };
+        let (sink, sink_task) = Actor::spawn(None, Sink, args).await.unwrap();
+        let (writer, writer_task) = Actor::spawn(None, Writer, ()).await.unwrap();
+        let delete =
+            Row { op: RowOp::Delete, version: Version::from_text("1"), values: vec![Value::Int(1), Value::Null] };
+        let origin = Origin { shard: ShardId::new("s"), records: Arc::new([]), record_of_row: Vec::new() };
+        sink.cast(SinkMsg::Write { rows: vec![delete], origin, ack: Ack { to: writer.get_derived(), chunk: 0 } })
+            .unwrap();
+        tokio::time::sleep(minutes(1)).await;
+        assert_eq!(memory.tombstones("t"), 1);
+        tokio::time::sleep(minutes(24)).await;
+        assert_eq!(memory.tombstones("t"), 1, "stamped at 10 min, 15 min old at 25");
+        tokio::time::sleep(minutes(6)).await;
+        assert_eq!(memory.tombstones("t"), 0, "removed by the pass at 30 min");
 
         sink.stop(None);
         writer.stop(None);

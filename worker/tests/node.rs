@@ -30,6 +30,9 @@ impl Warehouse for Gated {
         }
         self.inner.commit(batch).await
     }
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        self.inner.prune_tombstones(table, retention).await
+    }
 }
 
 fn mapper() -> Pipeline {
@@ -352,6 +355,9 @@ impl Warehouse for Rejecting {
         }
         self.inner.commit(batch).await
     }
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        self.inner.prune_tombstones(table, retention).await
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -515,6 +521,9 @@ impl Warehouse for Unavailable {
             return Err(WarehouseError::Unavailable("planted outage".into()));
         }
         self.inner.commit(batch).await
+    }
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        self.inner.prune_tombstones(table, retention).await
     }
 }
 

@@ -7,6 +7,7 @@ use crate::warehouse::{CommitStats, Warehouse, WarehouseError};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A row as the warehouse holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +20,8 @@ pub struct StoredRow {
 struct Table {
     rows: BTreeMap<String, StoredRow>,
     deleted: BTreeMap<String, Version>,
+    /// When a pruning pass first saw each tombstone.
+    stamped: BTreeMap<String, tokio::time::Instant>,
     applied: BTreeMap<(String, Version), u32>,
 }
 
@@ -39,6 +42,11 @@ impl MemoryWarehouse {
     /// The rows of a table, by key (the key columns' JSON).
     pub fn rows(&self, table: &str) -> BTreeMap<String, StoredRow> {
         self.tables.lock().unwrap().get(table).map(|t| t.rows.clone()).unwrap_or_default()
+    }
+
+    /// How many tombstones the table holds.
+    pub fn tombstones(&self, table: &str) -> usize {
+        self.tables.lock().unwrap().get(table).map_or(0, |t| t.deleted.len())
     }
 
     /// (key, version) pairs written more than once: must stay empty.
@@ -83,6 +91,7 @@ impl Warehouse for MemoryWarehouse {
             }
             table.rows.remove(&key);
             table.deleted.remove(&key);
+            table.stamped.remove(&key);
             *table.applied.entry((key.clone(), row.version.clone())).or_default() += 1;
             match row.op {
                 RowOp::Upsert => {
@@ -96,5 +105,20 @@ impl Warehouse for MemoryWarehouse {
             }
         }
         Ok(stats)
+    }
+
+    async fn prune_tombstones(&self, table: &TableSchema, retention: Duration) -> Result<u64, WarehouseError> {
+        let now = tokio::time::Instant::now();
+        let mut tables = self.tables.lock().unwrap();
+        let Some(t) = tables.get_mut(&table.name) else { return Ok(0) };
+        let expired: Vec<String> =
+            t.stamped.iter().filter(|(_, at)| now.duration_since(**at) > retention).map(|(k, _)| k.clone()).collect();
+        for key in &expired {
+            t.deleted.remove(key);
+            t.stamped.remove(key);
+        }
+        let fresh: Vec<String> = t.deleted.keys().filter(|k| !t.stamped.contains_key(*k)).cloned().collect();
+        t.stamped.extend(fresh.into_iter().map(|k| (k, now)));
+        Ok(expired.len() as u64)
     }
 }
