@@ -14,7 +14,7 @@
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
 use adapters::postgres::PostgresWarehouse;
-use processes::{consumer_spans, count, database, NodeProcess};
+use processes::{check_ev, consumer_spans, database, NodeProcess};
 use proto::{LeaseTable, ShardInfo, ShardReader};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -112,36 +112,6 @@ async fn owned_by(table: &DynamoLeaseTable, node: &str) -> Vec<String> {
         .filter(|l| l.owner.as_ref().is_some_and(|o| o.as_str().starts_with(node)))
         .map(|l| l.key)
         .collect()
-}
-
-/// The EV warehouse against the generator's oracle; `Err` says what differs.
-async fn check_ev(w: &PostgresWarehouse, oracle: &ev::Oracle, good: usize, dead_of: &str) -> Result<(), String> {
-    let raw = count(w, "SELECT count(*) FROM ev_charging_sessions_raw").await;
-    let distinct = count(w, "SELECT count(DISTINCT (shard_id, sequence_number)) FROM ev_charging_sessions_raw").await;
-    let dead = count(w, &format!("SELECT count(*) FROM tributary_dead_letters WHERE shard_id LIKE '{dead_of}'")).await;
-    if (raw, distinct, dead) != (good, good, oracle.malformed.len()) {
-        return Err(format!(
-            "raw {raw} (distinct {distinct}) of {good}, dead letters {dead} of {}",
-            oracle.malformed.len()
-        ));
-    }
-    let rows =
-        w.query_text("SELECT \"_id\", \"kWhDelivered\" FROM ev_charging_sessions").await.map_err(|e| e.to_string())?;
-    if rows.len() != oracle.sessions.len() {
-        return Err(format!("{} sessions of {}", rows.len(), oracle.sessions.len()));
-    }
-    for r in rows {
-        let id = r[0].clone().unwrap_or_default();
-        let kwh: f64 = r[1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-        match oracle.sessions.get(&id) {
-            Some(s) if s.kwh_delivered == kwh => {}
-            Some(s) => {
-                return Err(format!("session {id}: {kwh} kWh in the warehouse, last written {}", s.kwh_delivered))
-            }
-            None => return Err(format!("session {id} was never written")),
-        }
-    }
-    Ok(())
 }
 
 /// The ticket warehouse against the generator's world.

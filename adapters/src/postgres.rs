@@ -236,6 +236,13 @@ impl PostgresWarehouse {
 /// setting for them) it probes the key index (16 ms), whatever the table's size.
 pub const PLAN_BY_INDEX: &str = "SET LOCAL random_page_cost = 1.1";
 
+/// For this transaction only: its COMMIT returns once the commit is in the write-ahead log, so
+/// a crash of the server cannot lose it — whatever the server's or the role's default. The
+/// checkpoint that follows a commit would otherwise move past rows a crash then loses (measured:
+/// with `synchronous_commit = off`, an immediate shutdown under load lost 35–85 acknowledged
+/// rows; `tests/chaos_processes.rs`).
+pub const DURABLE_COMMIT: &str = "SET LOCAL synchronous_commit = on";
+
 /// The advisory-lock key under which tables are created ("tributar" in ASCII).
 const DDL_LOCK_KEY: i64 = 0x7472_6962_7574_6172;
 
@@ -287,6 +294,7 @@ impl Warehouse for PostgresWarehouse {
         let tx = client.transaction().await.map_err(|e| classify(e, false))?;
         let run = |e| classify(e, false);
         tx.batch_execute(PLAN_BY_INDEX).await.map_err(run)?;
+        tx.batch_execute(DURABLE_COMMIT).await.map_err(run)?;
         let mut stats = CommitStats::default();
         let plan = CommitPlan::new(&sql);
         for step in plan.steps() {

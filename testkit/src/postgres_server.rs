@@ -50,7 +50,7 @@ pub fn postgres() -> Result<PgHandle, ServerError> {
     }
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if shared.1.is_none() {
-        shared.1 = Some(Server::start(None)?);
+        shared.1 = Some(Server::start(None, false)?);
     }
     shared.0 += 1;
     Ok(PgHandle { url: shared.1.as_ref().expect("started").url.clone(), owned: true })
@@ -100,7 +100,10 @@ impl Server {
         Ok(())
     }
 
-    fn start(tls: Option<(&str, &str)>) -> Result<Self, ServerError> {
+    /// `durable`: a commit is in the write-ahead log before it is acknowledged
+    /// (`synchronous_commit` on), so a crash of the server (not of the machine: `fsync` stays
+    /// off) loses no acknowledged commit. The shared server trades that for speed.
+    fn start(tls: Option<(&str, &str)>, durable: bool) -> Result<Self, ServerError> {
         let bin = find_bin()?;
         let as_postgres = running_as_root();
         let dir = std::env::temp_dir().join(format!("tributary-pg-{}-{}", std::process::id(), free_port()?));
@@ -119,9 +122,12 @@ impl Server {
         server.run("initdb", &["-D", data, "-U", "test", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])?;
         let log = server.dir.join("log");
         let mut options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c full_page_writes=off",
             server.dir.display()
         );
+        if !durable {
+            options.push_str(" -c synchronous_commit=off");
+        }
         if let Some((cert, key)) = tls {
             let data = Path::new(data);
             let write = |name: &str, text: &str| -> Result<(), ServerError> {
@@ -171,8 +177,54 @@ impl Drop for TlsServer {
 }
 
 pub fn postgres_tls(cert_pem: &str, key_pem: &str) -> Result<TlsServer, ServerError> {
-    let server = Server::start(Some((cert_pem, key_pem)))?;
+    let server = Server::start(Some((cert_pem, key_pem)), false)?;
     Ok(TlsServer { url: server.url.clone(), server: Some(server) })
+}
+
+/// A server of its own, for tests that restart it under load; stopped when dropped.
+pub struct OwnServer {
+    pub url: String,
+    server: Option<Server>,
+}
+
+/// How a restart stops the server (`pg_ctl -m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Open transactions are rolled back, connections closed, then a clean stop.
+    Fast,
+    /// Every process killed at once; the restart recovers from the write-ahead log (a crash).
+    Immediate,
+}
+
+impl OwnServer {
+    /// `durable` as `Server::start` says: off, an acknowledged commit may be lost in a crash
+    /// (`Shutdown::Immediate`) unless the committing transaction asks for it to be durable.
+    pub fn start(durable: bool) -> Result<Self, ServerError> {
+        let server = Server::start(None, durable)?;
+        Ok(Self { url: server.url.clone(), server: Some(server) })
+    }
+
+    /// Stops the server as `how` says and starts it again on the same port (returns once it
+    /// accepts connections).
+    pub fn restart(&self, how: Shutdown) -> Result<(), ServerError> {
+        let server = self.server.as_ref().expect("running until dropped");
+        let data = server.dir.join("data");
+        let mode = match how {
+            Shutdown::Fast => "fast",
+            Shutdown::Immediate => "immediate",
+        };
+        let log = server.dir.join("log");
+        let (data, log) = (data.to_str().unwrap_or(""), log.to_str().unwrap_or("log"));
+        server.run("pg_ctl", &["-D", data, "-l", log, "-m", mode, "-w", "restart"])
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
 }
 
 /// Whether this process runs as root (initdb then has to run as `postgres`).

@@ -84,6 +84,17 @@ impl NodeProcess {
         None
     }
 
+    /// SIGSTOP: the process is frozen (a long pause of the OS or the runtime), holding
+    /// whatever it held; `resume` wakes it.
+    pub fn pause(&self) {
+        let _ = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+    }
+
     /// SIGKILL: a crash, nothing written on the way out. Returns when the process is gone.
     pub fn kill(&mut self) -> SystemTime {
         let _ = self.child.kill();
@@ -158,7 +169,7 @@ fn log_time(line: &str) -> Option<Duration> {
 }
 
 /// Text without its ANSI colour sequences (`ESC [ … letter`).
-fn plain(line: &str) -> String {
+pub fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
@@ -204,4 +215,39 @@ pub fn consumer_spans(node: &str, log: &str, origin: SystemTime, killed: Option<
         }
     }
     spans
+}
+
+/// The EV warehouse against the generator's oracle; `Err` says what differs.
+pub async fn check_ev(
+    w: &PostgresWarehouse,
+    oracle: &testkit::ev::Oracle,
+    good: usize,
+    dead_of: &str,
+) -> Result<(), String> {
+    let raw = count(w, "SELECT count(*) FROM ev_charging_sessions_raw").await;
+    let distinct = count(w, "SELECT count(DISTINCT (shard_id, sequence_number)) FROM ev_charging_sessions_raw").await;
+    let dead = count(w, &format!("SELECT count(*) FROM tributary_dead_letters WHERE shard_id LIKE '{dead_of}'")).await;
+    if (raw, distinct, dead) != (good, good, oracle.malformed.len()) {
+        return Err(format!(
+            "raw {raw} (distinct {distinct}) of {good}, dead letters {dead} of {}",
+            oracle.malformed.len()
+        ));
+    }
+    let rows =
+        w.query_text("SELECT \"_id\", \"kWhDelivered\" FROM ev_charging_sessions").await.map_err(|e| e.to_string())?;
+    if rows.len() != oracle.sessions.len() {
+        return Err(format!("{} sessions of {}", rows.len(), oracle.sessions.len()));
+    }
+    for r in rows {
+        let id = r[0].clone().unwrap_or_default();
+        let kwh: f64 = r[1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+        match oracle.sessions.get(&id) {
+            Some(s) if s.kwh_delivered == kwh => {}
+            Some(s) => {
+                return Err(format!("session {id}: {kwh} kWh in the warehouse, last written {}", s.kwh_delivered))
+            }
+            None => return Err(format!("session {id} was never written")),
+        }
+    }
+    Ok(())
 }
