@@ -8,6 +8,11 @@
 //! - The warehouse restarted under the commits: PostgreSQL stopped fast (transactions rolled
 //!   back) and immediately (a crash, recovered from its log) while a node commits every 100 ms;
 //!   the server runs with `synchronous_commit = off`, which tributary's commits override.
+//! - Partitions (`testkit::fault_proxy` in front of one node's DynamoDB, or its PostgreSQL): cut
+//!   from the lease table but not from the warehouse, the node loses its shards to the other
+//!   one and, healed, notices and rejoins, while what it committed meanwhile is fenced; cut from
+//!   the warehouse but not from the lease table, it keeps its shards, holds its reads back and
+//!   catches up once healed.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
@@ -25,6 +30,9 @@ use testkit::postgres_server::{OwnServer, Shutdown};
 mod processes;
 mod prometheus;
 use prometheus::scrape;
+
+/// The runs take turns: each starts node processes on two cores.
+static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The writer of EV sessions and its oracle.
 struct Load {
@@ -99,6 +107,7 @@ async fn owned_by(table: &DynamoLeaseTable, node: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_loses_its_shards_commits_nothing_stale_and_rejoins() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
     let pg = postgres().unwrap();
     let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
@@ -182,6 +191,7 @@ async fn a_frozen_node_loses_its_shards_commits_nothing_stale_and_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_fast_and_immediately_under_commits_loses_and_doubles_nothing() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
     // A server tuned for speed (`synchronous_commit = off`): tributary's commits must still
     // survive its crash, since the checkpoint moves past them.
@@ -227,4 +237,100 @@ async fn postgres_restarted_fast_and_immediately_under_commits_loses_and_doubles
     assert_eq!(node.terminate(), Some(0), "exits 0 on SIGTERM:\n{}", node.log());
     eprintln!("postgres restarts: {}; failed postgres calls, retried: {}", restarts.join(", "), failed as u64);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The port of `host:port` at the end of an endpoint URL, or of `port=N` in a libpq string.
+fn port_of(endpoint: &str) -> u16 {
+    let tail = match endpoint.split_once("port=") {
+        Some((_, rest)) => rest,
+        None => endpoint.rsplit(':').next().unwrap(),
+    };
+    tail.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// Two nodes; node-a reaches DynamoDB (`dynamo`) or PostgreSQL (`warehouse`) through a proxy
+/// that black-holes it for 12 s in the middle of the run.
+async fn partitioned(cut_from: &str) {
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
+    use testkit::fault_proxy::{FaultProxy, Mode};
+    let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    let url = database(&admin, &pg.url, &format!("partition_{cut_from}")).await;
+    let stream = format!("partition-{cut_from}-{}", std::process::id());
+    let kinesis = Kinesis::new(&ks.sdk_config(), &stream);
+    kinesis.create_stream(4).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("tributary-partition-{cut_from}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, &stream, &url, "");
+    let upstream = match cut_from {
+        "dynamo" => port_of(&ds.endpoint),
+        _ => port_of(&pg.url),
+    };
+    let proxy = FaultProxy::start(([127, 0, 0, 1], upstream).into()).await.unwrap();
+    let config_a = dir.join("node-a.toml");
+    let (dynamo_a, url_a) = match cut_from {
+        "dynamo" => (format!("http://127.0.0.1:{}", proxy.addr().port()), url.clone()),
+        _ => (ds.endpoint.clone(), url.replace(&format!("port={upstream}"), &format!("port={}", proxy.addr().port()))),
+    };
+    std::fs::write(&config_a, std::fs::read_to_string(&config).unwrap().replace(&url, &url_a)).unwrap();
+    let mut a = NodeProcess::spawn_at(&config_a, "node-a", &ks.endpoint, &dynamo_a);
+    let mut b = NodeProcess::spawn(&config, "node-b", &ks, &ds);
+    let table = DynamoLeaseTable::new(&ds.sdk_config(), format!("{stream}-leases"));
+    let mut load = Load::new(29);
+    let (mut cut_at, mut healed_at, mut a_lost) = (None, None, false);
+    for tick in 0..40 {
+        load.put(&kinesis, 60).await;
+        if tick == 8 {
+            for _ in 0..100 {
+                if owned_by(&table, "node-a").await > 0 && owned_by(&table, "node-b").await > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(owned_by(&table, "node-a").await > 0, "node-a holds shards:\n{}", a.log());
+            proxy.set(Mode::Blackhole);
+            cut_at = Some(Instant::now());
+        }
+        if let (Some(at), None) = (cut_at, healed_at) {
+            a_lost |= owned_by(&table, "node-a").await == 0;
+            if at.elapsed() >= Duration::from_secs(12) {
+                // Healed as a restarted far end would be: open connections dropped.
+                proxy.cut();
+                proxy.set(Mode::Pass);
+                healed_at = Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(healed_at.is_some(), "the partition lasted 12 s and healed");
+    match cut_from {
+        // Cut from the lease table, it cannot heartbeat: its shards go to node-b.
+        "dynamo" => assert!(a_lost, "node-a's shards moved while it was cut off:\n{}", a.log()),
+        // Cut from the warehouse only, it still heartbeats and keeps its shards.
+        _ => assert!(!a_lost, "node-a kept its shards while only its warehouse was cut off:\n{}", a.log()),
+    }
+    assert_eq!(load.landed(&url).await, Ok(()), "node-a:\n{}\nnode-b:\n{}", a.log(), b.log());
+    let mut rejoined = false;
+    for _ in 0..300 {
+        if owned_by(&table, "node-a").await > 0 {
+            rejoined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rejoined, "node-a holds shards after the partition:\n{}", a.log());
+    assert_eq!(a.terminate(), Some(0), "node-a exits 0 on SIGTERM:\n{}", a.log());
+    assert_eq!(b.terminate(), Some(0), "node-b exits 0 on SIGTERM:\n{}", b.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_lease_table_but_not_the_warehouse_loses_its_shards_and_rejoins() {
+    partitioned("dynamo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_warehouse_but_not_the_lease_table_keeps_its_shards_and_catches_up() {
+    partitioned("warehouse").await;
 }
