@@ -100,6 +100,18 @@ fn write_config(dir: &std::path::Path, stream: &str, url: &str, extra: &str) -> 
     config
 }
 
+/// Waits (bounded) until node-a and node-b both hold shards: a fault on node-a then means
+/// something. Fails if node-a holds none.
+async fn both_hold_shards(table: &DynamoLeaseTable, a: &NodeProcess) {
+    for _ in 0..100 {
+        if owned_by(table, "node-a").await > 0 && owned_by(table, "node-b").await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(owned_by(table, "node-a").await > 0, "node-a holds shards:\n{}", a.log());
+}
+
 async fn owned_by(table: &DynamoLeaseTable, node: &str) -> usize {
     let leases = table.scan().await.unwrap();
     leases.iter().filter(|l| l.owner.as_ref().is_some_and(|o| o.as_str().starts_with(node))).count()
@@ -129,14 +141,7 @@ async fn a_frozen_node_loses_its_shards_commits_nothing_stale_and_rejoins() {
     for tick in 0..40 {
         load.put(&kinesis, 60).await;
         if tick == 8 {
-            // Both hold shards before the freeze (bounded wait).
-            for _ in 0..100 {
-                if owned_by(&table, "node-a").await > 0 && owned_by(&table, "node-b").await > 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(owned_by(&table, "node-a").await > 0, "node-a holds shards:\n{}", a.log());
+            both_hold_shards(&table, &a).await;
             a.pause();
             frozen_at = Some(Instant::now());
         }
@@ -282,13 +287,7 @@ async fn partitioned(cut_from: &str) {
     for tick in 0..40 {
         load.put(&kinesis, 60).await;
         if tick == 8 {
-            for _ in 0..100 {
-                if owned_by(&table, "node-a").await > 0 && owned_by(&table, "node-b").await > 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(owned_by(&table, "node-a").await > 0, "node-a holds shards:\n{}", a.log());
+            both_hold_shards(&table, &a).await;
             proxy.set(Mode::Blackhole);
             cut_at = Some(Instant::now());
         }

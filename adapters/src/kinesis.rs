@@ -6,7 +6,9 @@
 use crate::aws::{classify, Failure};
 use async_trait::async_trait;
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamMode, StreamModeDetails, StreamStatus};
+use aws_sdk_kinesis::types::{
+    PutRecordsRequestEntry, ShardIteratorType, StreamDescriptionSummary, StreamMode, StreamModeDetails, StreamStatus,
+};
 use aws_sdk_kinesis::Client;
 use proto::{
     ChildShard, HashKeyRange, KinesisRecord, ReadBatch, ReadError, RetryPolicy, SequenceNumber, ShardId, ShardInfo,
@@ -101,35 +103,32 @@ impl Kinesis {
         &self.stream
     }
 
-    /// The stream's identifier in a multi-stream lease table, as KCL writes it:
-    /// `account:streamName:creationEpochSeconds` (DescribeStreamSummary).
-    pub async fn stream_identifier(&self) -> Result<String, ReadError> {
+    /// DescribeStreamSummary of this stream (by name or ARN), retried.
+    async fn summary(&self) -> Result<StreamDescriptionSummary, ReadError> {
         let describe = || async {
             let mut call = self.client.describe_stream_summary();
             call = if self.is_arn() { call.stream_arn(&self.stream) } else { call.stream_name(&self.stream) };
             let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
-            let summary =
-                out.stream_description_summary().ok_or_else(|| ReadError::Fatal("no stream summary".into()))?;
-            let account = summary.stream_arn().split_terminator(':').nth(4).filter(|a| !a.is_empty());
-            let account = account.ok_or_else(|| ReadError::Fatal(format!("no account in {}", summary.stream_arn())))?;
-            let created = summary.stream_creation_timestamp().secs();
-            Ok(format!("{account}:{}:{created}", summary.stream_name()))
+            out.stream_description_summary.ok_or_else(|| ReadError::Fatal("no stream summary".into()))
         };
         self.retry.run(ReadError::is_retryable, describe).await
+    }
+
+    /// The stream's identifier in a multi-stream lease table, as KCL writes it:
+    /// `account:streamName:creationEpochSeconds` (DescribeStreamSummary).
+    pub async fn stream_identifier(&self) -> Result<String, ReadError> {
+        let summary = self.summary().await?;
+        let account = summary.stream_arn().split_terminator(':').nth(4).filter(|a| !a.is_empty());
+        let account = account.ok_or_else(|| ReadError::Fatal(format!("no account in {}", summary.stream_arn())))?;
+        let created = summary.stream_creation_timestamp().secs();
+        Ok(format!("{account}:{}:{created}", summary.stream_name()))
     }
 
     /// How long the stream keeps records (DescribeStreamSummary's `RetentionPeriodHours`): the
     /// furthest back any consumer can read it.
     pub async fn retention(&self) -> Result<Duration, ReadError> {
-        let describe = || async {
-            let mut call = self.client.describe_stream_summary();
-            call = if self.is_arn() { call.stream_arn(&self.stream) } else { call.stream_name(&self.stream) };
-            let out = call.send().await.map_err(|e| read_error(classify(&e)))?;
-            let summary =
-                out.stream_description_summary().ok_or_else(|| ReadError::Fatal("no stream summary".into()))?;
-            Ok(Duration::from_secs(3_600 * summary.retention_period_hours().max(0) as u64))
-        };
-        self.retry.run(ReadError::is_retryable, describe).await
+        let hours = self.summary().await?.retention_period_hours().max(0) as u64;
+        Ok(Duration::from_secs(3_600 * hours))
     }
 
     pub(crate) fn client(&self) -> &Client {

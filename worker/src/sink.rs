@@ -336,6 +336,16 @@ mod tests {
         }
     }
 
+    /// Table `t`: a bigint key `id` and a text `note`.
+    fn table_t() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            name: "t".into(),
+            columns: vec![Column::new("id", SqlType::BigInt), Column::new("note", SqlType::Text)],
+            key: vec![0],
+            version_column: "_version".into(),
+        })
+    }
+
     fn rows(n: usize, text_bytes: usize) -> Vec<Row> {
         (0..n)
             .map(|i| Row {
@@ -349,12 +359,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batches_are_cut_by_rows_bytes_and_latency() {
         let warehouse = Arc::new(Recorder::default());
-        let table = Arc::new(TableSchema {
-            name: "t".into(),
-            columns: vec![Column::new("id", SqlType::BigInt), Column::new("note", SqlType::Text)],
-            key: vec![0],
-            version_column: "_version".into(),
-        });
+        let table = table_t();
         let settings = SinkSettings {
             batch_rows: 10,
             batch_bytes: 3_000,
@@ -455,12 +460,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rows_the_warehouse_refuses_are_dead_lettered_and_the_rest_commits() {
         let memory = proto::memory::MemoryWarehouse::new();
-        let table = Arc::new(TableSchema {
-            name: "t".into(),
-            columns: vec![Column::new("id", SqlType::BigInt), Column::new("note", SqlType::Text)],
-            key: vec![0],
-            version_column: "_version".into(),
-        });
+        let table = table_t();
         let dead_letters = Arc::new(dead_letter::schema());
         memory.ensure_table(&dead_letters).await.unwrap();
         let metrics = Arc::new(NodeMetrics::default());
@@ -541,12 +541,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sink_prunes_tombstones_past_the_retention_in_the_background() {
         let memory = proto::memory::MemoryWarehouse::new();
-        let table = Arc::new(TableSchema {
-            name: "t".into(),
-            columns: vec![Column::new("id", SqlType::BigInt), Column::new("note", SqlType::Text)],
-            key: vec![0],
-            version_column: "_version".into(),
-        });
+        let table = table_t();
         let minutes = |n: u64| Duration::from_secs(60 * n);
         let settings = SinkSettings {
             batch_latency: Duration::from_millis(10),
