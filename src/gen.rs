@@ -128,7 +128,7 @@ async fn wait_active(client: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::
 }
 
 /// Sends records, resending refused ones (bounded), and returns how many went out.
-async fn send(kinesis: &Kinesis, mut batch: Vec<(String, Vec<u8>)>) -> anyhow::Result<usize> {
+pub async fn send(kinesis: &Kinesis, mut batch: Vec<(String, Vec<u8>)>) -> anyhow::Result<usize> {
     let total = batch.len();
     for attempt in 0..20u32 {
         if batch.is_empty() {

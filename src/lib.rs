@@ -3,7 +3,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `main.rs` | the CLI (`demo`, `run`, `check`, `gen`, `leases`) |
+//! | `main.rs` | the CLI (`demo`, `run`, `check`, `gen`, `leases`, `chaos`, `deregister-consumer`) |
 //! | `run_config.rs` | `RunConfig`: the TOML of `tributary run` (node, stream, lease table, warehouse, pipeline) |
 //! | `run.rs` | `tributary run`: one node on the real services until SIGTERM |
 //! | `check.rs` | `tributary check`: a config validated offline, and what the node would run |
@@ -13,8 +13,10 @@
 //! | `leases.rs` | `tributary leases`: the lease table as a table, `--reset` |
 //! | `demo.rs` | `tributary demo`: the embedded one-command run (cluster, generators and oracles from `testkit`) |
 //! | `demo_tickets.rs` | the demo's second stream: ticket activity as AWS DMS records, joined and tokenized |
+//! | `chaos/` | `tributary chaos`: node processes on the local stack under a seeded fault schedule, checked against the generators' oracle |
 //! | `lib.rs` | this table |
 
+pub mod chaos;
 pub mod check;
 pub mod demo;
 pub mod demo_tickets;
