@@ -18,7 +18,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::info;
+use tracing::{info, warn};
 use worker::observed::{Observed, ObservedReferences};
 use worker::reference_set::ReferenceSet;
 use worker::{Node, NodeConfig, NodeMetrics, Pipeline, Ports, StreamPorts};
@@ -94,7 +94,9 @@ struct Started {
     metrics_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Connects to everything and starts the node: nothing is held until the node's keeper runs, so
+/// Serves metrics, then connects to everything and starts the node, waiting out outages (a
+/// service unreachable or failing in a way worth retrying) with a backoff up to 15 s: a node
+/// started during an outage joins once it ends. Nothing is held until the node's keeper runs, so
 /// a stop before then needs no drain.
 async fn start(config: &RunConfig) -> anyhow::Result<Started> {
     let me = WorkerId::new(config.worker_id());
@@ -120,6 +122,39 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
         }
         None => None,
     };
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match connect(config, &me, &metrics).await {
+            Ok((node, table)) => return Ok(Started { me, node, table, metrics, stop_metrics, metrics_task }),
+            // A service down or unreachable: the node joins once it is back, not restarted in a
+            // loop by its supervisor. A wrong config or a refusal still fails the start here.
+            Err(e) if outage(&e) => {
+                warn!(error = %format!("{e:#}"), again_in = ?wait, "cannot start yet (a service is unreachable)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(15));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a failed start is an outage (a call that may succeed if made again) rather than a
+/// config or permission error.
+fn outage(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<proto::ReadError>().is_some_and(proto::ReadError::is_retryable)
+            || cause.downcast_ref::<proto::LeaseError>().is_some_and(proto::LeaseError::is_retryable)
+            || cause.downcast_ref::<proto::WarehouseError>().is_some_and(proto::WarehouseError::is_retryable)
+            || matches!(cause.downcast_ref::<proto::ReferenceError>(), Some(proto::ReferenceError::Unavailable(_)))
+    })
+}
+
+/// Reaches every service the node needs and starts the node.
+async fn connect(
+    config: &RunConfig,
+    me: &WorkerId,
+    metrics: &Arc<NodeMetrics>,
+) -> anyhow::Result<(Node, Arc<DynamoLeaseTable>)> {
     let sdk = adapters::aws::load_config().await;
     // Resolved once now (cached by the SDK afterwards): no credentials fails at start with the
     // chain's reason, and the first lease-table call does not spend its short attempt on it.
@@ -206,7 +241,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<Started> {
         Some(config.sink.tombstone_retention.unwrap_or(longest_retention + Duration::from_secs(3_600)));
     node_config.shutdown_deadline = config.node.shutdown_deadline;
     let node = Node::start_with_metrics(node_config, ports, EventSink::none(), metrics.clone()).await?;
-    Ok(Started { me, node, table, metrics, stop_metrics, metrics_task })
+    Ok((node, table))
 }
 
 /// Runs one node until `shutdown` resolves (then stops it gracefully, within the config's

@@ -13,6 +13,9 @@
 //!   one and, healed, notices and rejoins, while what it committed meanwhile is fenced; cut from
 //!   the warehouse but not from the lease table, it keeps its shards, holds its reads back and
 //!   catches up once healed.
+//! - An outage at start: a node started while Kinesis refuses connections waits it out and
+//!   joins once it ends (found by `tributary chaos --seed 1`: a node restarted during a Kinesis
+//!   outage exited); a stream that does not exist still fails the start at once.
 
 use adapters::dynamodb_lease_table::DynamoLeaseTable;
 use adapters::kinesis::Kinesis;
@@ -332,4 +335,47 @@ async fn a_node_cut_from_the_lease_table_but_not_the_warehouse_loses_its_shards_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_the_warehouse_but_not_the_lease_table_keeps_its_shards_and_catches_up() {
     partitioned("warehouse").await;
+}
+
+/// A node started while Kinesis refuses every connection waits the outage out (it does not exit
+/// for its supervisor to restart it in a loop) and joins once Kinesis is back; a stream that
+/// does not exist still fails the start at once, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_during_an_outage_joins_once_it_ends_and_a_missing_stream_still_fails_at_once() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
+    use testkit::fault_proxy::{FaultProxy, Mode};
+    let (ks, ds) = (emulator(Service::Kinesis).unwrap(), emulator(Service::Dynamo).unwrap());
+    let pg = postgres().unwrap();
+    let admin = PostgresWarehouse::connect(&pg.url).await.unwrap();
+    let url = database(&admin, &pg.url, "outage_at_start").await;
+    let stream = format!("outage-{}", std::process::id());
+    let kinesis = Kinesis::new(&ks.sdk_config(), &stream);
+    kinesis.create_stream(2).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("tributary-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let missing = dir.join("missing.toml");
+    std::fs::write(&missing, std::fs::read_to_string(write_config(&dir, "no-such-stream", &url, "")).unwrap()).unwrap();
+    let mut node = NodeProcess::spawn(&missing, "node-missing", &ks, &ds);
+    let asked = Instant::now();
+    while node.is_running() && asked.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!node.is_running(), "a missing stream fails the start:\n{}", node.log());
+    assert!(node.log().contains("stream no-such-stream"), "{}", node.log());
+
+    let config = write_config(&dir, &stream, &url, "");
+    let proxy = FaultProxy::start(([127, 0, 0, 1], port_of(&ks.endpoint)).into()).await.unwrap();
+    proxy.set(Mode::Refuse);
+    let mut node = NodeProcess::spawn_at(&config, "node-a", &format!("http://{}", proxy.addr()), &ds.endpoint);
+    let mut load = Load::new(31);
+    load.put(&kinesis, 200).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(node.is_running(), "waits the outage out:\n{}", node.log());
+    assert!(processes::plain(&node.log()).contains("cannot start yet"), "{}", node.log());
+    proxy.set(Mode::Pass);
+    load.put(&kinesis, 200).await;
+    assert_eq!(load.landed(&url).await, Ok(()), "{}", node.log());
+    assert_eq!(node.terminate(), Some(0), "exits 0 on SIGTERM:\n{}", node.log());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,13 +57,14 @@ fn two_minutes_of_seeded_faults_lose_and_double_nothing() {
     assert!(faults >= 10, "{faults} faults in two minutes");
     // "chaos: faults by kind: SIGSTOP 2, dynamodb black-holed 1, …": every family of fault.
     let kinds = stderr.lines().find_map(|l| l.strip_prefix("chaos: faults by kind: ")).unwrap_or_default().to_owned();
-    let families: [&[&str]; 7] = [
+    let families: [&[&str]; 8] = [
         &["kill -9"],
         &["SIGSTOP"],
         &["dynamodb "],
         &["kinesis "],
         &["postgresql slow", "postgresql black-holed", "postgresql dropped"],
         &["postgresql restart"],
+        &["outage"],
         &["split", "merge"],
     ];
     for family in families {

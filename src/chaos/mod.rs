@@ -90,6 +90,23 @@ fn node_config(ev_stream: &str, ticket_stream: &str, lease_table: &str, pg_url: 
     )
 }
 
+fn disturb(proxy: &testkit::fault_proxy::FaultProxy, fault: LinkFault) {
+    match fault {
+        LinkFault::Slow(d) => proxy.set(Mode::Delay(d)),
+        LinkFault::Blackhole => proxy.set(Mode::Blackhole),
+        LinkFault::Drop => {
+            proxy.set(Mode::Refuse);
+            proxy.cut();
+        }
+    }
+}
+
+/// Healed as a restarted far end would be: what the fault held is dropped.
+fn mend(proxy: &testkit::fault_proxy::FaultProxy) {
+    proxy.cut();
+    proxy.set(Mode::Pass);
+}
+
 /// A node fault whose leases must move: from when, and until they did.
 struct Watch {
     fault: usize,
@@ -206,15 +223,10 @@ impl Run {
         match p.fault {
             Fault::Kill { node, .. } => self.nodes[node].kill(),
             Fault::Pause { node, .. } => self.nodes[node].pause(),
-            Fault::Link { node, service, fault, .. } => {
-                let proxy = self.nodes[node].proxy(service);
-                match fault {
-                    LinkFault::Slow(d) => proxy.set(Mode::Delay(d)),
-                    LinkFault::Blackhole => proxy.set(Mode::Blackhole),
-                    LinkFault::Drop => {
-                        proxy.set(Mode::Refuse);
-                        proxy.cut();
-                    }
+            Fault::Link { node, service, fault, .. } => disturb(self.nodes[node].proxy(service), fault),
+            Fault::Outage { service, fault, .. } => {
+                for node in &self.nodes {
+                    disturb(node.proxy(service), fault);
                 }
             }
             Fault::RestartPostgres(how) => {
@@ -274,11 +286,11 @@ impl Run {
                 }
             }
             Fault::Pause { node, .. } => self.nodes[node].resume(),
-            Fault::Link { node, service, .. } => {
-                // Healed as a restarted far end would be: what the fault held is dropped.
-                let proxy = self.nodes[node].proxy(service);
-                proxy.cut();
-                proxy.set(Mode::Pass);
+            Fault::Link { node, service, .. } => mend(self.nodes[node].proxy(service)),
+            Fault::Outage { service, .. } => {
+                for node in &self.nodes {
+                    mend(node.proxy(service));
+                }
             }
             _ => return,
         }

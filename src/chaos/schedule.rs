@@ -42,6 +42,16 @@ pub enum LinkFault {
     Drop,
 }
 
+impl LinkFault {
+    fn name(self) -> &'static str {
+        match self {
+            LinkFault::Slow(_) => "slow",
+            LinkFault::Blackhole => "black-holed",
+            LinkFault::Drop => "dropped",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// SIGKILL, then the node starts again after `down`, under a new id or its old one.
@@ -50,6 +60,9 @@ pub enum Fault {
     Pause { node: usize, frozen: Duration },
     /// The node's link to one service misbehaves for `lasting`.
     Link { node: usize, service: Service, fault: LinkFault, lasting: Duration },
+    /// Every node's link to one service misbehaves for `lasting` (15–45 s): the service is
+    /// down, or slow past the calls' timeouts, for the whole cluster.
+    Outage { service: Service, fault: LinkFault, lasting: Duration },
     /// The warehouse's server stopped (fast: transactions rolled back; immediate: a crash
     /// recovered from its log) and started again.
     RestartPostgres(Shutdown),
@@ -66,14 +79,8 @@ impl Fault {
             Fault::Kill { new_id: false, .. } => "kill -9 (same id)".into(),
             Fault::Kill { new_id: true, .. } => "kill -9 (new id)".into(),
             Fault::Pause { .. } => "SIGSTOP".into(),
-            Fault::Link { service, fault, .. } => {
-                let what = match fault {
-                    LinkFault::Slow(_) => "slow",
-                    LinkFault::Blackhole => "black-holed",
-                    LinkFault::Drop => "dropped",
-                };
-                format!("{} {what}", service.name())
-            }
+            Fault::Link { service, fault, .. } => format!("{} {}", service.name(), fault.name()),
+            Fault::Outage { service, fault, .. } => format!("{} outage ({}, every node)", service.name(), fault.name()),
             Fault::RestartPostgres(Shutdown::Fast) => "postgresql restart (fast)".into(),
             Fault::RestartPostgres(Shutdown::Immediate) => "postgresql restart (immediate)".into(),
             Fault::Split => "split".into(),
@@ -94,7 +101,7 @@ impl Fault {
         match *self {
             Fault::Kill { down, .. } => down,
             Fault::Pause { frozen, .. } => frozen,
-            Fault::Link { lasting, .. } => lasting,
+            Fault::Link { lasting, .. } | Fault::Outage { lasting, .. } => lasting,
             _ => Duration::ZERO,
         }
     }
@@ -140,6 +147,7 @@ enum Kind {
     Kill,
     Pause,
     Link(Service),
+    Outage,
     RestartPostgres,
     Reshard,
 }
@@ -151,7 +159,7 @@ pub fn max_down(nodes: usize) -> usize {
 
 pub fn plan(seed: u64, shape: Shape) -> Vec<Planned> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut kinds = vec![Kind::Kill, Kind::Pause, Kind::Reshard];
+    let mut kinds = vec![Kind::Kill, Kind::Pause, Kind::Reshard, Kind::Outage];
     kinds.extend(Service::ALL.map(Kind::Link));
     if shape.restart_postgres {
         kinds.push(Kind::RestartPostgres);
@@ -166,7 +174,7 @@ pub fn plan(seed: u64, shape: Shape) -> Vec<Planned> {
     // When each node is free again.
     let mut free_at = vec![Duration::ZERO; shape.nodes];
     let mut busy: Vec<Duration> = Vec::new();
-    let (mut at, mut splits_ahead) = (SETTLE, 0i32);
+    let (mut at, mut splits_ahead, mut outage_until) = (SETTLE, 0i32, Duration::ZERO);
     let mut planned = Vec::new();
     while at <= last_start {
         // A kind of the first round leaves the round only once placed.
@@ -181,6 +189,22 @@ pub fn plan(seed: u64, shape: Shape) -> Vec<Planned> {
                 } else {
                     Fault::Merge
                 }
+            }
+            Kind::Outage => {
+                // Not while another outage lasts.
+                if outage_until > at {
+                    at = outage_until;
+                    continue;
+                }
+                let service = Service::ALL[rng.gen_range(0..3)];
+                let fault = match rng.gen_range(0..3) {
+                    0 => LinkFault::Slow(Duration::from_millis(rng.gen_range(1_000..4_000))),
+                    1 => LinkFault::Blackhole,
+                    _ => LinkFault::Drop,
+                };
+                let lasting = Duration::from_secs_f64(rng.gen_range(15.0..45.0));
+                outage_until = at + lasting;
+                Fault::Outage { service, fault, lasting }
             }
             Kind::RestartPostgres => {
                 Fault::RestartPostgres(if rng.gen_bool(0.5) { Shutdown::Fast } else { Shutdown::Immediate })
@@ -246,11 +270,12 @@ mod tests {
                     Fault::Kill { .. } => "kill",
                     Fault::Pause { .. } => "pause",
                     Fault::Link { service, .. } => service.name(),
+                    Fault::Outage { .. } => "outage",
                     Fault::RestartPostgres(_) => "restart",
                     Fault::Split | Fault::Merge => "reshard",
                 })
                 .collect();
-            assert_eq!(kinds.len(), 7, "seed {seed}: {kinds:?}");
+            assert_eq!(kinds.len(), 8, "seed {seed}: {kinds:?}");
             assert!(faults.len() >= 10, "seed {seed}: {} faults", faults.len());
         }
     }

@@ -256,6 +256,8 @@ impl ConsumerState {
         let records: Arc<[UserRecord]> = self.pending.drain(..mapped).collect();
         let last = records[records.len() - 1].position.clone();
         self.read_upto = Some(last.clone());
+        // The mapper's contract: one end per record mapped, so every row has its record.
+        debug_assert_eq!(out.ends.len(), mapped, "the mapper reports where each record's rows end");
         let mut per_sink: Vec<(Vec<Row>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); self.ctx.sinks.len()];
         let mut record = 0;
         for (i, (target, row)) in out.rows.into_iter().enumerate() {
@@ -264,7 +266,7 @@ impl ConsumerState {
             }
             let (rows, origins) = &mut per_sink[self.ctx.sinks.index(target)];
             rows.push(row);
-            origins.push(record.min(mapped - 1) as u32);
+            origins.push(record as u32);
         }
         let chunk = self.progress.next_id();
         let rows: Vec<usize> = per_sink.iter().map(|(rows, _)| rows.len()).collect();

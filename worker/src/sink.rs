@@ -178,15 +178,14 @@ impl SinkState {
         })
         .await?;
         let mut letters: Vec<(Target, Row)> = Vec::new();
-        let mut lettered: Vec<(usize, u32)> = Vec::new();
+        let mut lettered: std::collections::HashSet<(usize, u32)> = std::collections::HashSet::new();
         for (row, why) in &refused {
             let write = origins.partition_point(|(first, _)| first <= row) - 1;
             let (first, origin) = &origins[write];
             let record = origin.record_of_row[row - first];
             warn!(table = %table.name, shard = %origin.shard, error = %why, "row refused by the warehouse; dead-lettered");
             // A record with several refused rows is dead-lettered once (the first reason).
-            if !lettered.contains(&(write, record)) {
-                lettered.push((write, record));
+            if lettered.insert((write, record)) {
                 let reason = format!("table {}: the warehouse refused the row: {why}", table.name);
                 dead_letter::rows(&origin.shard, &origin.records[record as usize], &reason, &mut letters);
             }
