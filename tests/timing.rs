@@ -109,3 +109,81 @@ async fn failover_handoff_and_child_start_meet_their_targets() {
     assert_eq!(figures.child_start.len(), 3);
     assert!(max(&figures.child_start).unwrap() <= Duration::from_secs(1), "{:?}", figures.child_start);
 }
+
+/// A shard reader whose ListShards hangs while `hang` is set (Kinesis cut off or slow past its
+/// timeouts); reads pass.
+struct HangingListing {
+    inner: MemoryStream,
+    hang: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ShardReader for HangingListing {
+    async fn list_shards(&self) -> Result<Vec<proto::ShardInfo>, proto::ReadError> {
+        if self.hang.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.list_shards().await
+    }
+
+    async fn iterator(
+        &self,
+        shard: &ShardId,
+        from: &proto::StartingPosition,
+    ) -> Result<proto::ShardIterator, proto::ReadError> {
+        self.inner.iterator(shard, from).await
+    }
+
+    async fn read(
+        &self,
+        shard: &ShardId,
+        iterator: &proto::ShardIterator,
+        limit: usize,
+    ) -> Result<proto::ReadBatch, proto::ReadError> {
+        self.inner.read(shard, iterator, limit).await
+    }
+}
+
+/// Shard sync runs beside the leader's cycle: with ListShards hanging (found by `tributary
+/// chaos --seed 1`, where a Kinesis outage held a zombie's leases past failover), a dead node's
+/// leases still move within failover_time + 2 s.
+#[tokio::test(start_paused = true)]
+async fn failover_does_not_wait_for_a_hanging_shard_listing() {
+    // A leader stuck on the listing stops answering too: bounded, in virtual time.
+    let run = tokio::time::timeout(Duration::from_secs(300), failover_beside_a_hanging_listing());
+    assert!(run.await.is_ok(), "the cluster stopped answering while ListShards hung");
+}
+
+async fn failover_beside_a_hanging_listing() {
+    let stream = MemoryStream::new(8, Clock::starting_at(0));
+    let reader = Arc::new(HangingListing { inner: stream.clone(), hang: false.into() });
+    let ports = NodePorts {
+        table: Arc::new(MemoryLeaseTable::new()),
+        reader: reader.clone(),
+        warehouse: Arc::new(MemoryWarehouse::new()),
+        mapper: Arc::new(common::mapper()),
+    };
+    let mut cluster =
+        LocalCluster::new(ports, NodeConfig::new(WorkerId::new("t"), ClusterSettings::with_failover(FAILOVER)));
+    for _ in 0..3 {
+        cluster.start_node(None).await.unwrap();
+    }
+    let mut n = 0;
+    produce(&stream, Duration::from_secs(5), &mut n).await;
+    // From now on every listing hangs; the next shard sync (due every 10 s) starts one.
+    reader.hang.store(true, std::sync::atomic::Ordering::Relaxed);
+    produce(&stream, Duration::from_secs(12), &mut n).await;
+    let mut victim = None;
+    for (id, shards) in cluster.assignment().await {
+        if !shards.is_empty() && !cluster.node(&id).unwrap().is_leader().await {
+            victim = Some(id);
+        }
+    }
+    cluster.kill(&victim.expect("a node other than the leader holds shards")).await;
+    produce(&stream, FAILOVER + Duration::from_secs(5), &mut n).await;
+    let parents = testkit::timeline::parents(stream.list_shards().await.unwrap());
+    let figures = cluster.timeline.figures(&parents);
+    cluster.stop_all().await;
+    assert_eq!(figures.failover.len(), 1, "the dead node's shards were consumed again elsewhere");
+    assert!(max(&figures.failover).unwrap() <= FAILOVER + Duration::from_secs(2), "{:?}", figures.failover);
+}

@@ -2,7 +2,9 @@
 //! heartbeats, so any node that becomes leader already knows who is alive; the leader's claim;
 //! the change counter), claims leadership when the leader's heartbeat stood still for
 //! `failover_time`, and while leader: syncs shards into leases, plans and applies moves, and
-//! removes rows of dead nodes whose leases were all reassigned.
+//! removes rows of dead nodes whose leases were all reassigned. Shard listing runs beside the
+//! cycles (a task the leader starts when sync is due and picks up when done): a slow or
+//! unreachable Kinesis delays new leases, never failover or balancing.
 //!
 //! The leader scans the leases only when something can have changed: the change counter moved,
 //! a node joined, left, drained or died, the last plan was not at rest (moves made, a handoff
@@ -17,7 +19,8 @@ use crate::planner::{is_ready, plan, Move, PlanInput};
 use crate::settings::ClusterSettings;
 use crate::shard_sync::leases_to_create;
 use proto::{
-    Checkpoint, Lease, LeaseProtocol, LeaseTable, Membership, ProtocolError, RetryPolicy, ShardReader, WorkerId,
+    Checkpoint, Lease, LeaseProtocol, LeaseTable, Membership, ProtocolError, ReadError, RetryPolicy, ShardInfo,
+    ShardReader, WorkerId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,6 +89,9 @@ pub enum CoordinatorMsg {
     Resign(RpcReplyPort<()>),
 }
 
+/// Each stream's shards, or why they could not be listed.
+type Listed = Vec<Result<Vec<ShardInfo>, ReadError>>;
+
 pub struct CoordinatorState {
     args: CoordinatorArgs,
     /// Whether this node led at its last cycle (to report becoming and ceasing to be leader).
@@ -102,16 +108,53 @@ pub struct CoordinatorState {
     /// Leases this leader assigned, and when: not handed off until their owner had time to
     /// see them (two of its polls).
     assigned_at: BTreeMap<String, Instant>,
-    last_sync: Option<Instant>,
+    /// When shard sync is due next (`None`: now).
+    next_sync: Option<Instant>,
+    /// The shard listing under way, one result per stream: it runs beside the cycles, so a slow
+    /// or unreachable Kinesis never holds up failover and balancing.
+    listing: Option<tokio::task::JoinHandle<Listed>>,
     last_scan: Option<LastScan>,
     /// Moves were made whose announcement failed.
     unannounced: bool,
     resigned: bool,
 }
 
+impl Drop for CoordinatorState {
+    fn drop(&mut self) {
+        if let Some(listing) = self.listing.take() {
+            listing.abort();
+        }
+    }
+}
+
 impl CoordinatorState {
     fn protocol(&self) -> LeaseProtocol<'_> {
         LeaseProtocol::new(self.args.table.as_ref(), &self.args.retry)
+    }
+
+    /// The streams' shards, once a listing finished: one is started when `due` and none is
+    /// under way, and waited for up to half a cycle (a healthy Kinesis answers within it); one
+    /// still running is picked up by a later cycle.
+    async fn listed(&mut self, due: bool) -> Option<Listed> {
+        let mut budget = std::time::Duration::ZERO;
+        if due && self.listing.is_none() {
+            let readers: Vec<Arc<dyn ShardReader>> = self.args.streams.iter().map(|s| s.reader.clone()).collect();
+            self.listing = Some(tokio::spawn(async move {
+                let mut listed = Vec::with_capacity(readers.len());
+                for reader in readers {
+                    listed.push(reader.list_shards().await);
+                }
+                listed
+            }));
+            budget = self.args.settings.assign_interval / 2;
+        }
+        let listing = self.listing.as_mut()?;
+        let done = tokio::time::timeout(budget, listing).await.ok()?;
+        self.listing = None;
+        Some(done.unwrap_or_else(|e| {
+            let failed = || Err(ReadError::Fatal(format!("shard listing failed: {e}")));
+            self.args.streams.iter().map(|_| failed()).collect()
+        }))
     }
 
     /// Leading is allowed only while a row written by this node named it the leader recently
@@ -127,7 +170,7 @@ impl CoordinatorState {
         if leading && !self.leading {
             info!(node = %self.args.me, "became leader");
             self.args.events.emit(ClusterEvent::BecameLeader { node: self.args.me.clone() });
-            self.last_sync = None;
+            self.next_sync = None;
             self.last_scan = None;
         } else if !leading && self.leading {
             info!(node = %self.args.me, "no longer leader");
@@ -221,24 +264,29 @@ impl CoordinatorState {
     }
 
     async fn lead(&mut self, now: Instant, members: Members, changes: u64) -> Result<(), ProtocolError> {
-        let sync_due = self.last_sync.is_none_or(|t| now.duration_since(t) >= self.args.settings.shard_sync_interval);
+        let sync_due = self.next_sync.is_none_or(|t| now >= t);
+        let mut listed = self.listed(sync_due).await;
         let unchanged = self.last_scan.as_ref().is_some_and(|last| {
             last.at_rest
                 && last.changes == changes
                 && last.members == members
                 && now.duration_since(last.at) < self.args.settings.failover_time
         });
-        if unchanged && !sync_due {
+        if unchanged && listed.is_none() {
             return Ok(());
         }
         let dead = &members.dead;
         let mut leases = self.protocol().scan().await?;
+        if leases.is_empty() && listed.is_none() && self.listing.is_none() {
+            // A table without leases (a new cluster): shard sync at once, whenever it was due.
+            listed = self.listed(true).await;
+        }
         let mut changed = false;
-        if sync_due || leases.is_empty() {
+        if let Some(results) = listed {
             let mut synced = true;
-            for stream in &self.args.streams {
+            for (stream, result) in self.args.streams.iter().zip(results) {
                 let id = stream.id.as_deref();
-                match stream.reader.list_shards().await {
+                match result {
                     Ok(shards) => {
                         let own: Vec<Lease> = leases.iter().filter(|l| l.stream() == id).cloned().collect();
                         for lease in leases_to_create(id, &shards, &own, &stream.initial_position) {
@@ -256,9 +304,10 @@ impl CoordinatorState {
                     }
                 }
             }
-            if synced {
-                self.last_sync = Some(now);
-            }
+            // A failed listing is tried again after half a failover time, not at every cycle.
+            let settings = &self.args.settings;
+            let wait = if synced { settings.shard_sync_interval } else { settings.failover_time / 2 };
+            self.next_sync = Some(now + wait);
         }
         for (node, _) in dead {
             if leases.iter().any(|l| l.owner.as_ref() == Some(node) && !l.is_finished()) {
@@ -411,7 +460,8 @@ impl Actor for Coordinator {
             foreign_first: BTreeMap::new(),
             foreign_reported: BTreeSet::new(),
             assigned_at: BTreeMap::new(),
-            last_sync: None,
+            next_sync: None,
+            listing: None,
             last_scan: None,
             unannounced: false,
             resigned: false,

@@ -282,7 +282,8 @@ impl Run {
         match p.fault {
             Fault::Kill { node, new_id, .. } => {
                 if let Err(e) = self.nodes[node].start(new_id) {
-                    self.report.failures.push(format!("node-{node} did not start again: {e}"));
+                    let id = &self.nodes[node].id;
+                    self.report.failures.push(format!("{id} did not start again: {e}"));
                 }
             }
             Fault::Pause { node, .. } => self.nodes[node].resume(),
@@ -414,9 +415,12 @@ async fn run_to_end(opts: ChaosOptions) -> anyhow::Result<bool> {
     std::env::set_var(tickets::KEY_ENV, TOKENIZE_KEY);
     let config = node_config(&ev_stream, &ticket_stream, &lease_table, &node_url);
     let upstreams = [upstream(&ds.endpoint).await?, upstream(&ks.endpoint).await?, upstream(&url).await?];
+    // The nodes run a copy of this binary: a rebuild during the run cannot break their restarts.
+    let exe = dir.join("tributary");
+    std::fs::copy(std::env::current_exe()?, &exe).context("copying the tributary binary for the nodes")?;
     let mut cluster = Vec::new();
     for slot in 1..=nodes {
-        let mut node = Node::new(slot, upstreams, &config, &dir).await?;
+        let mut node = Node::new(slot, upstreams, &config, &dir, &exe).await?;
         node.start(false).with_context(|| format!("starting node-{slot}"))?;
         cluster.push(node);
     }

@@ -18,6 +18,8 @@ pub struct Node {
     /// The node's config with `{ID}` and `{POSTGRES_PORT}` still to fill in.
     config: String,
     dir: PathBuf,
+    /// The binary the node runs.
+    exe: PathBuf,
 }
 
 impl Drop for Node {
@@ -41,6 +43,7 @@ impl Node {
         upstreams: [std::net::SocketAddr; 3],
         config: &str,
         dir: &Path,
+        exe: &Path,
     ) -> std::io::Result<Self> {
         let proxies = [
             FaultProxy::start(upstreams[0]).await?,
@@ -55,6 +58,7 @@ impl Node {
             child: None,
             config: config.to_owned(),
             dir: dir.to_owned(),
+            exe: exe.to_owned(),
         })
     }
 
@@ -74,7 +78,7 @@ impl Node {
         std::fs::write(&config, text)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let (dynamo, kinesis) = (format!("http://127.0.0.1:{}", port(Service::Dynamo)), port(Service::Kinesis));
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(&self.exe)
             .args(["run", "--config"])
             .arg(&config)
             .env("AWS_ENDPOINT_URL_KINESIS", format!("http://127.0.0.1:{kinesis}"))
