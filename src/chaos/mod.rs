@@ -151,7 +151,7 @@ struct Run {
     written: Vec<(Instant, usize)>,
     watches: Vec<Watch>,
     /// (heal time, EV records written by then) not yet caught up with.
-    pending_recoveries: Vec<(Instant, usize)>,
+    pending_recoveries: Vec<(Instant, usize, String)>,
     report: Report,
     url: String,
     monitor: Option<PostgresWarehouse>,
@@ -299,8 +299,9 @@ impl Run {
             w.back = true;
         }
         let node = p.fault.node().map(|n| self.nodes[n].id.clone()).unwrap_or_default();
-        self.say(format!("healed: {} {node}", p.fault.kind()));
-        self.pending_recoveries.push((Instant::now(), self.oracle.written_raw()));
+        let what = format!("{} {node}", p.fault.kind());
+        self.say(format!("healed: {what}"));
+        self.pending_recoveries.push((Instant::now(), self.oracle.written_raw(), what));
     }
 
     /// One look at the lease table and the warehouse: failovers, lag, recoveries.
@@ -343,15 +344,17 @@ impl Run {
         let now = Instant::now();
         let behind = self.written.iter().find(|(_, n)| *n > landed).map_or(Duration::ZERO, |(at, _)| now - *at);
         self.report.worst_lag = self.report.worst_lag.max(behind);
-        let mut recovered = Vec::new();
-        self.pending_recoveries.retain(|(at, target)| {
-            let done = landed >= *target;
-            if done {
-                recovered.push(now - *at);
+        for (at, target, what) in std::mem::take(&mut self.pending_recoveries) {
+            if landed < target {
+                self.pending_recoveries.push((at, target, what));
+                continue;
             }
-            !done
-        });
-        self.report.recoveries.extend(recovered);
+            let took = now - at;
+            if took > Duration::from_secs(10) {
+                self.say(format!("caught up {:.1}s after healing {what}", took.as_secs_f64()));
+            }
+            self.report.recoveries.push(took);
+        }
     }
 }
 
