@@ -89,8 +89,12 @@ pub enum CoordinatorMsg {
     Resign(RpcReplyPort<()>),
 }
 
-/// Each stream's shards, or why they could not be listed.
-type Listed = Vec<Result<Vec<ShardInfo>, ReadError>>;
+/// A shard listing: the leases as scanned just before it, then each stream's shards (or why
+/// they could not be listed).
+struct Listed {
+    leases: Vec<Lease>,
+    shards: Vec<Result<Vec<ShardInfo>, ReadError>>,
+}
 
 pub struct CoordinatorState {
     args: CoordinatorArgs,
@@ -112,7 +116,7 @@ pub struct CoordinatorState {
     next_sync: Option<Instant>,
     /// The shard listing under way, one result per stream: it runs beside the cycles, so a slow
     /// or unreachable Kinesis never holds up failover and balancing.
-    listing: Option<tokio::task::JoinHandle<Listed>>,
+    listing: Option<(Instant, tokio::task::JoinHandle<Result<Listed, ProtocolError>>)>,
     last_scan: Option<LastScan>,
     /// Moves were made whose announcement failed.
     unannounced: bool,
@@ -121,7 +125,7 @@ pub struct CoordinatorState {
 
 impl Drop for CoordinatorState {
     fn drop(&mut self) {
-        if let Some(listing) = self.listing.take() {
+        if let Some((_, listing)) = self.listing.take() {
             listing.abort();
         }
     }
@@ -135,26 +139,38 @@ impl CoordinatorState {
     /// The streams' shards, once a listing finished: one is started when `due` and none is
     /// under way, and waited for up to half a cycle (a healthy Kinesis answers within it); one
     /// still running is picked up by a later cycle.
-    async fn listed(&mut self, due: bool) -> Option<Listed> {
+    ///
+    /// The listing scans the lease table first and lists the shards after, as a sync in the
+    /// cycle did: shard sync decides from that scan, so a shard listing never meets leases newer
+    /// than itself (a parent deleted after a split the listing predates would look unread and be
+    /// leased again from its start). One that took longer than `failover_time` is discarded.
+    async fn listed(&mut self, due: bool) -> Option<Result<Listed, ProtocolError>> {
         let mut budget = std::time::Duration::ZERO;
         if due && self.listing.is_none() {
             let readers: Vec<Arc<dyn ShardReader>> = self.args.streams.iter().map(|s| s.reader.clone()).collect();
-            self.listing = Some(tokio::spawn(async move {
-                let mut listed = Vec::with_capacity(readers.len());
+            let (table, retry) = (self.args.table.clone(), self.args.retry.clone());
+            let task = tokio::spawn(async move {
+                let leases = LeaseProtocol::new(table.as_ref(), &retry).scan().await?;
+                let mut shards = Vec::with_capacity(readers.len());
                 for reader in readers {
-                    listed.push(reader.list_shards().await);
+                    shards.push(reader.list_shards().await);
                 }
-                listed
-            }));
+                Ok(Listed { leases, shards })
+            });
+            self.listing = Some((Instant::now(), task));
             budget = self.args.settings.assign_interval / 2;
         }
-        let listing = self.listing.as_mut()?;
+        let (started, listing) = self.listing.as_mut()?;
+        let started = *started;
         let done = tokio::time::timeout(budget, listing).await.ok()?;
         self.listing = None;
-        Some(done.unwrap_or_else(|e| {
-            let failed = || Err(ReadError::Fatal(format!("shard listing failed: {e}")));
-            self.args.streams.iter().map(|_| failed()).collect()
-        }))
+        let failover = self.args.settings.failover_time;
+        if started.elapsed() > failover {
+            warn!(took = ?started.elapsed(), "shard sync: the listing took longer than failover_time; discarded");
+            self.next_sync = Some(Instant::now() + failover / 2);
+            return None;
+        }
+        Some(done.unwrap_or_else(|e| Err(ProtocolError::Table(proto::LeaseError::Unavailable(e.to_string())))))
     }
 
     /// Leading is allowed only while a row written by this node named it the leader recently
@@ -282,20 +298,31 @@ impl CoordinatorState {
             listed = self.listed(true).await;
         }
         let mut changed = false;
-        if let Some(results) = listed {
+        let listed = match listed {
+            Some(Err(e)) => {
+                warn!(error = %e, "shard sync: cannot scan the leases");
+                self.next_sync = Some(now + self.args.settings.failover_time / 2);
+                None
+            }
+            Some(Ok(listed)) => Some(listed),
+            None => None,
+        };
+        if let Some(Listed { leases: before, shards: results }) = listed {
             let mut synced = true;
             for (stream, result) in self.args.streams.iter().zip(results) {
                 let id = stream.id.as_deref();
                 match result {
                     Ok(shards) => {
-                        let own: Vec<Lease> = leases.iter().filter(|l| l.stream() == id).cloned().collect();
+                        let own: Vec<Lease> = before.iter().filter(|l| l.stream() == id).cloned().collect();
                         for lease in leases_to_create(id, &shards, &own, &stream.initial_position) {
                             if self.protocol().create(&lease).await? {
                                 changed = true;
                                 debug!(shard = %lease.key, "lease created by shard sync");
                                 self.args.events.emit(ClusterEvent::LeaseCreated { shard: lease.shard_id() });
                             }
-                            leases.push(lease);
+                            if !leases.iter().any(|l| l.key == lease.key) {
+                                leases.push(lease);
+                            }
                         }
                     }
                     Err(e) => {

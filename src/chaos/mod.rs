@@ -330,13 +330,18 @@ impl Run {
                 }
             }
         }
+        // Bounded: a PostgreSQL restarting must not hold up the run's writes, faults and
+        // failover watch (a skipped sample is only a coarser lag figure).
+        let bound = Duration::from_millis(400);
         if self.monitor.is_none() {
-            self.monitor = PostgresWarehouse::connect(&self.url).await.ok();
+            self.monitor =
+                tokio::time::timeout(bound, PostgresWarehouse::connect(&self.url)).await.ok().and_then(Result::ok);
         }
         let Some(monitor) = &self.monitor else { return };
-        let landed = match monitor.query_text("SELECT count(*) FROM ev_charging_sessions_raw").await {
-            Ok(rows) => rows.first().and_then(|r| r[0].as_deref()?.parse::<usize>().ok()).unwrap_or(0),
-            Err(_) => {
+        let count = tokio::time::timeout(bound, monitor.query_text("SELECT count(*) FROM ev_charging_sessions_raw"));
+        let landed = match count.await {
+            Ok(Ok(rows)) => rows.first().and_then(|r| r[0].as_deref()?.parse::<usize>().ok()).unwrap_or(0),
+            _ => {
                 self.monitor = None;
                 return;
             }
